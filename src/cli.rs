@@ -1,0 +1,331 @@
+//! Command line: clap types and dispatch into the library. The only code that prints.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+use jwt_issuer::config::{DEFAULT_BIND, DEFAULT_KEYS_DIR, default_issuer};
+use jwt_issuer::keys::{DEFAULT_RSA_BITS, KeyInfo};
+use jwt_issuer::server::{Application, stop_on_signal};
+use jwt_issuer::sign::MAX_TOKEN_TTL;
+use jwt_issuer::{Config, KeyStore, Signer, SigningAlg, TokenRequest};
+use serde_json::{Map, Value};
+
+/// Issues RS256/ES256 JWTs and publishes the public keys as a JWKS.
+#[derive(Debug, Parser)]
+#[command(name = "jwt-issuer", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Directory of the private keys; created with mode 0700, keys generated on first start
+    #[arg(long, env = "JWT_ISSUER_KEYS_DIR", default_value = DEFAULT_KEYS_DIR, global = true)]
+    keys_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the JWKS, discovery metadata, health and metrics over HTTP
+    Serve(ServeArgs),
+    /// Manage signing keys
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the public JWKS (what /.well-known/jwks.json serves)
+    Jwks,
+    /// Issue tokens offline with the local keys
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Flags that decide the issuer, shared by `serve` and `token issue` so that both
+/// compute the same `iss`.
+#[derive(Debug, Args)]
+struct IssuerArgs {
+    /// Address to listen on (serve); also the default issuer's host
+    #[arg(long, env = "JWT_ISSUER_BIND", default_value = DEFAULT_BIND)]
+    bind: String,
+
+    /// Issuer URL: the `iss` of every token and the `issuer` of discovery
+    /// [default: http:// + the bind address]
+    #[arg(long, env = "JWT_ISSUER_ISSUER")]
+    issuer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    issuer: IssuerArgs,
+
+    /// Algorithm of tokens that do not ask for one
+    #[arg(long, env = "JWT_ISSUER_ALG", default_value = "ES256")]
+    alg: SigningAlg,
+
+    /// JWKS Cache-Control max-age, in seconds or with a unit (5m)
+    #[arg(long, env = "JWT_ISSUER_JWKS_MAX_AGE", default_value = "300", value_parser = parse_seconds)]
+    jwks_max_age: Duration,
+
+    /// HTTP worker threads [default: one per CPU]
+    #[arg(long, env = "JWT_ISSUER_WORKERS")]
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the keys: kid, algorithm, creation time, file
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a new key; the newest key of each algorithm signs
+    Generate {
+        /// Algorithm of the new key
+        #[arg(long, default_value = "ES256")]
+        alg: SigningAlg,
+        /// RSA modulus size (RS256 only)
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["2048", "3072", "4096"]))]
+        bits: Option<String>,
+    },
+    /// Import a private key PEM (PKCS#8, PKCS#1 RSA or SEC1 EC); stored as PKCS#8, mode 0600
+    Import {
+        /// The PEM file
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Sign one token with the active local key and print it
+    Issue(IssueArgs),
+}
+
+#[derive(Debug, Args)]
+struct IssueArgs {
+    #[command(flatten)]
+    issuer: IssuerArgs,
+
+    /// Subject (`sub`)
+    #[arg(long)]
+    sub: String,
+
+    /// Audience (`aud`); repeat for several; omitted when not given
+    #[arg(long)]
+    aud: Vec<String>,
+
+    /// Lifetime, e.g. 15m, 1h (at most 24h)
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+
+    /// Signing algorithm
+    #[arg(long, env = "JWT_ISSUER_ALG", default_value = "ES256")]
+    alg: SigningAlg,
+
+    /// Extra claim NAME=VALUE; VALUE is JSON if it parses (42, true, ["a"]), else a string.
+    /// Registered claims (iss sub aud exp iat nbf jti) are refused
+    #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = parse_claim)]
+    claims: Vec<(String, Value)>,
+}
+
+/// Parses the command line; a bad argument ends the process with one line on stderr.
+pub fn parse_args() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => match err.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
+            _ => {
+                let rendered = err.render().to_string();
+                let line = rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("error: invalid arguments");
+                eprintln!("{line} (see --help)");
+                process::exit(2);
+            }
+        },
+    }
+}
+
+/// Runs one command.
+///
+/// # Errors
+/// Whatever failed, with context, for main to print on one line.
+pub fn run(cli: Cli) -> Result<()> {
+    init_logging();
+    let store = KeyStore::new(&cli.keys_dir);
+    match cli.command {
+        Command::Serve(args) => serve(store, args),
+        Command::Keys(KeysCommand::List { json }) => keys_list(&store, json),
+        Command::Keys(KeysCommand::Generate { alg, bits }) => keys_generate(&store, alg, bits),
+        Command::Keys(KeysCommand::Import { file }) => {
+            let info = store.import(&file).context("cannot import key")?;
+            println!(
+                "imported {} key {} ({})",
+                info.alg,
+                info.kid,
+                info.file.display()
+            );
+            Ok(())
+        }
+        Command::Jwks => {
+            let keys = store.load().context("cannot load keys")?;
+            if keys.is_empty() {
+                bail!(
+                    "no keys in {}; run `jwt-issuer serve` once or `jwt-issuer keys generate`",
+                    store.dir().display()
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&keys.jwk_set())?);
+            Ok(())
+        }
+        Command::Token(TokenCommand::Issue(args)) => token_issue(&store, args),
+    }
+}
+
+fn serve(store: KeyStore, args: ServeArgs) -> Result<()> {
+    let config = Config {
+        keys_dir: store.dir().to_owned(),
+        bind: args.issuer.bind,
+        issuer: args.issuer.issuer,
+        alg: args.alg,
+        jwks_max_age: args.jwks_max_age,
+        workers: args.workers.unwrap_or_else(|| Config::default().workers),
+    };
+    config.validate()?;
+    let keys = load_keys(&store)?;
+    let listener = TcpListener::bind(&config.bind)
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(&config, listener, keys).context("cannot start")?;
+        tracing::info!(
+            url = %format!("http://{}", app.addr()),
+            issuer = app.issuer(),
+            alg = %config.alg,
+            "listening"
+        );
+        actix_web::rt::spawn(stop_on_signal(app.handle()));
+        app.run_until_stopped().await.context("server failed")
+    })
+}
+
+fn load_keys(store: &KeyStore) -> Result<jwt_issuer::KeySet> {
+    let (keys, generated) = store.load_or_init().context("cannot load keys")?;
+    for info in &generated {
+        tracing::info!(kid = %info.kid, alg = %info.alg, file = %info.file.display(), "generated signing key (first start)");
+    }
+    tracing::info!(count = keys.keys().len(), dir = %store.dir().display(), "keys loaded");
+    Ok(keys)
+}
+
+fn keys_list(store: &KeyStore, json: bool) -> Result<()> {
+    let keys = store.load().context("cannot load keys")?;
+    let infos = keys.infos();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&infos)?);
+        return Ok(());
+    }
+    if infos.is_empty() {
+        eprintln!("no keys in {}", store.dir().display());
+        return Ok(());
+    }
+    println!("{:<44}  {:<5}  {:<20}  FILE", "KID", "ALG", "CREATED");
+    for KeyInfo {
+        kid,
+        alg,
+        created,
+        file,
+    } in infos
+    {
+        let created = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(created));
+        println!("{kid:<44}  {alg:<5}  {created:<20}  {}", file.display());
+    }
+    Ok(())
+}
+
+fn keys_generate(store: &KeyStore, alg: SigningAlg, bits: Option<String>) -> Result<()> {
+    let bits = match (alg, bits) {
+        (SigningAlg::Rs256, Some(bits)) => bits.parse().context("invalid --bits")?,
+        (SigningAlg::Rs256, None) => DEFAULT_RSA_BITS,
+        (SigningAlg::Es256, Some(_)) => bail!("--bits applies to RS256 keys only"),
+        (SigningAlg::Es256, None) => 0,
+    };
+    let info = store.generate(alg, bits).context("cannot generate key")?;
+    println!(
+        "generated {} key {} ({})",
+        info.alg,
+        info.kid,
+        info.file.display()
+    );
+    Ok(())
+}
+
+fn token_issue(store: &KeyStore, args: IssueArgs) -> Result<()> {
+    let issuer = args
+        .issuer
+        .issuer
+        .unwrap_or_else(|| default_issuer(&args.issuer.bind, None));
+    let mut extra = Map::new();
+    for (name, value) in args.claims {
+        if extra.insert(name.clone(), value).is_some() {
+            bail!("claim '{name}' is given twice");
+        }
+    }
+    let keys = load_keys(store)?;
+    let signer = Signer::new(issuer, args.alg, Arc::new(keys)).context("cannot sign")?;
+    let mut request = TokenRequest::new(args.sub, args.ttl);
+    request.aud = args.aud;
+    request.alg = Some(args.alg);
+    request.extra = extra;
+    let issued = signer.issue(&request).context("cannot issue token")?;
+    println!("{}", issued.token);
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JWT_ISSUER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(s).map_err(|e| e.to_string()))
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_seconds(s)?;
+    if ttl < Duration::from_secs(1) || ttl > MAX_TOKEN_TTL {
+        return Err(format!(
+            "must be between 1s and {}",
+            humantime::format_duration(MAX_TOKEN_TTL)
+        ));
+    }
+    Ok(ttl)
+}
+
+fn parse_claim(s: &str) -> Result<(String, Value), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=VALUE".to_owned())?;
+    if name.is_empty() {
+        return Err("claim name is empty".to_owned());
+    }
+    if jwt_issuer::sign::REGISTERED_CLAIMS.contains(&name) {
+        return Err(format!(
+            "'{name}' is set by the issuer; use the matching flag"
+        ));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((name.to_owned(), value))
+}

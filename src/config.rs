@@ -1,0 +1,163 @@
+//! The server's settings: one typed [`Config`], checked when it is built.
+//!
+//! Layers, lowest first: built-in defaults, `JWT_ISSUER_*` environment variables, command
+//! line flags (the CLI applies the last two through clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::SigningAlg;
+
+/// Default listen address.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+/// Default keys directory.
+pub const DEFAULT_KEYS_DIR: &str = "keys";
+/// Default JWKS `Cache-Control: max-age`.
+pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// Longest JWKS max-age accepted: a day is already long for verifiers to miss a new key.
+pub const MAX_JWKS_MAX_AGE: Duration = Duration::from_secs(86_400);
+
+/// Settings of `jwt-issuer serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Keys directory (default `keys`).
+    pub keys_dir: PathBuf,
+    /// Listen address (default `127.0.0.1:8080`).
+    pub bind: String,
+    /// `iss` of every token and `issuer` of discovery; default `http://` + bind address.
+    pub issuer: Option<String>,
+    /// Algorithm of tokens that do not ask for one (default ES256).
+    pub alg: SigningAlg,
+    /// JWKS `Cache-Control: max-age` (default 300 s, at most a day).
+    pub jwks_max_age: Duration,
+    /// HTTP worker threads (default: one per CPU).
+    pub workers: usize,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// JWKS max-age above [`MAX_JWKS_MAX_AGE`].
+    #[error("--jwks-max-age {0}s is longer than the allowed {max}s", max = MAX_JWKS_MAX_AGE.as_secs())]
+    JwksMaxAgeTooLong(u64),
+    /// Zero workers.
+    #[error("--workers must be at least 1")]
+    NoWorkers,
+    /// An issuer that is not an http(s) URL.
+    #[error("issuer '{0}' must be an http:// or https:// URL without query, fragment or spaces")]
+    InvalidIssuer(String),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            keys_dir: PathBuf::from(DEFAULT_KEYS_DIR),
+            bind: DEFAULT_BIND.to_owned(),
+            issuer: None,
+            alg: SigningAlg::Es256,
+            jwks_max_age: DEFAULT_JWKS_MAX_AGE,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// The first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwks_max_age > MAX_JWKS_MAX_AGE {
+            return Err(ConfigError::JwksMaxAgeTooLong(self.jwks_max_age.as_secs()));
+        }
+        if self.workers == 0 {
+            return Err(ConfigError::NoWorkers);
+        }
+        if let Some(issuer) = &self.issuer {
+            check_issuer(issuer)?;
+        }
+        Ok(())
+    }
+
+    /// The issuer once the listener is bound: the configured one, else `http://` plus the
+    /// bind address as written (the bound address when the port was 0), so that
+    /// `token issue` with the same flags computes the same value.
+    pub fn issuer_for(&self, bound: SocketAddr) -> String {
+        if let Some(issuer) = &self.issuer {
+            return issuer.clone();
+        }
+        default_issuer(&self.bind, Some(bound))
+    }
+}
+
+/// `http://` plus the bind address; a port 0 is replaced by the bound port when known.
+pub fn default_issuer(bind: &str, bound: Option<SocketAddr>) -> String {
+    match bound {
+        Some(addr) if bind.ends_with(":0") => format!("http://{addr}"),
+        _ => format!("http://{bind}"),
+    }
+}
+
+/// An issuer must be an http(s) URL with a host and no query or fragment (RFC 8414
+/// section 2), since verifiers compare it byte for byte.
+///
+/// # Errors
+/// [`ConfigError::InvalidIssuer`].
+pub fn check_issuer(issuer: &str) -> Result<(), ConfigError> {
+    let host = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"));
+    match host {
+        Some(h)
+            if !h.is_empty()
+                && !h.starts_with('/')
+                && !issuer.contains(['?', '#'])
+                && !issuer.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => Err(ConfigError::InvalidIssuer(issuer.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_must_be_an_http_url() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "https://auth.example.com",
+            "https://a.example/tenant",
+        ] {
+            assert!(check_issuer(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "auth.example.com",
+            "ftp://x",
+            "https://",
+            "https:///x",
+            "https://a?b",
+            "https://a#b",
+            "https://a b",
+        ] {
+            assert!(check_issuer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_issuer_follows_the_bind_address() {
+        let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        assert_eq!(
+            default_issuer("127.0.0.1:8080", Some(bound)),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            default_issuer("127.0.0.1:0", Some(bound)),
+            "http://127.0.0.1:41234"
+        );
+    }
+}

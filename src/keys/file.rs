@@ -1,0 +1,48 @@
+//! Disk primitives of the key store: the private directory, atomic writes, mode checks.
+
+use std::fs::{self, DirBuilder, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Prefix of in-flight temporary files; the loader skips every dot file.
+pub(crate) const TEMP_PREFIX: &str = ".tmp-";
+
+/// Creates `dir` (and missing parents) with mode 0700 if it does not exist.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Writes `contents` to `dir/name` so that the name holds either nothing or the whole
+/// file, never a prefix: temp file in the same directory (mode 0600), fsync, rename,
+/// fsync of the directory so the rename itself survives a crash.
+///
+/// With `replace` false an existing file is never overwritten (`AlreadyExists`).
+pub(crate) fn write_atomic(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    replace: bool,
+) -> io::Result<PathBuf> {
+    let target = dir.join(name);
+    // tempfile creates the file with mode 0600 and O_EXCL.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    if replace {
+        tmp.persist(&target).map_err(|e| e.error)?;
+    } else {
+        tmp.persist_noclobber(&target).map_err(|e| e.error)?;
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(target)
+}
+
+/// The permission bits of `path` when group or others may read or write it (ssh's rule
+/// for private keys), `None` when it is private.
+pub(crate) fn too_open_mode(meta: &fs::Metadata) -> Option<u32> {
+    let mode = meta.permissions().mode() & 0o777;
+    (mode & 0o066 != 0).then_some(mode)
+}

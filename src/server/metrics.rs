@@ -1,0 +1,97 @@
+//! Prometheus metrics (`jwt_issuer_*`) and the `GET /metrics` handler.
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpResponse, web};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use super::AppState;
+use crate::KeySet;
+
+/// The service's counters, in a registry of their own (one per server, so several servers
+/// in one process do not mix their figures).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    jwks: IntCounterVec,
+    keys_loaded: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every series.
+    ///
+    /// # Errors
+    /// Only on a programming error (a duplicate or invalid series name).
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "jwt_issuer_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["route", "status"],
+        )?;
+        let jwks = IntCounterVec::new(
+            Opts::new(
+                "jwt_issuer_jwks_responses_total",
+                "JWKS responses: full body (200) or not modified (304)",
+            ),
+            &["status"],
+        )?;
+        let keys_loaded = IntGaugeVec::new(
+            Opts::new(
+                "jwt_issuer_keys_loaded",
+                "Signing keys loaded, by algorithm",
+            ),
+            &["alg"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(jwks.clone()))?;
+        registry.register(Box::new(keys_loaded.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            jwks,
+            keys_loaded,
+        })
+    }
+
+    /// Counts one finished request. `route` is the matched pattern, never the raw path, so
+    /// the series stay bounded whatever clients send.
+    pub fn observe_request(&self, route: &str, status: u16) {
+        let status = status.to_string();
+        self.requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+    }
+
+    /// Counts one JWKS response.
+    pub fn observe_jwks(&self, not_modified: bool) {
+        let status = if not_modified { "304" } else { "200" };
+        self.jwks.with_label_values(&[status]).inc();
+    }
+
+    /// Sets the keys-loaded gauge from a key set.
+    pub fn set_keys(&self, keys: &KeySet) {
+        self.keys_loaded.reset();
+        for key in keys.keys() {
+            self.keys_loaded
+                .with_label_values(&[key.alg().as_str()])
+                .inc();
+        }
+    }
+
+    fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// `GET /metrics`: Prometheus text exposition format 0.0.4.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"))
+        .body(state.metrics.render())
+}

@@ -1,0 +1,312 @@
+//! The signer: claims plus the active key become a compact JWS (RFC 7515, RFC 7519).
+//! No HTTP and no disk here; the keys arrive parsed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::time::unix_now;
+use crate::{KeySet, SigningAlg, SigningKey};
+
+/// Registered claims the signer sets itself; extra claims may not use these names.
+pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"];
+
+/// The longest token lifetime the signer accepts (default and upper bound of `--ttl`).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The `typ` header of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// `typ: JWT` (RFC 7519 section 5.1), for tokens issued by `token issue`.
+    Jwt,
+    /// `typ: at+jwt`, the JWT access token profile (RFC 9068 section 2.1).
+    AccessToken,
+}
+
+impl TokenType {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "JWT",
+            Self::AccessToken => "at+jwt",
+        }
+    }
+}
+
+/// What to put in a token.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// `sub`: who the token is about.
+    pub sub: String,
+    /// `aud`: one audience is written as a string, several as an array, none omits the claim.
+    pub aud: Vec<String>,
+    /// Lifetime: `exp` = `iat` + `ttl`, between 1 s and [`MAX_TOKEN_TTL`].
+    pub ttl: Duration,
+    /// Signing algorithm; `None` uses the signer's default.
+    pub alg: Option<SigningAlg>,
+    /// The `typ` header.
+    pub typ: TokenType,
+    /// Further claims. Names of [`REGISTERED_CLAIMS`] are refused, never silently replaced.
+    pub extra: Map<String, Value>,
+}
+
+impl TokenRequest {
+    /// A request for `sub` with no audience, the given lifetime and typ JWT.
+    pub fn new(sub: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            sub: sub.into(),
+            aud: Vec::new(),
+            ttl,
+            alg: None,
+            typ: TokenType::Jwt,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// A signed token and the facts worth logging about it (never the token itself).
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// The compact JWS.
+    pub token: String,
+    /// Its `jti`.
+    pub jti: String,
+    /// The key that signed it.
+    pub kid: String,
+    /// The algorithm.
+    pub alg: SigningAlg,
+    /// `iat`.
+    pub issued_at: u64,
+    /// `exp`.
+    pub expires_at: u64,
+}
+
+/// Why a token was not issued.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// No key signs with the requested algorithm.
+    #[error("no {0} key is loaded; generate one with `jwt-issuer keys generate --alg {0}`")]
+    NoActiveKey(SigningAlg),
+    /// An extra claim that would override a registered one.
+    #[error("claim '{0}' is set by the issuer and cannot be overridden")]
+    ReservedClaim(String),
+    /// `sub` is empty.
+    #[error("sub must not be empty")]
+    EmptySubject,
+    /// An `aud` entry is empty.
+    #[error("aud must not be empty")]
+    EmptyAudience,
+    /// Lifetime out of range.
+    #[error("ttl {} is out of range (1s to {})", humantime::format_duration(*.0), humantime::format_duration(MAX_TOKEN_TTL))]
+    InvalidTtl(Duration),
+    /// The issuer is not an http(s) URL.
+    #[error("issuer '{0}' must be an http:// or https:// URL without query or fragment")]
+    InvalidIssuer(String),
+    /// The signing backend failed.
+    #[error("signing with key {kid} failed")]
+    Backend {
+        /// The key.
+        kid: String,
+    },
+    /// A key's signature did not verify through its own public JWK at start.
+    #[error("self-check failed for key {kid}: {reason}")]
+    SelfCheck {
+        /// The key.
+        kid: String,
+        /// What the verifier said.
+        reason: String,
+    },
+}
+
+/// Issues tokens for one issuer from a loaded key set.
+///
+/// ```no_run
+/// use std::{sync::Arc, time::Duration};
+/// use jwt_issuer::{KeyStore, Signer, SigningAlg, TokenRequest};
+/// let (keys, _) = KeyStore::new("keys").load_or_init()?;
+/// let signer = Signer::new("https://issuer.example", SigningAlg::Es256, Arc::new(keys))?;
+/// let token = signer.issue(&TokenRequest::new("alice", Duration::from_secs(3600)))?;
+/// println!("{}", token.token);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Signer {
+    issuer: String,
+    default_alg: SigningAlg,
+    keys: Arc<KeySet>,
+}
+
+impl Signer {
+    /// A signer for `issuer`, signing with `default_alg` unless a request says otherwise.
+    ///
+    /// Signs one token with every loaded key and verifies it through the key's published
+    /// JWK with jsonwebtoken, so a broken build or a key whose JWK does not match fails
+    /// here, at start, and not on the first request.
+    ///
+    /// # Errors
+    /// Invalid issuer, no key for `default_alg`, or a failed self-check.
+    pub fn new(
+        issuer: impl Into<String>,
+        default_alg: SigningAlg,
+        keys: Arc<KeySet>,
+    ) -> Result<Self, SignError> {
+        let issuer = issuer.into();
+        crate::config::check_issuer(&issuer)
+            .map_err(|_| SignError::InvalidIssuer(issuer.clone()))?;
+        let signer = Self {
+            issuer,
+            default_alg,
+            keys,
+        };
+        signer
+            .keys
+            .active(default_alg)
+            .ok_or(SignError::NoActiveKey(default_alg))?;
+        signer.self_check()?;
+        Ok(signer)
+    }
+
+    /// The `iss` of every token.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The algorithm used when a request names none.
+    pub fn default_alg(&self) -> SigningAlg {
+        self.default_alg
+    }
+
+    /// The keys this signer uses.
+    pub fn keys(&self) -> &Arc<KeySet> {
+        &self.keys
+    }
+
+    /// Signs a token with the active key of the request's algorithm.
+    ///
+    /// # Errors
+    /// See [`SignError`]: bad request fields, no key, backend failure.
+    pub fn issue(&self, request: &TokenRequest) -> Result<IssuedToken, SignError> {
+        let alg = request.alg.unwrap_or(self.default_alg);
+        let key = self.keys.active(alg).ok_or(SignError::NoActiveKey(alg))?;
+        self.issue_with(key, request)
+    }
+
+    fn issue_with(
+        &self,
+        key: &SigningKey,
+        request: &TokenRequest,
+    ) -> Result<IssuedToken, SignError> {
+        if request.sub.is_empty() {
+            return Err(SignError::EmptySubject);
+        }
+        if request.aud.iter().any(String::is_empty) {
+            return Err(SignError::EmptyAudience);
+        }
+        if request.ttl < Duration::from_secs(1) || request.ttl > MAX_TOKEN_TTL {
+            return Err(SignError::InvalidTtl(request.ttl));
+        }
+        if let Some(name) = REGISTERED_CLAIMS
+            .iter()
+            .find(|n| request.extra.contains_key(**n))
+        {
+            return Err(SignError::ReservedClaim((*name).to_owned()));
+        }
+        let now = unix_now();
+        let jti = new_jti();
+        let claims = Claims {
+            iss: &self.issuer,
+            sub: &request.sub,
+            aud: match request.aud.as_slice() {
+                [] => None,
+                [one] => Some(Audience::One(one)),
+                many => Some(Audience::Many(many)),
+            },
+            exp: now + request.ttl.as_secs(),
+            iat: now,
+            nbf: now,
+            jti: &jti,
+            extra: &request.extra,
+        };
+        // kid is base64url and typ a constant, so the header needs no JSON escaping.
+        let header = format!(
+            r#"{{"alg":"{}","kid":"{}","typ":"{}"}}"#,
+            key.alg(),
+            key.kid(),
+            request.typ.as_str()
+        );
+        // Serializing strings, numbers and a JSON map cannot fail.
+        let payload = serde_json::to_vec(&claims).unwrap_or_default();
+        let mut token = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 360);
+        URL_SAFE_NO_PAD.encode_string(header.as_bytes(), &mut token);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let (issued_at, expires_at) = (claims.iat, claims.exp);
+        let signature = key.sign(token.as_bytes()).map_err(|_| SignError::Backend {
+            kid: key.kid().to_owned(),
+        })?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        Ok(IssuedToken {
+            token,
+            jti,
+            kid: key.kid().to_owned(),
+            alg: key.alg(),
+            issued_at,
+            expires_at,
+        })
+    }
+
+    fn self_check(&self) -> Result<(), SignError> {
+        let probe = TokenRequest::new("jwt-issuer-self-check", Duration::from_secs(60));
+        for key in self.keys.keys() {
+            let fail = |reason: String| SignError::SelfCheck {
+                kid: key.kid().to_owned(),
+                reason,
+            };
+            let issued = self.issue_with(key, &probe)?;
+            let decoding = key.jwk().decoding_key().map_err(|e| fail(e.to_string()))?;
+            let mut validation = jsonwebtoken::Validation::new(key.alg().to_jsonwebtoken());
+            validation.set_issuer(&[&self.issuer]);
+            validation.validate_aud = false;
+            jsonwebtoken::decode::<Value>(&issued.token, &decoding, &validation)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<Audience<'a>>,
+    exp: u64,
+    iat: u64,
+    nbf: u64,
+    jti: &'a str,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Audience<'a> {
+    One(&'a str),
+    Many(&'a [String]),
+}
+
+/// 128 random bits from aws-lc's DRBG, base64url: unique without coordination.
+fn new_jti() -> String {
+    let mut bytes = [0u8; 16];
+    // Filling from the system DRBG only fails if the OS has no entropy source at all,
+    // in which case no key could have been generated either.
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        unreachable!("no system randomness");
+    }
+    URL_SAFE_NO_PAD.encode(bytes)
+}

@@ -1,0 +1,15 @@
+//! Wall-clock helpers shared by the key store and the signer.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch (0 for a clock set before 1970, which no token can use anyway).
+pub(crate) fn unix_now() -> u64 {
+    unix_seconds(SystemTime::now())
+}
+
+/// A time as whole seconds since the Unix epoch.
+pub(crate) fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
