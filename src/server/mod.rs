@@ -192,6 +192,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/metrics")
             .route(web::get().to(metrics::metrics))
+            .route(web::head().to(metrics::metrics))
             .default_service(get_only()),
     );
     cfg.default_service(web::to(error::not_found));

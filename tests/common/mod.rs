@@ -1,0 +1,276 @@
+//! Shared test helpers: a real server on 127.0.0.1:0 with a temporary keys dir, the real
+//! binary, and plain HTTP requests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use jwt_issuer::server::Application;
+use jwt_issuer::{Config, JwkSet, KeyStore};
+use tempfile::TempDir;
+
+/// A keys dir generated once per test binary (RSA generation is the slow part); tests
+/// that do not test generation copy it.
+fn template_keys() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let dir = TempDir::new().expect("temp dir").keep().join("keys");
+        KeyStore::new(&dir).load_or_init().expect("template keys");
+        dir
+    })
+}
+
+/// A fresh temp dir whose `keys/` holds copies of the template keys (modes kept).
+pub fn keys_dir_with_template() -> (TempDir, PathBuf) {
+    let tmp = TempDir::new().expect("temp dir");
+    let keys = tmp.path().join("keys");
+    copy_dir(template_keys(), &keys);
+    (tmp, keys)
+}
+
+/// Copies the files of `from` into a new directory `to` (mode 0700), keeping file modes.
+pub fn copy_dir(from: &Path, to: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().mode(0o700).create(to).expect("create keys dir");
+    for entry in fs::read_dir(from).expect("read template") {
+        let path = entry.expect("entry").path();
+        fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy key");
+    }
+}
+
+/// The names in a directory, sorted.
+pub fn list_dir(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// The permission bits of a path.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
+
+/// A server running in this process on its own thread and actix system.
+pub struct TestApp {
+    pub url: String,
+    pub issuer: String,
+    pub keys_dir: PathBuf,
+    _tmp: TempDir,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// A server over a copy of the template keys, default settings, port 0.
+    pub fn spawn() -> Self {
+        Self::spawn_with(|_| {})
+    }
+
+    /// As [`TestApp::spawn`], with settings changed by `adjust`.
+    pub fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let (tmp, keys_dir) = keys_dir_with_template();
+        let mut config = Config {
+            keys_dir: keys_dir.clone(),
+            bind: "127.0.0.1:0".into(),
+            workers: 1,
+            ..Config::default()
+        };
+        adjust(&mut config);
+        config.validate().expect("valid test config");
+        let keys = KeyStore::new(&config.keys_dir).load().expect("load keys");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let app = Application::build(&config, listener, keys).expect("build app");
+                tx.send((app.handle(), app.issuer().to_owned())).expect("send handle");
+                app.run_until_stopped().await.expect("server ran");
+            });
+        });
+        let (handle, issuer) = rx.recv().expect("server started");
+        Self {
+            url,
+            issuer,
+            keys_dir,
+            _tmp: tmp,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// GET a path of this server.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        request("GET", &format!("{}{path}", self.url), &[])
+    }
+
+    /// The published key set.
+    pub fn jwks(&self) -> JwkSet {
+        let res = self.get("/.well-known/jwks.json");
+        assert_eq!(res.status, 200);
+        serde_json::from_str(&res.body).expect("JWKS parses")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // stop() sends the command at once; the returned future only awaits completion.
+        drop(self.handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An HTTP response, whatever its status.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// A header by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends one request with headers and returns the response, including 4xx and 5xx.
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut req = ureq::request(method, url).timeout(Duration::from_secs(10));
+    for (name, value) in headers {
+        req = req.set(name, value);
+    }
+    let res = match req.call() {
+        Ok(res) | Err(ureq::Error::Status(_, res)) => res,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = res.status();
+    let headers = res
+        .headers_names()
+        .into_iter()
+        .map(|name| {
+            let value = res.header(&name).unwrap_or_default().to_owned();
+            (name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    let body = res.into_string().expect("body");
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The real binary, with no JWT_ISSUER_* from the caller's environment and the given
+/// keys dir.
+pub fn cli(keys_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jwt-issuer"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("JWT_ISSUER_") || name.starts_with("JWT_SECRET") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("JWT_ISSUER_KEYS_DIR", keys_dir);
+    cmd
+}
+
+/// The output of a finished command.
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary to completion.
+pub fn run_cli(keys_dir: &Path, args: &[&str]) -> Output {
+    let out = cli(keys_dir).args(args).output().expect("run jwt-issuer");
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `jwt-issuer serve` as a child process on 127.0.0.1:0; killed on drop.
+pub struct ServeProcess {
+    pub child: Child,
+    pub url: String,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    /// Starts the binary and waits for its "listening" log line.
+    pub fn start(keys_dir: &Path, extra_args: &[&str]) -> Self {
+        let mut child = cli(keys_dir)
+            .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("server did not start; log: {seen:#?}"));
+            if let Some(rest) = line.split("url=").nth(1) {
+                let url = rest.split_whitespace().next().expect("url").to_owned();
+                return Self { child, url, log: rx };
+            }
+            seen.push(line);
+        }
+    }
+
+    /// Log lines received so far.
+    pub fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Decodes one base64url JWT segment to JSON.
+pub fn segment_json(token: &str, index: usize) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.split('.').nth(index).expect("segment");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON segment")
+}

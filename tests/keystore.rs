@@ -1,0 +1,284 @@
+//! The key store on disk: first start, modes, restart, refusals, imports.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+use common::{ServeProcess, keys_dir_with_template, list_dir, mode, run_cli};
+use jwt_issuer::{KeyStore, SigningAlg};
+use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
+use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use tempfile::TempDir;
+
+fn pem(tag: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(tag, der.to_vec()))
+}
+
+fn rsa_key(bits: usize) -> rsa::RsaPrivateKey {
+    rsa::RsaPrivateKey::new(&mut rand_core::OsRng, bits).expect("rsa key")
+}
+
+#[test]
+fn first_start_generates_es256_and_rs256_keys_privately_and_atomically() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("nested/keys");
+    let (keys, generated) = KeyStore::new(&dir).load_or_init().unwrap();
+    assert_eq!(generated.len(), 2);
+    assert!(keys.active(SigningAlg::Es256).is_some());
+    let rsa = keys.active(SigningAlg::Rs256).unwrap();
+    assert_eq!(rsa.rsa_bits(), Some(2048));
+
+    assert_eq!(mode(&dir), 0o700, "keys dir is created 0700");
+    let names = list_dir(&dir);
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with('.')), "temp files left behind: {names:?}");
+    for key in keys.keys() {
+        let pem_file = dir.join(format!("{}.pem", key.kid()));
+        assert_eq!(mode(&pem_file), 0o600);
+        let text = fs::read_to_string(&pem_file).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "PKCS#8 PEM");
+        let meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join(format!("{}.json", key.kid()))).unwrap()).unwrap();
+        assert_eq!(meta["kid"], key.kid());
+        assert_eq!(meta["alg"], key.alg().as_str());
+    }
+}
+
+#[test]
+fn first_start_in_an_existing_empty_dir_generates_keys() {
+    let tmp = TempDir::new().unwrap();
+    fs::write(tmp.path().join("README.md"), "keys live here").unwrap();
+    let (keys, generated) = KeyStore::new(tmp.path()).load_or_init().unwrap();
+    assert_eq!(generated.len(), 2);
+    assert_eq!(keys.keys().len(), 2);
+}
+
+#[test]
+fn restart_keeps_the_same_kids() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let store = KeyStore::new(&dir);
+    let first: Vec<String> = store.load_or_init().unwrap().0.keys().iter().map(|k| k.kid().to_owned()).collect();
+    let (again, generated) = store.load_or_init().unwrap();
+    assert!(generated.is_empty());
+    let second: Vec<String> = again.keys().iter().map(|k| k.kid().to_owned()).collect();
+    assert_eq!(first, second);
+}
+
+#[test]
+fn restarted_binary_publishes_the_same_jwks() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let first = ServeProcess::start(&dir, &[]);
+    let jwks1 = common::request("GET", &format!("{}/.well-known/jwks.json", first.url), &[]);
+    drop(first);
+    let second = ServeProcess::start(&dir, &[]);
+    let jwks2 = common::request("GET", &format!("{}/.well-known/jwks.json", second.url), &[]);
+    assert_eq!(jwks1.body, jwks2.body);
+    assert_eq!(jwks1.header("etag"), jwks2.header("etag"));
+}
+
+#[test]
+fn group_or_world_accessible_key_refuses_start_and_says_how_to_fix() {
+    for bad_mode in [0o640, 0o604, 0o620, 0o644] {
+        let (_tmp, dir) = keys_dir_with_template();
+        let victim = dir.join(&list_dir(&dir).into_iter().find(|n| n.ends_with(".pem")).unwrap());
+        fs::set_permissions(&victim, fs::Permissions::from_mode(bad_mode)).unwrap();
+        let out = run_cli(&dir, &["serve", "--bind", "127.0.0.1:0"]);
+        assert_ne!(out.code, Some(0));
+        let last = out.stderr.lines().last().unwrap_or_default();
+        assert!(last.contains(&victim.display().to_string()), "{last}");
+        assert!(last.contains("too open"), "{last}");
+        assert!(last.contains("chmod 600"), "{last}");
+        // The library refuses too, whoever calls it.
+        assert!(KeyStore::new(&dir).load().is_err());
+    }
+}
+
+#[test]
+fn owner_only_modes_stricter_than_0600_are_accepted() {
+    let (_tmp, dir) = keys_dir_with_template();
+    for name in list_dir(&dir).into_iter().filter(|n| n.ends_with(".pem")) {
+        fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    assert_eq!(KeyStore::new(&dir).load().unwrap().keys().len(), 2);
+}
+
+#[test]
+fn generated_rsa_sizes_are_honoured() {
+    let tmp = TempDir::new().unwrap();
+    let store = KeyStore::new(tmp.path());
+    let info = store.generate(SigningAlg::Rs256, 3072).unwrap();
+    let keys = store.load().unwrap();
+    assert_eq!(keys.find(&info.kid).unwrap().rsa_bits(), Some(3072));
+    assert!(store.generate(SigningAlg::Rs256, 1024).is_err());
+}
+
+#[test]
+fn newest_key_of_each_algorithm_signs() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let store = KeyStore::new(&dir);
+    let before = store.load().unwrap().active(SigningAlg::Es256).unwrap().kid().to_owned();
+    // created is in seconds: make the new key unambiguously newer.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let info = store.generate(SigningAlg::Es256, 0).unwrap();
+    let keys = store.load().unwrap();
+    assert_ne!(info.kid, before);
+    assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), info.kid);
+    assert!(keys.find(&before).is_some(), "the older key stays published");
+}
+
+/// Imports `contents` through the CLI and returns (exit code, stderr, keys dir listing).
+fn import(contents: &[u8]) -> (Option<i32>, String, Vec<String>, Vec<String>) {
+    let (tmp, dir) = keys_dir_with_template();
+    let before = list_dir(&dir);
+    let file = tmp.path().join("operator key.pem");
+    fs::write(&file, contents).unwrap();
+    let out = run_cli(&dir, &["keys", "import", file.to_str().unwrap()]);
+    let after = list_dir(&dir);
+    if out.code != Some(0) {
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+        assert!(out.stderr.contains("operator key.pem"), "names the file: {}", out.stderr);
+    }
+    (out.code, out.stderr, before, after)
+}
+
+fn assert_refused(contents: &[u8], reason: &str) {
+    let (code, stderr, before, after) = import(contents);
+    assert_ne!(code, Some(0), "accepted: expected refusal with {reason}");
+    assert!(stderr.contains(reason), "expected {reason:?} in {stderr:?}");
+    assert_eq!(before, after, "nothing written on refusal");
+    assert!(!stderr.contains("PRIVATE KEY-----"), "no key material in errors");
+}
+
+#[test]
+fn import_refuses_rsa_under_2048_bits() {
+    let weak = rsa_key(1024);
+    assert_refused(weak.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(), "1024 bits is too weak");
+    assert_refused(weak.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes(), "1024 bits is too weak");
+}
+
+#[test]
+fn import_refuses_other_curves_in_pkcs8_and_sec1() {
+    let rng = SystemRandom::new();
+    let p384 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+    assert_refused(pem("PRIVATE KEY", p384.as_ref()).as_bytes(), "curve P-384");
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, p384.as_ref()).unwrap();
+    let sec1: EcPrivateKeyRfc5915Der = pair.private_key().as_der().unwrap();
+    assert_refused(pem("EC PRIVATE KEY", sec1.as_ref()).as_bytes(), "curve P-384");
+}
+
+#[test]
+fn import_refuses_other_key_types() {
+    let ed = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+    assert_refused(pem("PRIVATE KEY", ed.as_ref()).as_bytes(), "unsupported key type Ed25519");
+}
+
+#[test]
+fn import_refuses_public_only_pem() {
+    let public = rsa_key(2048).to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
+    assert_refused(public.as_bytes(), "only public material (PUBLIC KEY)");
+    assert_refused(pem("CERTIFICATE", &[0x30, 0x03, 0x02, 0x01, 0x01]).as_bytes(), "only public material (CERTIFICATE)");
+}
+
+#[test]
+fn import_refuses_encrypted_pem() {
+    assert_refused(pem("ENCRYPTED PRIVATE KEY", &[0x30, 0x00]).as_bytes(), "is encrypted");
+    let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nMAA=\n-----END RSA PRIVATE KEY-----\n";
+    assert_refused(legacy.as_bytes(), "is encrypted");
+}
+
+#[test]
+fn import_refuses_garbage() {
+    assert_refused(b"hello, this is not a key\n", "not a PEM file");
+    assert_refused(&[0xff, 0x00, 0x13, 0x37, 0x80], "not a PEM file");
+    assert_refused(b"", "not a PEM file");
+    assert_refused(pem("PRIVATE KEY", b"\x30\x82garbage").as_bytes(), "malformed PRIVATE KEY");
+    assert_refused(pem("EC PRIVATE KEY", b"\x01\x02").as_bytes(), "malformed EC PRIVATE KEY");
+}
+
+#[test]
+fn import_refuses_two_keys_in_one_file() {
+    let a = p256::SecretKey::random(&mut rand_core::OsRng).to_pkcs8_pem(LineEnding::LF).unwrap();
+    let b = p256::SecretKey::random(&mut rand_core::OsRng).to_pkcs8_pem(LineEnding::LF).unwrap();
+    assert_refused(format!("{}{}", *a, *b).as_bytes(), "more than one private key");
+}
+
+#[test]
+fn import_refuses_a_missing_file() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let out = run_cli(&dir, &["keys", "import", "/no/such/key.pem"]);
+    assert_ne!(out.code, Some(0));
+    assert_eq!(out.stderr.lines().count(), 1);
+    assert!(out.stderr.contains("/no/such/key.pem"));
+}
+
+fn assert_imported(contents: &[u8], alg: &str) {
+    let (tmp, dir) = keys_dir_with_template();
+    let file = tmp.path().join("import.pem");
+    fs::write(&file, contents).unwrap();
+    let out = run_cli(&dir, &["keys", "import", file.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains(alg), "{}", out.stdout);
+    let keys = KeyStore::new(&dir).load().unwrap();
+    assert_eq!(keys.keys().len(), 3);
+    let stored = keys.keys().iter().find(|k| out.stdout.contains(k.kid())).expect("imported kid");
+    assert_eq!(stored.alg().as_str(), alg);
+    assert_eq!(mode(stored.file()), 0o600);
+    let text = fs::read_to_string(stored.file()).unwrap();
+    assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "stored as PKCS#8");
+    assert!(list_dir(&dir).iter().all(|n| !n.starts_with('.')));
+
+    // The same key again is refused, nothing rewritten.
+    let again = run_cli(&dir, &["keys", "import", file.to_str().unwrap()]);
+    assert_ne!(again.code, Some(0));
+    assert!(again.stderr.contains("already in the store"), "{}", again.stderr);
+}
+
+#[test]
+fn import_accepts_pkcs8_pkcs1_and_sec1() {
+    let rsa = rsa_key(2048);
+    assert_imported(rsa.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes(), "RS256");
+    assert_imported(rsa_key(2048).to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(), "RS256");
+    let ec = p256::SecretKey::random(&mut rand_core::OsRng);
+    assert_imported(ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(), "ES256");
+    // openssl ecparam -genkey: an EC PARAMETERS block, then the SEC1 key.
+    let sec1 = format!(
+        "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{}",
+        pem("EC PRIVATE KEY", &p256::SecretKey::random(&mut rand_core::OsRng).to_sec1_der().unwrap())
+    );
+    assert_imported(sec1.as_bytes(), "ES256");
+}
+
+#[test]
+fn key_file_dropped_in_by_an_operator_is_loaded_without_metadata() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let ec = p256::SecretKey::random(&mut rand_core::OsRng);
+    let file = dir.join("operator.pem");
+    fs::write(&file, ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    let keys = KeyStore::new(&dir).load().unwrap();
+    assert_eq!(keys.keys().len(), 3);
+    assert!(keys.keys().iter().any(|k| k.file() == Path::new(&file) && k.alg() == SigningAlg::Es256));
+}
+
+#[test]
+fn corrupt_key_in_the_store_fails_the_whole_load_naming_the_file() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let victim = dir.join(list_dir(&dir).into_iter().find(|n| n.ends_with(".pem")).unwrap());
+    fs::write(&victim, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    let err = KeyStore::new(&dir).load().unwrap_err().to_string();
+    assert!(err.contains(&victim.display().to_string()), "{err}");
+}
+
+#[test]
+fn temp_files_of_interrupted_writes_are_ignored() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let partial = dir.join(".tmp-abc123");
+    fs::write(&partial, "-----BEGIN PRIVATE KEY-----\nMII").unwrap();
+    fs::set_permissions(&partial, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(KeyStore::new(&dir).load().unwrap().keys().len(), 2);
+}
