@@ -198,9 +198,10 @@ fn serve(store: KeyStore, args: ServeArgs) -> Result<()> {
         workers: args.workers.unwrap_or_else(|| Config::default().workers),
     };
     config.validate()?;
-    let keys = load_keys(&store)?;
+    // Bind before touching the keys dir, so a bad address writes nothing.
     let listener = TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let keys = load_keys(&store)?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&config, listener, keys).context("cannot start")?;
         tracing::info!(
@@ -270,6 +271,11 @@ fn token_issue(store: &KeyStore, args: IssueArgs) -> Result<()> {
         .issuer
         .issuer
         .unwrap_or_else(|| default_issuer(&args.issuer.bind, None));
+    // Refuse bad input before the keys dir is touched (it may generate keys).
+    jwt_issuer::config::check_issuer(&issuer)?;
+    if args.sub.is_empty() {
+        bail!("--sub must not be empty");
+    }
     let mut extra = Map::new();
     for (name, value) in args.claims {
         if extra.insert(name.clone(), value).is_some() {

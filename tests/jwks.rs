@@ -14,7 +14,10 @@ fn jwks_publishes_both_keys_with_public_members_and_cache_headers() {
     assert_eq!(res.header("content-type"), Some("application/json"));
     assert_eq!(res.header("cache-control"), Some("public, max-age=300"));
     let etag = res.header("etag").expect("etag");
-    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() > 10, "{etag}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() > 10,
+        "{etag}"
+    );
 
     let body = res.json();
     let keys = body["keys"].as_array().expect("keys array");
@@ -24,7 +27,11 @@ fn jwks_publishes_both_keys_with_public_members_and_cache_headers() {
     assert_eq!(algs, ["ES256", "RS256"]);
     for key in keys {
         assert_eq!(key["use"], "sig");
-        assert_eq!(key["kid"].as_str().unwrap().len(), 43, "kid is a SHA-256 thumbprint");
+        assert_eq!(
+            key["kid"].as_str().unwrap().len(),
+            43,
+            "kid is a SHA-256 thumbprint"
+        );
         match key["kty"].as_str().unwrap() {
             "EC" => {
                 assert_eq!(key["crv"], "P-256");
@@ -48,7 +55,10 @@ fn jwks_has_no_private_members() {
     let body = app.get("/.well-known/jwks.json").json();
     for key in body["keys"].as_array().unwrap() {
         for member in PRIVATE_MEMBERS {
-            assert!(key.get(member).is_none(), "private member {member} in {key}");
+            assert!(
+                key.get(member).is_none(),
+                "private member {member} in {key}"
+            );
         }
     }
 }
@@ -79,7 +89,10 @@ fn if_none_match_with_the_etag_gives_304_and_others_give_200() {
 
     let stale = request("GET", &url, &[("If-None-Match", "\"not-the-tag\"")]);
     assert_eq!(stale.status, 200);
-    assert_eq!(stale.body, first.body, "the body is stable between requests");
+    assert_eq!(
+        stale.body, first.body,
+        "the body is stable between requests"
+    );
 }
 
 #[test]
@@ -101,15 +114,27 @@ fn discovery_documents_agree_and_point_at_the_jwks() {
 
     let meta = oidc.json();
     assert_eq!(meta["issuer"], app.issuer.as_str());
-    assert_eq!(app.issuer, app.url, "default issuer is http:// plus the bound address");
-    assert_eq!(meta["jwks_uri"], format!("{}/.well-known/jwks.json", app.url));
+    assert_eq!(
+        app.issuer, app.url,
+        "default issuer is http:// plus the bound address"
+    );
+    assert_eq!(
+        meta["jwks_uri"],
+        format!("{}/.well-known/jwks.json", app.url)
+    );
     assert_eq!(meta["token_endpoint"], format!("{}/oauth2/token", app.url));
-    assert_eq!(meta["grant_types_supported"], serde_json::json!(["client_credentials"]));
+    assert_eq!(
+        meta["grant_types_supported"],
+        serde_json::json!(["client_credentials"])
+    );
     assert_eq!(
         meta["token_endpoint_auth_methods_supported"],
         serde_json::json!(["client_secret_basic", "client_secret_post"])
     );
-    assert_eq!(meta["id_token_signing_alg_values_supported"], serde_json::json!(["ES256", "RS256"]));
+    assert_eq!(
+        meta["id_token_signing_alg_values_supported"],
+        serde_json::json!(["ES256", "RS256"])
+    );
 
     let jwks = request("GET", meta["jwks_uri"].as_str().unwrap(), &[]);
     assert_eq!(jwks.status, 200);
@@ -120,7 +145,10 @@ fn configured_issuer_is_used_verbatim() {
     let app = TestApp::spawn_with(|c| c.issuer = Some("https://auth.example.com/tenant-a".into()));
     let meta = app.get("/.well-known/openid-configuration").json();
     assert_eq!(meta["issuer"], "https://auth.example.com/tenant-a");
-    assert_eq!(meta["jwks_uri"], "https://auth.example.com/tenant-a/.well-known/jwks.json");
+    assert_eq!(
+        meta["jwks_uri"],
+        "https://auth.example.com/tenant-a/.well-known/jwks.json"
+    );
 }
 
 #[test]
@@ -134,14 +162,22 @@ fn healthz_answers_ok() {
 #[test]
 fn metrics_count_requests_jwks_responses_and_keys() {
     let app = TestApp::spawn();
-    let etag = app.get("/.well-known/jwks.json").header("etag").unwrap().to_owned();
+    let etag = app
+        .get("/.well-known/jwks.json")
+        .header("etag")
+        .unwrap()
+        .to_owned();
     let url = format!("{}/.well-known/jwks.json", app.url);
     request("GET", &url, &[("If-None-Match", &etag)]);
     app.get("/nope");
 
     let res = app.get("/metrics");
     assert_eq!(res.status, 200);
-    assert!(res.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(
+        res.header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = res.body;
     for line in [
         r#"jwt_issuer_jwks_responses_total{status="200"} 1"#,
@@ -170,7 +206,12 @@ fn unknown_path_is_404_with_json_error() {
 #[test]
 fn wrong_method_is_405_with_allow_and_json_error() {
     let app = TestApp::spawn();
-    for path in ["/.well-known/jwks.json", "/.well-known/openid-configuration", "/healthz", "/metrics"] {
+    for path in [
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+        "/healthz",
+        "/metrics",
+    ] {
         for method in ["POST", "PUT", "DELETE"] {
             let res = request(method, &format!("{}{path}", app.url), &[]);
             assert_eq!(res.status, 405, "{method} {path}");

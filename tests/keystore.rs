@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
 use common::{ServeProcess, keys_dir_with_template, list_dir, mode, run_cli};
 use jwt_issuer::{KeyStore, SigningAlg};
@@ -36,14 +36,21 @@ fn first_start_generates_es256_and_rs256_keys_privately_and_atomically() {
     assert_eq!(mode(&dir), 0o700, "keys dir is created 0700");
     let names = list_dir(&dir);
     assert_eq!(names.len(), 4, "{names:?}");
-    assert!(names.iter().all(|n| !n.starts_with('.')), "temp files left behind: {names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with('.')),
+        "temp files left behind: {names:?}"
+    );
     for key in keys.keys() {
         let pem_file = dir.join(format!("{}.pem", key.kid()));
         assert_eq!(mode(&pem_file), 0o600);
         let text = fs::read_to_string(&pem_file).unwrap();
-        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "PKCS#8 PEM");
+        assert!(
+            text.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+            "PKCS#8 PEM"
+        );
         let meta: serde_json::Value =
-            serde_json::from_slice(&fs::read(dir.join(format!("{}.json", key.kid()))).unwrap()).unwrap();
+            serde_json::from_slice(&fs::read(dir.join(format!("{}.json", key.kid()))).unwrap())
+                .unwrap();
         assert_eq!(meta["kid"], key.kid());
         assert_eq!(meta["alg"], key.alg().as_str());
     }
@@ -62,7 +69,14 @@ fn first_start_in_an_existing_empty_dir_generates_keys() {
 fn restart_keeps_the_same_kids() {
     let (_tmp, dir) = keys_dir_with_template();
     let store = KeyStore::new(&dir);
-    let first: Vec<String> = store.load_or_init().unwrap().0.keys().iter().map(|k| k.kid().to_owned()).collect();
+    let first: Vec<String> = store
+        .load_or_init()
+        .unwrap()
+        .0
+        .keys()
+        .iter()
+        .map(|k| k.kid().to_owned())
+        .collect();
     let (again, generated) = store.load_or_init().unwrap();
     assert!(generated.is_empty());
     let second: Vec<String> = again.keys().iter().map(|k| k.kid().to_owned()).collect();
@@ -85,7 +99,12 @@ fn restarted_binary_publishes_the_same_jwks() {
 fn group_or_world_accessible_key_refuses_start_and_says_how_to_fix() {
     for bad_mode in [0o640, 0o604, 0o620, 0o644] {
         let (_tmp, dir) = keys_dir_with_template();
-        let victim = dir.join(&list_dir(&dir).into_iter().find(|n| n.ends_with(".pem")).unwrap());
+        let victim = dir.join(
+            list_dir(&dir)
+                .into_iter()
+                .find(|n| n.ends_with(".pem"))
+                .unwrap(),
+        );
         fs::set_permissions(&victim, fs::Permissions::from_mode(bad_mode)).unwrap();
         let out = run_cli(&dir, &["serve", "--bind", "127.0.0.1:0"]);
         assert_ne!(out.code, Some(0));
@@ -121,14 +140,23 @@ fn generated_rsa_sizes_are_honoured() {
 fn newest_key_of_each_algorithm_signs() {
     let (_tmp, dir) = keys_dir_with_template();
     let store = KeyStore::new(&dir);
-    let before = store.load().unwrap().active(SigningAlg::Es256).unwrap().kid().to_owned();
+    let before = store
+        .load()
+        .unwrap()
+        .active(SigningAlg::Es256)
+        .unwrap()
+        .kid()
+        .to_owned();
     // created is in seconds: make the new key unambiguously newer.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let info = store.generate(SigningAlg::Es256, 0).unwrap();
     let keys = store.load().unwrap();
     assert_ne!(info.kid, before);
     assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), info.kid);
-    assert!(keys.find(&before).is_some(), "the older key stays published");
+    assert!(
+        keys.find(&before).is_some(),
+        "the older key stays published"
+    );
 }
 
 /// Imports `contents` through the CLI and returns (exit code, stderr, keys dir listing).
@@ -141,7 +169,11 @@ fn import(contents: &[u8]) -> (Option<i32>, String, Vec<String>, Vec<String>) {
     let after = list_dir(&dir);
     if out.code != Some(0) {
         assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
-        assert!(out.stderr.contains("operator key.pem"), "names the file: {}", out.stderr);
+        assert!(
+            out.stderr.contains("operator key.pem"),
+            "names the file: {}",
+            out.stderr
+        );
     }
     (out.code, out.stderr, before, after)
 }
@@ -151,14 +183,23 @@ fn assert_refused(contents: &[u8], reason: &str) {
     assert_ne!(code, Some(0), "accepted: expected refusal with {reason}");
     assert!(stderr.contains(reason), "expected {reason:?} in {stderr:?}");
     assert_eq!(before, after, "nothing written on refusal");
-    assert!(!stderr.contains("PRIVATE KEY-----"), "no key material in errors");
+    assert!(
+        !stderr.contains("PRIVATE KEY-----"),
+        "no key material in errors"
+    );
 }
 
 #[test]
 fn import_refuses_rsa_under_2048_bits() {
     let weak = rsa_key(1024);
-    assert_refused(weak.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(), "1024 bits is too weak");
-    assert_refused(weak.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes(), "1024 bits is too weak");
+    assert_refused(
+        weak.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
+        "1024 bits is too weak",
+    );
+    assert_refused(
+        weak.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes(),
+        "1024 bits is too weak",
+    );
 }
 
 #[test]
@@ -168,25 +209,40 @@ fn import_refuses_other_curves_in_pkcs8_and_sec1() {
     assert_refused(pem("PRIVATE KEY", p384.as_ref()).as_bytes(), "curve P-384");
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, p384.as_ref()).unwrap();
     let sec1: EcPrivateKeyRfc5915Der = pair.private_key().as_der().unwrap();
-    assert_refused(pem("EC PRIVATE KEY", sec1.as_ref()).as_bytes(), "curve P-384");
+    assert_refused(
+        pem("EC PRIVATE KEY", sec1.as_ref()).as_bytes(),
+        "curve P-384",
+    );
 }
 
 #[test]
 fn import_refuses_other_key_types() {
     let ed = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-    assert_refused(pem("PRIVATE KEY", ed.as_ref()).as_bytes(), "unsupported key type Ed25519");
+    assert_refused(
+        pem("PRIVATE KEY", ed.as_ref()).as_bytes(),
+        "unsupported key type Ed25519",
+    );
 }
 
 #[test]
 fn import_refuses_public_only_pem() {
-    let public = rsa_key(2048).to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
+    let public = rsa_key(2048)
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
     assert_refused(public.as_bytes(), "only public material (PUBLIC KEY)");
-    assert_refused(pem("CERTIFICATE", &[0x30, 0x03, 0x02, 0x01, 0x01]).as_bytes(), "only public material (CERTIFICATE)");
+    assert_refused(
+        pem("CERTIFICATE", &[0x30, 0x03, 0x02, 0x01, 0x01]).as_bytes(),
+        "only public material (CERTIFICATE)",
+    );
 }
 
 #[test]
 fn import_refuses_encrypted_pem() {
-    assert_refused(pem("ENCRYPTED PRIVATE KEY", &[0x30, 0x00]).as_bytes(), "is encrypted");
+    assert_refused(
+        pem("ENCRYPTED PRIVATE KEY", &[0x30, 0x00]).as_bytes(),
+        "is encrypted",
+    );
     let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nMAA=\n-----END RSA PRIVATE KEY-----\n";
     assert_refused(legacy.as_bytes(), "is encrypted");
 }
@@ -196,15 +252,28 @@ fn import_refuses_garbage() {
     assert_refused(b"hello, this is not a key\n", "not a PEM file");
     assert_refused(&[0xff, 0x00, 0x13, 0x37, 0x80], "not a PEM file");
     assert_refused(b"", "not a PEM file");
-    assert_refused(pem("PRIVATE KEY", b"\x30\x82garbage").as_bytes(), "malformed PRIVATE KEY");
-    assert_refused(pem("EC PRIVATE KEY", b"\x01\x02").as_bytes(), "malformed EC PRIVATE KEY");
+    assert_refused(
+        pem("PRIVATE KEY", b"\x30\x82garbage").as_bytes(),
+        "malformed PRIVATE KEY",
+    );
+    assert_refused(
+        pem("EC PRIVATE KEY", b"\x01\x02").as_bytes(),
+        "malformed EC PRIVATE KEY",
+    );
 }
 
 #[test]
 fn import_refuses_two_keys_in_one_file() {
-    let a = p256::SecretKey::random(&mut rand_core::OsRng).to_pkcs8_pem(LineEnding::LF).unwrap();
-    let b = p256::SecretKey::random(&mut rand_core::OsRng).to_pkcs8_pem(LineEnding::LF).unwrap();
-    assert_refused(format!("{}{}", *a, *b).as_bytes(), "more than one private key");
+    let a = p256::SecretKey::random(&mut rand_core::OsRng)
+        .to_pkcs8_pem(LineEnding::LF)
+        .unwrap();
+    let b = p256::SecretKey::random(&mut rand_core::OsRng)
+        .to_pkcs8_pem(LineEnding::LF)
+        .unwrap();
+    assert_refused(
+        format!("{}{}", *a, *b).as_bytes(),
+        "more than one private key",
+    );
 }
 
 #[test]
@@ -225,30 +294,55 @@ fn assert_imported(contents: &[u8], alg: &str) {
     assert!(out.stdout.contains(alg), "{}", out.stdout);
     let keys = KeyStore::new(&dir).load().unwrap();
     assert_eq!(keys.keys().len(), 3);
-    let stored = keys.keys().iter().find(|k| out.stdout.contains(k.kid())).expect("imported kid");
+    let stored = keys
+        .keys()
+        .iter()
+        .find(|k| out.stdout.contains(k.kid()))
+        .expect("imported kid");
     assert_eq!(stored.alg().as_str(), alg);
     assert_eq!(mode(stored.file()), 0o600);
     let text = fs::read_to_string(stored.file()).unwrap();
-    assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "stored as PKCS#8");
+    assert!(
+        text.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "stored as PKCS#8"
+    );
     assert!(list_dir(&dir).iter().all(|n| !n.starts_with('.')));
 
     // The same key again is refused, nothing rewritten.
     let again = run_cli(&dir, &["keys", "import", file.to_str().unwrap()]);
     assert_ne!(again.code, Some(0));
-    assert!(again.stderr.contains("already in the store"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already in the store"),
+        "{}",
+        again.stderr
+    );
 }
 
 #[test]
 fn import_accepts_pkcs8_pkcs1_and_sec1() {
     let rsa = rsa_key(2048);
-    assert_imported(rsa.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes(), "RS256");
-    assert_imported(rsa_key(2048).to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(), "RS256");
+    assert_imported(
+        rsa.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes(),
+        "RS256",
+    );
+    assert_imported(
+        rsa_key(2048)
+            .to_pkcs8_pem(LineEnding::LF)
+            .unwrap()
+            .as_bytes(),
+        "RS256",
+    );
     let ec = p256::SecretKey::random(&mut rand_core::OsRng);
     assert_imported(ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(), "ES256");
     // openssl ecparam -genkey: an EC PARAMETERS block, then the SEC1 key.
     let sec1 = format!(
         "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{}",
-        pem("EC PRIVATE KEY", &p256::SecretKey::random(&mut rand_core::OsRng).to_sec1_der().unwrap())
+        pem(
+            "EC PRIVATE KEY",
+            &p256::SecretKey::random(&mut rand_core::OsRng)
+                .to_sec1_der()
+                .unwrap()
+        )
     );
     assert_imported(sec1.as_bytes(), "ES256");
 }
@@ -262,14 +356,27 @@ fn key_file_dropped_in_by_an_operator_is_loaded_without_metadata() {
     fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
     let keys = KeyStore::new(&dir).load().unwrap();
     assert_eq!(keys.keys().len(), 3);
-    assert!(keys.keys().iter().any(|k| k.file() == Path::new(&file) && k.alg() == SigningAlg::Es256));
+    assert!(
+        keys.keys()
+            .iter()
+            .any(|k| k.file() == Path::new(&file) && k.alg() == SigningAlg::Es256)
+    );
 }
 
 #[test]
 fn corrupt_key_in_the_store_fails_the_whole_load_naming_the_file() {
     let (_tmp, dir) = keys_dir_with_template();
-    let victim = dir.join(list_dir(&dir).into_iter().find(|n| n.ends_with(".pem")).unwrap());
-    fs::write(&victim, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    let victim = dir.join(
+        list_dir(&dir)
+            .into_iter()
+            .find(|n| n.ends_with(".pem"))
+            .unwrap(),
+    );
+    fs::write(
+        &victim,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let err = KeyStore::new(&dir).load().unwrap_err().to_string();
     assert!(err.contains(&victim.display().to_string()), "{err}");
 }

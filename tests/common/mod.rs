@@ -39,7 +39,10 @@ pub fn keys_dir_with_template() -> (TempDir, PathBuf) {
 /// Copies the files of `from` into a new directory `to` (mode 0700), keeping file modes.
 pub fn copy_dir(from: &Path, to: &Path) {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().mode(0o700).create(to).expect("create keys dir");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(to)
+        .expect("create keys dir");
     for entry in fs::read_dir(from).expect("read template") {
         let path = entry.expect("entry").path();
         fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy key");
@@ -98,7 +101,8 @@ impl TestApp {
         let thread = thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let app = Application::build(&config, listener, keys).expect("build app");
-                tx.send((app.handle(), app.issuer().to_owned())).expect("send handle");
+                tx.send((app.handle(), app.issuer().to_owned()))
+                    .expect("send handle");
                 app.run_until_stopped().await.expect("server ran");
             });
         });
@@ -239,14 +243,20 @@ impl ServeProcess {
                 }
             }
         });
+        // From here the child is owned by a ServeProcess, whose Drop kills and reaps it.
+        let mut server = Self {
+            child,
+            url: String::new(),
+            log: rx,
+        };
         let mut seen = Vec::new();
         loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("server did not start; log: {seen:#?}"));
+            let Ok(line) = server.log.recv_timeout(Duration::from_secs(20)) else {
+                panic!("server did not start; log: {seen:#?}");
+            };
             if let Some(rest) = line.split("url=").nth(1) {
-                let url = rest.split_whitespace().next().expect("url").to_owned();
-                return Self { child, url, log: rx };
+                server.url = rest.split_whitespace().next().expect("url").to_owned();
+                return server;
             }
             seen.push(line);
         }

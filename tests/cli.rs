@@ -1,0 +1,200 @@
+//! The binary: help, bad arguments, first start, graceful shutdown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ServeProcess, keys_dir_with_template, list_dir, run_cli};
+use tempfile::TempDir;
+
+#[test]
+fn help_reads_well_on_every_command() {
+    let tmp = TempDir::new().unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["keys", "--help"],
+        vec!["keys", "list", "--help"],
+        vec!["keys", "generate", "--help"],
+        vec!["keys", "import", "--help"],
+        vec!["jwks", "--help"],
+        vec!["token", "issue", "--help"],
+    ] {
+        let out = run_cli(tmp.path(), &args);
+        assert_eq!(out.code, Some(0), "{args:?}");
+        assert!(
+            out.stdout.contains("Usage: jwt-issuer"),
+            "{args:?}: {}",
+            out.stdout
+        );
+    }
+    let serve = run_cli(tmp.path(), &["serve", "--help"]).stdout;
+    for flag in [
+        "--bind",
+        "--issuer",
+        "--jwks-max-age",
+        "--alg",
+        "--keys-dir",
+        "JWT_ISSUER_KEYS_DIR",
+        "JWT_ISSUER_ISSUER",
+    ] {
+        assert!(serve.contains(flag), "serve --help lacks {flag}");
+    }
+}
+
+#[test]
+fn bad_arguments_give_one_line_a_nonzero_exit_and_write_nothing() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("keys");
+    for args in [
+        vec!["serve", "--alg", "HS999"],
+        vec!["serve", "--jwks-max-age", "soon"],
+        vec!["serve", "--jwks-max-age", "2d"],
+        vec!["serve", "--issuer", "not a url"],
+        vec!["serve", "--issuer", "ftp://x"],
+        vec!["serve", "--workers", "0"],
+        vec!["serve", "--bind", "nonsense"],
+        vec!["serve", "--no-such-flag"],
+        vec!["keys", "generate", "--alg", "RS256", "--bits", "1024"],
+        vec!["keys", "generate", "--alg", "ES256", "--bits", "2048"],
+        vec!["keys", "frobnicate"],
+        vec!["token", "issue"],
+        vec!["token", "issue", "--sub", "a", "--ttl", "0s"],
+        vec!["token", "issue", "--sub", "a", "--ttl", "forever"],
+        vec!["token", "issue", "--sub", "a", "--claim", "noequals"],
+        vec!["token", "issue", "--sub", "", "--issuer", "http://x"],
+        vec!["token", "issue", "--sub", "a", "--issuer", "x"],
+    ] {
+        let out = run_cli(&dir, &args);
+        assert!(
+            matches!(out.code, Some(c) if c != 0),
+            "{args:?} exited {:?}",
+            out.code
+        );
+        assert_eq!(out.stdout, "", "{args:?}");
+        let lines: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| !l.contains(" INFO "))
+            .collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {}", out.stderr);
+        assert!(lines[0].starts_with("error: "), "{args:?}: {}", lines[0]);
+        assert!(!out.stderr.contains("panicked"), "{args:?}");
+    }
+    // Argument errors are caught before any key is generated.
+    assert!(!dir.exists(), "a bad argument wrote {:?}", list_dir(&dir));
+}
+
+#[test]
+fn first_start_generates_keys_and_says_so() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("keys");
+    let server = ServeProcess::start(&dir, &[]);
+    let res = common::request("GET", &format!("{}/healthz", server.url), &[]);
+    assert_eq!(res.status, 200);
+    let jwks = common::request("GET", &format!("{}/.well-known/jwks.json", server.url), &[]).json();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        list_dir(&dir)
+            .iter()
+            .filter(|n| n.ends_with(".pem"))
+            .count(),
+        2
+    );
+    drop(server);
+
+    // The startup log said what it generated: start again on a fresh dir and read it.
+    let tmp2 = TempDir::new().unwrap();
+    let out = run_cli(&tmp2.path().join("keys"), &["token", "issue", "--sub", "x"]);
+    let generated: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("generated signing key"))
+        .collect();
+    assert_eq!(generated.len(), 2, "{}", out.stderr);
+    assert!(
+        generated.iter().any(|l| l.contains("ES256"))
+            && generated.iter().any(|l| l.contains("RS256"))
+    );
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_server_gracefully() {
+    for signal in ["TERM", "INT"] {
+        let (_tmp, dir) = keys_dir_with_template();
+        let mut server = ServeProcess::start(&dir, &[]);
+        assert_eq!(
+            common::request("GET", &format!("{}/healthz", server.url), &[]).status,
+            200
+        );
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let start = Instant::now();
+        let exit = loop {
+            if let Some(exit) = server.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "server did not stop on SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "SIG{signal}: {exit:?}");
+        let log = server.drain_log().join("\n");
+        assert!(log.contains("shutting down gracefully"), "{log}");
+    }
+}
+
+#[test]
+fn keys_list_and_jwks_show_the_store() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let out = run_cli(&dir, &["keys", "list"]);
+    assert_eq!(out.code, Some(0));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(lines[0].starts_with("KID"));
+    assert!(lines[1].contains("ES256") && lines[2].contains("RS256"));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&run_cli(&dir, &["keys", "list", "--json"]).stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+
+    let jwks: serde_json::Value = serde_json::from_str(&run_cli(&dir, &["jwks"]).stdout).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    assert!(!run_cli(&dir, &["jwks"]).stdout.contains("\"d\""));
+}
+
+#[test]
+fn keys_generate_adds_a_key_that_is_published() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let out = run_cli(
+        &dir,
+        &["keys", "generate", "--alg", "RS256", "--bits", "3072"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("generated RS256 key "),
+        "{}",
+        out.stdout
+    );
+    let jwks: serde_json::Value = serde_json::from_str(&run_cli(&dir, &["jwks"]).stdout).unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 3);
+    assert!(
+        keys.iter()
+            .any(|k| k["n"].as_str().is_some_and(|n| n.len() == 512)),
+        "a 3072-bit key"
+    );
+}
+
+#[test]
+fn jwks_on_an_empty_store_is_an_error_not_an_empty_set() {
+    let tmp = TempDir::new().unwrap();
+    let out = run_cli(&tmp.path().join("keys"), &["jwks"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("no keys in"), "{}", out.stderr);
+}

@@ -1,0 +1,134 @@
+//! Third-party verifiers (PyJWT's PyJWKClient, node's jose createRemoteJWKSet) accept our
+//! tokens through the served JWKS and reject tampered ones. `.ci/run` installs both; run
+//! it once before `cargo test` on a new machine.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{TestApp, run_cli};
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// The Python with PyJWT: `JWT_ISSUER_TEST_PYTHON`, else the venv `.ci/run` creates.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("JWT_ISSUER_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "PyJWT is not installed: run .ci/run (it creates {})",
+        venv.display()
+    );
+    venv
+}
+
+fn node_ready() {
+    assert!(
+        interop_dir().join("node_modules/jose").exists(),
+        "jose is not installed: run .ci/run (npm ci in tests/interop)"
+    );
+}
+
+/// Runs a verifier; Ok(stdout) when it accepted the token, Err(stderr) when not.
+fn run(mut cmd: Command) -> Result<serde_json::Value, String> {
+    let out = cmd
+        .current_dir(interop_dir())
+        .output()
+        .expect("run verifier");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("verifier prints JSON"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn pyjwt(app: &TestApp, audience: &str, token: &str) -> Result<serde_json::Value, String> {
+    let mut cmd = Command::new(python());
+    cmd.arg("pyjwt_verify.py").args([
+        &format!("{}/.well-known/jwks.json", app.url),
+        &app.issuer,
+        audience,
+        token,
+    ]);
+    run(cmd)
+}
+
+fn jose(app: &TestApp, audience: &str, token: &str) -> Result<serde_json::Value, String> {
+    node_ready();
+    let mut cmd = Command::new("node");
+    cmd.arg("jose_verify.mjs").args([
+        &format!("{}/.well-known/jwks.json", app.url),
+        &app.issuer,
+        audience,
+        token,
+    ]);
+    run(cmd)
+}
+
+fn issue(app: &TestApp, alg: &str, aud: &str) -> String {
+    let out = run_cli(
+        &app.keys_dir,
+        &[
+            "token",
+            "issue",
+            "--issuer",
+            &app.issuer,
+            "--sub",
+            "svc-a",
+            "--aud",
+            aud,
+            "--alg",
+            alg,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    out.stdout.trim().to_owned()
+}
+
+fn tamper(token: &str) -> String {
+    // Flip one character of the signature: still base64url, no longer valid.
+    let mut bytes = token.as_bytes().to_vec();
+    let i = bytes.len() - 5;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn pyjwt_pyjwkclient_verifies_es256_and_rs256_tokens() {
+    let app = TestApp::spawn();
+    for alg in ["ES256", "RS256"] {
+        let token = issue(&app, alg, "orders-api");
+        let claims = pyjwt(&app, "orders-api", &token).unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(claims["sub"], "svc-a");
+        assert_eq!(claims["iss"], app.issuer.as_str());
+        let err = pyjwt(&app, "orders-api", &tamper(&token)).expect_err("tampered token accepted");
+        assert!(err.contains("InvalidSignatureError"), "{err}");
+        let err = pyjwt(&app, "billing-api", &token).expect_err("wrong audience accepted");
+        assert!(err.contains("InvalidAudienceError"), "{err}");
+    }
+}
+
+#[test]
+fn node_jose_remote_jwks_verifies_es256_and_rs256_tokens() {
+    let app = TestApp::spawn();
+    for alg in ["ES256", "RS256"] {
+        let token = issue(&app, alg, "orders-api");
+        let out = jose(&app, "orders-api", &token).unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(out["payload"]["sub"], "svc-a");
+        assert_eq!(out["protectedHeader"]["alg"], alg);
+        assert_eq!(out["protectedHeader"]["typ"], "JWT");
+        let err = jose(&app, "orders-api", &tamper(&token)).expect_err("tampered token accepted");
+        assert!(
+            err.contains("ERR_JWS_SIGNATURE_VERIFICATION_FAILED"),
+            "{err}"
+        );
+        let err = jose(&app, "-", &issue(&app, alg, "x").replace('.', ".."))
+            .expect_err("garbage accepted");
+        assert!(!err.is_empty());
+    }
+}

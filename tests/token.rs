@@ -1,0 +1,257 @@
+//! `token issue`: tokens signed offline, verified through the published JWKS.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{ServeProcess, TestApp, keys_dir_with_template, run_cli, segment_json};
+use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+use jwt_issuer::JwkSet;
+use serde_json::Value;
+
+fn issue(dir: &std::path::Path, args: &[&str]) -> String {
+    let mut full = vec!["token", "issue"];
+    full.extend_from_slice(args);
+    let out = run_cli(dir, &full);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "only the token on stdout");
+    out.stdout.trim().to_owned()
+}
+
+/// Verifies `token` the way a downstream service does: the key found by kid in the JWKS,
+/// the algorithm taken from the key, issuer and audience pinned.
+fn verify(
+    jwks: &JwkSet,
+    token: &str,
+    issuer: &str,
+    aud: Option<&str>,
+) -> jsonwebtoken::errors::Result<Value> {
+    let header = decode_header(token)?;
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("kid is published");
+    let mut validation = Validation::new(jwk.alg.to_jsonwebtoken());
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "iat", "nbf"]);
+    match aud {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    decode::<Value>(token, &jwk.decoding_key()?, &validation).map(|t| t.claims)
+}
+
+#[test]
+fn issued_es256_token_verifies_through_the_served_jwks() {
+    let app = TestApp::spawn();
+    let token = issue(
+        &app.keys_dir,
+        &[
+            "--issuer",
+            &app.issuer,
+            "--sub",
+            "alice",
+            "--aud",
+            "orders-api",
+        ],
+    );
+    let jwks = app.jwks();
+    let claims = verify(&jwks, &token, &app.issuer, Some("orders-api")).expect("valid token");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["aud"], "orders-api");
+
+    let header = segment_json(&token, 0);
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["typ"], "JWT");
+    let kid = header["kid"].as_str().unwrap();
+    assert_eq!(jwks.find(kid).unwrap().alg.as_str(), "ES256");
+    assert_eq!(
+        header.as_object().unwrap().len(),
+        3,
+        "header is exactly alg, kid, typ"
+    );
+}
+
+#[test]
+fn issued_rs256_token_verifies_through_the_served_jwks() {
+    let app = TestApp::spawn();
+    let token = issue(
+        &app.keys_dir,
+        &["--issuer", &app.issuer, "--sub", "bob", "--alg", "RS256"],
+    );
+    assert_eq!(segment_json(&token, 0)["alg"], "RS256");
+    let claims = verify(&app.jwks(), &token, &app.issuer, None).expect("valid token");
+    assert_eq!(claims["sub"], "bob");
+    assert!(claims.get("aud").is_none(), "no --aud, no aud claim");
+}
+
+#[test]
+fn default_issuer_of_token_issue_equals_the_default_of_serve() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let server = ServeProcess::start(&dir, &[]);
+    let meta = common::request(
+        "GET",
+        &format!("{}/.well-known/openid-configuration", server.url),
+        &[],
+    )
+    .json();
+    let port = server.url.rsplit(':').next().unwrap();
+    // Same bind flag on both sides gives the same issuer, byte for byte.
+    let token = issue(
+        &dir,
+        &["--bind", &format!("127.0.0.1:{port}"), "--sub", "carol"],
+    );
+    assert_eq!(segment_json(&token, 1)["iss"], meta["issuer"]);
+    assert_eq!(meta["issuer"], server.url.as_str());
+}
+
+#[test]
+fn registered_claims_have_the_right_values() {
+    let app = TestApp::spawn();
+    let token = issue(
+        &app.keys_dir,
+        &[
+            "--issuer",
+            &app.issuer,
+            "--sub",
+            "dave",
+            "--aud",
+            "a",
+            "--aud",
+            "b",
+            "--ttl",
+            "15m",
+        ],
+    );
+    let claims = segment_json(&token, 1);
+    assert_eq!(claims["iss"], app.issuer.as_str());
+    assert_eq!(claims["aud"], serde_json::json!(["a", "b"]));
+    let iat = claims["iat"].as_u64().unwrap();
+    assert_eq!(claims["nbf"].as_u64().unwrap(), iat);
+    assert_eq!(claims["exp"].as_u64().unwrap(), iat + 900);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(iat.abs_diff(now) < 60);
+    // jti: 128 random bits, base64url without padding.
+    let jti = claims["jti"].as_str().unwrap();
+    assert_eq!(jti.len(), 22);
+    assert!(
+        jti.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
+    assert!(verify(&app.jwks(), &token, &app.issuer, Some("b")).is_ok());
+}
+
+#[test]
+fn jti_is_unique_per_token() {
+    let app = TestApp::spawn();
+    let jtis: HashSet<String> = (0..5)
+        .map(|_| {
+            let t = issue(&app.keys_dir, &["--sub", "x"]);
+            segment_json(&t, 1)["jti"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(jtis.len(), 5);
+}
+
+#[test]
+fn extra_claims_are_typed_and_cannot_override_registered_ones() {
+    let app = TestApp::spawn();
+    let token = issue(
+        &app.keys_dir,
+        &[
+            "--sub",
+            "eve",
+            "--claim",
+            "role=admin",
+            "--claim",
+            "level=3",
+            "--claim",
+            r#"groups=["a","b"]"#,
+        ],
+    );
+    let claims = segment_json(&token, 1);
+    assert_eq!(claims["role"], "admin");
+    assert_eq!(claims["level"], 3);
+    assert_eq!(claims["groups"], serde_json::json!(["a", "b"]));
+
+    for reserved in ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"] {
+        let out = run_cli(
+            &app.keys_dir,
+            &[
+                "token",
+                "issue",
+                "--sub",
+                "eve",
+                "--claim",
+                &format!("{reserved}=x"),
+            ],
+        );
+        assert_eq!(out.code, Some(2), "{reserved}");
+        assert_eq!(out.stdout, "");
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("'{reserved}' is set by the issuer")),
+            "{}",
+            out.stderr
+        );
+    }
+    let dup = run_cli(
+        &app.keys_dir,
+        &[
+            "token", "issue", "--sub", "eve", "--claim", "a=1", "--claim", "a=2",
+        ],
+    );
+    assert_ne!(dup.code, Some(0));
+    assert!(dup.stderr.contains("given twice"), "{}", dup.stderr);
+}
+
+#[test]
+fn tampered_or_misdirected_tokens_fail_verification() {
+    let app = TestApp::spawn();
+    let jwks = app.jwks();
+    let token = issue(
+        &app.keys_dir,
+        &["--issuer", &app.issuer, "--sub", "frank", "--aud", "api"],
+    );
+    assert!(verify(&jwks, &token, &app.issuer, Some("api")).is_ok());
+    assert!(
+        verify(&jwks, &token, "https://other.example", Some("api")).is_err(),
+        "wrong issuer"
+    );
+    assert!(
+        verify(&jwks, &token, &app.issuer, Some("other-api")).is_err(),
+        "wrong audience"
+    );
+
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged_claims = {
+        use base64::Engine;
+        let mut claims = segment_json(&token, 1);
+        claims["sub"] = "mallory".into();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&claims).unwrap())
+    };
+    let tampered = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
+    assert!(
+        verify(&jwks, &tampered, &app.issuer, Some("api")).is_err(),
+        "tampered payload"
+    );
+
+    // A key the verifier pins to ES256 does not accept the token under another algorithm.
+    let header = decode_header(&token).unwrap();
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+    let wrong_alg = Validation::new(Algorithm::RS256);
+    assert!(decode::<Value>(&token, &jwk.decoding_key().unwrap(), &wrong_alg).is_err());
+}
+
+#[test]
+fn token_issue_on_an_empty_dir_generates_keys_first() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = tmp.path().join("keys");
+    let token = issue(&dir, &["--sub", "grace"]);
+    assert_eq!(token.split('.').count(), 3);
+    assert_eq!(common::list_dir(&dir).len(), 4);
+}
