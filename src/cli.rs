@@ -11,7 +11,9 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use jwt_issuer::config::{DEFAULT_BIND, DEFAULT_KEYS_DIR, default_issuer};
 use jwt_issuer::keys::{DEFAULT_RSA_BITS, KeyInfo};
-use jwt_issuer::server::{Application, stop_on_signal};
+use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
+use jwt_issuer::oauth::{ClientStore, NewClient};
+use jwt_issuer::server::{Application, TOKEN_PATH, stop_on_signal};
 use jwt_issuer::sign::MAX_TOKEN_TTL;
 use jwt_issuer::{Config, KeyStore, Signer, SigningAlg, TokenRequest};
 use serde_json::{Map, Value};
@@ -40,6 +42,47 @@ enum Command {
     /// Issue tokens offline with the local keys
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage OAuth clients of the token endpoint (a running server sees changes within 1s)
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Register a client and print its new secret (the only line on stdout; stored hashed)
+    Add {
+        /// Client id: printable ASCII, 1 to 128 characters
+        id: String,
+        /// A scope the client may ask for; repeat for several (default grant: all of them)
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// An audience the client may ask for; repeat for several; the first is the default
+        /// [default: the issuer]
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Signing algorithm of this client's tokens [default: the server's --alg]
+        #[arg(long)]
+        alg: Option<SigningAlg>,
+        /// Lifetime of this client's tokens, e.g. 15m (at most 24h) [default: --token-ttl]
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// List clients (never their secrets)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a client; tokens it holds stay valid until they expire
+    Remove {
+        /// Client id
+        id: String,
+    },
+    /// Replace a client's secret and print the new one; the old one stops working
+    RotateSecret {
+        /// Client id
+        id: String,
+    },
 }
 
 /// Flags that decide the issuer, shared by `serve` and `token issue` so that both
@@ -72,6 +115,18 @@ struct ServeArgs {
     /// HTTP worker threads [default: one per CPU]
     #[arg(long, env = "JWT_ISSUER_WORKERS")]
     workers: Option<usize>,
+
+    /// Lifetime of access tokens for clients without their own, e.g. 15m (at most 24h)
+    #[arg(long, env = "JWT_ISSUER_TOKEN_TTL", default_value = "15m", value_parser = parse_ttl)]
+    token_ttl: Duration,
+
+    /// Failed client authentications allowed per window for one client id (an address gets 5x)
+    #[arg(long, env = "JWT_ISSUER_AUTH_MAX_FAILURES", default_value_t = 10)]
+    auth_max_failures: u32,
+
+    /// Brute-force window: a locked client id or address waits until it ends
+    #[arg(long, env = "JWT_ISSUER_AUTH_FAILURE_WINDOW", default_value = "60s", value_parser = parse_seconds)]
+    auth_failure_window: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,7 +240,83 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token(TokenCommand::Issue(args)) => token_issue(&store, args),
+        Command::Clients(command) => clients(&ClientStore::new(store.dir()), command),
     }
+}
+
+fn clients(store: &ClientStore, command: ClientsCommand) -> Result<()> {
+    match command {
+        ClientsCommand::Add {
+            id,
+            scopes,
+            audiences,
+            alg,
+            ttl,
+        } => {
+            let new = NewClient {
+                client_id: id,
+                scopes,
+                audiences,
+                alg,
+                ttl,
+            };
+            let secret = store.add(new).context("cannot add client")?;
+            println!("{}", secret.expose_secret());
+        }
+        ClientsCommand::List { json } => {
+            let registry = store.load().context("cannot load clients")?;
+            let clients = registry.clients();
+            if json {
+                // The hash stays on disk: list what an operator needs, no secret material.
+                let listed: Vec<Value> = clients
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "client_id": c.client_id, "scopes": c.scopes, "audiences": c.audiences,
+                            "alg": c.alg, "ttl_secs": c.ttl_secs, "created": c.created,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else if clients.is_empty() {
+                eprintln!("no clients in {}", store.path().display());
+            } else {
+                println!(
+                    "{:<24}  {:<5}  {:<6}  {:<24}  SCOPES",
+                    "CLIENT_ID", "ALG", "TTL", "AUDIENCES"
+                );
+                for c in clients {
+                    let alg = c.alg.map_or("-".to_owned(), |a| a.to_string());
+                    let ttl = c.ttl_secs.map_or("-".to_owned(), |t| {
+                        humantime::format_duration(Duration::from_secs(t)).to_string()
+                    });
+                    println!(
+                        "{:<24}  {alg:<5}  {ttl:<6}  {:<24}  {}",
+                        c.client_id,
+                        c.audiences.join(","),
+                        c.scopes.join(" ")
+                    );
+                }
+            }
+        }
+        ClientsCommand::Remove { id } => {
+            store.remove(&id).context("cannot remove client")?;
+            eprintln!("removed client {id:?}");
+        }
+        ClientsCommand::RotateSecret { id } => {
+            let secret = store.rotate_secret(&id).context("cannot rotate secret")?;
+            println!("{}", secret.expose_secret());
+        }
+    }
+    Ok(())
+}
+
+/// Shown once, on the first start: how to get a token right away.
+fn print_bootstrap_client(token_url: &str, secret: &jwt_issuer::secret::ClientSecret) {
+    let secret = secret.expose_secret();
+    eprintln!(
+        "\nFirst start: registered OAuth client '{BOOTSTRAP_CLIENT_ID}'. Its secret is shown only now:\n\n    client_id:     {BOOTSTRAP_CLIENT_ID}\n    client_secret: {secret}\n\nGet a token:\n\n    curl -s -u '{BOOTSTRAP_CLIENT_ID}:{secret}' -d grant_type=client_credentials {token_url}\n\nManage clients with `jwt-issuer clients add|list|remove|rotate-secret`.\n"
+    );
 }
 
 fn serve(store: KeyStore, args: ServeArgs) -> Result<()> {
@@ -196,12 +327,18 @@ fn serve(store: KeyStore, args: ServeArgs) -> Result<()> {
         alg: args.alg,
         jwks_max_age: args.jwks_max_age,
         workers: args.workers.unwrap_or_else(|| Config::default().workers),
+        token_ttl: args.token_ttl,
+        auth_max_failures: args.auth_max_failures,
+        auth_failure_window: args.auth_failure_window,
     };
     config.validate()?;
     // Bind before touching the keys dir, so a bad address writes nothing.
     let listener = TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let keys = load_keys(&store)?;
+    let bootstrap = ClientStore::new(store.dir())
+        .init_if_missing()
+        .context("cannot create the first client")?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&config, listener, keys).context("cannot start")?;
         tracing::info!(
@@ -210,6 +347,9 @@ fn serve(store: KeyStore, args: ServeArgs) -> Result<()> {
             alg = %config.alg,
             "listening"
         );
+        if let Some(secret) = bootstrap {
+            print_bootstrap_client(&format!("http://{}{TOKEN_PATH}", app.addr()), &secret);
+        }
         actix_web::rt::spawn(stop_on_signal(app.handle()));
         app.run_until_stopped().await.context("server failed")
     })

@@ -18,6 +18,9 @@ pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 /// Longest JWKS max-age accepted: a day is already long for verifiers to miss a new key.
 pub const MAX_JWKS_MAX_AGE: Duration = Duration::from_secs(86_400);
 
+/// Default lifetime of access tokens from the token endpoint.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
 /// Settings of `jwt-issuer serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -33,6 +36,13 @@ pub struct Config {
     pub jwks_max_age: Duration,
     /// HTTP worker threads (default: one per CPU).
     pub workers: usize,
+    /// Lifetime of access tokens for clients without their own (default 15 min, 1 s to 24 h).
+    pub token_ttl: Duration,
+    /// Failed client authentications allowed per window for one client id (an address gets 5x)
+    /// (default 10).
+    pub auth_max_failures: u32,
+    /// The brute-force window; a locked id or address waits until it ends (default 60 s).
+    pub auth_failure_window: Duration,
 }
 
 /// A setting that cannot be used.
@@ -44,6 +54,12 @@ pub enum ConfigError {
     /// Zero workers.
     #[error("--workers must be at least 1")]
     NoWorkers,
+    /// Token lifetime outside 1 s to 24 h.
+    #[error("--token-ttl {0}s is out of range (1s to 86400s)")]
+    TokenTtlOutOfRange(u64),
+    /// Brute-force limits switched off.
+    #[error("--auth-max-failures and --auth-failure-window must be at least 1")]
+    AuthLimitsOff,
     /// An issuer that is not an http(s) URL.
     #[error("issuer '{0}' must be an http:// or https:// URL without query, fragment or spaces")]
     InvalidIssuer(String),
@@ -58,6 +74,9 @@ impl Default for Config {
             alg: SigningAlg::Es256,
             jwks_max_age: DEFAULT_JWKS_MAX_AGE,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            token_ttl: DEFAULT_TOKEN_TTL,
+            auth_max_failures: crate::oauth::limiter::DEFAULT_MAX_FAILURES,
+            auth_failure_window: crate::oauth::limiter::DEFAULT_WINDOW,
         }
     }
 }
@@ -73,6 +92,12 @@ impl Config {
         }
         if self.workers == 0 {
             return Err(ConfigError::NoWorkers);
+        }
+        if self.token_ttl < Duration::from_secs(1) || self.token_ttl > crate::sign::MAX_TOKEN_TTL {
+            return Err(ConfigError::TokenTtlOutOfRange(self.token_ttl.as_secs()));
+        }
+        if self.auth_max_failures == 0 || self.auth_failure_window.is_zero() {
+            return Err(ConfigError::AuthLimitsOff);
         }
         if let Some(issuer) = &self.issuer {
             check_issuer(issuer)?;

@@ -2,8 +2,8 @@
 //! so downstream services verify tokens without ever holding a signing key.
 //!
 //! The modules follow the data: [`keys`] owns the key files, [`sign`] turns claims and
-//! the active key into a JWT, [`jwks`] describes public keys, [`server`] publishes them
-//! over HTTP, [`config`] and the binary's `cli` wire it all together.
+//! the active key into a JWT, [`jwks`] describes public keys, [`oauth`] decides who gets
+//! which token, [`server`] publishes keys and issues tokens over HTTP, [`config`] and the binary's `cli` wire it all together.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,6 +12,8 @@ pub mod alg;
 pub mod config;
 pub mod jwks;
 pub mod keys;
+pub mod oauth;
+pub mod secret;
 pub mod server;
 pub mod sign;
 mod time;

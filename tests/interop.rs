@@ -7,7 +7,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{TestApp, run_cli};
+use common::{TestApp, basic_auth, run_cli};
+use jwt_issuer::SigningAlg;
+use jwt_issuer::oauth::NewClient;
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
@@ -48,7 +50,17 @@ fn run(mut cmd: Command) -> Result<serde_json::Value, String> {
 }
 
 fn pyjwt(app: &TestApp, audience: &str, token: &str) -> Result<serde_json::Value, String> {
+    pyjwt_typ(app, audience, token, "")
+}
+
+fn pyjwt_typ(
+    app: &TestApp,
+    audience: &str,
+    token: &str,
+    typ: &str,
+) -> Result<serde_json::Value, String> {
     let mut cmd = Command::new(python());
+    cmd.env("EXPECT_TYP", typ);
     cmd.arg("pyjwt_verify.py").args([
         &format!("{}/.well-known/jwks.json", app.url),
         &app.issuer,
@@ -59,8 +71,18 @@ fn pyjwt(app: &TestApp, audience: &str, token: &str) -> Result<serde_json::Value
 }
 
 fn jose(app: &TestApp, audience: &str, token: &str) -> Result<serde_json::Value, String> {
+    jose_typ(app, audience, token, "")
+}
+
+fn jose_typ(
+    app: &TestApp,
+    audience: &str,
+    token: &str,
+    typ: &str,
+) -> Result<serde_json::Value, String> {
     node_ready();
     let mut cmd = Command::new("node");
+    cmd.env("EXPECT_TYP", typ);
     cmd.arg("jose_verify.mjs").args([
         &format!("{}/.well-known/jwks.json", app.url),
         &app.issuer,
@@ -130,5 +152,40 @@ fn node_jose_remote_jwks_verifies_es256_and_rs256_tokens() {
         let err = jose(&app, "-", &issue(&app, alg, "x").replace('.', ".."))
             .expect_err("garbage accepted");
         assert!(!err.is_empty());
+    }
+}
+
+#[test]
+fn access_tokens_from_the_token_endpoint_verify_with_jose_and_pyjwt_checking_typ() {
+    let clients: Vec<NewClient> = [SigningAlg::Es256, SigningAlg::Rs256]
+        .into_iter()
+        .map(|alg| NewClient {
+            client_id: format!("svc-{alg}"),
+            scopes: vec!["read".into()],
+            audiences: vec!["orders-api".into()],
+            alg: Some(alg),
+            ..NewClient::default()
+        })
+        .collect();
+    let (app, secrets) = TestApp::spawn_with_clients(&clients, |_| {});
+    for (client, secret) in clients.iter().zip(&secrets) {
+        let auth = basic_auth(&client.client_id, secret.expose_secret());
+        let res = app.token_request(
+            b"grant_type=client_credentials",
+            &[("Authorization", &auth)],
+        );
+        assert_eq!(res.status, 200, "{}", res.body);
+        let token = res.json()["access_token"].as_str().unwrap().to_owned();
+
+        let out =
+            jose_typ(&app, "orders-api", &token, "at+jwt").unwrap_or_else(|e| panic!("jose: {e}"));
+        assert_eq!(out["payload"]["client_id"], client.client_id.as_str());
+        assert_eq!(out["payload"]["scope"], "read");
+        let err = jose_typ(&app, "orders-api", &token, "JWT").expect_err("jose ignored typ");
+        assert!(err.contains("typ"), "{err}");
+
+        let claims = pyjwt_typ(&app, "orders-api", &token, "at+jwt")
+            .unwrap_or_else(|e| panic!("pyjwt: {e}"));
+        assert_eq!(claims["sub"], client.client_id.as_str());
     }
 }

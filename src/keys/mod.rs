@@ -7,7 +7,7 @@
 //!   from the key type and its creation time from the file.
 //! - dot files are ignored (in-flight temporary files start with `.tmp-`).
 
-mod file;
+pub(crate) mod file;
 mod material;
 
 use std::collections::BTreeMap;

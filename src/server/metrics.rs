@@ -15,6 +15,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     jwks: IntCounterVec,
     keys_loaded: IntGaugeVec,
+    tokens: IntCounterVec,
 }
 
 impl Metrics {
@@ -45,6 +46,14 @@ impl Metrics {
             ),
             &["alg"],
         )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "jwt_issuer_token_requests_total",
+                "Token endpoint outcomes: issued (by alg) or the OAuth error code",
+            ),
+            &["outcome", "detail"],
+        )?;
+        registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(jwks.clone()))?;
         registry.register(Box::new(keys_loaded.clone()))?;
@@ -53,6 +62,7 @@ impl Metrics {
             requests,
             jwks,
             keys_loaded,
+            tokens,
         })
     }
 
@@ -69,6 +79,15 @@ impl Metrics {
     pub fn observe_jwks(&self, not_modified: bool) {
         let status = if not_modified { "304" } else { "200" };
         self.jwks.with_label_values(&[status]).inc();
+    }
+
+    /// Counts one token request: `Ok(alg)` issued, `Err(error code)` refused.
+    pub fn observe_token(&self, outcome: Result<&str, &str>) {
+        let labels = match outcome {
+            Ok(alg) => ["issued", alg],
+            Err(code) => ["refused", code],
+        };
+        self.tokens.with_label_values(&labels).inc();
     }
 
     /// Sets the keys-loaded gauge from a key set.

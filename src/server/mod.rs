@@ -5,6 +5,7 @@ pub mod discovery;
 pub mod error;
 pub mod jwks;
 pub mod metrics;
+pub mod token;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -19,7 +20,14 @@ use actix_web::{App, HttpResponse, HttpServer};
 pub use discovery::{JWKS_PATH, TOKEN_PATH};
 pub use metrics::Metrics;
 
+use arc_swap::ArcSwap;
+
+use crate::oauth::clients::FileStamp;
+use crate::oauth::{AuthLimiter, ClientRegistry, ClientStore, ClientStoreError};
 use crate::{Config, JwksDocument, KeySet, SignError, Signer};
+
+/// How often a running server looks for changes to the client registry file.
+pub const CLIENTS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What every handler reads: prepared once when the server is built.
 pub struct AppState {
@@ -35,6 +43,38 @@ pub struct AppState {
     pub discovery: Bytes,
     /// Counters.
     pub metrics: Metrics,
+    /// The registered clients: an immutable snapshot, swapped whole on reload.
+    pub clients: ArcSwap<ClientRegistry>,
+    /// Where the registry comes from.
+    pub client_store: ClientStore,
+    /// The registry file version loaded last.
+    client_stamp: std::sync::Mutex<Option<FileStamp>>,
+    /// Failed-authentication limits.
+    pub limiter: AuthLimiter,
+    /// Lifetime of access tokens for clients without their own.
+    pub token_ttl: Duration,
+}
+
+impl AppState {
+    /// Reloads the client registry if its file changed; a registry that fails to load
+    /// keeps the last good one in service and is reported loudly.
+    pub fn reload_clients_if_changed(&self) {
+        let stamp = self.client_store.stamp();
+        let mut last = self.client_stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if stamp == *last {
+            return;
+        }
+        *last = stamp;
+        match self.client_store.load() {
+            Ok(registry) => {
+                tracing::info!(clients = registry.len(), "client registry reloaded");
+                self.clients.store(Arc::new(registry));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "client registry failed to load; keeping the previous one");
+            }
+        }
+    }
 }
 
 /// Why the server could not be built.
@@ -46,6 +86,9 @@ pub enum ServerError {
     /// The listener could not be used.
     #[error("cannot listen: {0}")]
     Listen(#[from] io::Error),
+    /// The client registry could not be loaded.
+    #[error("cannot load clients: {0}")]
+    Clients(#[from] ClientStoreError),
     /// Metrics registration failed.
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -76,7 +119,19 @@ impl Application {
         metrics.set_keys(signer.keys());
         let jwks = JwksDocument::new(&signer.keys().jwk_set());
         let discovery = discovery::Metadata::new(&issuer, signer.keys().algorithms()).to_bytes();
+        let client_store = ClientStore::new(&config.keys_dir);
+        let client_stamp = client_store.stamp();
+        let clients = client_store.load()?;
         let state = web::Data::new(AppState {
+            clients: ArcSwap::from_pointee(clients),
+            client_store,
+            client_stamp: std::sync::Mutex::new(client_stamp),
+            limiter: AuthLimiter::new(
+                config.auth_max_failures,
+                config.auth_failure_window,
+                crate::oauth::limiter::DEFAULT_CAPACITY,
+            ),
+            token_ttl: config.token_ttl,
             jwks_etag: HeaderValue::from_str(jwks.etag()).map_err(io::Error::other)?,
             jwks_cache_control: HeaderValue::from_str(&format!(
                 "public, max-age={}",
@@ -87,6 +142,14 @@ impl Application {
             discovery,
             signer,
             metrics,
+        });
+        let reloader = state.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = actix_web::rt::time::interval(CLIENTS_RELOAD_INTERVAL);
+            loop {
+                tick.tick().await;
+                reloader.reload_clients_if_changed();
+            }
         });
         let server = HttpServer::new(move || {
             let metrics = state.metrics.clone();
@@ -183,6 +246,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .default_service(get_only()),
         );
     }
+    cfg.service(
+        web::resource(TOKEN_PATH)
+            .route(web::post().to(token::token))
+            .default_service(web::to(|| async { error::method_not_allowed("POST") })),
+    );
     cfg.service(
         web::resource("/healthz")
             .route(web::get().to(healthz))

@@ -13,6 +13,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
+use jwt_issuer::oauth::{ClientStore, NewClient};
+use jwt_issuer::secret::ClientSecret;
 use jwt_issuer::server::Application;
 use jwt_issuer::{Config, JwkSet, KeyStore};
 use tempfile::TempDir;
@@ -117,6 +119,35 @@ impl TestApp {
         }
     }
 
+    /// A server whose registry holds `clients`; returns their secrets in the same order.
+    pub fn spawn_with_clients(
+        clients: &[NewClient],
+        adjust: impl FnOnce(&mut Config),
+    ) -> (Self, Vec<ClientSecret>) {
+        let mut secrets = Vec::new();
+        let app = Self::spawn_with(|config| {
+            let store = ClientStore::new(&config.keys_dir);
+            secrets = clients
+                .iter()
+                .map(|c| store.add(c.clone()).expect("add client"))
+                .collect();
+            adjust(config);
+        });
+        (app, secrets)
+    }
+
+    /// POSTs a form body to the token endpoint.
+    pub fn token_request(&self, body: &[u8], headers: &[(&str, &str)]) -> HttpResponse {
+        let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        all.extend_from_slice(headers);
+        send(
+            "POST",
+            &format!("{}/oauth2/token", self.url),
+            &all,
+            Some(body),
+        )
+    }
+
     /// GET a path of this server.
     pub fn get(&self, path: &str) -> HttpResponse {
         request("GET", &format!("{}{path}", self.url), &[])
@@ -162,11 +193,25 @@ impl HttpResponse {
 
 /// Sends one request with headers and returns the response, including 4xx and 5xx.
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    send(method, url, headers, None)
+}
+
+/// Sends one request with headers and an optional body (headers replace, not add).
+pub fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpResponse {
     let mut req = ureq::request(method, url).timeout(Duration::from_secs(10));
     for (name, value) in headers {
         req = req.set(name, value);
     }
-    let res = match req.call() {
+    let sent = match body {
+        Some(body) => req.send_bytes(body),
+        None => req.call(),
+    };
+    let res = match sent {
         Ok(res) | Err(ureq::Error::Status(_, res)) => res,
         Err(e) => panic!("{method} {url}: {e}"),
     };
@@ -273,6 +318,31 @@ impl Drop for ServeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `Authorization: Basic` for id and secret, form-urlencoded first (RFC 6749 2.3.1).
+pub fn basic_auth(client_id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let pair = format!("{}:{}", form_encode(client_id), form_encode(secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// application/x-www-form-urlencoded encoding of one value.
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(char::from(b))
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// Decodes one base64url JWT segment to JSON.

@@ -1,9 +1,10 @@
 """Verify a jwt-issuer token the way a Python service does: PyJWT's PyJWKClient.
 
-usage: pyjwt_verify.py JWKS_URL ISSUER AUDIENCE|- TOKEN
+usage: pyjwt_verify.py JWKS_URL ISSUER AUDIENCE|- TOKEN  (EXPECT_TYP=at+jwt checks typ)
 Prints the claims as JSON and exits 0 when valid; prints the error and exits 1 otherwise.
 """
 import json
+import os
 import sys
 
 import jwt
@@ -26,6 +27,9 @@ def main() -> int:
                 "verify_aud": audience != "-",
             },
         )
+        expected_typ = os.environ.get("EXPECT_TYP")
+        if expected_typ and jwt.get_unverified_header(token).get("typ") != expected_typ:
+            raise jwt.InvalidTokenError(f"typ is not {expected_typ}")
     except jwt.PyJWTError as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)
         return 1

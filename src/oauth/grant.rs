@@ -1,0 +1,201 @@
+//! Grant rules of the client credentials grant: which scopes and which audience a client
+//! gets, given what it asked for and what it is registered with.
+
+use std::time::Duration;
+
+use super::OAuthError;
+use super::clients::{Client, is_scope_token};
+use crate::SigningAlg;
+
+/// What a token request is granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Granted scopes, in request order (or registration order by default), no duplicates.
+    pub scopes: Vec<String>,
+    /// The token's one audience.
+    pub audience: String,
+    /// Signing algorithm, `None` for the server default.
+    pub alg: Option<SigningAlg>,
+    /// Token lifetime.
+    pub ttl: Duration,
+}
+
+/// The parameters of a token request that shape the grant.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Requested<'a> {
+    /// `scope`: space-separated.
+    pub scope: Option<&'a str>,
+    /// `audience`.
+    pub audience: Option<&'a str>,
+    /// `resource` (RFC 8707), treated as the audience.
+    pub resource: Option<&'a str>,
+}
+
+/// Applies the rules: scopes must be a subset of the client's (default: all of them);
+/// the audience must be one of the client's (default: its first; a client without
+/// audiences gets tokens for the issuer itself).
+///
+/// # Errors
+/// `invalid_scope`, `invalid_target`, or `invalid_request` when `audience` and `resource`
+/// disagree.
+pub fn resolve(
+    client: &Client,
+    requested: Requested<'_>,
+    issuer: &str,
+    default_ttl: Duration,
+) -> Result<Grant, OAuthError> {
+    let scopes = match requested.scope {
+        None => client.scopes.clone(),
+        Some(scope) => {
+            let mut granted: Vec<String> = Vec::new();
+            for token in scope.split(' ').filter(|s| !s.is_empty()) {
+                if !is_scope_token(token) {
+                    return Err(OAuthError::InvalidScope("scope is malformed".into()));
+                }
+                if !client.scopes.iter().any(|s| s == token) {
+                    return Err(OAuthError::InvalidScope(format!(
+                        "scope '{token}' is not allowed for this client"
+                    )));
+                }
+                if !granted.iter().any(|s| s == token) {
+                    granted.push(token.to_owned());
+                }
+            }
+            granted
+        }
+    };
+    let wanted = match (requested.audience, requested.resource) {
+        (Some(a), Some(r)) if a != r => {
+            return Err(OAuthError::InvalidRequest(
+                "audience and resource name different targets; send one".into(),
+            ));
+        }
+        (a, r) => a.or(r),
+    };
+    let allowed: Vec<&str> = if client.audiences.is_empty() {
+        vec![issuer]
+    } else {
+        client.audiences.iter().map(String::as_str).collect()
+    };
+    let audience = match wanted {
+        None => allowed[0].to_owned(),
+        Some(w) if allowed.contains(&w) => w.to_owned(),
+        Some(_) => {
+            return Err(OAuthError::InvalidTarget(
+                "the requested audience is not allowed for this client".into(),
+            ));
+        }
+    };
+    Ok(Grant {
+        scopes,
+        audience,
+        alg: client.alg,
+        ttl: client.ttl_secs.map_or(default_ttl, Duration::from_secs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(scopes: &[&str], audiences: &[&str]) -> Client {
+        Client {
+            client_id: "svc".into(),
+            secret_hash: String::new(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            audiences: audiences.iter().map(|s| s.to_string()).collect(),
+            alg: None,
+            ttl_secs: None,
+            created: 0,
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(900);
+
+    #[test]
+    fn scopes_default_to_all_and_requests_must_be_subsets() {
+        let c = client(&["read", "write"], &["api"]);
+        let all = resolve(&c, Requested::default(), "iss", TTL).unwrap();
+        assert_eq!(all.scopes, ["read", "write"]);
+        let some = resolve(
+            &c,
+            Requested {
+                scope: Some("write  write read"),
+                ..Default::default()
+            },
+            "iss",
+            TTL,
+        )
+        .unwrap();
+        assert_eq!(some.scopes, ["write", "read"]);
+        let err = resolve(
+            &c,
+            Requested {
+                scope: Some("read admin"),
+                ..Default::default()
+            },
+            "iss",
+            TTL,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "invalid_scope");
+        let err = resolve(
+            &c,
+            Requested {
+                scope: Some("re\"ad"),
+                ..Default::default()
+            },
+            "iss",
+            TTL,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "invalid_scope");
+    }
+
+    #[test]
+    fn audience_defaults_to_the_first_and_must_be_registered() {
+        let c = client(&[], &["orders", "billing"]);
+        assert_eq!(
+            resolve(&c, Requested::default(), "iss", TTL)
+                .unwrap()
+                .audience,
+            "orders"
+        );
+        let billing = Requested {
+            resource: Some("billing"),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&c, billing, "iss", TTL).unwrap().audience,
+            "billing"
+        );
+        let other = Requested {
+            audience: Some("other"),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&c, other, "iss", TTL).unwrap_err().code(),
+            "invalid_target"
+        );
+        let both = Requested {
+            audience: Some("orders"),
+            resource: Some("billing"),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&c, both, "iss", TTL).unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn a_client_without_audiences_gets_the_issuer() {
+        let c = client(&[], &[]);
+        assert_eq!(
+            resolve(&c, Requested::default(), "https://iss", TTL)
+                .unwrap()
+                .audience,
+            "https://iss"
+        );
+    }
+}

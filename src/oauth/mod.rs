@@ -1,0 +1,109 @@
+//! OAuth 2.0 client credentials (RFC 6749 section 4.4): the client registry, token request
+//! parsing, grant rules, brute-force limits, and [`OAuthError`], the one place errors
+//! become HTTP.
+
+pub mod clients;
+pub mod grant;
+pub mod limiter;
+pub mod request;
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::server::error::ErrorBody;
+
+pub use clients::{Client, ClientRegistry, ClientStore, ClientStoreError, NewClient};
+pub use limiter::AuthLimiter;
+
+/// A refused token request, as RFC 6749 section 5.2 names it.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// Missing, repeated or malformed parameter, wrong content type, two auth methods.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Unknown client or wrong secret (never says which); `basic` when HTTP Basic was used.
+    #[error("client authentication failed")]
+    InvalidClient {
+        /// Basic was used: answer with `WWW-Authenticate: Basic`.
+        basic: bool,
+    },
+    /// A grant type other than client_credentials.
+    #[error("grant_type '{0}' is not supported; use client_credentials")]
+    UnsupportedGrantType(String),
+    /// A scope the client may not have.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// An audience or resource the client may not address (RFC 8707 section 2).
+    #[error("{0}")]
+    InvalidTarget(String),
+    /// Too many failed authentications for this client or address.
+    #[error("too many failed attempts; retry later")]
+    TooManyAttempts {
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// A body over the size limit.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// A failure on our side; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl OAuthError {
+    /// The RFC 6749 `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) | Self::PayloadTooLarge(_) => "invalid_request",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::InvalidTarget(_) => "invalid_target",
+            Self::TooManyAttempts { .. } => "slow_down",
+            Self::Internal(_) => "server_error",
+        }
+    }
+}
+
+impl ResponseError for OAuthError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Internal(cause) = self {
+            tracing::error!(cause = %cause, "token endpoint failed");
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        // RFC 6749 section 5.1: token responses, errors included, are never cached.
+        res.insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::PRAGMA, "no-cache"));
+        match self {
+            Self::InvalidClient { basic: true } => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"jwt-issuer\", charset=\"UTF-8\""),
+                ));
+            }
+            Self::TooManyAttempts { retry_after } => {
+                // Round up so a client that waits exactly this long is let in.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                res.insert_header((header::RETRY_AFTER, secs.max(1)));
+            }
+            _ => {}
+        }
+        res.json(ErrorBody {
+            error: self.code(),
+            error_description: &self.to_string(),
+        })
+    }
+}

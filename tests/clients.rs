@@ -1,0 +1,201 @@
+//! `jwt-issuer clients ...` and the first-start client, through the real binary.
+
+mod common;
+
+use std::fs;
+
+use common::{ServeProcess, basic_auth, keys_dir_with_template, list_dir, mode, run_cli};
+
+#[test]
+fn add_prints_only_the_secret_and_stores_only_its_hash() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let out = run_cli(
+        &dir,
+        &[
+            "clients",
+            "add",
+            "svc",
+            "--scope",
+            "read",
+            "--audience",
+            "api",
+            "--alg",
+            "RS256",
+            "--ttl",
+            "5m",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1);
+    let secret = out.stdout.trim();
+    assert_eq!(secret.len(), 43);
+    let file = dir.join("clients.json");
+    assert_eq!(mode(&file), 0o600);
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(!text.contains(secret));
+    let registry: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let c = &registry["clients"][0];
+    assert_eq!(c["client_id"], "svc");
+    assert_eq!(c["alg"], "RS256");
+    assert_eq!(c["ttl_secs"], 300);
+    assert!(list_dir(&dir).iter().all(|n| !n.starts_with(".tmp")));
+
+    let list = run_cli(&dir, &["clients", "list"]);
+    assert!(
+        list.stdout.contains("svc")
+            && !list.stdout.contains(secret)
+            && !list.stdout.contains("sha256:")
+    );
+    let json = run_cli(&dir, &["clients", "list", "--json"]).stdout;
+    assert!(!json.contains("sha256:") && !json.contains(secret));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()[0]["scopes"][0],
+        "read"
+    );
+}
+
+#[test]
+fn bad_client_requests_write_nothing() {
+    let (_tmp, dir) = keys_dir_with_template();
+    assert_eq!(run_cli(&dir, &["clients", "add", "svc"]).code, Some(0));
+    let before = fs::read(dir.join("clients.json")).unwrap();
+    for (args, reason) in [
+        (vec!["clients", "add", "svc"], "already exists"),
+        (vec!["clients", "add", "bad\u{1}id"], "invalid client id"),
+        (vec!["clients", "add", " padded"], "invalid client id"),
+        (
+            vec!["clients", "add", &"x".repeat(129)],
+            "invalid client id",
+        ),
+        (
+            vec!["clients", "add", "ok", "--alg", "HS999"],
+            "unsupported algorithm",
+        ),
+        (
+            vec!["clients", "add", "ok", "--scope", "a b"],
+            "invalid scope",
+        ),
+        (
+            vec!["clients", "add", "ok", "--audience", ""],
+            "invalid audience",
+        ),
+        (
+            vec!["clients", "add", "ok", "--ttl", "48h"],
+            "must be between",
+        ),
+        (vec!["clients", "remove", "nobody"], "no client"),
+        (vec!["clients", "rotate-secret", "nobody"], "no client"),
+    ] {
+        let out = run_cli(&dir, &args);
+        assert_ne!(out.code, Some(0), "{args:?}");
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(reason), "{args:?}: {}", out.stderr);
+        assert_eq!(
+            fs::read(dir.join("clients.json")).unwrap(),
+            before,
+            "{args:?} changed the registry"
+        );
+    }
+}
+
+#[test]
+fn concurrent_adds_lose_nothing() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            common::cli(&dir)
+                .args(["clients", "add", &format!("svc-{i}")])
+                .output()
+        })
+        .collect();
+    for out in children {
+        assert!(out.unwrap().status.success());
+    }
+    let json = run_cli(&dir, &["clients", "list", "--json"]).stdout;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        8
+    );
+}
+
+#[test]
+fn first_start_registers_a_client_and_prints_a_working_curl_once() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = tmp.path().join("keys");
+    let server = ServeProcess::start(&dir, &[]);
+    let mut log = Vec::new();
+    let start = std::time::Instant::now();
+    while !log.iter().any(|l: &String| l.contains("curl ")) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "no curl line: {log:#?}"
+        );
+        log.extend(server.drain_log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let secret_line = log
+        .iter()
+        .find(|l| l.contains("client_secret:"))
+        .expect("secret shown");
+    let secret = secret_line.split_whitespace().last().unwrap().to_owned();
+    let curl = log.iter().find(|l| l.contains("curl ")).unwrap();
+    assert!(
+        curl.contains(&format!("-u 'demo:{secret}'"))
+            && curl.contains(&format!("{}/oauth2/token", server.url)),
+        "{curl}"
+    );
+
+    let res = common::send(
+        "POST",
+        &format!("{}/oauth2/token", server.url),
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &basic_auth("demo", &secret)),
+        ],
+        Some(b"grant_type=client_credentials"),
+    );
+    assert_eq!(res.status, 200, "{}", res.body);
+    let token = res.json()["access_token"].as_str().unwrap().to_owned();
+    let refused = common::send(
+        "POST",
+        &format!("{}/oauth2/token", server.url),
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &basic_auth("demo", "wrong")),
+        ],
+        Some(b"grant_type=client_credentials"),
+    );
+    assert_eq!(refused.status, 401);
+
+    // The log tells what happened, without the secret (past the banner) or the token.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let after: Vec<String> = server.drain_log();
+    let joined = after.join("\n");
+    assert!(
+        joined.contains("outcome=\"issued\"") || joined.contains("outcome=issued"),
+        "{joined}"
+    );
+    assert!(joined.contains("invalid_client"), "{joined}");
+    assert!(!joined.contains(&secret), "secret in log");
+    assert!(!joined.contains(&token), "token in log");
+    assert!(
+        !joined.contains(token.split('.').nth(2).unwrap()),
+        "signature in log"
+    );
+    drop(server);
+
+    // A second start shows no secret again.
+    let again = ServeProcess::start(&dir, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !again
+            .drain_log()
+            .iter()
+            .any(|l| l.contains("client_secret"))
+    );
+}
