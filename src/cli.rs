@@ -15,8 +15,10 @@ use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
 use jwt_issuer::oauth::{ClientStore, NewClient};
 use jwt_issuer::server::{Application, TOKEN_PATH, stop_on_signal};
 use jwt_issuer::sign::MAX_TOKEN_TTL;
+use jwt_issuer::verify::{JwksCache, JwksCacheOptions, KeyRing, Validation, Verifier, VerifyError};
 use jwt_issuer::{Config, KeyStore, Signer, SigningAlg, TokenRequest};
 use serde_json::{Map, Value};
+use std::io::Read as _;
 
 /// Issues RS256/ES256 JWTs and publishes the public keys as a JWKS.
 #[derive(Debug, Parser)]
@@ -157,6 +159,40 @@ enum KeysCommand {
 enum TokenCommand {
     /// Sign one token with the active local key and print it
     Issue(IssueArgs),
+    /// Verify a token as a downstream service would: exit 0 and print its claims as JSON
+    /// when valid, else one line saying why and exit 1
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Where the public keys are: a JWKS URL, a JWKS file, or an issuer URL (its discovery
+    /// document gives the JWKS URL and the expected issuer)
+    #[arg(long, value_name = "URL_OR_FILE")]
+    jwks: String,
+
+    /// Expected issuer (`iss`) [default: the discovered issuer]
+    #[arg(long)]
+    issuer: Option<String>,
+
+    /// Expected audience; repeat to accept any of several
+    #[arg(long)]
+    aud: Vec<String>,
+
+    /// Accept any audience (for inspecting tokens; a service must check its audience)
+    #[arg(long, conflicts_with = "aud")]
+    any_audience: bool,
+
+    /// Expected `typ` header, e.g. at+jwt for access tokens
+    #[arg(long)]
+    typ: Option<String>,
+
+    /// Clock leeway for exp and nbf
+    #[arg(long, default_value = "60s", value_parser = parse_seconds)]
+    leeway: Duration,
+
+    /// The token [default: read from stdin]
+    token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +276,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token(TokenCommand::Issue(args)) => token_issue(&store, args),
+        Command::Token(TokenCommand::Verify(args)) => token_verify(args),
         Command::Clients(command) => clients(&ClientStore::new(store.dir()), command),
     }
 }
@@ -430,6 +467,57 @@ fn token_issue(store: &KeyStore, args: IssueArgs) -> Result<()> {
     request.extra = extra;
     let issued = signer.issue(&request).context("cannot issue token")?;
     println!("{}", issued.token);
+    Ok(())
+}
+
+fn token_verify(args: VerifyArgs) -> Result<()> {
+    let token = match args.token {
+        Some(token) => token,
+        None => {
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().take(64 * 1024), &mut input)
+                .context("cannot read the token from stdin")?;
+            input
+        }
+    };
+    let token = token.trim();
+    if args.aud.is_empty() && !args.any_audience {
+        bail!("--aud is required (or --any-audience to skip the audience check)");
+    }
+    let is_url = args.jwks.starts_with("https://") || args.jwks.starts_with("http://");
+    let is_issuer = is_url && !args.jwks.contains("jwks") && !args.jwks.ends_with(".json");
+    let issuer = match (&args.issuer, is_issuer) {
+        (Some(issuer), _) => issuer.clone(),
+        (None, true) => args.jwks.clone(),
+        (None, false) => bail!("--issuer is required (or pass the issuer URL as --jwks)"),
+    };
+    let mut validation = Validation::new(issuer.clone(), args.aud);
+    if args.any_audience {
+        validation = validation.insecure_any_audience();
+    }
+    if let Some(typ) = args.typ {
+        validation = validation.with_typ(typ);
+    }
+    validation.leeway = args.leeway;
+    let claims: Value = actix_web::rt::System::new().block_on(async {
+        let verifier = if is_url {
+            let options = JwksCacheOptions::default();
+            let cache = if is_issuer {
+                JwksCache::discover(&issuer, options).await?
+            } else {
+                JwksCache::new(&args.jwks, options)?
+            };
+            Verifier::remote(cache, validation)
+        } else {
+            let body = std::fs::read(&args.jwks)
+                .map_err(|e| VerifyError::KeySetUnavailable(format!("{}: {e}", args.jwks)))?;
+            let ring = KeyRing::from_json(&body)
+                .map_err(|e| VerifyError::KeySetUnavailable(format!("{}: {e}", args.jwks)))?;
+            Verifier::fixed(ring, validation)
+        };
+        verifier.verify(token).await
+    })?;
+    println!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 
 pub mod alg;
 pub mod config;
+pub mod error_body;
 pub mod jwks;
 pub mod keys;
 pub mod oauth;
@@ -17,6 +18,7 @@ pub mod secret;
 pub mod server;
 pub mod sign;
 mod time;
+pub mod verify;
 
 pub use alg::SigningAlg;
 pub use config::{Config, ConfigError};

@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::server::error::ErrorBody;
+use crate::error_body::ErrorBody;
 
 pub use clients::{Client, ClientRegistry, ClientStore, ClientStoreError, NewClient};
 pub use limiter::AuthLimiter;

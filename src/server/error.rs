@@ -1,18 +1,9 @@
 //! JSON error bodies for HTTP, in the OAuth 2.0 shape `{error, error_description}`.
 
+pub use crate::error_body::ErrorBody;
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, CacheControl, CacheDirective};
-use serde::Serialize;
-
-/// The body of every error response.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody<'a> {
-    /// A short machine-readable code.
-    pub error: &'a str,
-    /// One sentence for humans.
-    pub error_description: &'a str,
-}
 
 /// 404 for every path the service does not serve.
 pub async fn not_found() -> HttpResponse {

@@ -1,0 +1,207 @@
+//! A public key ready to verify: parsed once from its JWK, bound to one algorithm.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rsa::pkcs1::der::Encode;
+
+use crate::SigningAlg;
+use crate::jwks::{Jwk, JwkSet, PublicKeyParams};
+
+/// A verification key: the JWK's public key parsed by aws-lc, pinned to the JWK's `alg`.
+/// A token is checked with this algorithm, whatever its header says.
+#[derive(Clone)]
+pub struct VerifyingKey {
+    kid: String,
+    alg: SigningAlg,
+    key: ParsedPublicKey,
+}
+
+/// Why a JWK cannot be used for verification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRejected {
+    /// The parameters are not valid base64url or not a valid key.
+    #[error("key {kid}: invalid public key: {reason}")]
+    Invalid {
+        /// kid of the JWK.
+        kid: String,
+        /// Why.
+        reason: String,
+    },
+    /// The algorithm does not match the key type or curve.
+    #[error("key {kid}: alg {alg} does not fit the key type")]
+    AlgMismatch {
+        /// kid.
+        kid: String,
+        /// alg.
+        alg: SigningAlg,
+    },
+}
+
+impl VerifyingKey {
+    /// Parses a JWK. RSA keys under 2048 bits are refused.
+    ///
+    /// # Errors
+    /// [`KeyRejected`].
+    pub fn from_jwk(jwk: &Jwk) -> Result<Self, KeyRejected> {
+        let invalid = |reason: String| KeyRejected::Invalid {
+            kid: jwk.kid.clone(),
+            reason,
+        };
+        let b64 = |s: &str| {
+            URL_SAFE_NO_PAD
+                .decode(s)
+                .map_err(|e| invalid(e.to_string()))
+        };
+        let key = match (&jwk.params, jwk.alg) {
+            (PublicKeyParams::Ec { crv, x, y }, SigningAlg::Es256) if crv == "P-256" => {
+                let (x, y) = (b64(x)?, b64(y)?);
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(invalid("P-256 coordinates must be 32 bytes".into()));
+                }
+                let mut point = Vec::with_capacity(65);
+                point.push(0x04);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+            }
+            (PublicKeyParams::Rsa { n, e }, SigningAlg::Rs256) => {
+                let (n, e) = (b64(n)?, b64(e)?);
+                let der = rsa_public_key_der(&n, &e).map_err(invalid)?;
+                ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der)
+            }
+            _ => {
+                return Err(KeyRejected::AlgMismatch {
+                    kid: jwk.kid.clone(),
+                    alg: jwk.alg,
+                });
+            }
+        }
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            kid: jwk.kid.clone(),
+            alg: jwk.alg,
+            key,
+        })
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The one algorithm this key verifies.
+    pub fn alg(&self) -> SigningAlg {
+        self.alg
+    }
+
+    /// Checks a raw JWS signature over `message`: PKCS#1 v1.5 SHA-256 for RS256, the
+    /// 64-byte r||s form for ES256 (a DER signature, or r = 0 or s = 0, fails).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.key.verify_sig(message, signature).is_ok()
+    }
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+/// Verification keys by kid, built from a JWKS.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRing {
+    keys: HashMap<String, Arc<VerifyingKey>>,
+}
+
+impl KeyRing {
+    /// Every usable signing key of `set`; keys that cannot be used (an unsupported type,
+    /// `use` other than "sig", a weak RSA key) are skipped and returned as reasons.
+    pub fn from_jwk_set(set: &JwkSet) -> (Self, Vec<KeyRejected>) {
+        let mut keys = HashMap::new();
+        let mut rejected = Vec::new();
+        for jwk in &set.keys {
+            match VerifyingKey::from_jwk(jwk) {
+                Ok(key) => {
+                    keys.entry(jwk.kid.clone()).or_insert_with(|| Arc::new(key));
+                }
+                Err(e) => rejected.push(e),
+            }
+        }
+        (Self { keys }, rejected)
+    }
+
+    /// Parses a JWKS document leniently: members jwt-issuer does not understand (other key
+    /// types, `use: enc`, keys without a usable `alg`) are skipped, never guessed.
+    ///
+    /// # Errors
+    /// When the document is not a JSON object with a `keys` array.
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+        let entries = doc
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .ok_or_else(|| "JWKS has no \"keys\" array".to_owned())?;
+        let mut set = JwkSet::default();
+        for entry in entries {
+            if entry.get("use").is_some_and(|u| u != "sig") {
+                continue;
+            }
+            let mut entry = entry.clone();
+            // RFC 8725 section 3.1: the algorithm comes from the key. A key without `alg`
+            // gets the only algorithm jwt-issuer verifies for its type and curve.
+            if let Some(obj) = entry.as_object_mut()
+                && !obj.contains_key("alg")
+            {
+                let inferred = match (
+                    obj.get("kty").and_then(|v| v.as_str()),
+                    obj.get("crv").and_then(|v| v.as_str()),
+                ) {
+                    (Some("EC"), Some("P-256")) => Some("ES256"),
+                    (Some("RSA"), _) => Some("RS256"),
+                    _ => None,
+                };
+                if let Some(alg) = inferred {
+                    obj.insert("alg".into(), alg.into());
+                }
+                obj.entry("use").or_insert_with(|| "sig".into());
+            }
+            if let Ok(jwk) = serde_json::from_value::<Jwk>(entry) {
+                set.keys.push(jwk);
+            }
+        }
+        Ok(Self::from_jwk_set(&set).0)
+    }
+
+    /// The key with this kid.
+    pub fn get(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {
+        self.keys.get(kid)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True without keys.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// DER RSAPublicKey (RFC 8017 appendix A.1.1), the form aws-lc parses.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Result<Vec<u8>, String> {
+    let key = rsa::pkcs1::RsaPublicKey {
+        modulus: rsa::pkcs1::UintRef::new(n).map_err(|e| e.to_string())?,
+        public_exponent: rsa::pkcs1::UintRef::new(e).map_err(|e| e.to_string())?,
+    };
+    key.to_der().map_err(|e| e.to_string())
+}
