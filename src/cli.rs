@@ -503,7 +503,7 @@ fn token_verify(args: VerifyArgs) -> Result<()> {
         let verifier = if is_url {
             let options = JwksCacheOptions::default();
             let cache = if is_issuer {
-                JwksCache::discover(&issuer, options).await?
+                JwksCache::discover(&args.jwks, options).await?
             } else {
                 JwksCache::new(&args.jwks, options)?
             };

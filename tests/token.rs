@@ -255,3 +255,149 @@ fn token_issue_on_an_empty_dir_generates_keys_first() {
     assert_eq!(token.split('.').count(), 3);
     assert_eq!(common::list_dir(&dir).len(), 4);
 }
+
+#[test]
+fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
+    let app = TestApp::spawn();
+    let token = issue(
+        &app.keys_dir,
+        &["--issuer", &app.issuer, "--sub", "alice", "--aud", "api"],
+    );
+    let jwks_url = format!("{}/.well-known/jwks.json", app.url);
+    let jwks_file = app.keys_dir.parent().unwrap().join("jwks.json");
+    std::fs::write(&jwks_file, app.get("/.well-known/jwks.json").body).unwrap();
+    let file = jwks_file.to_str().unwrap();
+    for args in [
+        vec![
+            "token",
+            "verify",
+            "--jwks",
+            &app.issuer,
+            "--aud",
+            "api",
+            &token,
+        ],
+        vec![
+            "token",
+            "verify",
+            "--jwks",
+            &jwks_url,
+            "--issuer",
+            &app.issuer,
+            "--aud",
+            "api",
+            &token,
+        ],
+        vec![
+            "token",
+            "verify",
+            "--jwks",
+            file,
+            "--issuer",
+            &app.issuer,
+            "--aud",
+            "api",
+            &token,
+        ],
+        vec![
+            "token",
+            "verify",
+            "--jwks",
+            file,
+            "--issuer",
+            &app.issuer,
+            "--any-audience",
+            &token,
+        ],
+    ] {
+        let out = run_cli(&app.keys_dir, &args);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        let claims: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(claims["sub"], "alice");
+    }
+    let mut child = common::cli(&app.keys_dir)
+        .args(["token", "verify", "--jwks", &app.issuer, "--aud", "api"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice"));
+}
+
+#[test]
+fn token_verify_names_the_reason_on_one_line() {
+    let app = TestApp::spawn();
+    let token = issue(
+        &app.keys_dir,
+        &["--issuer", &app.issuer, "--sub", "alice", "--aud", "api"],
+    );
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let flipped = format!(
+        "{input}.{}{}",
+        if sig.starts_with('A') { "B" } else { "A" },
+        &sig[1..]
+    );
+    for (args, reason) in [
+        (
+            vec!["--jwks", &app.issuer, "--aud", "other", &token],
+            "wrong audience",
+        ),
+        (
+            vec!["--jwks", &app.issuer, "--aud", "api", &flipped],
+            "invalid signature",
+        ),
+        (
+            vec![
+                "--jwks",
+                &app.issuer,
+                "--issuer",
+                "https://x",
+                "--aud",
+                "api",
+                &token,
+            ],
+            "wrong issuer",
+        ),
+        (
+            vec![
+                "--jwks",
+                &app.issuer,
+                "--aud",
+                "api",
+                "--typ",
+                "at+jwt",
+                &token,
+            ],
+            "wrong token type",
+        ),
+        (
+            vec!["--jwks", &app.issuer, "--aud", "api", "a.b"],
+            "malformed token",
+        ),
+        (vec!["--jwks", &app.issuer, &token], "--aud is required"),
+        (
+            vec![
+                "--jwks",
+                "/no/such/jwks.json",
+                "--issuer",
+                "x",
+                "--aud",
+                "api",
+                &token,
+            ],
+            "signing keys unavailable",
+        ),
+    ] {
+        let mut full = vec!["token", "verify"];
+        full.extend_from_slice(&args);
+        let out = run_cli(&app.keys_dir, &full);
+        assert_eq!(out.code, Some(1), "{args:?}");
+        assert_eq!(out.stdout, "");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(reason), "{args:?}: {}", out.stderr);
+    }
+}
