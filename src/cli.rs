@@ -4,13 +4,14 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use jwt_issuer::config::{DEFAULT_BIND, DEFAULT_KEYS_DIR, default_issuer};
-use jwt_issuer::keys::{DEFAULT_RSA_BITS, KeyInfo};
+use jwt_issuer::keys::lifecycle::rfc3339;
+use jwt_issuer::keys::{DEFAULT_RSA_BITS, KeyState, RotationPolicy};
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
 use jwt_issuer::oauth::{ClientStore, NewClient};
 use jwt_issuer::server::{Application, TOKEN_PATH, stop_on_signal};
@@ -28,8 +29,39 @@ pub struct Cli {
     #[arg(long, env = "JWT_ISSUER_KEYS_DIR", default_value = DEFAULT_KEYS_DIR, global = true)]
     keys_dir: PathBuf,
 
+    #[command(flatten)]
+    timing: TimingArgs,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// The settings the key lifecycle's timing follows. Every process that serves or changes
+/// the same keys dir must use the same values (set them in the environment).
+#[derive(Debug, Args)]
+struct TimingArgs {
+    /// JWKS Cache-Control max-age, in seconds or with a unit (5m); at most 1 day
+    #[arg(long, env = "JWT_ISSUER_JWKS_MAX_AGE", default_value = "300", value_parser = parse_seconds, global = true)]
+    jwks_max_age: Duration,
+
+    /// The longest lifetime of any token (server default, per client, token issue); a
+    /// retired key stays published this long plus the JWKS max-age plus the leeway
+    #[arg(long, env = "JWT_ISSUER_MAX_TOKEN_TTL", default_value = "24h", value_parser = parse_ttl, global = true)]
+    max_token_ttl: Duration,
+
+    /// Clock skew and reload slack added to every lifecycle wait
+    #[arg(long, env = "JWT_ISSUER_ROTATION_LEEWAY", default_value = "60s", value_parser = parse_seconds, global = true)]
+    rotation_leeway: Duration,
+}
+
+impl TimingArgs {
+    fn policy(&self) -> RotationPolicy {
+        RotationPolicy {
+            jwks_max_age: self.jwks_max_age,
+            max_token_ttl: self.max_token_ttl,
+            leeway: self.rotation_leeway,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,10 +142,6 @@ struct ServeArgs {
     #[arg(long, env = "JWT_ISSUER_ALG", default_value = "ES256")]
     alg: SigningAlg,
 
-    /// JWKS Cache-Control max-age, in seconds or with a unit (5m)
-    #[arg(long, env = "JWT_ISSUER_JWKS_MAX_AGE", default_value = "300", value_parser = parse_seconds)]
-    jwks_max_age: Duration,
-
     /// HTTP worker threads [default: one per CPU]
     #[arg(long, env = "JWT_ISSUER_WORKERS")]
     workers: Option<usize>,
@@ -125,6 +153,11 @@ struct ServeArgs {
     /// Failed client authentications allowed per window for one client id (an address gets 5x)
     #[arg(long, env = "JWT_ISSUER_AUTH_MAX_FAILURES", default_value_t = 10)]
     auth_max_failures: u32,
+
+    /// Rotate keys automatically this often (e.g. 30d); a next key is always published at
+    /// least the JWKS max-age plus leeway ahead [default: manual rotation only]
+    #[arg(long, env = "JWT_ISSUER_ROTATE_EVERY", value_parser = parse_seconds)]
+    rotate_every: Option<Duration>,
 
     /// Brute-force window: a locked client id or address waits until it ends
     #[arg(long, env = "JWT_ISSUER_AUTH_FAILURE_WINDOW", default_value = "60s", value_parser = parse_seconds)]
@@ -139,7 +172,8 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Generate a new key; the newest key of each algorithm signs
+    /// Generate a new key: published now as `next` (the first key of an algorithm signs
+    /// at once); `keys rotate` makes it sign
     Generate {
         /// Algorithm of the new key
         #[arg(long, default_value = "ES256")]
@@ -148,10 +182,28 @@ enum KeysCommand {
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["2048", "3072", "4096"]))]
         bits: Option<String>,
     },
-    /// Import a private key PEM (PKCS#8, PKCS#1 RSA or SEC1 EC); stored as PKCS#8, mode 0600
+    /// Import a private key PEM (PKCS#8, PKCS#1 RSA or SEC1 EC); stored as PKCS#8, mode
+    /// 0600, published as `next` (the first key of an algorithm signs at once)
     Import {
         /// The PEM file
         file: PathBuf,
+    },
+    /// Rotate: the next key signs, the active key retires (published until its tokens
+    /// expire and caches refresh), a new next key is published
+    Rotate {
+        /// Algorithm to rotate [default: every algorithm with an active key]
+        #[arg(long)]
+        alg: Option<SigningAlg>,
+        /// Switch at once even if the next key is younger than the JWKS max-age plus
+        /// leeway (verifiers fetch the new key on their unknown-kid refetch)
+        #[arg(long)]
+        now: bool,
+    },
+    /// Emergency after a key compromise: remove a key from the JWKS at once and delete it;
+    /// tokens it signed stop verifying. A revoked active key is replaced at once
+    Revoke {
+        /// The kid to revoke
+        kid: String,
     },
 }
 
@@ -249,17 +301,28 @@ pub fn parse_args() -> Cli {
 /// Whatever failed, with context, for main to print on one line.
 pub fn run(cli: Cli) -> Result<()> {
     init_logging();
-    let store = KeyStore::new(&cli.keys_dir);
+    let policy = cli.timing.policy();
+    let store = KeyStore::new(&cli.keys_dir).with_policy(policy);
     match cli.command {
         Command::Serve(args) => serve(store, args),
+        Command::Keys(KeysCommand::Rotate { alg, now }) => keys_rotate(&store, alg, now),
+        Command::Keys(KeysCommand::Revoke { kid }) => {
+            let successor = store.revoke(&kid).context("cannot revoke key")?;
+            println!("revoked {kid}: removed from the JWKS and deleted");
+            if let Some(successor) = successor {
+                println!("{successor} signs now in its place");
+            }
+            Ok(())
+        }
         Command::Keys(KeysCommand::List { json }) => keys_list(&store, json),
         Command::Keys(KeysCommand::Generate { alg, bits }) => keys_generate(&store, alg, bits),
         Command::Keys(KeysCommand::Import { file }) => {
             let info = store.import(&file).context("cannot import key")?;
             println!(
-                "imported {} key {} ({})",
+                "imported {} key {} ({}, {})",
                 info.alg,
                 info.kid,
+                info.state.as_str(),
                 info.file.display()
             );
             Ok(())
@@ -275,13 +338,16 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&keys.jwk_set())?);
             Ok(())
         }
-        Command::Token(TokenCommand::Issue(args)) => token_issue(&store, args),
+        Command::Token(TokenCommand::Issue(args)) => {
+            check_ttl(args.ttl, &policy)?;
+            token_issue(&store, args)
+        }
         Command::Token(TokenCommand::Verify(args)) => token_verify(args),
-        Command::Clients(command) => clients(&ClientStore::new(store.dir()), command),
+        Command::Clients(command) => clients(&ClientStore::new(store.dir()), command, &policy),
     }
 }
 
-fn clients(store: &ClientStore, command: ClientsCommand) -> Result<()> {
+fn clients(store: &ClientStore, command: ClientsCommand, policy: &RotationPolicy) -> Result<()> {
     match command {
         ClientsCommand::Add {
             id,
@@ -290,6 +356,9 @@ fn clients(store: &ClientStore, command: ClientsCommand) -> Result<()> {
             alg,
             ttl,
         } => {
+            if let Some(ttl) = ttl {
+                check_ttl(ttl, policy)?;
+            }
             let new = NewClient {
                 client_id: id,
                 scopes,
@@ -362,7 +431,10 @@ fn serve(store: KeyStore, args: ServeArgs) -> Result<()> {
         bind: args.issuer.bind,
         issuer: args.issuer.issuer,
         alg: args.alg,
-        jwks_max_age: args.jwks_max_age,
+        jwks_max_age: store.policy().jwks_max_age,
+        max_token_ttl: store.policy().max_token_ttl,
+        rotation_leeway: store.policy().leeway,
+        rotate_every: args.rotate_every,
         workers: args.workers.unwrap_or_else(|| Config::default().workers),
         token_ttl: args.token_ttl,
         auth_max_failures: args.auth_max_failures,
@@ -402,26 +474,105 @@ fn load_keys(store: &KeyStore) -> Result<jwt_issuer::KeySet> {
 }
 
 fn keys_list(store: &KeyStore, json: bool) -> Result<()> {
-    let keys = store.load().context("cannot load keys")?;
-    let infos = keys.infos();
+    let manifest = store
+        .load_manifest_for_reading()
+        .context("cannot load keys")?;
+    let policy = store.policy();
     if json {
-        println!("{}", serde_json::to_string_pretty(&infos)?);
+        let listed: Vec<Value> = manifest
+            .keys
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if r.state == KeyState::Next {
+                    v["signs_from"] = rfc3339::format(r.signs_from(policy)).into();
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
-    if infos.is_empty() {
+    if manifest.keys.is_empty() {
         eprintln!("no keys in {}", store.dir().display());
         return Ok(());
     }
-    println!("{:<44}  {:<5}  {:<20}  FILE", "KID", "ALG", "CREATED");
-    for KeyInfo {
-        kid,
-        alg,
-        created,
-        file,
-    } in infos
-    {
-        let created = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(created));
-        println!("{kid:<44}  {alg:<5}  {created:<20}  {}", file.display());
+    let human = |d: Duration| humantime::format_duration(d).to_string();
+    println!(
+        "# a next key may sign {} after publication (JWKS max-age {} + leeway {}); a retired key stays published {} (max token ttl {} + JWKS max-age + leeway)",
+        human(policy.activation_delay()),
+        human(policy.jwks_max_age),
+        human(policy.leeway),
+        human(policy.retention()),
+        human(policy.max_token_ttl),
+    );
+    println!(
+        "{:<43}  {:<5}  {:<7}  {:<24}  {:<24}  WHEN",
+        "KID", "ALG", "STATE", "CREATED", "PUBLISHED"
+    );
+    let time = |t: Option<u64>| t.map_or_else(|| "-".to_owned(), rfc3339::format);
+    for r in &manifest.keys {
+        let when = match r.state {
+            KeyState::Next => format!("signs from {}", time(Some(r.signs_from(policy)))),
+            KeyState::Active => format!("signing since {}", time(r.activated)),
+            KeyState::Retired => format!(
+                "retired {}, published until {}",
+                time(r.retired),
+                time(r.remove_after)
+            ),
+            KeyState::Removed | KeyState::Revoked => {
+                format!("{} {}", r.state.as_str(), time(r.removed))
+            }
+        };
+        println!(
+            "{:<43}  {:<5}  {:<7}  {:<24}  {:<24}  {when}",
+            r.kid,
+            r.alg,
+            r.state.as_str(),
+            time(Some(r.created)),
+            time(Some(r.published)),
+        );
+    }
+    Ok(())
+}
+
+fn keys_rotate(store: &KeyStore, alg: Option<SigningAlg>, now: bool) -> Result<()> {
+    let algs = match alg {
+        Some(alg) => vec![alg],
+        None => {
+            let manifest = store
+                .load_manifest_for_reading()
+                .context("cannot load keys")?;
+            SigningAlg::ALL
+                .into_iter()
+                .filter(|&a| manifest.active(a).is_some())
+                .collect()
+        }
+    };
+    if algs.is_empty() {
+        bail!("no active key to rotate in {}", store.dir().display());
+    }
+    for alg in algs {
+        let rotated = store
+            .rotate(alg, now)
+            .context(format!("cannot rotate {alg}"))?;
+        println!(
+            "rotated {alg}: {} signs now; {} retired, published until {}",
+            rotated.activated,
+            rotated.retired,
+            rfc3339::format(rotated.retired_until)
+        );
+    }
+    Ok(())
+}
+
+fn check_ttl(ttl: Duration, policy: &RotationPolicy) -> Result<()> {
+    if ttl > policy.max_token_ttl {
+        bail!(
+            "ttl {} is longer than --max-token-ttl {}: keys are retired on the assumption that no token lives longer",
+            humantime::format_duration(ttl),
+            humantime::format_duration(policy.max_token_ttl)
+        );
     }
     Ok(())
 }
@@ -435,9 +586,10 @@ fn keys_generate(store: &KeyStore, alg: SigningAlg, bits: Option<String>) -> Res
     };
     let info = store.generate(alg, bits).context("cannot generate key")?;
     println!(
-        "generated {} key {} ({})",
+        "generated {} key {} ({}, {})",
         info.alg,
         info.kid,
+        info.state.as_str(),
         info.file.display()
     );
     Ok(())

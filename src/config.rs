@@ -32,8 +32,15 @@ pub struct Config {
     pub issuer: Option<String>,
     /// Algorithm of tokens that do not ask for one (default ES256).
     pub alg: SigningAlg,
-    /// JWKS `Cache-Control: max-age` (default 300 s, at most a day).
+    /// JWKS `Cache-Control: max-age` (default 300 s, at most a day); never longer than
+    /// the time to the key set's next scheduled change.
     pub jwks_max_age: Duration,
+    /// The longest lifetime of any token (default 24 h); retirement timing assumes it.
+    pub max_token_ttl: Duration,
+    /// Slack on every lifecycle wait (default 60 s).
+    pub rotation_leeway: Duration,
+    /// Automatic rotation period (default: none, manual rotation).
+    pub rotate_every: Option<Duration>,
     /// HTTP worker threads (default: one per CPU).
     pub workers: usize,
     /// Lifetime of access tokens for clients without their own (default 15 min, 1 s to 24 h).
@@ -54,9 +61,27 @@ pub enum ConfigError {
     /// Zero workers.
     #[error("--workers must be at least 1")]
     NoWorkers,
-    /// Token lifetime outside 1 s to 24 h.
-    #[error("--token-ttl {0}s is out of range (1s to 86400s)")]
-    TokenTtlOutOfRange(u64),
+    /// Default token lifetime outside 1 s to the maximum.
+    #[error("--token-ttl {ttl}s is out of range (1s to --max-token-ttl {max}s)")]
+    TokenTtlOutOfRange {
+        /// The setting.
+        ttl: u64,
+        /// The maximum.
+        max: u64,
+    },
+    /// Maximum token lifetime outside 1 s to 24 h.
+    #[error("--max-token-ttl {0}s is out of range (1s to 86400s)")]
+    MaxTokenTtlOutOfRange(u64),
+    /// Automatic rotation faster than a next key can be pre-published.
+    #[error(
+        "--rotate-every {every}s is shorter than the {min}s a next key must be published before it signs (JWKS max-age + leeway)"
+    )]
+    RotateTooOften {
+        /// The setting.
+        every: u64,
+        /// The activation delay.
+        min: u64,
+    },
     /// Brute-force limits switched off.
     #[error("--auth-max-failures and --auth-failure-window must be at least 1")]
     AuthLimitsOff,
@@ -73,6 +98,9 @@ impl Default for Config {
             issuer: None,
             alg: SigningAlg::Es256,
             jwks_max_age: DEFAULT_JWKS_MAX_AGE,
+            max_token_ttl: crate::sign::MAX_TOKEN_TTL,
+            rotation_leeway: crate::keys::lifecycle::DEFAULT_LEEWAY,
+            rotate_every: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             token_ttl: DEFAULT_TOKEN_TTL,
             auth_max_failures: crate::oauth::limiter::DEFAULT_MAX_FAILURES,
@@ -93,8 +121,26 @@ impl Config {
         if self.workers == 0 {
             return Err(ConfigError::NoWorkers);
         }
-        if self.token_ttl < Duration::from_secs(1) || self.token_ttl > crate::sign::MAX_TOKEN_TTL {
-            return Err(ConfigError::TokenTtlOutOfRange(self.token_ttl.as_secs()));
+        if self.max_token_ttl < Duration::from_secs(1)
+            || self.max_token_ttl > crate::sign::MAX_TOKEN_TTL
+        {
+            return Err(ConfigError::MaxTokenTtlOutOfRange(
+                self.max_token_ttl.as_secs(),
+            ));
+        }
+        if self.token_ttl < Duration::from_secs(1) || self.token_ttl > self.max_token_ttl {
+            return Err(ConfigError::TokenTtlOutOfRange {
+                ttl: self.token_ttl.as_secs(),
+                max: self.max_token_ttl.as_secs(),
+            });
+        }
+        if let Some(every) = self.rotate_every
+            && every < self.policy().activation_delay()
+        {
+            return Err(ConfigError::RotateTooOften {
+                every: every.as_secs(),
+                min: self.policy().activation_delay().as_secs(),
+            });
         }
         if self.auth_max_failures == 0 || self.auth_failure_window.is_zero() {
             return Err(ConfigError::AuthLimitsOff);
@@ -103,6 +149,15 @@ impl Config {
             check_issuer(issuer)?;
         }
         Ok(())
+    }
+
+    /// The lifecycle timing these settings imply.
+    pub fn policy(&self) -> crate::keys::RotationPolicy {
+        crate::keys::RotationPolicy {
+            jwks_max_age: self.jwks_max_age,
+            max_token_ttl: self.max_token_ttl,
+            leeway: self.rotation_leeway,
+        }
     }
 
     /// The issuer once the listener is bound: the configured one, else `http://` plus the

@@ -13,3 +13,13 @@ pub(crate) fn unix_seconds(t: SystemTime) -> u64 {
         .unwrap_or(Duration::ZERO)
         .as_secs()
 }
+
+/// A time as milliseconds since the Unix epoch.
+pub(crate) fn unix_millis(t: SystemTime) -> u64 {
+    u64::try_from(
+        t.duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}

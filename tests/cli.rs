@@ -155,9 +155,20 @@ fn keys_list_and_jwks_show_the_store() {
     let out = run_cli(&dir, &["keys", "list"]);
     assert_eq!(out.code, Some(0));
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{}", out.stdout);
-    assert!(lines[0].starts_with("KID"));
-    assert!(lines[1].contains("ES256") && lines[2].contains("RS256"));
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("# a next key may sign 6m after publication"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("a retired key stays published 1day 6m"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].starts_with("KID"));
+    assert!(lines[2].contains("ES256") && lines[3].contains("RS256"));
+    assert!(lines[2].contains("active") && lines[2].contains("signing since"));
 
     let json: serde_json::Value =
         serde_json::from_str(&run_cli(&dir, &["keys", "list", "--json"]).stdout).unwrap();

@@ -4,7 +4,6 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
 use aws_lc_rs::rand::SystemRandom;
@@ -35,11 +34,18 @@ fn first_start_generates_es256_and_rs256_keys_privately_and_atomically() {
 
     assert_eq!(mode(&dir), 0o700, "keys dir is created 0700");
     let names = list_dir(&dir);
-    assert_eq!(names.len(), 4, "{names:?}");
     assert!(
-        names.iter().all(|n| !n.starts_with('.')),
+        names.iter().all(|n| !n.starts_with(".tmp")),
         "temp files left behind: {names:?}"
     );
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".pem")).count(),
+        2,
+        "{names:?}"
+    );
+    assert_eq!(mode(&dir.join("keys.json")), 0o600);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("keys.json")).unwrap()).unwrap();
     for key in keys.keys() {
         let pem_file = dir.join(format!("{}.pem", key.kid()));
         assert_eq!(mode(&pem_file), 0o600);
@@ -48,11 +54,14 @@ fn first_start_generates_es256_and_rs256_keys_privately_and_atomically() {
             text.starts_with("-----BEGIN PRIVATE KEY-----\n"),
             "PKCS#8 PEM"
         );
-        let meta: serde_json::Value =
-            serde_json::from_slice(&fs::read(dir.join(format!("{}.json", key.kid()))).unwrap())
-                .unwrap();
-        assert_eq!(meta["kid"], key.kid());
-        assert_eq!(meta["alg"], key.alg().as_str());
+        let record = manifest["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kid"] == key.kid())
+            .expect("recorded in the manifest");
+        assert_eq!(record["alg"], key.alg().as_str());
+        assert_eq!(record["state"], "active");
     }
 }
 
@@ -137,7 +146,7 @@ fn generated_rsa_sizes_are_honoured() {
 }
 
 #[test]
-fn newest_key_of_each_algorithm_signs() {
+fn a_generated_key_is_published_as_next_and_signs_only_after_rotation() {
     let (_tmp, dir) = keys_dir_with_template();
     let store = KeyStore::new(&dir);
     let before = store
@@ -147,15 +156,21 @@ fn newest_key_of_each_algorithm_signs() {
         .unwrap()
         .kid()
         .to_owned();
-    // created is in seconds: make the new key unambiguously newer.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let info = store.generate(SigningAlg::Es256, 0).unwrap();
+    assert_eq!(info.state, jwt_issuer::keys::KeyState::Next);
     let keys = store.load().unwrap();
-    assert_ne!(info.kid, before);
+    assert_eq!(
+        keys.active(SigningAlg::Es256).unwrap().kid(),
+        before,
+        "the active key still signs"
+    );
+    assert!(keys.find(&info.kid).is_some(), "the new key is published");
+    store.rotate(SigningAlg::Es256, true).unwrap();
+    let keys = store.load().unwrap();
     assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), info.kid);
     assert!(
         keys.find(&before).is_some(),
-        "the older key stays published"
+        "the retired key stays published"
     );
 }
 
@@ -306,7 +321,12 @@ fn assert_imported(contents: &[u8], alg: &str) {
         text.starts_with("-----BEGIN PRIVATE KEY-----"),
         "stored as PKCS#8"
     );
-    assert!(list_dir(&dir).iter().all(|n| !n.starts_with('.')));
+    assert!(list_dir(&dir).iter().all(|n| !n.starts_with(".tmp")));
+    assert!(
+        out.stdout.contains("next"),
+        "imported into a store with an active key: next: {}",
+        out.stdout
+    );
 
     // The same key again is refused, nothing rewritten.
     let again = run_cli(&dir, &["keys", "import", file.to_str().unwrap()]);
@@ -348,19 +368,65 @@ fn import_accepts_pkcs8_pkcs1_and_sec1() {
 }
 
 #[test]
-fn key_file_dropped_in_by_an_operator_is_loaded_without_metadata() {
+fn key_files_without_a_manifest_are_adopted_newest_active() {
+    // An operator's own directory of PEM files (or a crash before the first manifest).
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("keys");
+    fs::create_dir(&dir).unwrap();
+    let mut kids = Vec::new();
+    for name in ["old.pem", "new.pem"] {
+        let ec = p256::SecretKey::random(&mut rand_core::OsRng);
+        let file = dir.join(name);
+        fs::write(&file, ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        kids.push(KeyStore::new(&dir).load().unwrap().keys().len());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (keys, generated) = KeyStore::new(&dir).load_or_init().unwrap();
+    assert!(
+        generated.is_empty(),
+        "existing keys are used, none generated"
+    );
+    assert_eq!(keys.keys().len(), 2);
+    let active = keys.active(SigningAlg::Es256).unwrap();
+    assert!(
+        active.file().ends_with(format!("{}.pem", active.kid())),
+        "renamed to <kid>.pem"
+    );
+    assert!(!dir.join("old.pem").exists() && !dir.join("new.pem").exists());
+    assert!(dir.join("keys.json").exists());
+    assert_eq!(kids, [1, 2]);
+}
+
+#[test]
+fn a_key_file_dropped_into_a_managed_store_is_adopted_as_next_by_the_next_change() {
     let (_tmp, dir) = keys_dir_with_template();
     let ec = p256::SecretKey::random(&mut rand_core::OsRng);
     let file = dir.join("operator.pem");
     fs::write(&file, ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
-    let keys = KeyStore::new(&dir).load().unwrap();
-    assert_eq!(keys.keys().len(), 3);
-    assert!(
-        keys.keys()
-            .iter()
-            .any(|k| k.file() == Path::new(&file) && k.alg() == SigningAlg::Es256)
+    let store = KeyStore::new(&dir);
+    assert_eq!(
+        store.load().unwrap().keys().len(),
+        2,
+        "not published before the store adopts it"
     );
+    store.generate(SigningAlg::Rs256, 2048).unwrap();
+    let manifest = store.load_manifest_for_reading().unwrap();
+    let states: Vec<_> = manifest
+        .keys
+        .iter()
+        .filter(|k| k.alg == SigningAlg::Es256)
+        .map(|k| k.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            jwt_issuer::keys::KeyState::Active,
+            jwt_issuer::keys::KeyState::Next
+        ]
+    );
+    assert_eq!(store.load().unwrap().keys().len(), 4);
 }
 
 #[test]

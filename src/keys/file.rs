@@ -46,3 +46,38 @@ pub(crate) fn too_open_mode(meta: &fs::Metadata) -> Option<u32> {
     let mode = meta.permissions().mode() & 0o777;
     (mode & 0o066 != 0).then_some(mode)
 }
+
+/// Takes the exclusive advisory lock on `path` (created 0600), held until the file drops.
+pub(crate) fn lock(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.lock()?;
+    Ok(file)
+}
+
+/// Identity of a file's current version (inode, size, modification time), to notice a
+/// replaced file cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of `path`, `None` when it does not exist.
+    pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(path).ok()?;
+        Some(Self {
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        })
+    }
+}

@@ -252,7 +252,6 @@ impl PrivateKey {
 /// A key ready to sign: the backend key pair parsed once, its public JWK and its metadata.
 pub struct SigningKey {
     jwk: Jwk,
-    created: u64,
     file: PathBuf,
     pair: KeyPair,
 }
@@ -276,11 +275,6 @@ impl SigningKey {
     /// The public JWK published for this key.
     pub fn jwk(&self) -> &Jwk {
         &self.jwk
-    }
-
-    /// Creation time, seconds since the Unix epoch.
-    pub fn created(&self) -> u64 {
-        self.created
     }
 
     /// The PEM file this key was loaded from.
@@ -314,11 +308,7 @@ impl SigningKey {
         }
     }
 
-    pub(crate) fn new(
-        key: &PrivateKey,
-        created: u64,
-        file: PathBuf,
-    ) -> Result<Self, KeyFormatError> {
+    pub(crate) fn new(key: &PrivateKey, file: PathBuf) -> Result<Self, KeyFormatError> {
         let der = match key {
             PrivateKey::Rsa(k) => k.to_pkcs8_der(),
             PrivateKey::P256(k) => k.to_pkcs8_der(),
@@ -339,7 +329,6 @@ impl SigningKey {
         let params = key.public_params();
         Ok(Self {
             jwk: Jwk::new(params, key.alg()),
-            created,
             file,
             pair,
         })

@@ -7,9 +7,8 @@
 //! secrets are not accepted; if they ever are, they must be hashed with argon2id instead.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use crate::SigningAlg;
-use crate::keys::file;
+use crate::keys::file::{self, FileStamp};
 use crate::secret::ClientSecret;
 use crate::sign::MAX_TOKEN_TTL;
 use crate::time::unix_now;
@@ -178,14 +177,6 @@ impl ClientRegistry {
     }
 }
 
-/// Identity of the registry file's current version, to notice changes cheaply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-}
-
 /// The registry file: load, and read-modify-write under an advisory lock so concurrent
 /// CLI calls never lose an update.
 #[derive(Debug, Clone)]
@@ -223,12 +214,7 @@ impl ClientStore {
 
     /// The file's current stamp, `None` when it does not exist.
     pub fn stamp(&self) -> Option<FileStamp> {
-        let meta = fs::metadata(self.path()).ok()?;
-        Some(FileStamp {
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        })
+        FileStamp::of(&self.path())
     }
 
     /// On first start (no registry file), registers the client [`BOOTSTRAP_CLIENT_ID`] and
@@ -364,15 +350,7 @@ impl ClientStore {
 
     fn lock(&self) -> Result<File, ClientStoreError> {
         let path = self.dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| self.io(&path, source))?;
-        lock.lock().map_err(|source| self.io(&path, source))?;
-        Ok(lock)
+        file::lock(&path).map_err(|source| self.io(&path, source))
     }
 
     fn io(&self, path: &Path, source: io::Error) -> ClientStoreError {

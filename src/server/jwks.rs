@@ -7,7 +7,8 @@ use super::AppState;
 
 /// Serves the JWKS serialized at start; `If-None-Match` with the current ETag gives 304.
 pub async fn jwks(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let doc = &state.jwks;
+    let published = state.published.load();
+    let doc = &published.jwks;
     let not_modified = if_none_match_hits(req.headers(), doc.etag());
     state.metrics.observe_jwks(not_modified);
     let mut res = if not_modified {
@@ -18,8 +19,8 @@ pub async fn jwks(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
             .body(doc.body().clone())
     };
     let headers = res.headers_mut();
-    headers.insert(header::CACHE_CONTROL, state.jwks_cache_control.clone());
-    headers.insert(header::ETAG, state.jwks_etag.clone());
+    headers.insert(header::CACHE_CONTROL, state.jwks_cache_control(&published));
+    headers.insert(header::ETAG, published.jwks_etag.clone());
     // Public keys are meant to be fetched from anywhere, browsers included.
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,

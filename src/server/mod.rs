@@ -5,77 +5,29 @@ pub mod discovery;
 pub mod error;
 pub mod jwks;
 pub mod metrics;
+pub mod state;
 pub mod token;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle, Service as _};
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::web::{self, Bytes};
+use actix_web::http::header;
+use actix_web::web;
 use actix_web::{App, HttpResponse, HttpServer};
 
 pub use discovery::{JWKS_PATH, TOKEN_PATH};
 pub use metrics::Metrics;
 
-use arc_swap::ArcSwap;
+pub use state::{AppState, Published};
 
-use crate::oauth::clients::FileStamp;
-use crate::oauth::{AuthLimiter, ClientRegistry, ClientStore, ClientStoreError};
-use crate::{Config, JwksDocument, KeySet, SignError, Signer};
+use crate::oauth::{AuthLimiter, ClientStoreError};
+use crate::{Config, KeySet, KeyStore, SignError};
 
-/// How often a running server looks for changes to the client registry file.
-pub const CLIENTS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What every handler reads: prepared once when the server is built.
-pub struct AppState {
-    /// Issues tokens.
-    pub signer: Signer,
-    /// The JWKS body and its ETag.
-    pub jwks: JwksDocument,
-    /// The ETag as a header value.
-    pub jwks_etag: HeaderValue,
-    /// `public, max-age=N`.
-    pub jwks_cache_control: HeaderValue,
-    /// The discovery document.
-    pub discovery: Bytes,
-    /// Counters.
-    pub metrics: Metrics,
-    /// The registered clients: an immutable snapshot, swapped whole on reload.
-    pub clients: ArcSwap<ClientRegistry>,
-    /// Where the registry comes from.
-    pub client_store: ClientStore,
-    /// The registry file version loaded last.
-    client_stamp: std::sync::Mutex<Option<FileStamp>>,
-    /// Failed-authentication limits.
-    pub limiter: AuthLimiter,
-    /// Lifetime of access tokens for clients without their own.
-    pub token_ttl: Duration,
-}
-
-impl AppState {
-    /// Reloads the client registry if its file changed; a registry that fails to load
-    /// keeps the last good one in service and is reported loudly.
-    pub fn reload_clients_if_changed(&self) {
-        let stamp = self.client_store.stamp();
-        let mut last = self.client_stamp.lock().unwrap_or_else(|p| p.into_inner());
-        if stamp == *last {
-            return;
-        }
-        *last = stamp;
-        match self.client_store.load() {
-            Ok(registry) => {
-                tracing::info!(clients = registry.len(), "client registry reloaded");
-                self.clients.store(Arc::new(registry));
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "client registry failed to load; keeping the previous one");
-            }
-        }
-    }
-}
+/// How often a running server checks the keys dir and the client registry for changes,
+/// and does key maintenance.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -114,41 +66,38 @@ impl Application {
     ) -> Result<Self, ServerError> {
         let addr = listener.local_addr()?;
         let issuer = config.issuer_for(addr);
-        let signer = Signer::new(issuer.clone(), config.alg, Arc::new(keys))?;
         let metrics = Metrics::new()?;
-        metrics.set_keys(signer.keys());
-        let jwks = JwksDocument::new(&signer.keys().jwk_set());
-        let discovery = discovery::Metadata::new(&issuer, signer.keys().algorithms()).to_bytes();
-        let client_store = ClientStore::new(&config.keys_dir);
-        let client_stamp = client_store.stamp();
-        let clients = client_store.load()?;
-        let state = web::Data::new(AppState {
-            clients: ArcSwap::from_pointee(clients),
-            client_store,
-            client_stamp: std::sync::Mutex::new(client_stamp),
-            limiter: AuthLimiter::new(
-                config.auth_max_failures,
-                config.auth_failure_window,
-                crate::oauth::limiter::DEFAULT_CAPACITY,
-            ),
-            token_ttl: config.token_ttl,
-            jwks_etag: HeaderValue::from_str(jwks.etag()).map_err(io::Error::other)?,
-            jwks_cache_control: HeaderValue::from_str(&format!(
-                "public, max-age={}",
-                config.jwks_max_age.as_secs()
-            ))
-            .map_err(io::Error::other)?,
-            jwks,
-            discovery,
-            signer,
+        let key_store = KeyStore::new(&config.keys_dir).with_policy(config.policy());
+        let state = web::Data::new(AppState::new(
+            key_store,
+            keys,
+            state::StateConfig {
+                issuer: issuer.clone(),
+                alg: config.alg,
+                rotate_every: config.rotate_every,
+                token_ttl: config.token_ttl,
+                limiter: AuthLimiter::new(
+                    config.auth_max_failures,
+                    config.auth_failure_window,
+                    crate::oauth::limiter::DEFAULT_CAPACITY,
+                ),
+            },
             metrics,
-        });
-        let reloader = state.clone();
+        )?);
+        let background = state.clone();
         actix_web::rt::spawn(async move {
-            let mut tick = actix_web::rt::time::interval(CLIENTS_RELOAD_INTERVAL);
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut tick = actix_web::rt::time::interval(RELOAD_INTERVAL);
+            let mut hangup = signal(SignalKind::hangup()).ok();
             loop {
-                tick.tick().await;
-                reloader.reload_clients_if_changed();
+                let forced = tokio::select! {
+                    _ = tick.tick() => false,
+                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                };
+                if forced {
+                    tracing::info!("SIGHUP: reloading keys and clients");
+                }
+                background.tick(forced);
             }
         });
         let server = HttpServer::new(move || {

@@ -92,7 +92,13 @@ async fn issue(
         audience: form.get("audience"),
         resource: form.get("resource"),
     };
-    let grant = grant::resolve(client, requested, state.signer.issuer(), state.token_ttl)?;
+    let published = state.published.load();
+    let grant = grant::resolve(
+        client,
+        requested,
+        published.signer.issuer(),
+        state.token_ttl,
+    )?;
     let scope = grant.scopes.join(" ");
     let mut extra = Map::new();
     extra.insert("client_id".into(), Value::String(client.client_id.clone()));
@@ -107,7 +113,7 @@ async fn issue(
         typ: TokenType::AccessToken,
         extra,
     };
-    let issued = state
+    let issued = published
         .signer
         .issue(&request)
         .map_err(|e| OAuthError::Internal(e.to_string()))?;

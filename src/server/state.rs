@@ -1,0 +1,267 @@
+//! What handlers read: the published key set as one immutable snapshot (signer, JWKS body
+//! and ETag, discovery document), swapped whole when the keys dir changes, plus the client
+//! registry, limits and counters. Reloads run on a timer and on SIGHUP; a store that fails
+//! to load leaves the last good snapshot in service and is logged loudly.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::http::header::HeaderValue;
+use actix_web::web::Bytes;
+use arc_swap::ArcSwap;
+
+use super::{Metrics, discovery};
+use crate::keys::file::FileStamp;
+use crate::keys::{KeyStore, Millis};
+use crate::oauth::{AuthLimiter, ClientRegistry, ClientStore, ClientStoreError};
+use crate::{JwksDocument, KeySet, SignError, Signer, SigningAlg};
+
+/// The published key set at one moment, prepared for serving.
+pub struct Published {
+    /// Issues tokens with this set's active keys.
+    pub signer: Signer,
+    /// The JWKS body and its ETag (which changes with the key set only).
+    pub jwks: JwksDocument,
+    /// The ETag as a header value.
+    pub jwks_etag: HeaderValue,
+    /// The discovery document.
+    pub discovery: Bytes,
+    /// When the set changes by itself next (a retired key leaving, a scheduled rotation).
+    pub next_change: Option<Millis>,
+    stamp: Option<FileStamp>,
+}
+
+impl Published {
+    fn build(
+        issuer: &str,
+        alg: SigningAlg,
+        keys: KeySet,
+        rotate_every: Option<Duration>,
+        stamp: Option<FileStamp>,
+    ) -> Result<Self, SignError> {
+        let next_change = keys.next_change(rotate_every);
+        let signer = Signer::new(issuer, alg, Arc::new(keys))?;
+        let jwks = JwksDocument::new(&signer.keys().jwk_set());
+        let discovery = discovery::Metadata::new(issuer, signer.keys().algorithms()).to_bytes();
+        // A base64url tag in quotes is always a valid header value.
+        let jwks_etag =
+            HeaderValue::from_str(jwks.etag()).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+        Ok(Self {
+            signer,
+            jwks,
+            jwks_etag,
+            discovery,
+            next_change,
+            stamp,
+        })
+    }
+}
+
+/// The shared state of one server.
+pub struct AppState {
+    /// The current key set snapshot.
+    pub published: ArcSwap<Published>,
+    /// Where keys come from.
+    pub key_store: KeyStore,
+    issuer: String,
+    alg: SigningAlg,
+    rotate_every: Option<Duration>,
+    /// The configured JWKS max-age.
+    pub jwks_max_age: Duration,
+    /// Counters.
+    pub metrics: Metrics,
+    /// The registered clients: an immutable snapshot, swapped whole on reload.
+    pub clients: ArcSwap<ClientRegistry>,
+    /// Where the registry comes from.
+    pub client_store: ClientStore,
+    client_stamp: Mutex<Option<FileStamp>>,
+    /// Failed-authentication limits.
+    pub limiter: AuthLimiter,
+    /// Lifetime of access tokens for clients without their own.
+    pub token_ttl: Duration,
+    /// The longest token lifetime; clients may not exceed it.
+    pub max_token_ttl: Duration,
+    last_maintenance_error: Mutex<Option<String>>,
+}
+
+/// Everything [`AppState::new`] needs besides the loaded keys.
+pub struct StateConfig {
+    /// The issuer.
+    pub issuer: String,
+    /// Default algorithm.
+    pub alg: SigningAlg,
+    /// Automatic rotation period.
+    pub rotate_every: Option<Duration>,
+    /// Default token lifetime.
+    pub token_ttl: Duration,
+    /// Failed-authentication limits.
+    pub limiter: AuthLimiter,
+}
+
+impl AppState {
+    /// Prepares the first snapshot from `keys` and loads the client registry.
+    ///
+    /// # Errors
+    /// The signer's self-check, or an unusable client registry.
+    pub fn new(
+        key_store: KeyStore,
+        keys: KeySet,
+        config: StateConfig,
+        metrics: Metrics,
+    ) -> Result<Self, super::ServerError> {
+        let stamp = key_store.stamp();
+        let published =
+            Published::build(&config.issuer, config.alg, keys, config.rotate_every, stamp)?;
+        metrics.set_keys(published.signer.keys());
+        let client_store = ClientStore::new(key_store.dir());
+        let client_stamp = client_store.stamp();
+        let policy = *key_store.policy();
+        let clients = load_clients(&client_store, policy.max_token_ttl)?;
+        Ok(Self {
+            published: ArcSwap::from_pointee(published),
+            jwks_max_age: policy.jwks_max_age,
+            max_token_ttl: policy.max_token_ttl,
+            key_store,
+            issuer: config.issuer,
+            alg: config.alg,
+            rotate_every: config.rotate_every,
+            metrics,
+            clients: ArcSwap::from_pointee(clients),
+            client_store,
+            client_stamp: Mutex::new(client_stamp),
+            limiter: config.limiter,
+            token_ttl: config.token_ttl,
+            last_maintenance_error: Mutex::new(None),
+        })
+    }
+
+    /// `public, max-age=N`, where N is the configured max-age or the time left until the
+    /// key set's next scheduled change, whichever is shorter, so caches follow scheduled
+    /// changes on time.
+    pub fn jwks_cache_control(&self, published: &Published) -> HeaderValue {
+        let mut max_age = self.jwks_max_age.as_secs();
+        if let Some(change) = published.next_change {
+            let now = crate::time::unix_millis(std::time::SystemTime::now());
+            max_age = max_age.min(change.saturating_sub(now) / 1000);
+        }
+        HeaderValue::from_str(&format!("public, max-age={max_age}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
+    }
+
+    /// One tick of the background duties: key maintenance (removals, automatic rotation),
+    /// then reloads of keys and clients if they changed. `force` reloads regardless
+    /// (SIGHUP).
+    pub fn tick(&self, force: bool) {
+        self.maintain_keys();
+        self.reload_keys(force);
+        self.reload_clients(force);
+    }
+
+    fn maintain_keys(&self) {
+        let result = self.key_store.maintain(self.rotate_every);
+        let mut last = self
+            .last_maintenance_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(done) => {
+                for event in done {
+                    tracing::info!(event = %event, "key maintenance");
+                }
+                *last = None;
+            }
+            Err(err) => {
+                // Once per distinct error: a read-only keys dir would repeat it every tick.
+                let text = err.to_string();
+                if last.as_deref() != Some(&text) {
+                    tracing::error!(error = %text, "key maintenance failed; another replica or an operator must rotate and remove keys");
+                    *last = Some(text);
+                }
+            }
+        }
+    }
+
+    /// Reloads the key set when the manifest changed or a scheduled change is due.
+    pub fn reload_keys(&self, force: bool) {
+        let current = self.published.load();
+        let stamp = self.key_store.stamp();
+        let now = crate::time::unix_millis(std::time::SystemTime::now());
+        let due = current.next_change.is_some_and(|t| now >= t);
+        if !force && !due && stamp == current.stamp {
+            return;
+        }
+        let built = self
+            .key_store
+            .load()
+            .map_err(|e| e.to_string())
+            .and_then(|keys| {
+                Published::build(&self.issuer, self.alg, keys, self.rotate_every, stamp)
+                    .map_err(|e| e.to_string())
+            });
+        match built {
+            Ok(next) => {
+                let changed = next.jwks.etag() != current.jwks.etag();
+                self.metrics.set_keys(next.signer.keys());
+                self.published.store(Arc::new(next));
+                if changed {
+                    tracing::info!(etag = %self.published.load().jwks.etag(), "key set reloaded");
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "KEY SET FAILED TO LOAD; still serving the previous key set");
+                // Remember the stamp so a broken store is not re-read every tick; any new
+                // change to it triggers a new attempt.
+                if let Ok(keys) = Published::build(
+                    &self.issuer,
+                    self.alg,
+                    current.signer.keys().as_ref().clone(),
+                    self.rotate_every,
+                    stamp,
+                ) {
+                    self.published.store(Arc::new(keys));
+                }
+            }
+        }
+    }
+
+    /// Reloads the client registry if its file changed.
+    pub fn reload_clients(&self, force: bool) {
+        let stamp = self.client_store.stamp();
+        let mut last = self.client_stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if !force && stamp == *last {
+            return;
+        }
+        *last = stamp;
+        match load_clients(&self.client_store, self.max_token_ttl) {
+            Ok(registry) => {
+                tracing::info!(clients = registry.len(), "client registry reloaded");
+                self.clients.store(Arc::new(registry));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "client registry failed to load; keeping the previous one");
+            }
+        }
+    }
+}
+
+fn load_clients(
+    store: &ClientStore,
+    max_ttl: Duration,
+) -> Result<ClientRegistry, ClientStoreError> {
+    let registry = store.load()?;
+    if let Some(client) = registry
+        .clients()
+        .into_iter()
+        .find(|c| c.ttl_secs.is_some_and(|t| t > max_ttl.as_secs()))
+    {
+        return Err(ClientStoreError::Invalid {
+            path: store.path(),
+            reason: format!(
+                "client {:?} has a token ttl longer than --max-token-ttl ({}s)",
+                client.client_id,
+                max_ttl.as_secs()
+            ),
+        });
+    }
+    Ok(registry)
+}
