@@ -450,6 +450,7 @@ fn serve(store: KeyStore, args: ServeArgs) -> Result<()> {
         .context("cannot create the first client")?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&config, listener, keys).context("cannot start")?;
+        let stop = stop_on_signal(app.handle());
         tracing::info!(
             url = %format!("http://{}", app.addr()),
             issuer = app.issuer(),
@@ -459,7 +460,7 @@ fn serve(store: KeyStore, args: ServeArgs) -> Result<()> {
         if let Some(secret) = bootstrap {
             print_bootstrap_client(&format!("http://{}{TOKEN_PATH}", app.addr()), &secret);
         }
-        actix_web::rt::spawn(stop_on_signal(app.handle()));
+        actix_web::rt::spawn(stop);
         app.run_until_stopped().await.context("server failed")
     })
 }

@@ -85,10 +85,12 @@ impl Application {
             metrics,
         )?);
         let background = state.clone();
+        // Installed now, before the server is reported ready: a SIGHUP that arrives
+        // earlier than the first tick must reload, not kill the process.
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         actix_web::rt::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
             let mut tick = actix_web::rt::time::interval(RELOAD_INTERVAL);
-            let mut hangup = signal(SignalKind::hangup()).ok();
             loop {
                 let forced = tokio::select! {
                     _ = tick.tick() => false,
@@ -155,22 +157,27 @@ impl Application {
     }
 }
 
-/// Stops the server gracefully (in-flight requests finish) on SIGTERM or SIGINT.
-pub async fn stop_on_signal(handle: ServerHandle) {
+/// Stops the server gracefully (in-flight requests finish) on SIGTERM or SIGINT. The
+/// handlers are installed when this is called, not when the future is first polled, so
+/// call it before announcing that the server is ready.
+pub fn stop_on_signal(handle: ServerHandle) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutting down gracefully");
-    handle.stop(true).await;
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down gracefully");
+        handle.stop(true).await;
+    }
 }
 
 /// Grace period for in-flight requests at shutdown.

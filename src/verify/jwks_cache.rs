@@ -134,23 +134,25 @@ impl JwksCache {
     /// `UnknownKey`, or `KeySetUnavailable` when no key set was ever fetched.
     pub async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, VerifyError> {
         let decided = Instant::now();
-        let (ring, fresh, may_fetch) = {
+        let (fresh, missing, cooled, failed) = {
             let st = self.read();
             (
-                st.ring.clone(),
                 st.fresh_until.is_some_and(|t| decided < t),
+                st.ring.as_ref().is_none_or(|r| r.get(kid).is_none()),
                 st.last_attempt
                     .is_none_or(|t| decided.duration_since(t) >= self.options.cooldown),
+                st.last_error.is_some(),
             )
         };
-        if let Some(key) = ring.as_ref().and_then(|r| r.get(kid)) {
-            if fresh || !may_fetch {
-                return Ok(key.clone());
-            }
-        } else if ring.is_some() && !may_fetch {
-            return Err(VerifyError::UnknownKey);
-        }
-        if may_fetch {
+        // Fresh: only an unknown kid fetches, at most once per cooldown. Stale: fetch, as
+        // max-age says, unless the last attempt failed within the cooldown (then the last
+        // good set serves).
+        let fetch = if fresh {
+            missing && cooled
+        } else {
+            cooled || !failed
+        };
+        if fetch {
             self.fetch(decided).await;
         }
         let st = self.read();
