@@ -20,17 +20,28 @@ pub enum SigningAlg {
     /// RSASSA-PKCS1-v1_5 with SHA-256.
     #[serde(rename = "RS256")]
     Rs256,
+    /// HMAC with SHA-256 over one shared secret (from the environment, never published):
+    /// every verifier holds the secret, so every verifier can also mint tokens.
+    #[serde(rename = "HS256")]
+    Hs256,
 }
 
 impl SigningAlg {
-    /// Every algorithm, in the order they are listed in discovery and `keys list`.
-    pub const ALL: [SigningAlg; 2] = [SigningAlg::Es256, SigningAlg::Rs256];
+    /// The algorithms of the key store (keys generated, rotated, published in the JWKS),
+    /// in the order they are listed.
+    pub const ASYMMETRIC: [SigningAlg; 2] = [SigningAlg::Es256, SigningAlg::Rs256];
+
+    /// True for the algorithms whose verifiers need only the public JWKS.
+    pub fn is_asymmetric(self) -> bool {
+        self != Self::Hs256
+    }
 
     /// The JWS `alg` value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Es256 => "ES256",
             Self::Rs256 => "RS256",
+            Self::Hs256 => "HS256",
         }
     }
 
@@ -39,6 +50,7 @@ impl SigningAlg {
         match self {
             Self::Es256 => jsonwebtoken::Algorithm::ES256,
             Self::Rs256 => jsonwebtoken::Algorithm::RS256,
+            Self::Hs256 => jsonwebtoken::Algorithm::HS256,
         }
     }
 }
@@ -51,7 +63,7 @@ impl fmt::Display for SigningAlg {
 
 /// The error for an algorithm name jwt-issuer does not sign with.
 #[derive(Debug, thiserror::Error)]
-#[error("unsupported algorithm '{0}' (expected ES256 or RS256)")]
+#[error("unsupported algorithm '{0}' (expected ES256, RS256 or HS256)")]
 pub struct UnknownAlg(String);
 
 impl FromStr for SigningAlg {
@@ -62,6 +74,7 @@ impl FromStr for SigningAlg {
         match s.to_ascii_uppercase().as_str() {
             "ES256" => Ok(Self::Es256),
             "RS256" => Ok(Self::Rs256),
+            "HS256" => Ok(Self::Hs256),
             _ => Err(UnknownAlg(s.to_owned())),
         }
     }

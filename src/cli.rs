@@ -14,12 +14,16 @@ use jwt_issuer::keys::lifecycle::rfc3339;
 use jwt_issuer::keys::{DEFAULT_RSA_BITS, KeyState, RotationPolicy};
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
 use jwt_issuer::oauth::{ClientStore, NewClient};
+use jwt_issuer::secret::HmacSecret;
 use jwt_issuer::server::{Application, TOKEN_PATH, stop_on_signal};
 use jwt_issuer::sign::MAX_TOKEN_TTL;
 use jwt_issuer::verify::{JwksCache, JwksCacheOptions, KeyRing, Validation, Verifier, VerifyError};
 use jwt_issuer::{Config, KeyStore, Signer, SigningAlg, TokenRequest};
 use serde_json::{Map, Value};
 use std::io::Read as _;
+
+/// The environment variable of the HS256 secret (or `JWT_SECRET_FILE` for its file).
+const HMAC_SECRET_ENV: &str = "JWT_SECRET";
 
 /// Issues RS256/ES256 JWTs and publishes the public keys as a JWKS.
 #[derive(Debug, Parser)]
@@ -220,8 +224,19 @@ enum TokenCommand {
 struct VerifyArgs {
     /// Where the public keys are: a JWKS URL, a JWKS file, or an issuer URL (its discovery
     /// document gives the JWKS URL and the expected issuer)
-    #[arg(long, value_name = "URL_OR_FILE")]
-    jwks: String,
+    #[arg(
+        long,
+        value_name = "URL_OR_FILE",
+        required_unless_present = "secret_env",
+        conflicts_with = "secret_env"
+    )]
+    jwks: Option<String>,
+
+    /// Verify HS256 tokens with the secret in this environment variable (or NAME_FILE);
+    /// NAME_PREVIOUS (or NAME_PREVIOUS_FILE) is accepted too, for tokens signed before a
+    /// secret rotation. The secret is never taken from a flag, which `ps` would show
+    #[arg(long, value_name = "NAME")]
+    secret_env: Option<String>,
 
     /// Expected issuer (`iss`) [default: the discovered issuer]
     #[arg(long)]
@@ -435,12 +450,15 @@ fn serve(store: KeyStore, args: ServeArgs) -> Result<()> {
         max_token_ttl: store.policy().max_token_ttl,
         rotation_leeway: store.policy().leeway,
         rotate_every: args.rotate_every,
+        hmac_secret: HmacSecret::from_env(HMAC_SECRET_ENV)?,
         workers: args.workers.unwrap_or_else(|| Config::default().workers),
         token_ttl: args.token_ttl,
         auth_max_failures: args.auth_max_failures,
         auth_failure_window: args.auth_failure_window,
     };
     config.validate()?;
+    // Accepted only for verification, but a weak one is refused here too.
+    HmacSecret::from_env(&format!("{HMAC_SECRET_ENV}_PREVIOUS"))?;
     // Bind before touching the keys dir, so a bad address writes nothing.
     let listener = TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -544,7 +562,7 @@ fn keys_rotate(store: &KeyStore, alg: Option<SigningAlg>, now: bool) -> Result<(
             let manifest = store
                 .load_manifest_for_reading()
                 .context("cannot load keys")?;
-            SigningAlg::ALL
+            SigningAlg::ASYMMETRIC
                 .into_iter()
                 .filter(|&a| manifest.active(a).is_some())
                 .collect()
@@ -584,6 +602,9 @@ fn keys_generate(store: &KeyStore, alg: SigningAlg, bits: Option<String>) -> Res
         (SigningAlg::Rs256, None) => DEFAULT_RSA_BITS,
         (SigningAlg::Es256, Some(_)) => bail!("--bits applies to RS256 keys only"),
         (SigningAlg::Es256, None) => 0,
+        (SigningAlg::Hs256, _) => bail!(
+            "HS256 has no key to generate: it signs with the secret in JWT_SECRET or JWT_SECRET_FILE (make one with `openssl rand -base64 48`)"
+        ),
     };
     let info = store.generate(alg, bits).context("cannot generate key")?;
     println!(
@@ -613,7 +634,12 @@ fn token_issue(store: &KeyStore, args: IssueArgs) -> Result<()> {
         }
     }
     let keys = load_keys(store)?;
-    let signer = Signer::new(issuer, args.alg, Arc::new(keys)).context("cannot sign")?;
+    let secret = match args.alg {
+        SigningAlg::Hs256 => Some(HmacSecret::require_env(HMAC_SECRET_ENV)?),
+        _ => None,
+    };
+    let signer = Signer::with_hmac(issuer, args.alg, Arc::new(keys), secret.as_ref())
+        .context("cannot sign")?;
     let mut request = TokenRequest::new(args.sub, args.ttl);
     request.aud = args.aud;
     request.alg = Some(args.alg);
@@ -637,12 +663,23 @@ fn token_verify(args: VerifyArgs) -> Result<()> {
     if args.aud.is_empty() && !args.any_audience {
         bail!("--aud is required (or --any-audience to skip the audience check)");
     }
-    let is_url = args.jwks.starts_with("https://") || args.jwks.starts_with("http://");
-    let is_issuer = is_url && !args.jwks.contains("jwks") && !args.jwks.ends_with(".json");
+    let jwks = args.jwks.clone().unwrap_or_default();
+    let is_url = jwks.starts_with("https://") || jwks.starts_with("http://");
+    let is_issuer = is_url && !jwks.contains("jwks") && !jwks.ends_with(".json");
     let issuer = match (&args.issuer, is_issuer) {
         (Some(issuer), _) => issuer.clone(),
-        (None, true) => args.jwks.clone(),
+        (None, true) => jwks.clone(),
         (None, false) => bail!("--issuer is required (or pass the issuer URL as --jwks)"),
+    };
+    let secrets = match &args.secret_env {
+        Some(var) => {
+            let current = HmacSecret::require_env(var)?;
+            let previous = HmacSecret::from_env(&format!("{var}_PREVIOUS"))?;
+            Some(KeyRing::from_secrets(
+                std::iter::once(&current).chain(previous.as_ref()),
+            ))
+        }
+        None => None,
     };
     let mut validation = Validation::new(issuer.clone(), args.aud);
     if args.any_audience {
@@ -653,19 +690,21 @@ fn token_verify(args: VerifyArgs) -> Result<()> {
     }
     validation.leeway = args.leeway;
     let claims: Value = actix_web::rt::System::new().block_on(async {
-        let verifier = if is_url {
+        let verifier = if let Some(ring) = secrets {
+            Verifier::fixed(ring, validation)
+        } else if is_url {
             let options = JwksCacheOptions::default();
             let cache = if is_issuer {
-                JwksCache::discover(&args.jwks, options).await?
+                JwksCache::discover(&jwks, options).await?
             } else {
-                JwksCache::new(&args.jwks, options)?
+                JwksCache::new(&jwks, options)?
             };
             Verifier::remote(cache, validation)
         } else {
-            let body = std::fs::read(&args.jwks)
-                .map_err(|e| VerifyError::KeySetUnavailable(format!("{}: {e}", args.jwks)))?;
+            let body = std::fs::read(&jwks)
+                .map_err(|e| VerifyError::KeySetUnavailable(format!("{jwks}: {e}")))?;
             let ring = KeyRing::from_json(&body)
-                .map_err(|e| VerifyError::KeySetUnavailable(format!("{}: {e}", args.jwks)))?;
+                .map_err(|e| VerifyError::KeySetUnavailable(format!("{jwks}: {e}")))?;
             Verifier::fixed(ring, validation)
         };
         verifier.verify(token).await

@@ -41,6 +41,9 @@ pub struct Config {
     pub rotation_leeway: Duration,
     /// Automatic rotation period (default: none, manual rotation).
     pub rotate_every: Option<Duration>,
+    /// The HS256 secret, from `JWT_SECRET` or `JWT_SECRET_FILE` (never a flag, which `ps`
+    /// would show); required when `alg` or a client is HS256.
+    pub hmac_secret: Option<crate::secret::HmacSecret>,
     /// HTTP worker threads (default: one per CPU).
     pub workers: usize,
     /// Lifetime of access tokens for clients without their own (default 15 min, 1 s to 24 h).
@@ -58,6 +61,9 @@ pub enum ConfigError {
     /// JWKS max-age above [`MAX_JWKS_MAX_AGE`].
     #[error("--jwks-max-age {0}s is longer than the allowed {max}s", max = MAX_JWKS_MAX_AGE.as_secs())]
     JwksMaxAgeTooLong(u64),
+    /// The HS256 secret is missing or weak.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
     /// Zero workers.
     #[error("--workers must be at least 1")]
     NoWorkers,
@@ -101,6 +107,7 @@ impl Default for Config {
             max_token_ttl: crate::sign::MAX_TOKEN_TTL,
             rotation_leeway: crate::keys::lifecycle::DEFAULT_LEEWAY,
             rotate_every: None,
+            hmac_secret: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             token_ttl: DEFAULT_TOKEN_TTL,
             auth_max_failures: crate::oauth::limiter::DEFAULT_MAX_FAILURES,
@@ -120,6 +127,11 @@ impl Config {
         }
         if self.workers == 0 {
             return Err(ConfigError::NoWorkers);
+        }
+        if self.alg == SigningAlg::Hs256 && self.hmac_secret.is_none() {
+            return Err(ConfigError::Secret(crate::secret::SecretError::Missing {
+                var: "JWT_SECRET".into(),
+            }));
         }
         if self.max_token_ttl < Duration::from_secs(1)
             || self.max_token_ttl > crate::sign::MAX_TOKEN_TTL

@@ -56,3 +56,236 @@ mod tests {
         assert_eq!(format!("{a:?}"), "ClientSecret(..)");
     }
 }
+
+/// Shortest HS256 secret accepted: RFC 7518 section 3.2 wants a key at least as long as the
+/// hash output (256 bits).
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+const MAKE_ONE: &str = "make one with: openssl rand -base64 48";
+
+/// Values people leave in configs; a secret containing one is not random.
+const PLACEHOLDERS: [&str; 9] = [
+    "secret",
+    "changeme",
+    "change-me",
+    "change_me",
+    "password",
+    "your-256-bit",
+    "example",
+    "default",
+    "replace",
+];
+
+/// An HS256 secret: the raw bytes of the value (not base64-decoded, as PyJWT and node's
+/// jsonwebtoken use a string secret), with a trailing newline of a file dropped.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct HmacSecret {
+    bytes: Vec<u8>,
+    #[zeroize(skip)]
+    kid: String,
+}
+
+/// Why an HS256 secret was refused. Never contains the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// Neither variable is set.
+    #[error("HS256 needs a secret: set {var} or {var}_FILE ({MAKE_ONE})")]
+    Missing {
+        /// The variable name.
+        var: String,
+    },
+    /// Both the value and the file variable are set.
+    #[error("set {var} or {var}_FILE, not both")]
+    Ambiguous {
+        /// The variable name.
+        var: String,
+    },
+    /// The file could not be read.
+    #[error("cannot read {var}_FILE {path}: {reason}")]
+    Unreadable {
+        /// The variable name.
+        var: String,
+        /// The path.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// Too short.
+    #[error(
+        "{var} is {len} bytes; HS256 needs at least {MIN_HMAC_SECRET_BYTES} random bytes (RFC 7518 section 3.2); {MAKE_ONE}"
+    )]
+    TooShort {
+        /// The variable name.
+        var: String,
+        /// Its length.
+        len: usize,
+    },
+    /// Obviously not random.
+    #[error("{var} is not random ({why}); {MAKE_ONE}")]
+    NotRandom {
+        /// The variable name.
+        var: String,
+        /// What gave it away.
+        why: String,
+    },
+}
+
+impl HmacSecret {
+    /// Checks and wraps a secret (see [`SecretError`] for what is refused).
+    ///
+    /// # Errors
+    /// Too short, a repeated pattern, too few distinct characters, or a placeholder.
+    pub fn new(bytes: Vec<u8>, var: &str) -> Result<Self, SecretError> {
+        let var = var.to_owned();
+        if bytes.len() < MIN_HMAC_SECRET_BYTES {
+            return Err(SecretError::TooShort {
+                var,
+                len: bytes.len(),
+            });
+        }
+        let not_random = |why: &str| SecretError::NotRandom {
+            var: var.clone(),
+            why: why.to_owned(),
+        };
+        if let Some(period) = (1..=bytes.len() / 2)
+            .find(|&p| bytes.iter().enumerate().all(|(i, b)| *b == bytes[i % p]))
+        {
+            return Err(not_random(&format!("a {period}-byte pattern repeated")));
+        }
+        let mut distinct = bytes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() < 8 {
+            return Err(not_random(&format!(
+                "only {} distinct characters",
+                distinct.len()
+            )));
+        }
+        distinct.zeroize();
+        let lower = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        if let Some(word) = PLACEHOLDERS.iter().find(|w| lower.contains(*w)) {
+            return Err(not_random(&format!("contains the placeholder \"{word}\"")));
+        }
+        let kid = Self::kid_of(&bytes);
+        Ok(Self { bytes, kid })
+    }
+
+    /// Reads `VAR` or `VAR_FILE` from the environment; `Ok(None)` when neither is set.
+    ///
+    /// # Errors
+    /// Both set, file unreadable, or a weak secret.
+    pub fn from_env(var: &str) -> Result<Option<Self>, SecretError> {
+        let file_var = format!("{var}_FILE");
+        let value = std::env::var_os(var);
+        let file = std::env::var_os(&file_var);
+        let bytes = match (value, file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(SecretError::Ambiguous {
+                    var: var.to_owned(),
+                });
+            }
+            (Some(v), None) => {
+                use std::os::unix::ffi::OsStringExt;
+                v.into_vec()
+            }
+            (None, Some(path)) => {
+                let mut bytes = std::fs::read(&path).map_err(|e| SecretError::Unreadable {
+                    var: var.to_owned(),
+                    path: path.to_string_lossy().into_owned(),
+                    reason: e.to_string(),
+                })?;
+                // `openssl rand -base64 48 > file` ends the file with a newline.
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                bytes
+            }
+        };
+        Self::new(bytes, var).map(Some)
+    }
+
+    /// Like [`HmacSecret::from_env`], but the secret is required.
+    ///
+    /// # Errors
+    /// [`SecretError::Missing`] and the others.
+    pub fn require_env(var: &str) -> Result<Self, SecretError> {
+        Self::from_env(var)?.ok_or_else(|| SecretError::Missing {
+            var: var.to_owned(),
+        })
+    }
+
+    /// The kid of tokens signed with this secret: `hs-` and 96 bits of SHA-256 over a
+    /// context string and the secret. It tells secrets apart; recovering a 256-bit secret
+    /// from it is as hard as from the token's own HMAC.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The secret itself, for the HMAC call.
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn kid_of(bytes: &[u8]) -> String {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(b"jwt-issuer hs256 kid\0");
+        ctx.update(bytes);
+        format!(
+            "hs-{}",
+            URL_SAFE_NO_PAD.encode(&ctx.finish().as_ref()[..12])
+        )
+    }
+}
+
+impl fmt::Debug for HmacSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HmacSecret({}, ..)", self.kid)
+    }
+}
+
+#[cfg(test)]
+mod hmac_tests {
+    use super::*;
+
+    #[test]
+    fn weak_hs256_secrets_are_refused() {
+        let check = |s: &str| HmacSecret::new(s.as_bytes().to_vec(), "JWT_SECRET");
+        assert!(matches!(
+            check("short"),
+            Err(SecretError::TooShort { len: 5, .. })
+        ));
+        assert!(matches!(
+            check(&"a".repeat(40)),
+            Err(SecretError::NotRandom { .. })
+        ));
+        assert!(matches!(
+            check(&"abc123".repeat(8)),
+            Err(SecretError::NotRandom { .. })
+        ));
+        assert!(matches!(
+            check("aaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbcccccccc"),
+            Err(SecretError::NotRandom { .. })
+        ));
+        assert!(matches!(
+            check("my-super-secret-key-for-hs256-tokens!!"),
+            Err(SecretError::NotRandom { .. })
+        ));
+        assert!(matches!(
+            check("changeme-changeme-please-0123456789"),
+            Err(SecretError::NotRandom { .. })
+        ));
+        assert!(matches!(
+            check("your-256-bit-secret-goes-right-here"),
+            Err(SecretError::NotRandom { .. })
+        ));
+        let good = check("q3Vn0bZl8Xk2yTf7Wc1JpR5hM9sD4eGaLuQo6iNzB0t=").unwrap();
+        assert!(good.kid().starts_with("hs-") && good.kid().len() == 19);
+        assert!(!format!("{good:?}").contains("q3Vn0"));
+        let err = check("secretsecretsecretsecretsecretsecret")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secretsecret"), "{err}");
+        assert!(err.contains("openssl rand"), "{err}");
+    }
+}

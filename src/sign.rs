@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::secret::HmacSecret;
 use crate::time::unix_now;
 use crate::{KeySet, SigningAlg, SigningKey};
 
@@ -133,11 +134,59 @@ pub enum SignError {
 /// println!("{}", token.token);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Signer {
     issuer: String,
     default_alg: SigningAlg,
     keys: Arc<KeySet>,
+    hmac: Option<HmacKey>,
+}
+
+/// The HS256 key, prepared once: the aws-lc HMAC key and the secret's kid.
+#[derive(Clone)]
+struct HmacKey {
+    kid: String,
+    key: aws_lc_rs::hmac::Key,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("issuer", &self.issuer)
+            .field("default_alg", &self.default_alg)
+            .field("keys", &self.keys)
+            .field("hmac_kid", &self.hmac.as_ref().map(|h| &h.kid))
+            .finish()
+    }
+}
+
+/// What signs one token: a stored key pair or the HS256 secret.
+enum SignWith<'a> {
+    Key(&'a SigningKey),
+    Hmac(&'a HmacKey),
+}
+
+impl SignWith<'_> {
+    fn kid(&self) -> &str {
+        match self {
+            Self::Key(k) => k.kid(),
+            Self::Hmac(h) => &h.kid,
+        }
+    }
+
+    fn alg(&self) -> SigningAlg {
+        match self {
+            Self::Key(k) => k.alg(),
+            Self::Hmac(_) => SigningAlg::Hs256,
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, aws_lc_rs::error::Unspecified> {
+        match self {
+            Self::Key(k) => k.sign(message),
+            Self::Hmac(h) => Ok(aws_lc_rs::hmac::sign(&h.key, message).as_ref().to_vec()),
+        }
+    }
 }
 
 impl Signer {
@@ -154,19 +203,35 @@ impl Signer {
         default_alg: SigningAlg,
         keys: Arc<KeySet>,
     ) -> Result<Self, SignError> {
+        Self::with_hmac(issuer, default_alg, keys, None)
+    }
+
+    /// As [`Signer::new`], also signing HS256 with `secret` (for `alg` HS256 requests, or by
+    /// default when `default_alg` is HS256).
+    ///
+    /// # Errors
+    /// As [`Signer::new`]; HS256 as default without a secret is [`SignError::NoActiveKey`].
+    pub fn with_hmac(
+        issuer: impl Into<String>,
+        default_alg: SigningAlg,
+        keys: Arc<KeySet>,
+        secret: Option<&HmacSecret>,
+    ) -> Result<Self, SignError> {
         let issuer = issuer.into();
         crate::config::check_issuer(&issuer)
             .map_err(|_| SignError::InvalidIssuer(issuer.clone()))?;
+        let hmac = secret.map(|s| HmacKey {
+            kid: s.kid().to_owned(),
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, s.expose_secret()),
+        });
         let signer = Self {
             issuer,
             default_alg,
             keys,
+            hmac,
         };
-        signer
-            .keys
-            .active(default_alg)
-            .ok_or(SignError::NoActiveKey(default_alg))?;
-        signer.self_check()?;
+        signer.key_for(default_alg)?;
+        signer.self_check(secret)?;
         Ok(signer)
     }
 
@@ -191,13 +256,25 @@ impl Signer {
     /// See [`SignError`]: bad request fields, no key, backend failure.
     pub fn issue(&self, request: &TokenRequest) -> Result<IssuedToken, SignError> {
         let alg = request.alg.unwrap_or(self.default_alg);
-        let key = self.keys.active(alg).ok_or(SignError::NoActiveKey(alg))?;
-        self.issue_with(key, request)
+        self.issue_with(&self.key_for(alg)?, request)
+    }
+
+    /// Whether this signer can sign `alg` (HS256 needs the secret).
+    pub fn supports(&self, alg: SigningAlg) -> bool {
+        self.key_for(alg).is_ok()
+    }
+
+    fn key_for(&self, alg: SigningAlg) -> Result<SignWith<'_>, SignError> {
+        match alg {
+            SigningAlg::Hs256 => self.hmac.as_ref().map(SignWith::Hmac),
+            _ => self.keys.active(alg).map(|k| SignWith::Key(k)),
+        }
+        .ok_or(SignError::NoActiveKey(alg))
     }
 
     fn issue_with(
         &self,
-        key: &SigningKey,
+        key: &SignWith<'_>,
         request: &TokenRequest,
     ) -> Result<IssuedToken, SignError> {
         if request.sub.is_empty() {
@@ -260,14 +337,27 @@ impl Signer {
         })
     }
 
-    fn self_check(&self) -> Result<(), SignError> {
+    fn self_check(&self, secret: Option<&HmacSecret>) -> Result<(), SignError> {
         let probe = TokenRequest::new("jwt-issuer-self-check", Duration::from_secs(60));
+        if let (Some(hmac), Some(secret)) = (&self.hmac, secret) {
+            let issued = self.issue_with(&SignWith::Hmac(hmac), &probe)?;
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            validation.set_issuer(&[&self.issuer]);
+            validation.validate_aud = false;
+            let decoding = jsonwebtoken::DecodingKey::from_secret(secret.expose_secret());
+            jsonwebtoken::decode::<Value>(&issued.token, &decoding, &validation).map_err(|e| {
+                SignError::SelfCheck {
+                    kid: hmac.kid.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        }
         for key in self.keys.keys() {
             let fail = |reason: String| SignError::SelfCheck {
                 kid: key.kid().to_owned(),
                 reason,
             };
-            let issued = self.issue_with(key, &probe)?;
+            let issued = self.issue_with(&SignWith::Key(key), &probe)?;
             let decoding = key.jwk().decoding_key().map_err(|e| fail(e.to_string()))?;
             let mut validation = jsonwebtoken::Validation::new(key.alg().to_jsonwebtoken());
             validation.set_issuer(&[&self.issuer]);

@@ -383,7 +383,7 @@ impl Manifest {
         every: Duration,
         policy: &RotationPolicy,
     ) -> Vec<SigningAlg> {
-        SigningAlg::ALL
+        SigningAlg::ASYMMETRIC
             .into_iter()
             .filter(|&alg| {
                 let Some(active) = self.active(alg) else {
@@ -400,7 +400,7 @@ impl Manifest {
 
     /// Algorithms with an active key but no next key (automatic rotation publishes one).
     pub fn missing_next(&self) -> Vec<SigningAlg> {
-        SigningAlg::ALL
+        SigningAlg::ASYMMETRIC
             .into_iter()
             .filter(|&alg| self.active(alg).is_some() && self.oldest_next(alg).is_none())
             .collect()
@@ -416,7 +416,7 @@ impl Manifest {
             .filter_map(|k| k.remove_after)
             .filter(|&t| t > now);
         let rotations = rotate_every.into_iter().flat_map(|every| {
-            SigningAlg::ALL.into_iter().filter_map(move |alg| {
+            SigningAlg::ASYMMETRIC.into_iter().filter_map(move |alg| {
                 self.active(alg)
                     .map(|a| a.activated.unwrap_or(a.published) + millis(every))
             })

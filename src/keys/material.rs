@@ -175,6 +175,9 @@ impl PrivateKey {
                     .map_err(|e| e.to_string())
                     .map(Self::Rsa)
             }
+            SigningAlg::Hs256 => Err(
+                "HS256 signs with the shared secret from JWT_SECRET or JWT_SECRET_FILE, not with a stored key".to_owned(),
+            ),
         }
     }
 

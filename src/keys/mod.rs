@@ -259,7 +259,7 @@ impl KeyStore {
             if manifest.keys.iter().any(|k| k.is_published(now)) {
                 return Ok(Vec::new());
             }
-            SigningAlg::ALL
+            SigningAlg::ASYMMETRIC
                 .into_iter()
                 .map(|alg| self.add_generated(manifest, pending, alg, DEFAULT_RSA_BITS, now))
                 .collect()
@@ -380,7 +380,7 @@ impl KeyStore {
         }
         let mut fresh = Vec::new();
         if rotate_every.is_some() {
-            for alg in SigningAlg::ALL {
+            for alg in SigningAlg::ASYMMETRIC {
                 let key = PrivateKey::generate(alg, DEFAULT_RSA_BITS)
                     .map_err(|reason| KeyStoreError::Generate { alg, reason })?;
                 let kid = signing_key(&key, &self.dir)?.kid().to_owned();
@@ -644,7 +644,7 @@ impl KeyStore {
                 reason: format!("unsupported version {}", manifest.version),
             });
         }
-        for alg in SigningAlg::ALL {
+        for alg in SigningAlg::ASYMMETRIC {
             if manifest
                 .keys
                 .iter()
@@ -711,7 +711,7 @@ impl KeySet {
 
     /// The algorithms some key signs with now.
     pub fn algorithms(&self) -> Vec<SigningAlg> {
-        SigningAlg::ALL
+        SigningAlg::ASYMMETRIC
             .into_iter()
             .filter(|&alg| self.active(alg).is_some())
             .collect()

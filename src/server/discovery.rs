@@ -65,9 +65,10 @@ impl Metadata {
 /// `GET /.well-known/openid-configuration` and `/.well-known/oauth-authorization-server`.
 pub async fn metadata(state: web::Data<AppState>) -> HttpResponse {
     let published = state.published.load();
+    let body = Bytes::clone(&state.discovery.load());
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((header::CACHE_CONTROL, state.jwks_cache_control(&published)))
         .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
-        .body(published.discovery.clone())
+        .body(body)
 }

@@ -76,12 +76,13 @@ impl Application {
                 alg: config.alg,
                 rotate_every: config.rotate_every,
                 token_ttl: config.token_ttl,
-                limiter: AuthLimiter::new(
-                    config.auth_max_failures,
-                    config.auth_failure_window,
-                    crate::oauth::limiter::DEFAULT_CAPACITY,
-                ),
+                hmac_secret: config.hmac_secret.clone(),
             },
+            AuthLimiter::new(
+                config.auth_max_failures,
+                config.auth_failure_window,
+                crate::oauth::limiter::DEFAULT_CAPACITY,
+            ),
             metrics,
         )?);
         let background = state.clone();

@@ -14,6 +14,7 @@ use super::{Metrics, discovery};
 use crate::keys::file::FileStamp;
 use crate::keys::{KeyStore, Millis};
 use crate::oauth::{AuthLimiter, ClientRegistry, ClientStore, ClientStoreError};
+use crate::secret::HmacSecret;
 use crate::{JwksDocument, KeySet, SignError, Signer, SigningAlg};
 
 /// The published key set at one moment, prepared for serving.
@@ -24,8 +25,6 @@ pub struct Published {
     pub jwks: JwksDocument,
     /// The ETag as a header value.
     pub jwks_etag: HeaderValue,
-    /// The discovery document.
-    pub discovery: Bytes,
     /// When the set changes by itself next (a retired key leaving, a scheduled rotation).
     pub next_change: Option<Millis>,
     stamp: Option<FileStamp>,
@@ -33,16 +32,18 @@ pub struct Published {
 
 impl Published {
     fn build(
-        issuer: &str,
-        alg: SigningAlg,
+        settings: &StateConfig,
         keys: KeySet,
-        rotate_every: Option<Duration>,
         stamp: Option<FileStamp>,
     ) -> Result<Self, SignError> {
-        let next_change = keys.next_change(rotate_every);
-        let signer = Signer::new(issuer, alg, Arc::new(keys))?;
+        let next_change = keys.next_change(settings.rotate_every);
+        let signer = Signer::with_hmac(
+            &settings.issuer,
+            settings.alg,
+            Arc::new(keys),
+            settings.hmac_secret.as_ref(),
+        )?;
         let jwks = JwksDocument::new(&signer.keys().jwk_set());
-        let discovery = discovery::Metadata::new(issuer, signer.keys().algorithms()).to_bytes();
         // A base64url tag in quotes is always a valid header value.
         let jwks_etag =
             HeaderValue::from_str(jwks.etag()).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
@@ -50,7 +51,6 @@ impl Published {
             signer,
             jwks,
             jwks_etag,
-            discovery,
             next_change,
             stamp,
         })
@@ -63,9 +63,10 @@ pub struct AppState {
     pub published: ArcSwap<Published>,
     /// Where keys come from.
     pub key_store: KeyStore,
-    issuer: String,
-    alg: SigningAlg,
-    rotate_every: Option<Duration>,
+    settings: StateConfig,
+    /// The discovery document, rebuilt when the keys or the clients change (it lists the
+    /// algorithms in use: HS256 only when the default or some client uses it).
+    pub discovery: ArcSwap<Bytes>,
     /// The configured JWKS max-age.
     pub jwks_max_age: Duration,
     /// Counters.
@@ -94,8 +95,8 @@ pub struct StateConfig {
     pub rotate_every: Option<Duration>,
     /// Default token lifetime.
     pub token_ttl: Duration,
-    /// Failed-authentication limits.
-    pub limiter: AuthLimiter,
+    /// The HS256 secret (JWT_SECRET / JWT_SECRET_FILE), if configured.
+    pub hmac_secret: Option<HmacSecret>,
 }
 
 impl AppState {
@@ -107,30 +108,34 @@ impl AppState {
         key_store: KeyStore,
         keys: KeySet,
         config: StateConfig,
+        limiter: AuthLimiter,
         metrics: Metrics,
     ) -> Result<Self, super::ServerError> {
         let stamp = key_store.stamp();
-        let published =
-            Published::build(&config.issuer, config.alg, keys, config.rotate_every, stamp)?;
+        let published = Published::build(&config, keys, stamp)?;
         metrics.set_keys(published.signer.keys());
         let client_store = ClientStore::new(key_store.dir());
         let client_stamp = client_store.stamp();
         let policy = *key_store.policy();
-        let clients = load_clients(&client_store, policy.max_token_ttl)?;
+        let clients = load_clients(
+            &client_store,
+            policy.max_token_ttl,
+            config.hmac_secret.is_some(),
+        )?;
+        let discovery = discovery_document(&config, &published, &clients);
         Ok(Self {
             published: ArcSwap::from_pointee(published),
             jwks_max_age: policy.jwks_max_age,
             max_token_ttl: policy.max_token_ttl,
             key_store,
-            issuer: config.issuer,
-            alg: config.alg,
-            rotate_every: config.rotate_every,
+            discovery: ArcSwap::from_pointee(discovery),
             metrics,
             clients: ArcSwap::from_pointee(clients),
             client_store,
             client_stamp: Mutex::new(client_stamp),
-            limiter: config.limiter,
             token_ttl: config.token_ttl,
+            limiter,
+            settings: config,
             last_maintenance_error: Mutex::new(None),
         })
     }
@@ -158,7 +163,7 @@ impl AppState {
     }
 
     fn maintain_keys(&self) {
-        let result = self.key_store.maintain(self.rotate_every);
+        let result = self.key_store.maintain(self.settings.rotate_every);
         let mut last = self
             .last_maintenance_error
             .lock()
@@ -195,14 +200,14 @@ impl AppState {
             .load()
             .map_err(|e| e.to_string())
             .and_then(|keys| {
-                Published::build(&self.issuer, self.alg, keys, self.rotate_every, stamp)
-                    .map_err(|e| e.to_string())
+                Published::build(&self.settings, keys, stamp).map_err(|e| e.to_string())
             });
         match built {
             Ok(next) => {
                 let changed = next.jwks.etag() != current.jwks.etag();
                 self.metrics.set_keys(next.signer.keys());
                 self.published.store(Arc::new(next));
+                self.refresh_discovery();
                 if changed {
                     tracing::info!(etag = %self.published.load().jwks.etag(), "key set reloaded");
                 }
@@ -212,16 +217,19 @@ impl AppState {
                 // Remember the stamp so a broken store is not re-read every tick; any new
                 // change to it triggers a new attempt.
                 if let Ok(keys) = Published::build(
-                    &self.issuer,
-                    self.alg,
+                    &self.settings,
                     current.signer.keys().as_ref().clone(),
-                    self.rotate_every,
                     stamp,
                 ) {
                     self.published.store(Arc::new(keys));
                 }
             }
         }
+    }
+
+    fn refresh_discovery(&self) {
+        let doc = discovery_document(&self.settings, &self.published.load(), &self.clients.load());
+        self.discovery.store(Arc::new(doc));
     }
 
     /// Reloads the client registry if its file changed.
@@ -232,10 +240,15 @@ impl AppState {
             return;
         }
         *last = stamp;
-        match load_clients(&self.client_store, self.max_token_ttl) {
+        match load_clients(
+            &self.client_store,
+            self.max_token_ttl,
+            self.settings.hmac_secret.is_some(),
+        ) {
             Ok(registry) => {
                 tracing::info!(clients = registry.len(), "client registry reloaded");
                 self.clients.store(Arc::new(registry));
+                self.refresh_discovery();
             }
             Err(err) => {
                 tracing::error!(error = %err, "client registry failed to load; keeping the previous one");
@@ -244,11 +257,40 @@ impl AppState {
     }
 }
 
+/// Discovery lists the algorithms tokens are signed with: those with an active key, and
+/// HS256 only when the default algorithm or some client uses it.
+fn discovery_document(
+    settings: &StateConfig,
+    published: &Published,
+    clients: &ClientRegistry,
+) -> Bytes {
+    let mut algs = published.signer.keys().algorithms();
+    if settings.alg == SigningAlg::Hs256 || clients.algorithms().contains(&SigningAlg::Hs256) {
+        algs.push(SigningAlg::Hs256);
+    }
+    discovery::Metadata::new(&settings.issuer, algs).to_bytes()
+}
+
 fn load_clients(
     store: &ClientStore,
     max_ttl: Duration,
+    have_secret: bool,
 ) -> Result<ClientRegistry, ClientStoreError> {
     let registry = store.load()?;
+    if !have_secret
+        && let Some(client) = registry
+            .clients()
+            .into_iter()
+            .find(|c| c.alg == Some(SigningAlg::Hs256))
+    {
+        return Err(ClientStoreError::Invalid {
+            path: store.path(),
+            reason: format!(
+                "client {:?} uses HS256 but no JWT_SECRET or JWT_SECRET_FILE is set",
+                client.client_id
+            ),
+        });
+    }
     if let Some(client) = registry
         .clients()
         .into_iter()

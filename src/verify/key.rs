@@ -18,7 +18,14 @@ use crate::jwks::{Jwk, JwkSet, PublicKeyParams};
 pub struct VerifyingKey {
     kid: String,
     alg: SigningAlg,
-    key: ParsedPublicKey,
+    key: Material,
+}
+
+#[derive(Clone)]
+enum Material {
+    Public(ParsedPublicKey),
+    /// HS256: only ever built from a secret the caller holds, never from a JWKS.
+    Hmac(aws_lc_rs::hmac::Key),
 }
 
 /// Why a JWK cannot be used for verification.
@@ -85,8 +92,20 @@ impl VerifyingKey {
         Ok(Self {
             kid: jwk.kid.clone(),
             alg: jwk.alg,
-            key,
+            key: Material::Public(key),
         })
+    }
+
+    /// An HS256 key from a shared secret (its kid is the secret's kid).
+    pub fn from_secret(secret: &crate::secret::HmacSecret) -> Self {
+        Self {
+            kid: secret.kid().to_owned(),
+            alg: SigningAlg::Hs256,
+            key: Material::Hmac(aws_lc_rs::hmac::Key::new(
+                aws_lc_rs::hmac::HMAC_SHA256,
+                secret.expose_secret(),
+            )),
+        }
     }
 
     /// The key id.
@@ -102,7 +121,11 @@ impl VerifyingKey {
     /// Checks a raw JWS signature over `message`: PKCS#1 v1.5 SHA-256 for RS256, the
     /// 64-byte r||s form for ES256 (a DER signature, or r = 0 or s = 0, fails).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        self.key.verify_sig(message, signature).is_ok()
+        match &self.key {
+            Material::Public(key) => key.verify_sig(message, signature).is_ok(),
+            // Constant-time comparison inside aws-lc.
+            Material::Hmac(key) => aws_lc_rs::hmac::verify(key, message, signature).is_ok(),
+        }
     }
 }
 
@@ -119,6 +142,8 @@ impl fmt::Debug for VerifyingKey {
 #[derive(Debug, Clone, Default)]
 pub struct KeyRing {
     keys: HashMap<String, Arc<VerifyingKey>>,
+    /// kids of shared-secret keys, current first.
+    order: Vec<String>,
 }
 
 impl KeyRing {
@@ -135,7 +160,13 @@ impl KeyRing {
                 Err(e) => rejected.push(e),
             }
         }
-        (Self { keys }, rejected)
+        (
+            Self {
+                keys,
+                order: Vec::new(),
+            },
+            rejected,
+        )
     }
 
     /// Parses a JWKS document leniently: members jwt-issuer does not understand (other key
@@ -181,9 +212,29 @@ impl KeyRing {
         Ok(Self::from_jwk_set(&set).0)
     }
 
+    /// A ring of HS256 keys from shared secrets (current first, then previous ones).
+    pub fn from_secrets<'a>(
+        secrets: impl IntoIterator<Item = &'a crate::secret::HmacSecret>,
+    ) -> Self {
+        let mut ring = Self::default();
+        for secret in secrets {
+            ring.order.push(secret.kid().to_owned());
+            ring.keys.insert(
+                secret.kid().to_owned(),
+                Arc::new(VerifyingKey::from_secret(secret)),
+            );
+        }
+        ring
+    }
+
     /// The key with this kid.
     pub fn get(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {
         self.keys.get(kid)
+    }
+
+    /// HS256 keys in order, for tokens without a kid (other libraries do not set one).
+    pub fn secret_keys(&self) -> impl Iterator<Item = &Arc<VerifyingKey>> {
+        self.order.iter().filter_map(|kid| self.keys.get(kid))
     }
 
     /// Number of keys.

@@ -182,15 +182,18 @@ impl Verifier {
     /// # Errors
     /// The first check that fails, as a [`VerifyError`].
     pub async fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, VerifyError> {
-        let parsed = parse(token, &self.validation)?;
-        let key = match &self.keys {
-            KeySource::Fixed(ring) => ring
-                .get(&parsed.kid)
-                .cloned()
-                .ok_or(VerifyError::UnknownKey)?,
-            KeySource::Remote(cache) => cache.key(&parsed.kid).await?,
-        };
-        finish(parsed, &key, &self.validation)
+        match &self.keys {
+            KeySource::Fixed(ring) => Self::verify_with(ring, token, &self.validation),
+            KeySource::Remote(cache) => {
+                let parsed = parse(token, &self.validation)?;
+                let kid = parsed
+                    .kid
+                    .as_deref()
+                    .ok_or(VerifyError::Malformed("kid is missing"))?;
+                let key = cache.key(kid).await?;
+                finish(parsed, &key, &self.validation)
+            }
+        }
     }
 
     /// Verifies with a fixed key ring without awaiting (remote verifiers use only what
@@ -204,14 +207,33 @@ impl Verifier {
         validation: &Validation,
     ) -> Result<T, VerifyError> {
         let parsed = parse(token, validation)?;
-        let key = keys.get(&parsed.kid).ok_or(VerifyError::UnknownKey)?;
-        finish(parsed, key, validation)
+        match parsed.kid.clone() {
+            Some(kid) => finish(
+                parsed,
+                keys.get(&kid).ok_or(VerifyError::UnknownKey)?,
+                validation,
+            ),
+            // Tokens from other HS256 libraries carry no kid: try the shared secrets in order
+            // (current, then previous), never a public key.
+            None => {
+                let mut result = Err(VerifyError::Malformed("kid is missing"));
+                for key in keys.secret_keys() {
+                    result = finish(parsed.clone(), key, validation);
+                    if result.as_ref().is_ok() || !matches!(result, Err(VerifyError::BadSignature))
+                    {
+                        break;
+                    }
+                }
+                result
+            }
+        }
     }
 }
 
 /// The token split and its header checked; nothing trusted yet.
+#[derive(Clone)]
 struct Parsed<'a> {
-    kid: String,
+    kid: Option<String>,
     alg: String,
     signing_input: &'a str,
     payload: &'a str,
@@ -243,8 +265,9 @@ fn parse<'a>(token: &'a str, validation: &Validation) -> Result<Parsed<'a>, Veri
         .to_owned();
     validation.check_typ(&header_json)?;
     let kid = match header_json.get("kid") {
-        Some(Value::String(kid)) => kid.clone(),
-        _ => return Err(VerifyError::Malformed("kid is missing")),
+        Some(Value::String(kid)) => Some(kid.clone()),
+        None => None,
+        Some(_) => return Err(VerifyError::Malformed("kid is not a string")),
     };
     Ok(Parsed {
         kid,

@@ -272,9 +272,15 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts the binary and waits for its "listening" log line.
     pub fn start(keys_dir: &Path, extra_args: &[&str]) -> Self {
+        Self::start_with_env(keys_dir, extra_args, &[])
+    }
+
+    /// As [`ServeProcess::start`], with environment variables set.
+    pub fn start_with_env(keys_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = cli(keys_dir)
             .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
