@@ -25,7 +25,7 @@ pub struct VerifyingKey {
 enum Material {
     Public(ParsedPublicKey),
     /// HS256: only ever built from a secret the caller holds, never from a JWKS.
-    Hmac(aws_lc_rs::hmac::Key),
+    Hmac(Box<aws_lc_rs::hmac::Key>),
 }
 
 /// Why a JWK cannot be used for verification.
@@ -101,10 +101,10 @@ impl VerifyingKey {
         Self {
             kid: secret.kid().to_owned(),
             alg: SigningAlg::Hs256,
-            key: Material::Hmac(aws_lc_rs::hmac::Key::new(
+            key: Material::Hmac(Box::new(aws_lc_rs::hmac::Key::new(
                 aws_lc_rs::hmac::HMAC_SHA256,
                 secret.expose_secret(),
-            )),
+            ))),
         }
     }
 
