@@ -80,6 +80,16 @@ enum Command {
     /// Issue tokens offline with the local keys
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Measure sign/s and verify/s per algorithm (one thread, in process, the server's own
+    /// signer and verifier), token and key sizes, and who can verify
+    Bench {
+        /// Time for each measurement, in seconds
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Print one JSON document instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage OAuth clients of the token endpoint (a running server sees changes within 1s)
     #[command(subcommand)]
     Clients(ClientsCommand),
@@ -358,6 +368,7 @@ pub fn run(cli: Cli) -> Result<()> {
             token_issue(&store, args)
         }
         Command::Token(TokenCommand::Verify(args)) => token_verify(args),
+        Command::Bench { seconds, json } => bench(seconds, json),
         Command::Clients(command) => clients(&ClientStore::new(store.dir()), command, &policy),
     }
 }
@@ -582,6 +593,35 @@ fn keys_rotate(store: &KeyStore, alg: Option<SigningAlg>, now: bool) -> Result<(
             rfc3339::format(rotated.retired_until)
         );
     }
+    Ok(())
+}
+
+fn bench(seconds: f64, json: bool) -> Result<()> {
+    if !(seconds.is_finite() && (0.01..=600.0).contains(&seconds)) {
+        bail!("--seconds must be between 0.01 and 600");
+    }
+    let report = jwt_issuer::bench::run(seconds).context("benchmark failed")?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{:<11} {:>10} {:>10} {:>8} {:>9} {:>7}  WHO CAN VERIFY",
+        "ALG", "SIGN/S", "VERIFY/S", "TOKEN B", "PUBKEY B", "JWK B"
+    );
+    for r in &report.results {
+        println!(
+            "{:<11} {:>10.0} {:>10.0} {:>8} {:>9} {:>7}  {}",
+            r.alg,
+            r.sign_per_s,
+            r.verify_per_s,
+            r.token_bytes,
+            r.public_key_bytes,
+            r.jwk_bytes,
+            r.who_can_verify
+        );
+    }
+    println!("(one thread, {seconds} s per figure, same claims for every algorithm)");
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod alg;
+pub mod bench;
 pub mod config;
 pub mod error_body;
 pub mod jwks;

@@ -20,7 +20,7 @@ pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "iat", "nb
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The `typ` header of a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenType {
     /// `typ: JWT` (RFC 7519 section 5.1), for tokens issued by `token issue`.
     Jwt,
@@ -140,6 +140,8 @@ pub struct Signer {
     default_alg: SigningAlg,
     keys: Arc<KeySet>,
     hmac: Option<HmacKey>,
+    /// (kid, typ, base64url header) of every key that signs: a handful, searched linearly.
+    headers: Vec<(String, TokenType, String)>,
 }
 
 /// The HS256 key, prepared once: the aws-lc HMAC key and the secret's kid.
@@ -224,11 +226,30 @@ impl Signer {
             kid: s.kid().to_owned(),
             key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, s.expose_secret()),
         });
+        // The encoded header of each signing key and typ, prepared once.
+        let mut signing: Vec<(SigningAlg, String)> = SigningAlg::ASYMMETRIC
+            .into_iter()
+            .filter_map(|alg| keys.active(alg).map(|k| (alg, k.kid().to_owned())))
+            .collect();
+        signing.extend(hmac.as_ref().map(|h| (SigningAlg::Hs256, h.kid.clone())));
+        let headers = signing
+            .into_iter()
+            .flat_map(|(alg, kid)| {
+                [TokenType::Jwt, TokenType::AccessToken].map(|typ| {
+                    (
+                        kid.clone(),
+                        typ,
+                        URL_SAFE_NO_PAD.encode(encode_header(alg, &kid, typ)),
+                    )
+                })
+            })
+            .collect();
         let signer = Self {
             issuer,
             default_alg,
             keys,
             hmac,
+            headers,
         };
         signer.key_for(default_alg)?;
         signer.self_check(secret)?;
@@ -308,17 +329,18 @@ impl Signer {
             jti: &jti,
             extra: &request.extra,
         };
-        // kid is base64url and typ a constant, so the header needs no JSON escaping.
-        let header = format!(
-            r#"{{"alg":"{}","kid":"{}","typ":"{}"}}"#,
-            key.alg(),
-            key.kid(),
-            request.typ.as_str()
-        );
         // Serializing strings, numbers and a JSON map cannot fail.
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
-        let mut token = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 360);
-        URL_SAFE_NO_PAD.encode_string(header.as_bytes(), &mut token);
+        let mut token = String::with_capacity(payload.len() * 4 / 3 + 500);
+        let cached = self
+            .headers
+            .iter()
+            .find(|(kid, typ, _)| kid == key.kid() && *typ == request.typ);
+        match cached {
+            Some((_, _, encoded)) => token.push_str(encoded),
+            None => URL_SAFE_NO_PAD
+                .encode_string(encode_header(key.alg(), key.kid(), request.typ), &mut token),
+        }
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
         let (issued_at, expires_at) = (claims.iat, claims.exp);
@@ -388,6 +410,14 @@ struct Claims<'a> {
 enum Audience<'a> {
     One(&'a str),
     Many(&'a [String]),
+}
+
+/// The protected header: kid is base64url and typ a constant, so no JSON escaping is needed.
+fn encode_header(alg: SigningAlg, kid: &str, typ: TokenType) -> String {
+    format!(
+        r#"{{"alg":"{alg}","kid":"{kid}","typ":"{}"}}"#,
+        typ.as_str()
+    )
 }
 
 /// 128 random bits from aws-lc's DRBG, base64url: unique without coordination.

@@ -209,3 +209,41 @@ fn jwks_on_an_empty_store_is_an_error_not_an_empty_set() {
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("no keys in"), "{}", out.stderr);
 }
+
+#[test]
+fn bench_json_holds_every_algorithm_with_positive_figures() {
+    let tmp = TempDir::new().unwrap();
+    let out = run_cli(tmp.path(), &["bench", "--seconds", "0.02", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["seconds"], 0.02);
+    let results = report["results"].as_array().unwrap();
+    let algs: Vec<&str> = results.iter().map(|r| r["alg"].as_str().unwrap()).collect();
+    assert_eq!(algs, ["HS256", "RS256", "RS256-3072", "ES256"]);
+    for r in results {
+        for field in ["sign_per_s", "verify_per_s", "token_bytes"] {
+            assert!(r[field].as_f64().unwrap() > 0.0, "{field} of {r}");
+        }
+        let needs = r["verifier_needs"].as_str().unwrap();
+        assert_eq!(
+            needs,
+            if r["alg"] == "HS256" {
+                "secret"
+            } else {
+                "jwks"
+            }
+        );
+        assert_eq!(
+            r["public_key_bytes"].as_u64().unwrap() == 0,
+            r["alg"] == "HS256"
+        );
+    }
+    let table = run_cli(tmp.path(), &["bench", "--seconds", "0.01"]);
+    assert!(
+        table.stdout.contains("WHO CAN VERIFY") && table.stdout.contains("anyone with the JWKS")
+    );
+    assert_ne!(
+        run_cli(tmp.path(), &["bench", "--seconds", "0"]).code,
+        Some(0)
+    );
+}

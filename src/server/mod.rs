@@ -184,7 +184,8 @@ pub fn stop_on_signal(handle: ServerHandle) -> impl std::future::Future<Output =
 /// Grace period for in-flight requests at shutdown.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn routes(cfg: &mut web::ServiceConfig) {
+/// Every route of the service (for `App::configure`; benches build an app without a socket).
+pub fn routes(cfg: &mut web::ServiceConfig) {
     let get_only = || web::to(|| async { error::method_not_allowed("GET, HEAD") });
     cfg.service(
         web::resource(JWKS_PATH)

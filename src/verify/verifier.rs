@@ -1,6 +1,8 @@
 //! [`Verifier`]: checks a compact JWS against a key ring, algorithm pinned to the key,
 //! then the registered claims.
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,14 +70,11 @@ impl Validation {
         self
     }
 
-    fn check_typ(&self, header: &Map<String, Value>) -> Result<(), VerifyError> {
+    fn check_typ(&self, typ: Option<&str>) -> Result<(), VerifyError> {
         let Some(expected) = &self.typ else {
             return Ok(());
         };
-        let typ = header
-            .get("typ")
-            .and_then(Value::as_str)
-            .ok_or(VerifyError::WrongType)?;
+        let typ = typ.ok_or(VerifyError::WrongType)?;
         let typ = typ
             .get(..12)
             .filter(|p| p.eq_ignore_ascii_case("application/"))
@@ -181,7 +180,10 @@ impl Verifier {
     ///
     /// # Errors
     /// The first check that fails, as a [`VerifyError`].
-    pub async fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, VerifyError> {
+    pub async fn verify<T: DeserializeOwned + 'static>(
+        &self,
+        token: &str,
+    ) -> Result<T, VerifyError> {
         match &self.keys {
             KeySource::Fixed(ring) => Self::verify_with(ring, token, &self.validation),
             KeySource::Remote(cache) => {
@@ -201,7 +203,7 @@ impl Verifier {
     ///
     /// # Errors
     /// As [`Verifier::verify`].
-    pub fn verify_with<T: DeserializeOwned>(
+    pub fn verify_with<T: DeserializeOwned + 'static>(
         keys: &KeyRing,
         token: &str,
         validation: &Validation,
@@ -253,24 +255,29 @@ fn parse<'a>(token: &'a str, validation: &Validation) -> Result<Parsed<'a>, Veri
     if signature.is_empty() {
         return Err(VerifyError::Malformed("signature is missing"));
     }
-    let header_json: Map<String, Value> =
-        decode_json(header).ok_or(VerifyError::Malformed("header is not base64url JSON"))?;
-    if header_json.contains_key("crit") {
+    let malformed = VerifyError::Malformed("header is not base64url JSON");
+    let mut buf = [0u8; 1024];
+    let len = URL_SAFE_NO_PAD
+        .decode_slice(header, &mut buf)
+        .map_err(|_| malformed.clone())?;
+    let fields: HeaderFields<'_> = serde_json::from_slice(&buf[..len]).map_err(|e| {
+        // A header that is JSON but has the wrong member types says so.
+        if e.is_data() {
+            VerifyError::Malformed("header members have the wrong type")
+        } else {
+            malformed
+        }
+    })?;
+    if fields.crit.is_some() {
         return Err(VerifyError::CritUnsupported);
     }
-    let alg = header_json
-        .get("alg")
-        .and_then(Value::as_str)
+    let alg = fields
+        .alg
         .ok_or(VerifyError::Malformed("alg is missing"))?
-        .to_owned();
-    validation.check_typ(&header_json)?;
-    let kid = match header_json.get("kid") {
-        Some(Value::String(kid)) => Some(kid.clone()),
-        None => None,
-        Some(_) => return Err(VerifyError::Malformed("kid is not a string")),
-    };
+        .into_owned();
+    validation.check_typ(fields.typ.as_deref())?;
     Ok(Parsed {
-        kid,
+        kid: fields.kid.map(Cow::into_owned),
         alg,
         signing_input: &token[..header.len() + 1 + payload.len()],
         payload,
@@ -278,7 +285,21 @@ fn parse<'a>(token: &'a str, validation: &Validation) -> Result<Parsed<'a>, Veri
     })
 }
 
-fn finish<T: DeserializeOwned>(
+/// The header members the verifier reads; others are ignored (and never used to find a
+/// key: `jwk`, `jku`, `x5u`, `x5c`).
+#[derive(serde::Deserialize)]
+struct HeaderFields<'a> {
+    #[serde(borrow, default)]
+    alg: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    typ: Option<Cow<'a, str>>,
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+fn finish<T: DeserializeOwned + 'static>(
     parsed: Parsed<'_>,
     key: &VerifyingKey,
     validation: &Validation,
@@ -288,17 +309,28 @@ fn finish<T: DeserializeOwned>(
     if parsed.alg != key.alg().as_str() {
         return Err(VerifyError::AlgorithmNotAllowed);
     }
-    let signature = URL_SAFE_NO_PAD
-        .decode(parsed.signature)
+    // Large enough for RSA-8192; decoded on the stack.
+    let mut sig = [0u8; 1024];
+    let len = URL_SAFE_NO_PAD
+        .decode_slice(parsed.signature, &mut sig)
         .map_err(|_| VerifyError::Malformed("signature is not base64url"))?;
-    if !key.verify(parsed.signing_input.as_bytes(), &signature) {
+    if !key.verify(parsed.signing_input.as_bytes(), &sig[..len]) {
         return Err(VerifyError::BadSignature);
     }
     let claims: Map<String, Value> = decode_json(parsed.payload)
         .ok_or(VerifyError::Malformed("payload is not base64url JSON"))?;
     validation.check_claims(&claims, unix_now())?;
-    serde_json::from_value(Value::Object(claims))
-        .map_err(|e| VerifyError::ClaimsShape(e.to_string()))
+    // Claims asked for as a JSON value are handed over as parsed, not rebuilt.
+    let any: Box<dyn Any> = Box::new(Value::Object(claims));
+    match any.downcast::<T>() {
+        Ok(claims) => Ok(*claims),
+        Err(any) => match any.downcast::<Value>() {
+            Ok(value) => {
+                serde_json::from_value(*value).map_err(|e| VerifyError::ClaimsShape(e.to_string()))
+            }
+            Err(_) => unreachable!("the box holds the Value put in above"),
+        },
+    }
 }
 
 fn decode_json(segment: &str) -> Option<Map<String, Value>> {

@@ -1,0 +1,171 @@
+//! criterion benches: sign and verify per algorithm through the service's own Signer and
+//! Verifier, the raw aws-lc primitive beside them (the floor), JWKS body build, the RFC 7638
+//! thumbprint, and the token endpoint handler without network.
+//!
+//! Run: `cargo bench --bench tokens` (add `-- --quick` for a short run).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, test, web};
+use criterion::{Criterion, criterion_group, criterion_main};
+use jwt_issuer::keys::KeyStore;
+use jwt_issuer::oauth::{AuthLimiter, ClientStore, NewClient};
+use jwt_issuer::secret::{ClientSecret, HmacSecret};
+use jwt_issuer::server::state::StateConfig;
+use jwt_issuer::server::{AppState, Metrics};
+use jwt_issuer::verify::{KeyRing, Validation, Verifier};
+use jwt_issuer::{JwksDocument, Signer, SigningAlg, TokenRequest};
+use serde_json::Value;
+
+const ISSUER: &str = "https://issuer.example";
+
+fn request(alg: SigningAlg) -> TokenRequest {
+    let mut request = TokenRequest::new("bench-client", Duration::from_secs(3600));
+    request.aud = vec!["orders-api".into()];
+    request.alg = Some(alg);
+    request
+        .extra
+        .insert("scope".into(), "orders:read orders:write".into());
+    request
+}
+
+fn sign_and_verify(c: &mut Criterion) {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let (keys, _) = KeyStore::new(tmp.path()).load_or_init().unwrap();
+    let keys = Arc::new(keys);
+    let secret = HmacSecret::new(
+        ClientSecret::generate().expose_secret().as_bytes().to_vec(),
+        "bench",
+    )
+    .unwrap();
+    let signer = Signer::with_hmac(ISSUER, SigningAlg::Es256, keys.clone(), Some(&secret)).unwrap();
+    let validation = Validation::new(ISSUER, ["orders-api"]);
+    let ring = KeyRing::from_jwk_set(&keys.jwk_set()).0;
+    let secrets = KeyRing::from_secrets([&secret]);
+    for alg in [SigningAlg::Hs256, SigningAlg::Rs256, SigningAlg::Es256] {
+        let req = request(alg);
+        c.bench_function(&format!("sign/{alg}"), |b| {
+            b.iter(|| signer.issue(black_box(&req)).unwrap())
+        });
+        let token = signer.issue(&req).unwrap().token;
+        let ring_for = if alg == SigningAlg::Hs256 {
+            &secrets
+        } else {
+            &ring
+        };
+        c.bench_function(&format!("verify/{alg}"), |b| {
+            b.iter(|| {
+                Verifier::verify_with::<Value>(ring_for, black_box(&token), &validation).unwrap()
+            })
+        });
+        // The primitive alone, on the same signing input: what the rest costs on top.
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let sig =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
+        let kid = common_kid(&token);
+        let key = ring_for.get(&kid).unwrap().clone();
+        c.bench_function(&format!("primitive-verify/{alg}"), |b| {
+            b.iter(|| assert!(key.verify(black_box(input.as_bytes()), &sig)))
+        });
+        if let Some(signing) = keys.active(alg) {
+            c.bench_function(&format!("primitive-sign/{alg}"), |b| {
+                b.iter(|| signing.sign(black_box(input.as_bytes())).unwrap())
+            });
+        }
+    }
+}
+
+fn common_kid(token: &str) -> String {
+    let header = token.split('.').next().unwrap();
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header).unwrap();
+    serde_json::from_slice::<Value>(&bytes).unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn jwks_and_thumbprint(c: &mut Criterion) {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let (keys, _) = KeyStore::new(tmp.path()).load_or_init().unwrap();
+    let set = keys.jwk_set();
+    c.bench_function("jwks/build-body-and-etag", |b| {
+        b.iter(|| JwksDocument::new(black_box(&set)))
+    });
+    let rsa = set
+        .keys
+        .iter()
+        .find(|k| k.alg == SigningAlg::Rs256)
+        .unwrap()
+        .params
+        .clone();
+    c.bench_function("jwks/rfc7638-thumbprint-rsa2048", |b| {
+        b.iter(|| black_box(&rsa).thumbprint())
+    });
+}
+
+fn token_endpoint(c: &mut Criterion) {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let store = KeyStore::new(tmp.path());
+    let (keys, _) = store.load_or_init().unwrap();
+    let secret = ClientStore::new(tmp.path())
+        .add(NewClient {
+            client_id: "svc".into(),
+            audiences: vec!["orders-api".into()],
+            ..NewClient::default()
+        })
+        .unwrap();
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("svc:{}", secret.expose_secret())
+        )
+    );
+    let rt = actix_web::rt::System::new();
+    let app = rt.block_on(async {
+        let state = AppState::new(
+            store,
+            keys,
+            StateConfig {
+                issuer: ISSUER.into(),
+                alg: SigningAlg::Es256,
+                rotate_every: None,
+                token_ttl: Duration::from_secs(900),
+                hmac_secret: None,
+            },
+            AuthLimiter::default(),
+            Metrics::new().unwrap(),
+        )
+        .unwrap();
+        test::init_service(
+            App::new()
+                .app_data(web::Data::new(state))
+                .configure(jwt_issuer::server::routes),
+        )
+        .await
+    });
+    c.bench_function("token-endpoint/client-credentials-es256", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let req = test::TestRequest::post()
+                    .uri("/oauth2/token")
+                    .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+                    .insert_header(("Authorization", auth.as_str()))
+                    .set_payload("grant_type=client_credentials")
+                    .to_request();
+                let res = test::call_service(&app, req).await;
+                assert!(res.status().is_success());
+            })
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = sign_and_verify, jwks_and_thumbprint, token_endpoint
+}
+criterion_main!(benches);

@@ -1,0 +1,165 @@
+//! `jwt-issuer bench`: sign and verify throughput per algorithm, in process, on one
+//! thread, through the very [`Signer`] and [`Verifier`] the server and downstream services
+//! use, with the token and public key sizes: the numbers behind choosing HS256, RS256 or
+//! ES256.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::keys::{KeyStore, KeyStoreError};
+use crate::secret::{ClientSecret, HmacSecret};
+use crate::verify::{KeyRing, Validation, Verifier};
+use crate::{SignError, Signer, SigningAlg, TokenRequest};
+
+/// One algorithm's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// `HS256`, `RS256` (2048), `RS256-3072`, `ES256`.
+    pub alg: String,
+    /// The JWS `alg`.
+    pub jws_alg: SigningAlg,
+    /// Tokens signed per second, one thread.
+    pub sign_per_s: f64,
+    /// Tokens verified per second, one thread (signature and claims).
+    pub verify_per_s: f64,
+    /// Size of one token with the benchmark's claims.
+    pub token_bytes: usize,
+    /// Raw public key size (RSA modulus and exponent; P-256 x and y); 0 for HS256, whose
+    /// key is never published.
+    pub public_key_bytes: usize,
+    /// Size of the published JWK (0 for HS256).
+    pub jwk_bytes: usize,
+    /// `secret`: every verifier holds the signing secret; `jwks`: anyone with the JWKS.
+    pub verifier_needs: &'static str,
+    /// The same, in words.
+    pub who_can_verify: &'static str,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Time spent on each measurement (each algorithm's sign, then its verify).
+    pub seconds: f64,
+    /// One row per algorithm.
+    pub results: Vec<BenchResult>,
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Key generation in the temporary store failed.
+    #[error(transparent)]
+    Keys(#[from] KeyStoreError),
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// A benchmark token did not verify (a bug, reported rather than measured).
+    #[error("benchmark token for {0} did not verify: {1}")]
+    Verify(String, String),
+    /// The temporary directory.
+    #[error("temporary directory: {0}")]
+    TempDir(#[from] std::io::Error),
+}
+
+const ISSUER: &str = "https://issuer.example";
+
+/// Runs every algorithm for `seconds` per measurement.
+///
+/// # Errors
+/// Key generation or a self-check failing.
+pub fn run(seconds: f64) -> Result<BenchReport, BenchError> {
+    let per_measurement = Duration::from_secs_f64(seconds.max(0.01));
+    let tmp = tempfile::TempDir::new()?;
+    let mut results = Vec::new();
+    // A 256-bit random secret, as `openssl rand -base64 48` would make.
+    let secret = HmacSecret::new(
+        ClientSecret::generate().expose_secret().as_bytes().to_vec(),
+        "bench secret",
+    )
+    .map_err(|e| BenchError::Verify("HS256".into(), e.to_string()))?;
+    let cases = [
+        ("HS256", SigningAlg::Hs256, 0),
+        ("RS256", SigningAlg::Rs256, 2048),
+        ("RS256-3072", SigningAlg::Rs256, 3072),
+        ("ES256", SigningAlg::Es256, 0),
+    ];
+    for (name, alg, bits) in cases {
+        let store = KeyStore::new(tmp.path().join(name));
+        if alg.is_asymmetric() {
+            store.generate(alg, bits)?;
+        }
+        let keys = Arc::new(store.load()?);
+        let signer = Signer::with_hmac(ISSUER, alg, keys.clone(), Some(&secret))?;
+        let ring = if alg.is_asymmetric() {
+            KeyRing::from_jwk_set(&keys.jwk_set()).0
+        } else {
+            KeyRing::from_secrets([&secret])
+        };
+        let validation = Validation::new(ISSUER, ["orders-api"]);
+        let mut request = TokenRequest::new("bench-client", Duration::from_secs(3600));
+        request.aud = vec!["orders-api".into()];
+        request.alg = Some(alg);
+        request
+            .extra
+            .insert("scope".into(), "orders:read orders:write".into());
+        let token = signer.issue(&request)?.token;
+        Verifier::verify_with::<Value>(&ring, &token, &validation)
+            .map_err(|e| BenchError::Verify(name.into(), e.to_string()))?;
+
+        let sign_per_s = rate(per_measurement, || {
+            black_box(signer.issue(black_box(&request)).is_ok());
+        });
+        let verify_per_s = rate(per_measurement, || {
+            black_box(
+                Verifier::verify_with::<Value>(&ring, black_box(&token), &validation).is_ok(),
+            );
+        });
+        let (public_key_bytes, jwk_bytes) = match keys.active(alg).filter(|_| alg.is_asymmetric()) {
+            Some(key) => {
+                let raw = match &key.jwk().params {
+                    crate::jwks::PublicKeyParams::Rsa { n, e } => (n.len() + e.len()) * 3 / 4,
+                    crate::jwks::PublicKeyParams::Ec { x, y, .. } => (x.len() + y.len()) * 3 / 4,
+                };
+                (raw, serde_json::to_vec(key.jwk()).map_or(0, |v| v.len()))
+            }
+            None => (0, 0),
+        };
+        let (verifier_needs, who_can_verify) = if alg.is_asymmetric() {
+            ("jwks", "anyone with the JWKS")
+        } else {
+            ("secret", "holders of the secret (who can also sign)")
+        };
+        results.push(BenchResult {
+            alg: name.to_owned(),
+            jws_alg: alg,
+            sign_per_s,
+            verify_per_s,
+            token_bytes: token.len(),
+            public_key_bytes,
+            jwk_bytes,
+            verifier_needs,
+            who_can_verify,
+        });
+    }
+    Ok(BenchReport { seconds, results })
+}
+
+/// Operations per second of `op`, run for about `time`.
+fn rate(time: Duration, mut op: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut count: u64 = 0;
+    loop {
+        for _ in 0..16 {
+            op();
+        }
+        count += 16;
+        let elapsed = start.elapsed();
+        if elapsed >= time {
+            return count as f64 / elapsed.as_secs_f64();
+        }
+    }
+}
