@@ -31,7 +31,8 @@ bin="$PWD/target/release/jwt-issuer"
 work="$(mktemp -d)"; pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-export JWT_ISSUER_KEYS_DIR="$work/keys" JWT_ISSUER_LOG=warn
+# The default log level: every token request is logged, as in production (to a file here).
+export JWT_ISSUER_KEYS_DIR="$work/keys" JWT_ISSUER_LOG=info
 port=$((38000 + $$ % 900)); nginx_port=$((port + 1))
 base="http://127.0.0.1:$port"
 
@@ -39,9 +40,12 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 clk_tck="$(getconf CLK_TCK)"
 now_ms() { date +%s%3N; }
-wait_ready() {  # url -> ms until 200
+wait_ready() {  # url -> ms until 200 (gives up after 20 s)
   local t0; t0="$(now_ms)"
-  until curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; do sleep 0.005; done
+  until curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; do
+    [ $(( $(now_ms) - t0 )) -lt 20000 ] || { echo "no answer from $1" >&2; exit 1; }
+    sleep 0.005
+  done
   echo $(( $(now_ms) - t0 ))
 }
 
@@ -81,15 +85,17 @@ rss_after="$(rss_kb "$pid")"
 if [ "${MEMORY_RUN:-0}" -gt 0 ]; then
   log "memory run: ${MEMORY_RUN}s of token requests at concurrency 16"
   WRK_AUTH="$auth" taskset -c "$wrk_cpu" wrk -t1 -c16 -d"${MEMORY_RUN}s" -s scripts/token-post.lua "$base/oauth2/token" >/dev/null 2>&1 &
+  wrk_pid=$!
   samples=()
   for _ in $(seq 1 $((MEMORY_RUN / 5))); do sleep 5; samples+=("$(rss_kb "$pid")"); done
-  wait
+  wait "$wrk_pid" || true
   echo "{\"run\":\"jwt-issuer-memory\",\"seconds\":$MEMORY_RUN,\"rss_kb_samples\":[$(IFS=,; echo "${samples[*]}")]}"
 fi
 
 # Reference: nginx, one worker, serving the same JWKS bytes as a static file.
 mkdir -p "$work/nginx/www/.well-known"
 curl -fsS "$base/.well-known/jwks.json" >"$work/nginx/www/.well-known/jwks.json"
+chmod -R a+rX "$work/nginx/www" && chmod a+x "$work" "$work/nginx"  # nginx workers run as nobody
 cat >"$work/nginx/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;

@@ -325,7 +325,7 @@ pub fn parse_args() -> Cli {
 /// # Errors
 /// Whatever failed, with context, for main to print on one line.
 pub fn run(cli: Cli) -> Result<()> {
-    init_logging();
+    let _log_guard = init_logging();
     let policy = cli.timing.policy();
     let store = KeyStore::new(&cli.keys_dir).with_policy(policy);
     match cli.command {
@@ -753,14 +753,24 @@ fn token_verify(args: VerifyArgs) -> Result<()> {
     Ok(())
 }
 
-fn init_logging() {
+/// Logs go to stderr through a writer thread: request threads only format a line and
+/// hand it over, and lines written together share one write. Nothing is dropped (a full
+/// buffer makes the logging thread wait). Keep the guard until exit: dropping it flushes.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JWT_ISSUER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        // The default 128k-line queue reserves megabytes up front; bursts beyond a few
+        // thousand lines wait for the writer instead.
+        .buffered_lines_limit(4096)
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    guard
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

@@ -68,8 +68,7 @@ impl Metrics {
 
     /// Counts one finished request. `route` is the matched pattern, never the raw path, so
     /// the series stay bounded whatever clients send.
-    pub fn observe_request(&self, route: &str, status: u16) {
-        let status = status.to_string();
+    pub fn observe_request(&self, route: &str, status: actix_web::http::StatusCode) {
         self.requests
             .with_label_values(&[route, status.as_str()])
             .inc();

@@ -112,11 +112,15 @@ impl Application {
                     let metrics = metrics.clone();
                     async move {
                         let res = fut.await?;
-                        let route = res.request().match_pattern();
-                        metrics.observe_request(
-                            route.as_deref().unwrap_or("unmatched"),
-                            res.status().as_u16(),
-                        );
+                        // Every route is a fixed path: label by it without allocating, and
+                        // never by a raw client path (the series stay bounded).
+                        let path = res.request().path();
+                        let route = ROUTES
+                            .iter()
+                            .find(|r| **r == path)
+                            .copied()
+                            .unwrap_or("unmatched");
+                        metrics.observe_request(route, res.status());
                         Ok(res)
                     }
                 })
@@ -183,6 +187,16 @@ pub fn stop_on_signal(handle: ServerHandle) -> impl std::future::Future<Output =
 
 /// Grace period for in-flight requests at shutdown.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The paths the service serves.
+const ROUTES: [&str; 6] = [
+    JWKS_PATH,
+    "/.well-known/openid-configuration",
+    "/.well-known/oauth-authorization-server",
+    TOKEN_PATH,
+    "/healthz",
+    "/metrics",
+];
 
 /// Every route of the service (for `App::configure`; benches build an app without a socket).
 pub fn routes(cfg: &mut web::ServiceConfig) {

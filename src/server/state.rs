@@ -69,6 +69,7 @@ pub struct AppState {
     pub discovery: ArcSwap<Bytes>,
     /// The configured JWKS max-age.
     pub jwks_max_age: Duration,
+    jwks_cache_control: HeaderValue,
     /// Counters.
     pub metrics: Metrics,
     /// The registered clients: an immutable snapshot, swapped whole on reload.
@@ -126,6 +127,11 @@ impl AppState {
         Ok(Self {
             published: ArcSwap::from_pointee(published),
             jwks_max_age: policy.jwks_max_age,
+            jwks_cache_control: HeaderValue::from_str(&format!(
+                "public, max-age={}",
+                policy.jwks_max_age.as_secs()
+            ))
+            .unwrap_or_else(|_| HeaderValue::from_static("no-cache")),
             max_token_ttl: policy.max_token_ttl,
             key_store,
             discovery: ArcSwap::from_pointee(discovery),
@@ -144,13 +150,19 @@ impl AppState {
     /// key set's next scheduled change, whichever is shorter, so caches follow scheduled
     /// changes on time.
     pub fn jwks_cache_control(&self, published: &Published) -> HeaderValue {
-        let mut max_age = self.jwks_max_age.as_secs();
-        if let Some(change) = published.next_change {
+        let max_age = self.jwks_max_age.as_secs();
+        let left = published.next_change.map(|change| {
             let now = crate::time::unix_millis(std::time::SystemTime::now());
-            max_age = max_age.min(change.saturating_sub(now) / 1000);
+            change.saturating_sub(now) / 1000
+        });
+        match left {
+            Some(left) if left < max_age => {
+                HeaderValue::from_str(&format!("public, max-age={left}"))
+                    .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
+            }
+            // The common case, prepared once.
+            _ => self.jwks_cache_control.clone(),
         }
-        HeaderValue::from_str(&format!("public, max-age={max_age}"))
-            .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
     }
 
     /// One tick of the background duties: key maintenance (removals, automatic rotation),
