@@ -267,6 +267,9 @@ pub struct ServeProcess {
     pub child: Child,
     pub url: String,
     pub log: mpsc::Receiver<String>,
+    /// Lines read while waiting for the start (the log line and banners may come in any
+    /// order: logs go through a writer thread, banners straight to stderr).
+    early: std::cell::RefCell<Vec<String>>,
 }
 
 impl ServeProcess {
@@ -299,6 +302,7 @@ impl ServeProcess {
             child,
             url: String::new(),
             log: rx,
+            early: std::cell::RefCell::new(Vec::new()),
         };
         let mut seen = Vec::new();
         loop {
@@ -307,6 +311,7 @@ impl ServeProcess {
             };
             if let Some(rest) = line.split("url=").nth(1) {
                 server.url = rest.split_whitespace().next().expect("url").to_owned();
+                server.early.replace(seen);
                 return server;
             }
             seen.push(line);
@@ -315,7 +320,9 @@ impl ServeProcess {
 
     /// Log lines received so far.
     pub fn drain_log(&self) -> Vec<String> {
-        self.log.try_iter().collect()
+        let mut lines = self.early.take();
+        lines.extend(self.log.try_iter());
+        lines
     }
 }
 
