@@ -303,15 +303,7 @@ impl KeyStore {
                     state: existing.state.as_str(),
                 });
             }
-            let alg = key.alg();
-            let state = manifest.add(kid.clone(), alg, now);
-            pending.push((kid.clone(), key));
-            Ok(KeyInfo {
-                file: self.key_path(&kid),
-                kid,
-                alg,
-                state,
-            })
+            Ok(self.add_key(manifest, pending, kid.clone(), key, now))
         })?
     }
 
@@ -323,9 +315,7 @@ impl KeyStore {
     /// [`LifecycleError`] explains a refusal and the options; when no next key existed, one
     /// has been published by the refused call.
     pub fn rotate(&self, alg: SigningAlg, force: bool) -> Result<Rotated, KeyStoreError> {
-        let fresh = PrivateKey::generate(alg, DEFAULT_RSA_BITS)
-            .map_err(|reason| KeyStoreError::Generate { alg, reason })?;
-        let kid = signing_key(&fresh, &self.dir)?.kid().to_owned();
+        let (kid, fresh) = self.fresh_key(alg, DEFAULT_RSA_BITS)?;
         self.transact(|manifest, pending, now| {
             let result = manifest.rotate(alg, now, force, kid.clone(), &self.policy);
             pending.push((kid, fresh));
@@ -346,9 +336,7 @@ impl KeyStore {
             .get(kid)
             .map(|r| r.alg)
             .ok_or_else(|| LifecycleError::UnknownKid(kid.to_owned()))?;
-        let fresh = PrivateKey::generate(alg, DEFAULT_RSA_BITS)
-            .map_err(|reason| KeyStoreError::Generate { alg, reason })?;
-        let fresh_kid = signing_key(&fresh, &self.dir)?.kid().to_owned();
+        let (fresh_kid, fresh) = self.fresh_key(alg, DEFAULT_RSA_BITS)?;
         self.transact(|manifest, pending, now| {
             let result = manifest.revoke(kid, now, fresh_kid.clone());
             pending.push((fresh_kid, fresh));
@@ -381,9 +369,7 @@ impl KeyStore {
         let mut fresh = Vec::new();
         if rotate_every.is_some() {
             for alg in SigningAlg::ASYMMETRIC {
-                let key = PrivateKey::generate(alg, DEFAULT_RSA_BITS)
-                    .map_err(|reason| KeyStoreError::Generate { alg, reason })?;
-                let kid = signing_key(&key, &self.dir)?.kid().to_owned();
+                let (kid, key) = self.fresh_key(alg, DEFAULT_RSA_BITS)?;
                 fresh.push((alg, kid, key));
             }
         }
@@ -439,17 +425,40 @@ impl KeyStore {
         rsa_bits: usize,
         now: Millis,
     ) -> Result<KeyInfo, KeyStoreError> {
-        let key = PrivateKey::generate(alg, rsa_bits)
-            .map_err(|reason| KeyStoreError::Generate { alg, reason })?;
-        let kid = signing_key(&key, &self.dir)?.kid().to_owned();
+        let (kid, key) = self.fresh_key(alg, rsa_bits)?;
+        Ok(self.add_key(manifest, pending, kid, key, now))
+    }
+
+    /// Records a new key (active if first of its algorithm, else next) and queues its file.
+    fn add_key(
+        &self,
+        manifest: &mut Manifest,
+        pending: &mut Vec<(String, PrivateKey)>,
+        kid: String,
+        key: PrivateKey,
+        now: Millis,
+    ) -> KeyInfo {
+        let alg = key.alg();
         let state = manifest.add(kid.clone(), alg, now);
         pending.push((kid.clone(), key));
-        Ok(KeyInfo {
+        KeyInfo {
             file: self.key_path(&kid),
             kid,
             alg,
             state,
-        })
+        }
+    }
+
+    /// A freshly generated key and its kid; nothing is written yet.
+    fn fresh_key(
+        &self,
+        alg: SigningAlg,
+        rsa_bits: usize,
+    ) -> Result<(String, PrivateKey), KeyStoreError> {
+        let key = PrivateKey::generate(alg, rsa_bits)
+            .map_err(|reason| KeyStoreError::Generate { alg, reason })?;
+        let kid = signing_key(&key, &self.dir)?.kid().to_owned();
+        Ok((kid, key))
     }
 
     /// One change under the lock: `change` edits the manifest and lists new keys; keys the
