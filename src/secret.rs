@@ -136,6 +136,8 @@ impl HmacSecret {
     /// # Errors
     /// Too short, a repeated pattern, too few distinct characters, or a placeholder.
     pub fn new(bytes: Vec<u8>, var: &str) -> Result<Self, SecretError> {
+        // Wiped on every path out of here, the refusals included.
+        let bytes = zeroize::Zeroizing::new(bytes);
         let var = var.to_owned();
         if bytes.len() < MIN_HMAC_SECRET_BYTES {
             return Err(SecretError::TooShort {
@@ -152,7 +154,7 @@ impl HmacSecret {
         {
             return Err(not_random(&format!("a {period}-byte pattern repeated")));
         }
-        let mut distinct = bytes.clone();
+        let mut distinct = zeroize::Zeroizing::new(bytes.to_vec());
         distinct.sort_unstable();
         distinct.dedup();
         if distinct.len() < 8 {
@@ -161,13 +163,15 @@ impl HmacSecret {
                 distinct.len()
             )));
         }
-        distinct.zeroize();
-        let lower = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        let lower = zeroize::Zeroizing::new(String::from_utf8_lossy(&bytes).to_ascii_lowercase());
         if let Some(word) = PLACEHOLDERS.iter().find(|w| lower.contains(*w)) {
             return Err(not_random(&format!("contains the placeholder \"{word}\"")));
         }
         let kid = Self::kid_of(&bytes);
-        Ok(Self { bytes, kid })
+        Ok(Self {
+            bytes: bytes.to_vec(),
+            kid,
+        })
     }
 
     /// Reads `VAR` or `VAR_FILE` from the environment; `Ok(None)` when neither is set.

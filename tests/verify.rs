@@ -407,6 +407,18 @@ fn typ_is_checked_when_configured() {
     assert!(check(Some("application/at+JWT")).is_ok());
     assert_eq!(check(Some("JWT")).unwrap_err(), VerifyError::WrongType);
     assert_eq!(check(None).unwrap_err(), VerifyError::WrongType);
+    // The expected value may carry the media type prefix too.
+    let prefixed = Validation::new(ISS, ["api"]).with_typ("application/at+jwt");
+    let mut header = header_for(es());
+    header["typ"] = "at+jwt".into();
+    assert!(
+        Verifier::verify_with::<Value>(
+            &keys().ring,
+            &signed_by(es(), &header, &claims()),
+            &prefixed
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -428,4 +440,25 @@ fn garbage_headers_and_payloads_are_malformed() {
             verify(&bad)
         );
     }
+}
+
+#[test]
+fn jwks_entries_without_use_are_kept_and_enc_keys_are_not() {
+    let mut set = serde_json::to_value(keys().published.jwk_set()).unwrap();
+    for key in set["keys"].as_array_mut().unwrap() {
+        key.as_object_mut().unwrap().remove("use");
+    }
+    let ring = KeyRing::from_json(set.to_string().as_bytes()).unwrap();
+    assert_eq!(ring.len(), 2, "RFC 7517: use is optional");
+    for key in set["keys"].as_array_mut().unwrap() {
+        key["use"] = "enc".into();
+    }
+    assert!(
+        KeyRing::from_json(set.to_string().as_bytes())
+            .unwrap()
+            .is_empty()
+    );
+    let mut enc = es().jwk().clone();
+    enc.use_ = "enc".into();
+    assert!(jwt_issuer::verify::VerifyingKey::from_jwk(&enc).is_err());
 }

@@ -201,6 +201,19 @@ impl KeyStore {
     /// Any unreadable, too-open or invalid key file, or an inconsistent manifest: a store
     /// is used whole or not at all.
     pub fn load(&self) -> Result<KeySet, KeyStoreError> {
+        match self.load_once() {
+            // A change between reading the manifest and its key files (a revoked key's file
+            // deleted after the new manifest was written): read again, once.
+            Err(KeyStoreError::FileUnreadable { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                self.load_once()
+            }
+            other => other,
+        }
+    }
+
+    fn load_once(&self) -> Result<KeySet, KeyStoreError> {
         let now = now_ms();
         let (manifest, paths) = match self.read_manifest()? {
             Some(manifest) => (manifest, BTreeMap::new()),
@@ -231,7 +244,8 @@ impl KeyStore {
                     }
                     keys.push(Arc::new(key));
                 }
-                // A crash between deleting a retired key's file and recording its removal.
+                // A retired key's file may be gone already (removed by a change that is
+                // recording it now): it is about to leave the JWKS anyway.
                 Err(KeyStoreError::FileUnreadable { source, .. })
                     if source.kind() == io::ErrorKind::NotFound
                         && record.state == KeyState::Retired => {}
@@ -351,27 +365,30 @@ impl KeyStore {
     /// # Errors
     /// Write failures (a read-only keys directory, say).
     pub fn maintain(&self, rotate_every: Option<Duration>) -> Result<Vec<String>, KeyStoreError> {
-        let due = |m: &Manifest, now: Millis| {
-            let sweep = m
-                .keys
-                .iter()
-                .any(|k| k.state == KeyState::Retired && !k.is_published(now));
-            let rotate = rotate_every.is_some_and(|every| {
-                !m.missing_next().is_empty()
-                    || !m.due_for_rotation(now, every, &self.policy).is_empty()
-            });
-            sweep || rotate
+        let Some(manifest) = self.read_manifest()? else {
+            return Ok(Vec::new());
         };
-        match self.read_manifest()? {
-            Some(m) if due(&m, now_ms()) => {}
-            _ => return Ok(Vec::new()),
+        let now = now_ms();
+        let sweep = manifest
+            .keys
+            .iter()
+            .any(|k| k.state == KeyState::Retired && !k.is_published(now));
+        // Only the algorithms that need a new key get one (RSA generation is not free).
+        let needs_key: Vec<SigningAlg> = match rotate_every {
+            Some(every) => {
+                let mut algs = manifest.missing_next();
+                algs.extend(manifest.due_for_rotation(now, every, &self.policy));
+                algs
+            }
+            None => Vec::new(),
+        };
+        if !sweep && needs_key.is_empty() {
+            return Ok(Vec::new());
         }
         let mut fresh = Vec::new();
-        if rotate_every.is_some() {
-            for alg in SigningAlg::ASYMMETRIC {
-                let (kid, key) = self.fresh_key(alg, DEFAULT_RSA_BITS)?;
-                fresh.push((alg, kid, key));
-            }
+        for alg in needs_key {
+            let (kid, key) = self.fresh_key(alg, DEFAULT_RSA_BITS)?;
+            fresh.push((alg, kid, key));
         }
         self.transact(|manifest, pending, now| {
             let mut done: Vec<String> = manifest
@@ -686,7 +703,15 @@ pub struct KeySet {
 
 impl KeySet {
     fn new(mut keys: Vec<Arc<SigningKey>>, manifest: Manifest, loaded_at: Millis) -> Self {
-        let state = |kid: &str| manifest.get(kid).map(|r| r.state);
+        // Active first, so a verifier that takes the first key of an algorithm gets the one
+        // that signs.
+        let state = |kid: &str| {
+            manifest.get(kid).map(|r| match r.state {
+                KeyState::Active => 0,
+                KeyState::Next => 1,
+                _ => 2,
+            })
+        };
         keys.sort_by(|a, b| {
             (a.alg(), state(a.kid()), a.kid()).cmp(&(b.alg(), state(b.kid()), b.kid()))
         });

@@ -409,6 +409,11 @@ fn build_client(new: NewClient) -> Result<(Client, ClientSecret), ClientStoreErr
     Ok((client, secret))
 }
 
+/// Whether `id` could be a registered client id (see [`NewClient::client_id`]).
+pub fn is_valid_client_id(id: &str) -> bool {
+    check_client_id(id).is_ok()
+}
+
 /// RFC 6749 appendix A.1: client_id = *VSCHAR (%x20-7E); here 1 to 128 of them, and no
 /// leading or trailing space, which no one types on purpose.
 fn check_client_id(id: &str) -> Result<(), ClientStoreError> {

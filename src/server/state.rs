@@ -17,6 +17,9 @@ use crate::oauth::{AuthLimiter, ClientRegistry, ClientStore, ClientStoreError};
 use crate::secret::HmacSecret;
 use crate::{JwksDocument, KeySet, SignError, Signer, SigningAlg};
 
+/// How long key maintenance waits after a failure before trying again.
+pub const MAINTENANCE_BACKOFF: Duration = Duration::from_secs(60);
+
 /// The published key set at one moment, prepared for serving.
 pub struct Published {
     /// Issues tokens with this set's active keys.
@@ -83,7 +86,7 @@ pub struct AppState {
     pub token_ttl: Duration,
     /// The longest token lifetime; clients may not exceed it.
     pub max_token_ttl: Duration,
-    last_maintenance_error: Mutex<Option<String>>,
+    last_maintenance_error: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 /// Everything [`AppState::new`] needs besides the loaded keys.
@@ -122,6 +125,7 @@ impl AppState {
             &client_store,
             policy.max_token_ttl,
             config.hmac_secret.is_some(),
+            &published.signer,
         )?;
         let discovery = discovery_document(&config, &published, &clients);
         Ok(Self {
@@ -175,11 +179,19 @@ impl AppState {
     }
 
     fn maintain_keys(&self) {
-        let result = self.key_store.maintain(self.settings.rotate_every);
         let mut last = self
             .last_maintenance_error
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // After a failure (a read-only keys dir, say), wait before trying again rather than
+        // generating keys every tick that cannot be stored.
+        if last
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < MAINTENANCE_BACKOFF)
+        {
+            return;
+        }
+        let result = self.key_store.maintain(self.settings.rotate_every);
         match result {
             Ok(done) => {
                 for event in done {
@@ -190,10 +202,10 @@ impl AppState {
             Err(err) => {
                 // Once per distinct error: a read-only keys dir would repeat it every tick.
                 let text = err.to_string();
-                if last.as_deref() != Some(&text) {
+                if last.as_ref().map(|(t, _)| t.as_str()) != Some(text.as_str()) {
                     tracing::error!(error = %text, "key maintenance failed; another replica or an operator must rotate and remove keys");
-                    *last = Some(text);
                 }
+                *last = Some((text, std::time::Instant::now()));
             }
         }
     }
@@ -233,6 +245,9 @@ impl AppState {
                     current.signer.keys().as_ref().clone(),
                     stamp,
                 ) {
+                    // No scheduled change either: only a new change to the store retries.
+                    let mut keys = keys;
+                    keys.next_change = None;
                     self.published.store(Arc::new(keys));
                 }
             }
@@ -256,6 +271,7 @@ impl AppState {
             &self.client_store,
             self.max_token_ttl,
             self.settings.hmac_secret.is_some(),
+            &self.published.load().signer,
         ) {
             Ok(registry) => {
                 tracing::info!(clients = registry.len(), "client registry reloaded");
@@ -287,8 +303,23 @@ fn load_clients(
     store: &ClientStore,
     max_ttl: Duration,
     have_secret: bool,
+    signer: &Signer,
 ) -> Result<ClientRegistry, ClientStoreError> {
     let registry = store.load()?;
+    if let Some((client, alg)) = registry
+        .clients()
+        .into_iter()
+        .filter_map(|c| c.alg.map(|alg| (c, alg)))
+        .find(|(_, alg)| *alg != SigningAlg::Hs256 && !signer.supports(*alg))
+    {
+        return Err(ClientStoreError::Invalid {
+            path: store.path(),
+            reason: format!(
+                "client {:?} uses {alg}, but no {alg} key is active",
+                client.client_id
+            ),
+        });
+    }
     if !have_secret
         && let Some(client) = registry
             .clients()

@@ -78,6 +78,11 @@ async fn issue(
     let creds = request::credentials(req.headers(), &mut form)?;
     *client_id = Some(creds.client_id.clone());
     let basic = creds.method == request::AuthMethod::Basic;
+    // An id no client can have is refused before the limiter, so junk ids (up to the body
+    // size) never take space in its tables.
+    if !crate::oauth::clients::is_valid_client_id(&creds.client_id) {
+        return Err(OAuthError::InvalidClient { basic });
+    }
     state
         .limiter
         .check(&creds.client_id, addr)

@@ -59,6 +59,9 @@ impl VerifyingKey {
             kid: jwk.kid.clone(),
             reason,
         };
+        if jwk.use_ != "sig" {
+            return Err(invalid(format!("use is \"{}\", not \"sig\"", jwk.use_)));
+        }
         let b64 = |s: &str| {
             URL_SAFE_NO_PAD
                 .decode(s)
@@ -189,21 +192,22 @@ impl KeyRing {
             let mut entry = entry.clone();
             // RFC 8725 section 3.1: the algorithm comes from the key. A key without `alg`
             // gets the only algorithm jwt-issuer verifies for its type and curve.
-            if let Some(obj) = entry.as_object_mut()
-                && !obj.contains_key("alg")
-            {
-                let inferred = match (
-                    obj.get("kty").and_then(|v| v.as_str()),
-                    obj.get("crv").and_then(|v| v.as_str()),
-                ) {
-                    (Some("EC"), Some("P-256")) => Some("ES256"),
-                    (Some("RSA"), _) => Some("RS256"),
-                    _ => None,
-                };
-                if let Some(alg) = inferred {
-                    obj.insert("alg".into(), alg.into());
-                }
+            if let Some(obj) = entry.as_object_mut() {
+                // RFC 7517: `use` is optional; a key without one may sign.
                 obj.entry("use").or_insert_with(|| "sig".into());
+                if !obj.contains_key("alg") {
+                    let inferred = match (
+                        obj.get("kty").and_then(|v| v.as_str()),
+                        obj.get("crv").and_then(|v| v.as_str()),
+                    ) {
+                        (Some("EC"), Some("P-256")) => Some("ES256"),
+                        (Some("RSA"), _) => Some("RS256"),
+                        _ => None,
+                    };
+                    if let Some(alg) = inferred {
+                        obj.insert("alg".into(), alg.into());
+                    }
+                }
             }
             if let Ok(jwk) = serde_json::from_value::<Jwk>(entry) {
                 set.keys.push(jwk);

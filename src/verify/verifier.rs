@@ -75,11 +75,7 @@ impl Validation {
             return Ok(());
         };
         let typ = typ.ok_or(VerifyError::WrongType)?;
-        let typ = typ
-            .get(..12)
-            .filter(|p| p.eq_ignore_ascii_case("application/"))
-            .map_or(typ, |_| &typ[12..]);
-        if typ.eq_ignore_ascii_case(expected) {
+        if strip_media_prefix(typ).eq_ignore_ascii_case(strip_media_prefix(expected)) {
             Ok(())
         } else {
             Err(VerifyError::WrongType)
@@ -135,6 +131,14 @@ impl Validation {
             }
         }
         Ok(())
+    }
+}
+
+/// `at+jwt` from `application/at+jwt` (RFC 7515 section 4.1.9 lets `typ` omit the prefix).
+fn strip_media_prefix(typ: &str) -> &str {
+    match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
     }
 }
 
