@@ -16,14 +16,7 @@ pub struct ClientSecret(String);
 impl ClientSecret {
     /// A new secret: 256 bits from the OS CSPRNG (through aws-lc's DRBG), base64url.
     pub fn generate() -> Self {
-        let mut bytes = [0u8; CLIENT_SECRET_BYTES];
-        // Only fails without any OS entropy source, where no key could exist either.
-        if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-            unreachable!("no system randomness");
-        }
-        let secret = Self(URL_SAFE_NO_PAD.encode(bytes));
-        bytes.zeroize();
-        secret
+        Self(random_base64url::<CLIENT_SECRET_BYTES>())
     }
 
     /// Wraps a secret received from a client.
@@ -35,6 +28,19 @@ impl ClientSecret {
     pub fn expose_secret(&self) -> &str {
         &self.0
     }
+}
+
+/// `N` bytes from aws-lc's DRBG (seeded by the OS), base64url without padding; the raw
+/// bytes are wiped. Used for client secrets and token ids.
+pub(crate) fn random_base64url<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    // Fails only without any OS entropy source, where no key could have been generated.
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        unreachable!("no system randomness");
+    }
+    let encoded = URL_SAFE_NO_PAD.encode(bytes);
+    bytes.zeroize();
+    encoded
 }
 
 impl fmt::Debug for ClientSecret {

@@ -420,13 +420,7 @@ fn encode_header(alg: SigningAlg, kid: &str, typ: TokenType) -> String {
     )
 }
 
-/// 128 random bits from aws-lc's DRBG, base64url: unique without coordination.
+/// 128 random bits, base64url: unique without coordination.
 fn new_jti() -> String {
-    let mut bytes = [0u8; 16];
-    // Filling from the system DRBG only fails if the OS has no entropy source at all,
-    // in which case no key could have been generated either.
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        unreachable!("no system randomness");
-    }
-    URL_SAFE_NO_PAD.encode(bytes)
+    crate::secret::random_base64url::<16>()
 }

@@ -247,9 +247,8 @@ impl ClientStore {
                 return Err(ClientStoreError::Duplicate(client.client_id.clone()));
             }
             clients.push(client);
-            Ok((Some(clients), Some(secret)))
+            Ok((Some(clients), secret))
         })
-        .map(|secret| secret.unwrap_or_else(|| unreachable!("add always returns the secret")))
     }
 
     /// Removes a client; its tokens stay valid until they expire.
@@ -264,9 +263,8 @@ impl ClientStore {
             if clients.len() == before {
                 return Err(ClientStoreError::Unknown(client_id.to_owned()));
             }
-            Ok((Some(clients), None))
+            Ok((Some(clients), ()))
         })
-        .map(|_| ())
     }
 
     /// Replaces a client's secret and returns the new one; the old one stops working as
@@ -283,19 +281,16 @@ impl ClientStore {
                 .ok_or_else(|| ClientStoreError::Unknown(client_id.to_owned()))?;
             let secret = ClientSecret::generate();
             client.secret_hash = hash_secret(&secret);
-            Ok((Some(clients), Some(secret)))
+            Ok((Some(clients), secret))
         })
-        .map(|secret| secret.unwrap_or_else(|| unreachable!("rotate always returns the secret")))
     }
 
-    /// Runs `change` on the current file under the lock and writes what it returns.
-    fn update(
+    /// Runs `change` on the current file under the lock, writes the client list it returns
+    /// (none: nothing to write) and passes its result on.
+    fn update<T>(
         &self,
-        change: impl FnOnce(
-            Option<RegistryFile>,
-        )
-            -> Result<(Option<Vec<Client>>, Option<ClientSecret>), ClientStoreError>,
-    ) -> Result<Option<ClientSecret>, ClientStoreError> {
+        change: impl FnOnce(Option<RegistryFile>) -> Result<(Option<Vec<Client>>, T), ClientStoreError>,
+    ) -> Result<T, ClientStoreError> {
         file::create_private_dir(&self.dir).map_err(|source| self.io(&self.dir, source))?;
         let _lock = self.lock()?;
         let current = if self.path().exists() {
@@ -303,7 +298,7 @@ impl ClientStore {
         } else {
             None
         };
-        let (clients, secret) = change(current)?;
+        let (clients, result) = change(current)?;
         if let Some(clients) = clients {
             let body = RegistryFile {
                 version: 1,
@@ -314,7 +309,7 @@ impl ClientStore {
             file::write_atomic(&self.dir, CLIENTS_FILE, &json, true)
                 .map_err(|source| self.io(&self.path(), source))?;
         }
-        Ok(secret)
+        Ok(result)
     }
 
     fn read(&self) -> Result<RegistryFile, ClientStoreError> {

@@ -240,16 +240,14 @@ impl AppState {
                 tracing::error!(error = %err, "KEY SET FAILED TO LOAD; still serving the previous key set");
                 // Remember the stamp so a broken store is not re-read every tick; any new
                 // change to it triggers a new attempt.
-                if let Ok(keys) = Published::build(
-                    &self.settings,
-                    current.signer.keys().as_ref().clone(),
-                    stamp,
-                ) {
+                self.published.store(Arc::new(Published {
+                    signer: current.signer.clone(),
+                    jwks: current.jwks.clone(),
+                    jwks_etag: current.jwks_etag.clone(),
                     // No scheduled change either: only a new change to the store retries.
-                    let mut keys = keys;
-                    keys.next_change = None;
-                    self.published.store(Arc::new(keys));
-                }
+                    next_change: None,
+                    stamp,
+                }));
             }
         }
     }
