@@ -176,12 +176,7 @@ fn each_verification_failure_is_401_invalid_token_with_its_reason() {
         "wrong audience",
     );
 
-    let (input, sig) = good.rsplit_once('.').unwrap();
-    let flipped = format!(
-        "{input}.{}{}",
-        if sig.starts_with('A') { "B" } else { "A" },
-        &sig[1..]
-    );
+    let flipped = common::flip_signature(&good);
     assert_challenge(
         &downstream.get(Some(&format!("Bearer {flipped}"))),
         401,

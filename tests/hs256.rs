@@ -3,24 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{ServeProcess, basic_auth, keys_dir_with_template, run_cli};
+use common::{ServeProcess, basic_auth, interop_dir, keys_dir_with_template, python, run_cli};
 
 const SECRET: &str = "Zq8Vn2bXl0Kk7yTf3Wc9JpR1hM5sD6eGaLuQo4iNzB8tYw";
 const OLD_SECRET: &str = "Pp3Lm9Xv2Qa7Rt5Wy8Zn1Kc4Bd6Fg0Hj2Ls5Mo7Nq9Re";
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("JWT_ISSUER_TEST_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python"),
-        PathBuf::from,
-    )
-}
 
 /// Runs an interop script with SECRET set; Ok(stdout) or Err(stderr).
 fn script(program: &Path, script: &str, secret: &str, args: &[&str]) -> Result<String, String> {

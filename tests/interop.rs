@@ -4,30 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{TestApp, basic_auth, run_cli};
+use common::{TestApp, basic_auth, flip_signature, interop_dir, python, run_cli};
 use jwt_issuer::SigningAlg;
 use jwt_issuer::oauth::NewClient;
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// The Python with PyJWT: `JWT_ISSUER_TEST_PYTHON`, else the venv `.ci/run` creates.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("JWT_ISSUER_TEST_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "PyJWT is not installed: run .ci/run (it creates {})",
-        venv.display()
-    );
-    venv
-}
 
 fn node_ready() {
     assert!(
@@ -112,14 +93,6 @@ fn issue(app: &TestApp, alg: &str, aud: &str) -> String {
     out.stdout.trim().to_owned()
 }
 
-fn tamper(token: &str) -> String {
-    // Flip one character of the signature: still base64url, no longer valid.
-    let mut bytes = token.as_bytes().to_vec();
-    let i = bytes.len() - 5;
-    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
-    String::from_utf8(bytes).unwrap()
-}
-
 #[test]
 fn pyjwt_pyjwkclient_verifies_es256_and_rs256_tokens() {
     let app = TestApp::spawn();
@@ -128,7 +101,8 @@ fn pyjwt_pyjwkclient_verifies_es256_and_rs256_tokens() {
         let claims = pyjwt(&app, "orders-api", &token).unwrap_or_else(|e| panic!("{alg}: {e}"));
         assert_eq!(claims["sub"], "svc-a");
         assert_eq!(claims["iss"], app.issuer.as_str());
-        let err = pyjwt(&app, "orders-api", &tamper(&token)).expect_err("tampered token accepted");
+        let err = pyjwt(&app, "orders-api", &flip_signature(&token))
+            .expect_err("tampered token accepted");
         assert!(err.contains("InvalidSignatureError"), "{err}");
         let err = pyjwt(&app, "billing-api", &token).expect_err("wrong audience accepted");
         assert!(err.contains("InvalidAudienceError"), "{err}");
@@ -144,7 +118,8 @@ fn node_jose_remote_jwks_verifies_es256_and_rs256_tokens() {
         assert_eq!(out["payload"]["sub"], "svc-a");
         assert_eq!(out["protectedHeader"]["alg"], alg);
         assert_eq!(out["protectedHeader"]["typ"], "JWT");
-        let err = jose(&app, "orders-api", &tamper(&token)).expect_err("tampered token accepted");
+        let err =
+            jose(&app, "orders-api", &flip_signature(&token)).expect_err("tampered token accepted");
         assert!(
             err.contains("ERR_JWS_SIGNATURE_VERIFICATION_FAILED"),
             "{err}"

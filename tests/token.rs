@@ -335,12 +335,7 @@ fn token_verify_names_the_reason_on_one_line() {
         &app.keys_dir,
         &["--issuer", &app.issuer, "--sub", "alice", "--aud", "api"],
     );
-    let (input, sig) = token.rsplit_once('.').unwrap();
-    let flipped = format!(
-        "{input}.{}{}",
-        if sig.starts_with('A') { "B" } else { "A" },
-        &sig[1..]
-    );
+    let flipped = common::flip_signature(&token);
     for (args, reason) in [
         (
             vec!["--jwks", &app.issuer, "--aud", "other", &token],

@@ -367,3 +367,30 @@ pub fn segment_json(token: &str, index: usize) -> serde_json::Value {
         .expect("base64url");
     serde_json::from_slice(&bytes).expect("JSON segment")
 }
+
+/// The token with the first character of its signature changed: still base64url (that
+/// character carries six whole bits), no longer a valid signature.
+pub fn flip_signature(token: &str) -> String {
+    let (input, sig) = token.rsplit_once('.').expect("three segments");
+    let first = if sig.starts_with('A') { "B" } else { "A" };
+    format!("{input}.{first}{}", &sig[1..])
+}
+
+/// The folder of the third-party verifier scripts (tests/interop).
+pub fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// The Python with PyJWT: `JWT_ISSUER_TEST_PYTHON`, else the venv `.ci/run` creates.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("JWT_ISSUER_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "PyJWT is not installed: run .ci/run (it creates {})",
+        venv.display()
+    );
+    venv
+}
