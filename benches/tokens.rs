@@ -11,12 +11,11 @@ use std::time::Duration;
 use actix_web::{App, test, web};
 use criterion::{Criterion, criterion_group, criterion_main};
 use jwt_issuer::keys::KeyStore;
-use jwt_issuer::oauth::{AuthLimiter, ClientStore, NewClient};
+use jwt_issuer::oauth::{ClientStore, NewClient};
 use jwt_issuer::secret::{ClientSecret, HmacSecret};
-use jwt_issuer::server::state::StateConfig;
-use jwt_issuer::server::{AppState, Metrics};
+use jwt_issuer::server::AppState;
 use jwt_issuer::verify::{KeyRing, Validation, Verifier};
-use jwt_issuer::{JwksDocument, Signer, SigningAlg, TokenRequest};
+use jwt_issuer::{Config, Issuer, JwksDocument, Signer, SignerConfig, SigningAlg, TokenRequest};
 use serde_json::Value;
 
 const ISSUER: &str = "https://issuer.example";
@@ -40,7 +39,8 @@ fn sign_and_verify(c: &mut Criterion) {
         "bench",
     )
     .unwrap();
-    let signer = Signer::with_hmac(ISSUER, SigningAlg::Es256, keys.clone(), Some(&secret)).unwrap();
+    let config = SignerConfig::new(Issuer::parse(ISSUER).unwrap());
+    let signer = Signer::new(config, keys.clone(), Some(&secret)).unwrap();
     let validation = Validation::new(ISSUER, ["orders-api"]);
     let ring = KeyRing::from_jwk_set(&keys.jwk_set()).0;
     let secrets = KeyRing::from_secrets([&secret]);
@@ -108,8 +108,7 @@ fn jwks_and_thumbprint(c: &mut Criterion) {
 
 fn token_endpoint(c: &mut Criterion) {
     let tmp = tempfile::TempDir::new().unwrap();
-    let store = KeyStore::new(tmp.path());
-    let (keys, _) = store.load_or_init().unwrap();
+    let (keys, _) = KeyStore::new(tmp.path()).load_or_init().unwrap();
     let secret = ClientStore::new(tmp.path())
         .add(NewClient {
             client_id: "svc".into(),
@@ -126,20 +125,11 @@ fn token_endpoint(c: &mut Criterion) {
     );
     let rt = actix_web::rt::System::new();
     let app = rt.block_on(async {
-        let state = AppState::new(
-            store,
-            keys,
-            StateConfig {
-                issuer: ISSUER.into(),
-                alg: SigningAlg::Es256,
-                rotate_every: None,
-                token_ttl: Duration::from_secs(900),
-                hmac_secret: None,
-            },
-            AuthLimiter::default(),
-            Metrics::new().unwrap(),
-        )
-        .unwrap();
+        let config = Config {
+            keys_dir: tmp.path().to_owned(),
+            ..Config::default()
+        };
+        let state = AppState::from_config(&config, Issuer::parse(ISSUER).unwrap(), keys).unwrap();
         test::init_service(
             App::new()
                 .app_data(web::Data::new(state))

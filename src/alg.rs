@@ -44,15 +44,6 @@ impl SigningAlg {
             Self::Hs256 => "HS256",
         }
     }
-
-    /// The jsonwebtoken algorithm with the same meaning, for verification.
-    pub fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
-        match self {
-            Self::Es256 => jsonwebtoken::Algorithm::ES256,
-            Self::Rs256 => jsonwebtoken::Algorithm::RS256,
-            Self::Hs256 => jsonwebtoken::Algorithm::HS256,
-        }
-    }
 }
 
 impl fmt::Display for SigningAlg {

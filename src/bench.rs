@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::keys::{KeyStore, KeyStoreError};
 use crate::secret::{ClientSecret, HmacSecret};
 use crate::verify::{KeyRing, Validation, Verifier};
-use crate::{SignError, Signer, SigningAlg, TokenRequest};
+use crate::{InvalidIssuer, Issuer, SignError, Signer, SignerConfig, SigningAlg, TokenRequest};
 
 /// One algorithm's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +50,7 @@ pub struct BenchReport {
 
 /// Why the benchmark could not run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BenchError {
     /// Key generation in the temporary store failed.
     #[error(transparent)]
@@ -57,6 +58,9 @@ pub enum BenchError {
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// The benchmark's issuer is not a URL (a bug).
+    #[error(transparent)]
+    Issuer(#[from] InvalidIssuer),
     /// A benchmark token did not verify (a bug, reported rather than measured).
     #[error("benchmark token for {0} did not verify: {1}")]
     Verify(String, String),
@@ -93,7 +97,11 @@ pub fn run(seconds: f64) -> Result<BenchReport, BenchError> {
             store.generate(alg, bits)?;
         }
         let keys = Arc::new(store.load()?);
-        let signer = Signer::with_hmac(ISSUER, alg, keys.clone(), Some(&secret))?;
+        let config = SignerConfig {
+            default_alg: alg,
+            ..SignerConfig::new(Issuer::parse(ISSUER)?)
+        };
+        let signer = Signer::new(config, keys.clone(), Some(&secret))?;
         let ring = if alg.is_asymmetric() {
             KeyRing::from_jwk_set(&keys.jwk_set()).0
         } else {

@@ -100,6 +100,7 @@ impl Jwk {
     }
 
     /// A jsonwebtoken decoding key for this public key.
+    #[cfg(feature = "issuer")]
     ///
     /// # Errors
     /// When the parameters are not valid base64url.
@@ -122,38 +123,6 @@ impl JwkSet {
     /// The key with this `kid`, if published.
     pub fn find(&self, kid: &str) -> Option<&Jwk> {
         self.keys.iter().find(|k| k.kid == kid)
-    }
-}
-
-/// A JWKS serialized once, with its strong ETag, ready to be served as is.
-#[derive(Debug, Clone)]
-pub struct JwksDocument {
-    body: actix_web::web::Bytes,
-    etag: String,
-}
-
-impl JwksDocument {
-    /// Serializes `set` and derives the ETag from the bytes, so the tag changes exactly
-    /// when the published key set does.
-    pub fn new(set: &JwkSet) -> Self {
-        // Serializing these types cannot fail: every field is a string or a unit enum.
-        let body = serde_json::to_vec(set).unwrap_or_else(|_| b"{\"keys\":[]}".to_vec());
-        let hash = digest::digest(&digest::SHA256, &body);
-        let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&hash.as_ref()[..16]));
-        Self {
-            body: body.into(),
-            etag,
-        }
-    }
-
-    /// The JSON bytes.
-    pub fn body(&self) -> &actix_web::web::Bytes {
-        &self.body
-    }
-
-    /// The quoted strong entity tag.
-    pub fn etag(&self) -> &str {
-        &self.etag
     }
 }
 
@@ -204,26 +173,5 @@ mod tests {
         assert_eq!(v["use"], "sig");
         let back: Jwk = serde_json::from_value(v).unwrap();
         assert_eq!(back, jwk);
-    }
-
-    #[test]
-    fn etag_follows_the_key_set() {
-        let a = JwkSet {
-            keys: vec![Jwk::new(
-                PublicKeyParams::p256(&[1; 32], &[2; 32]),
-                SigningAlg::Es256,
-            )],
-        };
-        let b = JwkSet {
-            keys: vec![Jwk::new(
-                PublicKeyParams::p256(&[3; 32], &[2; 32]),
-                SigningAlg::Es256,
-            )],
-        };
-        assert_eq!(
-            JwksDocument::new(&a).etag(),
-            JwksDocument::new(&a.clone()).etag()
-        );
-        assert_ne!(JwksDocument::new(&a).etag(), JwksDocument::new(&b).etag());
     }
 }

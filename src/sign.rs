@@ -9,15 +9,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::keys::{KeySet, SignatureFailed, SigningKey};
 use crate::secret::HmacSecret;
 use crate::time::unix_now;
-use crate::{KeySet, SigningAlg, SigningKey};
+use crate::ttl::{TOKEN_TTL_CEILING, TtlOutOfRange, check_ttl};
+use crate::{Issuer, SigningAlg};
 
 /// Registered claims the signer sets itself; extra claims may not use these names.
 pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"];
-
-/// The longest token lifetime the signer accepts (default and upper bound of `--ttl`).
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The `typ` header of a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,7 +44,7 @@ pub struct TokenRequest {
     pub sub: String,
     /// `aud`: one audience is written as a string, several as an array, none omits the claim.
     pub aud: Vec<String>,
-    /// Lifetime: `exp` = `iat` + `ttl`, between 1 s and [`MAX_TOKEN_TTL`].
+    /// Lifetime: `exp` = `iat` + `ttl`, between 1 s and the signer's maximum.
     pub ttl: Duration,
     /// Signing algorithm; `None` uses the signer's default.
     pub alg: Option<SigningAlg>,
@@ -88,9 +87,10 @@ pub struct IssuedToken {
 
 /// Why a token was not issued.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SignError {
     /// No key signs with the requested algorithm.
-    #[error("no {0} key is loaded; generate one with `jwt-issuer keys generate --alg {0}`")]
+    #[error("no {0} key is active")]
     NoActiveKey(SigningAlg),
     /// An extra claim that would override a registered one.
     #[error("claim '{0}' is set by the issuer and cannot be overridden")]
@@ -101,17 +101,16 @@ pub enum SignError {
     /// An `aud` entry is empty.
     #[error("aud must not be empty")]
     EmptyAudience,
-    /// Lifetime out of range.
-    #[error("ttl {} is out of range (1s to {})", humantime::format_duration(*.0), humantime::format_duration(MAX_TOKEN_TTL))]
-    InvalidTtl(Duration),
-    /// The issuer is not an http(s) URL.
-    #[error("issuer '{0}' must be an http:// or https:// URL without query or fragment")]
-    InvalidIssuer(String),
+    /// Lifetime outside 1 s to the signer's maximum.
+    #[error(transparent)]
+    InvalidTtl(#[from] TtlOutOfRange),
     /// The signing backend failed.
     #[error("signing with key {kid} failed")]
     Backend {
         /// The key.
         kid: String,
+        /// What the backend said.
+        source: SignatureFailed,
     },
     /// A key's signature did not verify through its own public JWK at start.
     #[error("self-check failed for key {kid}: {reason}")]
@@ -123,21 +122,45 @@ pub enum SignError {
     },
 }
 
+/// What a signer is configured with.
+#[derive(Debug, Clone)]
+pub struct SignerConfig {
+    /// The `iss` of every token.
+    pub issuer: Issuer,
+    /// The algorithm of requests that name none (default ES256).
+    pub default_alg: SigningAlg,
+    /// The longest lifetime the signer issues (default and ceiling: 24 h). Key retention
+    /// assumes no token lives longer, so the signer itself refuses longer ones, whatever
+    /// grant asked.
+    pub max_ttl: Duration,
+}
+
+impl SignerConfig {
+    /// Defaults for `issuer`: ES256, tokens of at most 24 h.
+    pub fn new(issuer: Issuer) -> Self {
+        Self {
+            issuer,
+            default_alg: SigningAlg::Es256,
+            max_ttl: TOKEN_TTL_CEILING,
+        }
+    }
+}
+
 /// Issues tokens for one issuer from a loaded key set.
 ///
 /// ```no_run
 /// use std::{sync::Arc, time::Duration};
-/// use jwt_issuer::{KeyStore, Signer, SigningAlg, TokenRequest};
+/// use jwt_issuer::{Issuer, KeyStore, Signer, SignerConfig, TokenRequest};
 /// let (keys, _) = KeyStore::new("keys").load_or_init()?;
-/// let signer = Signer::new("https://issuer.example", SigningAlg::Es256, Arc::new(keys))?;
+/// let config = SignerConfig::new(Issuer::parse("https://issuer.example")?);
+/// let signer = Signer::new(config, Arc::new(keys), None)?;
 /// let token = signer.issue(&TokenRequest::new("alice", Duration::from_secs(3600)))?;
 /// println!("{}", token.token);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct Signer {
-    issuer: String,
-    default_alg: SigningAlg,
+    config: SignerConfig,
     keys: Arc<KeySet>,
     hmac: Option<HmacKey>,
     /// (kid, typ, base64url header) of every key that signs: a handful, searched linearly.
@@ -154,8 +177,7 @@ struct HmacKey {
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Signer")
-            .field("issuer", &self.issuer)
-            .field("default_alg", &self.default_alg)
+            .field("config", &self.config)
             .field("keys", &self.keys)
             .field("hmac_kid", &self.hmac.as_ref().map(|h| &h.kid))
             .finish()
@@ -183,7 +205,7 @@ impl SignWith<'_> {
         }
     }
 
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, aws_lc_rs::error::Unspecified> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
         match self {
             Self::Key(k) => k.sign(message),
             Self::Hmac(h) => Ok(aws_lc_rs::hmac::sign(&h.key, message).as_ref().to_vec()),
@@ -192,36 +214,20 @@ impl SignWith<'_> {
 }
 
 impl Signer {
-    /// A signer for `issuer`, signing with `default_alg` unless a request says otherwise.
+    /// A signer with `config` over `keys`, also signing HS256 with `secret` when given
+    /// (for `alg` HS256 requests, or by default when the default algorithm is HS256).
     ///
     /// Signs one token with every loaded key and verifies it through the key's published
     /// JWK with jsonwebtoken, so a broken build or a key whose JWK does not match fails
     /// here, at start, and not on the first request.
     ///
     /// # Errors
-    /// Invalid issuer, no key for `default_alg`, or a failed self-check.
+    /// No key for the default algorithm, or a failed self-check.
     pub fn new(
-        issuer: impl Into<String>,
-        default_alg: SigningAlg,
-        keys: Arc<KeySet>,
-    ) -> Result<Self, SignError> {
-        Self::with_hmac(issuer, default_alg, keys, None)
-    }
-
-    /// As [`Signer::new`], also signing HS256 with `secret` (for `alg` HS256 requests, or by
-    /// default when `default_alg` is HS256).
-    ///
-    /// # Errors
-    /// As [`Signer::new`]; HS256 as default without a secret is [`SignError::NoActiveKey`].
-    pub fn with_hmac(
-        issuer: impl Into<String>,
-        default_alg: SigningAlg,
+        config: SignerConfig,
         keys: Arc<KeySet>,
         secret: Option<&HmacSecret>,
     ) -> Result<Self, SignError> {
-        let issuer = issuer.into();
-        crate::config::check_issuer(&issuer)
-            .map_err(|_| SignError::InvalidIssuer(issuer.clone()))?;
         let hmac = secret.map(|s| HmacKey {
             kid: s.kid().to_owned(),
             key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, s.expose_secret()),
@@ -245,25 +251,29 @@ impl Signer {
             })
             .collect();
         let signer = Self {
-            issuer,
-            default_alg,
+            config,
             keys,
             hmac,
             headers,
         };
-        signer.key_for(default_alg)?;
+        signer.key_for(signer.config.default_alg)?;
         signer.self_check(secret)?;
         Ok(signer)
     }
 
     /// The `iss` of every token.
-    pub fn issuer(&self) -> &str {
-        &self.issuer
+    pub fn issuer(&self) -> &Issuer {
+        &self.config.issuer
     }
 
     /// The algorithm used when a request names none.
     pub fn default_alg(&self) -> SigningAlg {
-        self.default_alg
+        self.config.default_alg
+    }
+
+    /// The longest lifetime this signer issues.
+    pub fn max_ttl(&self) -> Duration {
+        self.config.max_ttl
     }
 
     /// The keys this signer uses.
@@ -276,7 +286,7 @@ impl Signer {
     /// # Errors
     /// See [`SignError`]: bad request fields, no key, backend failure.
     pub fn issue(&self, request: &TokenRequest) -> Result<IssuedToken, SignError> {
-        let alg = request.alg.unwrap_or(self.default_alg);
+        let alg = request.alg.unwrap_or(self.config.default_alg);
         self.issue_with(&self.key_for(alg)?, request)
     }
 
@@ -304,9 +314,7 @@ impl Signer {
         if request.aud.iter().any(String::is_empty) {
             return Err(SignError::EmptyAudience);
         }
-        if request.ttl < Duration::from_secs(1) || request.ttl > MAX_TOKEN_TTL {
-            return Err(SignError::InvalidTtl(request.ttl));
-        }
+        check_ttl(request.ttl, self.config.max_ttl)?;
         if let Some(name) = REGISTERED_CLAIMS
             .iter()
             .find(|n| request.extra.contains_key(**n))
@@ -316,7 +324,7 @@ impl Signer {
         let now = unix_now();
         let jti = new_jti();
         let claims = Claims {
-            iss: &self.issuer,
+            iss: self.config.issuer.as_str(),
             sub: &request.sub,
             aud: match request.aud.as_slice() {
                 [] => None,
@@ -344,9 +352,12 @@ impl Signer {
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
         let (issued_at, expires_at) = (claims.iat, claims.exp);
-        let signature = key.sign(token.as_bytes()).map_err(|_| SignError::Backend {
-            kid: key.kid().to_owned(),
-        })?;
+        let signature = key
+            .sign(token.as_bytes())
+            .map_err(|source| SignError::Backend {
+                kid: key.kid().to_owned(),
+                source,
+            })?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
         Ok(IssuedToken {
@@ -364,7 +375,7 @@ impl Signer {
         if let (Some(hmac), Some(secret)) = (&self.hmac, secret) {
             let issued = self.issue_with(&SignWith::Hmac(hmac), &probe)?;
             let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-            validation.set_issuer(&[&self.issuer]);
+            validation.set_issuer(&[self.config.issuer.as_str()]);
             validation.validate_aud = false;
             let decoding = jsonwebtoken::DecodingKey::from_secret(secret.expose_secret());
             jsonwebtoken::decode::<Value>(&issued.token, &decoding, &validation).map_err(|e| {
@@ -381,8 +392,8 @@ impl Signer {
             };
             let issued = self.issue_with(&SignWith::Key(key), &probe)?;
             let decoding = key.jwk().decoding_key().map_err(|e| fail(e.to_string()))?;
-            let mut validation = jsonwebtoken::Validation::new(key.alg().to_jsonwebtoken());
-            validation.set_issuer(&[&self.issuer]);
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken_alg(key.alg()));
+            validation.set_issuer(&[self.config.issuer.as_str()]);
             validation.validate_aud = false;
             jsonwebtoken::decode::<Value>(&issued.token, &decoding, &validation)
                 .map_err(|e| fail(e.to_string()))?;
@@ -418,6 +429,15 @@ fn encode_header(alg: SigningAlg, kid: &str, typ: TokenType) -> String {
         r#"{{"alg":"{alg}","kid":"{kid}","typ":"{}"}}"#,
         typ.as_str()
     )
+}
+
+/// The jsonwebtoken algorithm with the same meaning, for the self-check.
+fn jsonwebtoken_alg(alg: SigningAlg) -> jsonwebtoken::Algorithm {
+    match alg {
+        SigningAlg::Es256 => jsonwebtoken::Algorithm::ES256,
+        SigningAlg::Rs256 => jsonwebtoken::Algorithm::RS256,
+        SigningAlg::Hs256 => jsonwebtoken::Algorithm::HS256,
+    }
 }
 
 /// 128 random bits, base64url: unique without coordination.

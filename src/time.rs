@@ -15,6 +15,7 @@ pub(crate) fn unix_seconds(t: SystemTime) -> u64 {
 }
 
 /// A time as milliseconds since the Unix epoch.
+#[cfg(feature = "issuer")]
 pub(crate) fn unix_millis(t: SystemTime) -> u64 {
     u64::try_from(
         t.duration_since(UNIX_EPOCH)
@@ -22,4 +23,10 @@ pub(crate) fn unix_millis(t: SystemTime) -> u64 {
             .as_millis(),
     )
     .unwrap_or(u64::MAX)
+}
+
+/// Now, in milliseconds since the Unix epoch.
+#[cfg(feature = "issuer")]
+pub(crate) fn now_ms() -> u64 {
+    unix_millis(SystemTime::now())
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::SigningAlg;
+use crate::ttl::TOKEN_TTL_CEILING;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
@@ -29,17 +30,21 @@ pub struct RotationPolicy {
 impl Default for RotationPolicy {
     fn default() -> Self {
         Self {
-            jwks_max_age: crate::config::DEFAULT_JWKS_MAX_AGE,
-            max_token_ttl: crate::sign::MAX_TOKEN_TTL,
-            leeway: DEFAULT_LEEWAY,
+            jwks_max_age: Self::DEFAULT_JWKS_MAX_AGE,
+            max_token_ttl: TOKEN_TTL_CEILING,
+            leeway: Self::DEFAULT_LEEWAY,
         }
     }
 }
 
-/// Default slack on every lifecycle wait.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
-
 impl RotationPolicy {
+    /// Default JWKS `Cache-Control: max-age` (5 min).
+    pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+    /// Longest JWKS max-age accepted: a day is already long for verifiers to miss a new key.
+    pub const MAX_JWKS_MAX_AGE: Duration = Duration::from_secs(86_400);
+    /// Default slack on every lifecycle wait (60 s).
+    pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+
     /// How long a key is published before it may sign: every cache that could hold the
     /// key set from before its publication has expired by then.
     pub fn activation_delay(&self) -> Duration {
@@ -158,15 +163,43 @@ pub struct Manifest {
     pub keys: Vec<KeyRecord>,
 }
 
-/// A refused or partial lifecycle step, explained.
+/// What [`Manifest::maintenance`] decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Some retired key is past its time.
+    pub sweep: bool,
+    /// Algorithms with an active key and no next key: publish one.
+    pub publish_next: Vec<SigningAlg>,
+    /// Algorithms due for an automatic rotation.
+    pub rotate: Vec<SigningAlg>,
+}
+
+impl Maintenance {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        !self.sweep && self.publish_next.is_empty() && self.rotate.is_empty()
+    }
+
+    /// The algorithms that need a freshly created key.
+    pub fn needs_key(&self) -> Vec<SigningAlg> {
+        self.publish_next
+            .iter()
+            .chain(&self.rotate)
+            .copied()
+            .collect()
+    }
+}
+
+/// A refused or partial lifecycle step, explained (what to do next is the caller's to say).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LifecycleError {
     /// No active key to rotate away from.
-    #[error("no active {0} key to rotate; generate or import one first")]
+    #[error("no active {0} key to rotate")]
     NoActiveKey(SigningAlg),
     /// No next key was published; one has been now.
     #[error(
-        "no next {alg} key was published, so nothing could take over without breaking cached JWKS; published {kid} now. Options: run `jwt-issuer keys rotate --alg {alg}` again after {signs_from} (the JWKS max-age plus leeway); or `keys rotate --now` to switch at once (verifiers that do not know the new key yet fetch it on their unknown-kid refetch; the old key stays published as retired); after a key compromise, `keys revoke KID` removes a key from the JWKS at once"
+        "no next {alg} key was published, so nothing could take over without breaking cached JWKS; published {kid} now, it may sign from {signs_from} (the JWKS max-age plus leeway)"
     )]
     PublishedNext {
         /// The algorithm.
@@ -178,7 +211,7 @@ pub enum LifecycleError {
     },
     /// The next key is too young.
     #[error(
-        "next {alg} key {kid} has been published for {published_for} but may sign only after {wait} (the JWKS max-age plus leeway), at {signs_from}. Options: run `jwt-issuer keys rotate --alg {alg}` again then; or `keys rotate --now` to switch at once (verifiers that do not know the new key yet fetch it on their unknown-kid refetch; the old key stays published as retired); after a key compromise, `keys revoke KID` removes a key from the JWKS at once"
+        "next {alg} key {kid} has been published for {published_for} but may sign only after {wait} (the JWKS max-age plus leeway), at {signs_from}"
     )]
     NextTooYoung {
         /// The algorithm.
@@ -211,6 +244,44 @@ pub struct Rotated {
 }
 
 impl Manifest {
+    /// The manifest format this code reads and writes.
+    pub const VERSION: u32 = 1;
+
+    /// Parses a stored manifest and checks what the types cannot: the version, and at most
+    /// one active key per algorithm.
+    ///
+    /// # Errors
+    /// What is wrong, in one line.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if manifest.version != Self::VERSION {
+            return Err(format!("unsupported version {}", manifest.version));
+        }
+        for alg in SigningAlg::ASYMMETRIC {
+            let active = manifest
+                .keys
+                .iter()
+                .filter(|k| k.alg == alg && k.state == KeyState::Active)
+                .count();
+            if active > 1 {
+                return Err(format!("more than one active {alg} key"));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The stored form: pretty JSON with a final newline, at [`Manifest::VERSION`].
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut json = serde_json::to_vec_pretty(&Manifest {
+            version: Self::VERSION,
+            keys: self.keys.clone(),
+        })
+        // Strings, numbers and enums always serialize.
+        .unwrap_or_default();
+        json.push(b'\n');
+        json
+    }
+
     /// The active key of `alg`.
     pub fn active(&self, alg: SigningAlg) -> Option<&KeyRecord> {
         self.keys
@@ -375,35 +446,81 @@ impl Manifest {
         removed
     }
 
-    /// Algorithms due for an automatic rotation at `now`: the active key has signed for
-    /// `every` and a next key is old enough.
-    pub fn due_for_rotation(
+    /// What the periodic duties of a server must do at `now`: remove retired keys past
+    /// their time and, with `rotate_every`, publish missing next keys and rotate the
+    /// algorithms that are due (the active key has signed for `every` and a next key is
+    /// old enough). A pure decision: [`Manifest::apply_maintenance`] carries it out.
+    pub fn maintenance(
         &self,
         now: Millis,
-        every: Duration,
+        rotate_every: Option<Duration>,
         policy: &RotationPolicy,
-    ) -> Vec<SigningAlg> {
-        SigningAlg::ASYMMETRIC
-            .into_iter()
-            .filter(|&alg| {
-                let Some(active) = self.active(alg) else {
-                    return false;
-                };
-                let since = active.activated.unwrap_or(active.published);
-                let next_ready = self
-                    .oldest_next(alg)
-                    .is_some_and(|n| now >= n.signs_from(policy));
-                now >= since + millis(every) && next_ready
-            })
-            .collect()
+    ) -> Maintenance {
+        let sweep = self
+            .keys
+            .iter()
+            .any(|k| k.state == KeyState::Retired && !k.is_published(now));
+        let Some(every) = rotate_every else {
+            return Maintenance {
+                sweep,
+                ..Maintenance::default()
+            };
+        };
+        let mut publish_next = Vec::new();
+        let mut rotate = Vec::new();
+        for alg in SigningAlg::ASYMMETRIC {
+            let Some(active) = self.active(alg) else {
+                continue;
+            };
+            match self.oldest_next(alg) {
+                None => publish_next.push(alg),
+                Some(next) => {
+                    let since = active.activated.unwrap_or(active.published);
+                    if now >= since + millis(every) && now >= next.signs_from(policy) {
+                        rotate.push(alg);
+                    }
+                }
+            }
+        }
+        Maintenance {
+            sweep,
+            publish_next,
+            rotate,
+        }
     }
 
-    /// Algorithms with an active key but no next key (automatic rotation publishes one).
-    pub fn missing_next(&self) -> Vec<SigningAlg> {
-        SigningAlg::ASYMMETRIC
+    /// Carries out [`Manifest::maintenance`] as decided at `now` on this manifest, with
+    /// `fresh` keys (alg, kid) for the algorithms that need one; a fresh key whose
+    /// algorithm needs none is left out. Returns what was done, for the log.
+    pub fn apply_maintenance(
+        &mut self,
+        now: Millis,
+        rotate_every: Option<Duration>,
+        policy: &RotationPolicy,
+        fresh: &[(SigningAlg, String)],
+    ) -> Vec<String> {
+        let plan = self.maintenance(now, rotate_every, policy);
+        let mut done: Vec<String> = self
+            .sweep(now)
             .into_iter()
-            .filter(|&alg| self.active(alg).is_some() && self.oldest_next(alg).is_none())
-            .collect()
+            .map(|kid| format!("removed retired key {kid}"))
+            .collect();
+        for (alg, kid) in fresh {
+            if plan.publish_next.contains(alg) {
+                self.keys
+                    .push(KeyRecord::new(kid.clone(), *alg, KeyState::Next, now));
+                done.push(format!("published next {alg} key {kid}"));
+            } else if plan.rotate.contains(alg) {
+                match self.rotate(*alg, now, false, kid.clone(), policy) {
+                    Ok(r) => done.push(format!(
+                        "rotated {alg}: {} signs, {} retired, next {kid}",
+                        r.activated, r.retired
+                    )),
+                    Err(e) => done.push(format!("rotation of {alg} skipped: {e}")),
+                }
+            }
+        }
+        done
     }
 
     /// The next time the published set changes by itself (a retired key leaving), or an
@@ -588,14 +705,67 @@ mod tests {
         let p = policy();
         let mut m = store();
         let every = Duration::from_secs(86_400);
-        assert_eq!(m.missing_next(), [SigningAlg::Es256]);
+        let plan = m.maintenance(0, Some(every), &p);
+        assert_eq!(plan.publish_next, [SigningAlg::Es256]);
+        assert!(
+            m.maintenance(0, None, &p).is_empty(),
+            "manual rotation only"
+        );
         m.add("n1".into(), SigningAlg::Es256, 0);
-        assert!(m.due_for_rotation(86_399 * S, every, &p).is_empty());
+        assert!(m.maintenance(86_399 * S, Some(every), &p).is_empty());
         assert_eq!(
-            m.due_for_rotation(86_400 * S, every, &p),
+            m.maintenance(86_400 * S, Some(every), &p).rotate,
             [SigningAlg::Es256]
         );
         assert_eq!(m.next_change(0, Some(every)), Some(86_400 * S));
+    }
+
+    #[test]
+    fn maintenance_rotates_with_the_fresh_key_and_sweeps_retired_ones() {
+        let p = policy();
+        let mut m = store();
+        let every = Duration::from_secs(86_400);
+        m.add("n1".into(), SigningAlg::Es256, 0);
+        let at = 86_400 * S;
+        let plan = m.maintenance(at, Some(every), &p);
+        assert_eq!(plan.needs_key(), [SigningAlg::Es256]);
+        let done = m.apply_maintenance(
+            at,
+            Some(every),
+            &p,
+            &[
+                (SigningAlg::Es256, "n2".into()),
+                (SigningAlg::Rs256, "unused".into()),
+            ],
+        );
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(m.active(SigningAlg::Es256).unwrap().kid, "n1");
+        assert_eq!(m.oldest_next(SigningAlg::Es256).unwrap().kid, "n2");
+        assert!(
+            m.get("unused").is_none(),
+            "a key nobody needs is not recorded"
+        );
+        let gone = m.get("a1").unwrap().remove_after.unwrap();
+        assert!(m.maintenance(gone, None, &p).sweep);
+        let done = m.apply_maintenance(gone, None, &p, &[]);
+        assert_eq!(done, ["removed retired key a1"]);
+        assert!(m.maintenance(gone, None, &p).is_empty());
+    }
+
+    #[test]
+    fn stored_manifests_are_checked_beyond_their_types() {
+        let mut m = store();
+        assert_eq!(Manifest::from_json(&m.to_json()).unwrap().keys, m.keys);
+        m.keys.push(KeyRecord::new(
+            "a2".into(),
+            SigningAlg::Es256,
+            KeyState::Active,
+            0,
+        ));
+        let err = Manifest::from_json(&m.to_json()).unwrap_err();
+        assert!(err.contains("more than one active ES256"), "{err}");
+        let err = Manifest::from_json(br#"{"version":2,"keys":[]}"#).unwrap_err();
+        assert!(err.contains("unsupported version 2"), "{err}");
     }
 
     #[test]

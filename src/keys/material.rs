@@ -2,7 +2,6 @@
 //! signing key that lives for the life of the process.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
@@ -160,24 +159,16 @@ impl PrivateKey {
         Ok(key)
     }
 
-    /// A fresh key from the OS CSPRNG: P-256 for ES256, RSA of `rsa_bits` for RS256.
+    /// A fresh key from the OS CSPRNG: P-256 for ES256, RSA of `rsa_bits` for RS256 (the
+    /// caller checked the size and the algorithm).
     pub(crate) fn generate(alg: SigningAlg, rsa_bits: usize) -> Result<Self, String> {
         let mut rng = rand_core::OsRng;
         match alg {
+            SigningAlg::Rs256 => rsa::RsaPrivateKey::new(&mut rng, rsa_bits)
+                .map_err(|e| e.to_string())
+                .map(Self::Rsa),
             SigningAlg::Es256 => Ok(Self::P256(p256::SecretKey::random(&mut rng))),
-            SigningAlg::Rs256 => {
-                if !RSA_GENERATE_BITS.contains(&rsa_bits) {
-                    return Err(format!(
-                        "RSA keys are generated with 2048, 3072 or 4096 bits, not {rsa_bits}"
-                    ));
-                }
-                rsa::RsaPrivateKey::new(&mut rng, rsa_bits)
-                    .map_err(|e| e.to_string())
-                    .map(Self::Rsa)
-            }
-            SigningAlg::Hs256 => Err(
-                "HS256 signs with the shared secret from JWT_SECRET or JWT_SECRET_FILE, not with a stored key".to_owned(),
-            ),
+            SigningAlg::Hs256 => Err("HS256 has no stored key".to_owned()),
         }
     }
 
@@ -237,7 +228,7 @@ impl PrivateKey {
         Ok(())
     }
 
-    fn public_params(&self) -> PublicKeyParams {
+    pub(crate) fn public_params(&self) -> PublicKeyParams {
         match self {
             Self::Rsa(k) => PublicKeyParams::rsa(&k.n().to_bytes_be(), &k.e().to_bytes_be()),
             Self::P256(k) => {
@@ -252,19 +243,49 @@ impl PrivateKey {
     }
 }
 
-/// A key ready to sign: the backend key pair parsed once, its public JWK and its metadata.
-pub struct SigningKey {
-    jwk: Jwk,
-    file: PathBuf,
-    pair: KeyPair,
+/// The private half of a signing key, wherever it lives: an in-process aws-lc key pair
+/// today, a key object in an HSM or a cloud KMS behind the same trait tomorrow. It signs a
+/// JWS signing input and returns the raw JWS signature of its algorithm; it never hands
+/// out key material.
+pub trait SignatureBackend: Send + Sync {
+    /// The raw JWS signature over `message`: PKCS#1 v1.5 for RS256, the 64-byte r||s form
+    /// of RFC 7518 section 3.4 for ES256.
+    ///
+    /// # Errors
+    /// [`SignatureFailed`] when the backend cannot sign now (a token logged out, a KMS
+    /// down); the caller refuses the token, it never falls back to another key.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed>;
 }
 
-enum KeyPair {
-    Rsa(RsaKeyPair),
-    Ec(EcdsaKeyPair),
+/// A signature backend that could not sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the signing backend failed: {0}")]
+pub struct SignatureFailed(pub String);
+
+/// A key ready to sign: "something that signs with alg X and has public JWK Y", plus
+/// where it is kept (a file path, a PKCS#11 URI).
+pub struct SigningKey {
+    jwk: Jwk,
+    location: String,
+    backend: Box<dyn SignatureBackend>,
 }
 
 impl SigningKey {
+    /// A key from its public JWK and the backend that holds its private half. The
+    /// signer's self-check (sign, then verify through the JWK) proves the two belong
+    /// together before the key is used.
+    pub fn from_backend(
+        jwk: Jwk,
+        location: impl Into<String>,
+        backend: Box<dyn SignatureBackend>,
+    ) -> Self {
+        Self {
+            jwk,
+            location: location.into(),
+            backend,
+        }
+    }
+
     /// The key id (RFC 7638 thumbprint).
     pub fn kid(&self) -> &str {
         &self.jwk.kid
@@ -280,38 +301,36 @@ impl SigningKey {
         &self.jwk
     }
 
-    /// The PEM file this key was loaded from.
-    pub fn file(&self) -> &std::path::Path {
-        &self.file
+    /// Where the private half is kept: the PEM file of the keys dir.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// RSA modulus size in bits, `None` for EC keys.
     pub fn rsa_bits(&self) -> Option<usize> {
-        match &self.pair {
-            KeyPair::Rsa(p) => Some(p.public_modulus_len() * 8),
-            KeyPair::Ec(_) => None,
+        match &self.jwk.params {
+            PublicKeyParams::Rsa { n, .. } => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(n)
+                    .ok()?;
+                let leading = bytes.first().map_or(0, |b| b.leading_zeros() as usize);
+                Some(bytes.len() * 8 - leading)
+            }
+            PublicKeyParams::Ec { .. } => None,
         }
     }
 
-    /// Signs `message` (the JWS signing input) and returns the raw JWS signature:
-    /// PKCS#1 v1.5 for RS256, the 64-byte r||s form of RFC 7518 section 3.4 for ES256.
+    /// Signs `message` (the JWS signing input) and returns the raw JWS signature.
     ///
     /// # Errors
-    /// Only if the backend fails internally, which a loaded key does not do in practice.
-    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, aws_lc_rs::error::Unspecified> {
-        // aws-lc-rs ignores the rng argument and draws from its own DRBG.
-        let rng = SystemRandom::new();
-        match &self.pair {
-            KeyPair::Rsa(pair) => {
-                let mut sig = vec![0; pair.public_modulus_len()];
-                pair.sign(&RSA_PKCS1_SHA256, &rng, message, &mut sig)?;
-                Ok(sig)
-            }
-            KeyPair::Ec(pair) => Ok(pair.sign(&rng, message)?.as_ref().to_vec()),
-        }
+    /// [`SignatureFailed`] when the backend fails.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
+        self.backend.sign(message)
     }
 
-    pub(crate) fn new(key: &PrivateKey, file: PathBuf) -> Result<Self, KeyFormatError> {
+    /// An in-process key pair parsed once from `key`.
+    pub(crate) fn in_process(key: &PrivateKey, location: String) -> Result<Self, KeyFormatError> {
         let der = match key {
             PrivateKey::Rsa(k) => k.to_pkcs8_der(),
             PrivateKey::P256(k) => k.to_pkcs8_der(),
@@ -328,24 +347,46 @@ impl SigningKey {
             ),
         };
         // The JWK comes from the rsa/p256 view of the key and the signature from aws-lc;
-        // the signer's self-check (sign, then verify through the JWK) proves they agree.
-        let params = key.public_params();
-        Ok(Self {
-            jwk: Jwk::new(params, key.alg()),
-            file,
-            pair,
-        })
+        // the signer's self-check proves they agree.
+        Ok(Self::from_backend(
+            Jwk::new(key.public_params(), key.alg()),
+            location,
+            Box::new(pair),
+        ))
     }
 }
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the private half: kid, alg and file are all an operator needs to see.
+        // Never the private half: kid, alg and location are all an operator needs to see.
         f.debug_struct("SigningKey")
             .field("kid", &self.jwk.kid)
             .field("alg", &self.jwk.alg)
-            .field("file", &self.file)
+            .field("location", &self.location)
             .finish_non_exhaustive()
+    }
+}
+
+/// The in-process backend: an aws-lc key pair, parsed once.
+enum KeyPair {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+}
+
+impl SignatureBackend for KeyPair {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
+        // aws-lc-rs ignores the rng argument and draws from its own DRBG.
+        let rng = SystemRandom::new();
+        let failed = |_| SignatureFailed("aws-lc refused to sign".to_owned());
+        match self {
+            Self::Rsa(pair) => {
+                let mut sig = vec![0; pair.public_modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &rng, message, &mut sig)
+                    .map_err(failed)?;
+                Ok(sig)
+            }
+            Self::Ec(pair) => Ok(pair.sign(&rng, message).map_err(failed)?.as_ref().to_vec()),
+        }
     }
 }
 

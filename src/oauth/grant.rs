@@ -1,13 +1,101 @@
-//! Grant rules of the client credentials grant: which scopes and which audience a client
-//! gets, given what it asked for and what it is registered with.
+//! Grant types as a table of handlers ([`GrantHandler`]), and the rules of the client
+//! credentials grant (RFC 6749 section 4.4): which scopes and which audience a client gets,
+//! given what it asked for and what it is registered with.
 
 use std::time::Duration;
 
+use serde_json::{Map, Value};
+
 use super::OAuthError;
 use super::clients::{Client, is_scope_token};
-use crate::SigningAlg;
+use super::request::Form;
+use crate::sign::{TokenRequest, TokenType};
+use crate::{Issuer, SigningAlg};
 
-/// What a token request is granted.
+/// What every grant needs besides the client and the request.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantContext<'a> {
+    /// The issuer (the audience of clients registered without one).
+    pub issuer: &'a Issuer,
+    /// Lifetime of tokens for clients without their own.
+    pub default_ttl: Duration,
+}
+
+/// A token to sign, and the scope to report in the response.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    /// What the signer puts in the token.
+    pub request: TokenRequest,
+    /// The granted scopes, space-separated (empty: none).
+    pub scope: String,
+}
+
+/// One grant type of the token endpoint.
+pub trait GrantHandler: Send + Sync {
+    /// The `grant_type` value, as discovery lists it.
+    fn grant_type(&self) -> &'static str;
+
+    /// What an authenticated `client` gets for the request's parameters.
+    ///
+    /// # Errors
+    /// The RFC 6749 section 5.2 error that refuses the request.
+    fn grant(
+        &self,
+        context: GrantContext<'_>,
+        client: &Client,
+        form: &Form,
+    ) -> Result<Granted, OAuthError>;
+}
+
+/// `client_credentials` (RFC 6749 section 4.4): a JWT access token (RFC 9068) about the
+/// client itself.
+#[derive(Debug, Default)]
+pub struct ClientCredentials;
+
+impl GrantHandler for ClientCredentials {
+    fn grant_type(&self) -> &'static str {
+        "client_credentials"
+    }
+
+    fn grant(
+        &self,
+        context: GrantContext<'_>,
+        client: &Client,
+        form: &Form,
+    ) -> Result<Granted, OAuthError> {
+        let requested = Requested {
+            scope: form.get("scope"),
+            audience: form.get("audience"),
+            resource: form.get("resource"),
+        };
+        let grant = resolve(
+            client,
+            requested,
+            context.issuer.as_str(),
+            context.default_ttl,
+        )?;
+        let scope = grant.scopes.join(" ");
+        // RFC 9068 section 2.2: client_id always, scope when any was granted.
+        let mut extra = Map::new();
+        extra.insert("client_id".into(), Value::String(client.client_id.clone()));
+        if !scope.is_empty() {
+            extra.insert("scope".into(), Value::String(scope.clone()));
+        }
+        Ok(Granted {
+            request: TokenRequest {
+                sub: client.client_id.clone(),
+                aud: vec![grant.audience],
+                ttl: grant.ttl,
+                alg: grant.alg,
+                typ: TokenType::AccessToken,
+                extra,
+            },
+            scope,
+        })
+    }
+}
+
+/// What a client credentials request is granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// Granted scopes, in request order (or registration order by default), no duplicates.
@@ -101,7 +189,9 @@ mod tests {
     fn client(scopes: &[&str], audiences: &[&str]) -> Client {
         Client {
             client_id: "svc".into(),
-            secret_hash: String::new(),
+            credential: super::super::clients::Credential::Secret {
+                secret_hash: String::new(),
+            },
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             audiences: audiences.iter().map(|s| s.to_string()).collect(),
             alg: None,

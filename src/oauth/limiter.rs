@@ -12,14 +12,30 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Default failures allowed per window for one client id.
-pub const DEFAULT_MAX_FAILURES: u32 = 10;
 /// The address limit, as a multiple of the client id limit.
 pub const ADDR_LIMIT_FACTOR: u32 = 5;
-/// Default window.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
-/// Default entries per table (client ids, addresses).
-pub const DEFAULT_CAPACITY: usize = 10_000;
+
+/// The brute-force limits' settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// Failed authentications allowed per window for one client id; an address gets
+    /// [`ADDR_LIMIT_FACTOR`] times as many (default 10, at least 1).
+    pub max_failures: u32,
+    /// The window; a locked id or address waits until it ends (default 60 s, not zero).
+    pub window: Duration,
+    /// Entries per table, client ids and addresses (default 10,000).
+    pub capacity: usize,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            max_failures: 10,
+            window: Duration::from_secs(60),
+            capacity: 10_000,
+        }
+    }
+}
 
 /// Counts failed authentications per client id and per address.
 #[derive(Debug)]
@@ -44,16 +60,16 @@ struct Window {
 }
 
 impl AuthLimiter {
-    /// A limiter allowing `max_failures` per `window` per client id and
-    /// [`ADDR_LIMIT_FACTOR`] times as many per address, each table bounded to `capacity`
-    /// entries.
-    pub fn new(max_failures: u32, window: Duration, capacity: usize) -> Self {
-        let max_failures = max_failures.max(1);
+    /// A limiter allowing `limits.max_failures` per window per client id and
+    /// [`ADDR_LIMIT_FACTOR`] times as many per address, each table bounded to
+    /// `limits.capacity` entries.
+    pub fn new(limits: AuthLimits) -> Self {
+        let max_failures = limits.max_failures.max(1);
         Self {
             max_failures,
             max_addr_failures: max_failures.saturating_mul(ADDR_LIMIT_FACTOR),
-            window,
-            capacity: capacity.max(1),
+            window: limits.window,
+            capacity: limits.capacity.max(1),
             tables: Mutex::new(Tables::default()),
         }
     }
@@ -132,7 +148,7 @@ impl AuthLimiter {
 
 impl Default for AuthLimiter {
     fn default() -> Self {
-        Self::new(DEFAULT_MAX_FAILURES, DEFAULT_WINDOW, DEFAULT_CAPACITY)
+        Self::new(AuthLimits::default())
     }
 }
 
@@ -145,7 +161,11 @@ mod tests {
 
     #[test]
     fn locks_an_id_after_max_failures_and_not_others() {
-        let limiter = AuthLimiter::new(3, Duration::from_secs(60), 100);
+        let limiter = AuthLimiter::new(AuthLimits {
+            max_failures: 3,
+            window: Duration::from_secs(60),
+            capacity: 100,
+        });
         for _ in 0..3 {
             assert!(limiter.check("victim", B).is_ok());
             limiter.record_failure("victim", None);
@@ -157,7 +177,11 @@ mod tests {
 
     #[test]
     fn locks_an_address_across_ids_at_a_higher_limit() {
-        let limiter = AuthLimiter::new(3, Duration::from_secs(60), 100);
+        let limiter = AuthLimiter::new(AuthLimits {
+            max_failures: 3,
+            window: Duration::from_secs(60),
+            capacity: 100,
+        });
         for i in 0..3 * ADDR_LIMIT_FACTOR {
             assert!(limiter.check("fresh-id", A).is_ok(), "locked after {i}");
             limiter.record_failure(&format!("guess-{i}"), A);
@@ -168,7 +192,11 @@ mod tests {
 
     #[test]
     fn lock_ends_with_the_window() {
-        let limiter = AuthLimiter::new(1, Duration::from_millis(50), 100);
+        let limiter = AuthLimiter::new(AuthLimits {
+            max_failures: 1,
+            window: Duration::from_millis(50),
+            capacity: 100,
+        });
         limiter.record_failure("x", A);
         assert!(limiter.check("x", A).is_err());
         std::thread::sleep(Duration::from_millis(60));
@@ -177,7 +205,11 @@ mod tests {
 
     #[test]
     fn memory_is_bounded() {
-        let limiter = AuthLimiter::new(3, Duration::from_secs(60), 50);
+        let limiter = AuthLimiter::new(AuthLimits {
+            max_failures: 3,
+            window: Duration::from_secs(60),
+            capacity: 50,
+        });
         for i in 0..1000u32 {
             let addr = IpAddr::V4(std::net::Ipv4Addr::from(i));
             limiter.record_failure(&format!("id-{i}"), Some(addr));

@@ -1,8 +1,10 @@
-//! OAuth 2.0 client credentials (RFC 6749 section 4.4): the client registry, token request
-//! parsing, grant rules, brute-force limits, and [`OAuthError`], the one place errors
-//! become HTTP.
+//! OAuth 2.0 at the token endpoint: [`TokenEndpoint`] coordinates a request (grant
+//! handlers by `grant_type`, client authentication methods, brute-force limits, grant
+//! rules); the client registry; and [`OAuthError`], the one place its errors become HTTP.
 
+pub mod auth;
 pub mod clients;
+pub mod endpoint;
 pub mod grant;
 pub mod limiter;
 pub mod request;
@@ -15,11 +17,16 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::error_body::ErrorBody;
 
-pub use clients::{Client, ClientRegistry, ClientStore, ClientStoreError, NewClient};
-pub use limiter::AuthLimiter;
+pub use clients::{
+    Client, ClientBackend, ClientRegistry, ClientStore, ClientStoreError, ClientsFile, Credential,
+    NewClient, Proof,
+};
+pub use endpoint::{DEFAULT_TOKEN_TTL, Issued, TokenCall, TokenEndpoint};
+pub use limiter::{AuthLimiter, AuthLimits};
 
 /// A refused token request, as RFC 6749 section 5.2 names it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OAuthError {
     /// Missing, repeated or malformed parameter, wrong content type, two auth methods.
     #[error("{0}")]
@@ -30,8 +37,8 @@ pub enum OAuthError {
         /// Basic was used: answer with `WWW-Authenticate: Basic`.
         basic: bool,
     },
-    /// A grant type other than client_credentials.
-    #[error("grant_type '{0}' is not supported; use client_credentials")]
+    /// A grant type the endpoint has no handler for.
+    #[error("grant_type '{0}' is not supported")]
     UnsupportedGrantType(String),
     /// A scope the client may not have.
     #[error("{0}")]

@@ -4,7 +4,6 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, web};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use super::AppState;
 use crate::KeySet;
 
 /// The service's counters, in a registry of their own (one per server, so several servers
@@ -108,8 +107,8 @@ impl Metrics {
 }
 
 /// `GET /metrics`: Prometheus text exposition format 0.0.4.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"))
-        .body(state.metrics.render())
+        .body(metrics.render())
 }

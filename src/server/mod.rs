@@ -4,6 +4,7 @@
 pub mod discovery;
 pub mod error;
 pub mod jwks;
+pub mod metadata;
 pub mod metrics;
 pub mod state;
 pub mod token;
@@ -17,13 +18,13 @@ use actix_web::http::header;
 use actix_web::web;
 use actix_web::{App, HttpResponse, HttpServer};
 
-pub use discovery::{JWKS_PATH, TOKEN_PATH};
+pub use metadata::{JWKS_PATH, Metadata, TOKEN_PATH};
 pub use metrics::Metrics;
 
 pub use state::{AppState, Published};
 
-use crate::oauth::{AuthLimiter, ClientStoreError};
-use crate::{Config, KeySet, KeyStore, SignError};
+use crate::oauth::ClientStoreError;
+use crate::{Config, InvalidIssuer, Issuer, KeySet, SignError};
 
 /// How often a running server checks the keys dir and the client registry for changes,
 /// and does key maintenance.
@@ -31,18 +32,22 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
-    /// The signer refused the keys or the issuer (includes the start-up self-check).
+    /// The signer refused the keys (includes the start-up self-check).
     #[error(transparent)]
     Signer(#[from] SignError),
+    /// The bound address makes no issuer URL.
+    #[error(transparent)]
+    Issuer(#[from] InvalidIssuer),
     /// The listener could not be used.
-    #[error("cannot listen: {0}")]
+    #[error("cannot listen")]
     Listen(#[from] io::Error),
     /// The client registry could not be loaded.
-    #[error("cannot load clients: {0}")]
+    #[error("cannot load clients")]
     Clients(#[from] ClientStoreError),
     /// Metrics registration failed.
-    #[error("cannot register metrics: {0}")]
+    #[error("cannot register metrics")]
     Metrics(#[from] prometheus::Error),
 }
 
@@ -50,7 +55,7 @@ pub enum ServerError {
 pub struct Application {
     server: Server,
     addr: SocketAddr,
-    issuer: String,
+    issuer: Issuer,
 }
 
 impl Application {
@@ -65,26 +70,8 @@ impl Application {
         keys: KeySet,
     ) -> Result<Self, ServerError> {
         let addr = listener.local_addr()?;
-        let issuer = config.issuer_for(addr);
-        let metrics = Metrics::new()?;
-        let key_store = KeyStore::new(&config.keys_dir).with_policy(config.policy());
-        let state = web::Data::new(AppState::new(
-            key_store,
-            keys,
-            state::StateConfig {
-                issuer: issuer.clone(),
-                alg: config.alg,
-                rotate_every: config.rotate_every,
-                token_ttl: config.token_ttl,
-                hmac_secret: config.hmac_secret.clone(),
-            },
-            AuthLimiter::new(
-                config.auth_max_failures,
-                config.auth_failure_window,
-                crate::oauth::limiter::DEFAULT_CAPACITY,
-            ),
-            metrics,
-        )?);
+        let issuer = config.issuer_for(Some(addr))?;
+        let state = web::Data::new(AppState::from_config(config, issuer.clone(), keys)?);
         let background = state.clone();
         // Installed now, before the server is reported ready: a SIGHUP that arrives
         // earlier than the first tick must reload, not kill the process.
@@ -107,6 +94,7 @@ impl Application {
             let metrics = state.metrics.clone();
             App::new()
                 .app_data(state.clone())
+                .app_data(web::Data::new(metrics.clone()))
                 .wrap_fn(move |req, srv| {
                     let fut = srv.call(req);
                     let metrics = metrics.clone();
@@ -144,7 +132,7 @@ impl Application {
     }
 
     /// The issuer, as in tokens and discovery.
-    pub fn issuer(&self) -> &str {
+    pub fn issuer(&self) -> &Issuer {
         &self.issuer
     }
 

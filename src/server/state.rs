@@ -10,12 +10,15 @@ use actix_web::http::header::HeaderValue;
 use actix_web::web::Bytes;
 use arc_swap::ArcSwap;
 
-use super::{Metrics, discovery};
-use crate::keys::file::FileStamp;
+use super::Metrics;
+use super::metadata::Metadata;
 use crate::keys::{KeyStore, Millis};
-use crate::oauth::{AuthLimiter, ClientRegistry, ClientStore, ClientStoreError};
+use crate::oauth::{ClientRegistry, ClientStore, ClientStoreError, TokenEndpoint};
+use crate::report::Report;
 use crate::secret::HmacSecret;
-use crate::{JwksDocument, KeySet, SignError, Signer, SigningAlg};
+use crate::store::StoreVersion;
+use crate::ttl::check_ttl;
+use crate::{Config, Issuer, JwksDocument, KeySet, SignError, Signer, SignerConfig, SigningAlg};
 
 /// How long key maintenance waits after a failure before trying again.
 pub const MAINTENANCE_BACKOFF: Duration = Duration::from_secs(60);
@@ -30,19 +33,18 @@ pub struct Published {
     pub jwks_etag: HeaderValue,
     /// When the set changes by itself next (a retired key leaving, a scheduled rotation).
     pub next_change: Option<Millis>,
-    stamp: Option<FileStamp>,
+    version: Option<StoreVersion>,
 }
 
 impl Published {
     fn build(
         settings: &StateConfig,
         keys: KeySet,
-        stamp: Option<FileStamp>,
+        version: Option<StoreVersion>,
     ) -> Result<Self, SignError> {
         let next_change = keys.next_change(settings.rotate_every);
-        let signer = Signer::with_hmac(
-            &settings.issuer,
-            settings.alg,
+        let signer = Signer::new(
+            settings.signer.clone(),
             Arc::new(keys),
             settings.hmac_secret.as_ref(),
         )?;
@@ -55,7 +57,7 @@ impl Published {
             jwks,
             jwks_etag,
             next_change,
-            stamp,
+            version,
         })
     }
 }
@@ -79,31 +81,51 @@ pub struct AppState {
     pub clients: ArcSwap<ClientRegistry>,
     /// Where the registry comes from.
     pub client_store: ClientStore,
-    client_stamp: Mutex<Option<FileStamp>>,
-    /// Failed-authentication limits.
-    pub limiter: AuthLimiter,
-    /// Lifetime of access tokens for clients without their own.
-    pub token_ttl: Duration,
-    /// The longest token lifetime; clients may not exceed it.
-    pub max_token_ttl: Duration,
+    client_version: Mutex<Option<StoreVersion>>,
+    /// The token endpoint: grants, client authentication, brute-force limits.
+    pub token_endpoint: TokenEndpoint,
     last_maintenance_error: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 /// Everything [`AppState::new`] needs besides the loaded keys.
 pub struct StateConfig {
-    /// The issuer.
-    pub issuer: String,
-    /// Default algorithm.
-    pub alg: SigningAlg,
+    /// Issuer, default algorithm and maximum token lifetime of every snapshot's signer.
+    pub signer: SignerConfig,
     /// Automatic rotation period.
     pub rotate_every: Option<Duration>,
-    /// Default token lifetime.
-    pub token_ttl: Duration,
     /// The HS256 secret (JWT_SECRET / JWT_SECRET_FILE), if configured.
     pub hmac_secret: Option<HmacSecret>,
 }
 
 impl AppState {
+    /// The state of a server with `config` and `issuer`, over the keys dir and client
+    /// registry the config names, starting from `keys`.
+    ///
+    /// # Errors
+    /// As [`AppState::new`].
+    pub fn from_config(
+        config: &Config,
+        issuer: Issuer,
+        keys: KeySet,
+    ) -> Result<Self, super::ServerError> {
+        Self::new(
+            KeyStore::with_policy(&config.keys_dir, config.policy),
+            keys,
+            ClientStore::new(&config.keys_dir),
+            StateConfig {
+                signer: SignerConfig {
+                    issuer,
+                    default_alg: config.alg,
+                    max_ttl: config.policy.max_token_ttl,
+                },
+                rotate_every: config.rotate_every,
+                hmac_secret: config.hmac_secret.clone(),
+            },
+            TokenEndpoint::new(config.token_ttl, config.auth_limits),
+            Metrics::new()?,
+        )
+    }
+
     /// Prepares the first snapshot from `keys` and loads the client registry.
     ///
     /// # Errors
@@ -111,23 +133,22 @@ impl AppState {
     pub fn new(
         key_store: KeyStore,
         keys: KeySet,
+        client_store: ClientStore,
         config: StateConfig,
-        limiter: AuthLimiter,
+        token_endpoint: TokenEndpoint,
         metrics: Metrics,
     ) -> Result<Self, super::ServerError> {
-        let stamp = key_store.stamp();
-        let published = Published::build(&config, keys, stamp)?;
+        let version = key_store.version();
+        let published = Published::build(&config, keys, version)?;
         metrics.set_keys(published.signer.keys());
-        let client_store = ClientStore::new(key_store.dir());
-        let client_stamp = client_store.stamp();
+        let client_version = client_store.version();
         let policy = *key_store.policy();
         let clients = load_clients(
             &client_store,
-            policy.max_token_ttl,
             config.hmac_secret.is_some(),
             &published.signer,
         )?;
-        let discovery = discovery_document(&config, &published, &clients);
+        let discovery = discovery_document(&config, &token_endpoint, &published, &clients);
         Ok(Self {
             published: ArcSwap::from_pointee(published),
             jwks_max_age: policy.jwks_max_age,
@@ -136,15 +157,13 @@ impl AppState {
                 policy.jwks_max_age.as_secs()
             ))
             .unwrap_or_else(|_| HeaderValue::from_static("no-cache")),
-            max_token_ttl: policy.max_token_ttl,
             key_store,
             discovery: ArcSwap::from_pointee(discovery),
             metrics,
             clients: ArcSwap::from_pointee(clients),
             client_store,
-            client_stamp: Mutex::new(client_stamp),
-            token_ttl: config.token_ttl,
-            limiter,
+            client_version: Mutex::new(client_version),
+            token_endpoint,
             settings: config,
             last_maintenance_error: Mutex::new(None),
         })
@@ -156,7 +175,7 @@ impl AppState {
     pub fn jwks_cache_control(&self, published: &Published) -> HeaderValue {
         let max_age = self.jwks_max_age.as_secs();
         let left = published.next_change.map(|change| {
-            let now = crate::time::unix_millis(std::time::SystemTime::now());
+            let now = crate::time::now_ms();
             change.saturating_sub(now) / 1000
         });
         match left {
@@ -201,7 +220,7 @@ impl AppState {
             }
             Err(err) => {
                 // Once per distinct error: a read-only keys dir would repeat it every tick.
-                let text = err.to_string();
+                let text = Report(&err).to_string();
                 if last.as_ref().map(|(t, _)| t.as_str()) != Some(text.as_str()) {
                     tracing::error!(error = %text, "key maintenance failed; another replica or an operator must rotate and remove keys");
                 }
@@ -213,18 +232,19 @@ impl AppState {
     /// Reloads the key set when the manifest changed or a scheduled change is due.
     pub fn reload_keys(&self, force: bool) {
         let current = self.published.load();
-        let stamp = self.key_store.stamp();
-        let now = crate::time::unix_millis(std::time::SystemTime::now());
+        let version = self.key_store.version();
+        let now = crate::time::now_ms();
         let due = current.next_change.is_some_and(|t| now >= t);
-        if !force && !due && stamp == current.stamp {
+        if !force && !due && version == current.version {
             return;
         }
         let built = self
             .key_store
             .load()
-            .map_err(|e| e.to_string())
+            .map_err(|e| Report(&e).to_string())
             .and_then(|keys| {
-                Published::build(&self.settings, keys, stamp).map_err(|e| e.to_string())
+                Published::build(&self.settings, keys, version.clone())
+                    .map_err(|e| Report(&e).to_string())
             });
         match built {
             Ok(next) => {
@@ -246,28 +266,35 @@ impl AppState {
                     jwks_etag: current.jwks_etag.clone(),
                     // No scheduled change either: only a new change to the store retries.
                     next_change: None,
-                    stamp,
+                    version,
                 }));
             }
         }
     }
 
     fn refresh_discovery(&self) {
-        let doc = discovery_document(&self.settings, &self.published.load(), &self.clients.load());
+        let doc = discovery_document(
+            &self.settings,
+            &self.token_endpoint,
+            &self.published.load(),
+            &self.clients.load(),
+        );
         self.discovery.store(Arc::new(doc));
     }
 
     /// Reloads the client registry if its file changed.
     pub fn reload_clients(&self, force: bool) {
-        let stamp = self.client_store.stamp();
-        let mut last = self.client_stamp.lock().unwrap_or_else(|p| p.into_inner());
-        if !force && stamp == *last {
+        let version = self.client_store.version();
+        let mut last = self
+            .client_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !force && version == *last {
             return;
         }
-        *last = stamp;
+        *last = version;
         match load_clients(
             &self.client_store,
-            self.max_token_ttl,
             self.settings.hmac_secret.is_some(),
             &self.published.load().signer,
         ) {
@@ -277,7 +304,7 @@ impl AppState {
                 self.refresh_discovery();
             }
             Err(err) => {
-                tracing::error!(error = %err, "client registry failed to load; keeping the previous one");
+                tracing::error!(error = %Report(&err), "client registry failed to load; keeping the previous one");
             }
         }
     }
@@ -287,19 +314,21 @@ impl AppState {
 /// HS256 only when the default algorithm or some client uses it.
 fn discovery_document(
     settings: &StateConfig,
+    endpoint: &TokenEndpoint,
     published: &Published,
     clients: &ClientRegistry,
 ) -> Bytes {
     let mut algs = published.signer.keys().algorithms();
-    if settings.alg == SigningAlg::Hs256 || clients.algorithms().contains(&SigningAlg::Hs256) {
+    if settings.signer.default_alg == SigningAlg::Hs256
+        || clients.algorithms().contains(&SigningAlg::Hs256)
+    {
         algs.push(SigningAlg::Hs256);
     }
-    discovery::Metadata::new(&settings.issuer, algs).to_bytes()
+    Metadata::new(&settings.signer.issuer, algs, endpoint).to_bytes()
 }
 
 fn load_clients(
     store: &ClientStore,
-    max_ttl: Duration,
     have_secret: bool,
     signer: &Signer,
 ) -> Result<ClientRegistry, ClientStoreError> {
@@ -311,7 +340,7 @@ fn load_clients(
         .find(|(_, alg)| *alg != SigningAlg::Hs256 && !signer.supports(*alg))
     {
         return Err(ClientStoreError::Invalid {
-            path: store.path(),
+            path: store.describe().into(),
             reason: format!(
                 "client {:?} uses {alg}, but no {alg} key is active",
                 client.client_id
@@ -325,26 +354,26 @@ fn load_clients(
             .find(|c| c.alg == Some(SigningAlg::Hs256))
     {
         return Err(ClientStoreError::Invalid {
-            path: store.path(),
+            path: store.describe().into(),
             reason: format!(
                 "client {:?} uses HS256 but no JWT_SECRET or JWT_SECRET_FILE is set",
                 client.client_id
             ),
         });
     }
-    if let Some(client) = registry
-        .clients()
-        .into_iter()
-        .find(|c| c.ttl_secs.is_some_and(|t| t > max_ttl.as_secs()))
-    {
-        return Err(ClientStoreError::Invalid {
-            path: store.path(),
-            reason: format!(
-                "client {:?} has a token ttl longer than --max-token-ttl ({}s)",
-                client.client_id,
-                max_ttl.as_secs()
-            ),
-        });
+    for client in registry.clients() {
+        if let Some(ttl) = client.ttl_secs {
+            check_ttl(Duration::from_secs(ttl), signer.max_ttl()).map_err(|e| {
+                ClientStoreError::Invalid {
+                    path: store.describe().into(),
+                    reason: format!(
+                        "client {:?} has a token ttl longer than max_token_ttl ({}s)",
+                        client.client_id,
+                        e.max.as_secs()
+                    ),
+                }
+            })?;
+        }
     }
     Ok(registry)
 }

@@ -6,7 +6,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{KeyRing, VerifyError, VerifyingKey};
+use super::{KeyRing, KeySetError, VerifyError, VerifyingKey};
 
 /// How a [`JwksCache`] fetches and keeps keys.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ struct State {
     ring: Option<Arc<KeyRing>>,
     fresh_until: Option<Instant>,
     last_attempt: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<KeySetError>,
 }
 
 impl JwksCache {
@@ -72,7 +72,7 @@ impl JwksCache {
             .timeout(options.timeout)
             .user_agent(concat!("jwt-issuer/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| VerifyError::KeySetUnavailable(e.to_string()))?;
+            .map_err(|e| VerifyError::KeySetUnavailable(KeySetError::Client(e.to_string())))?;
         Ok(Self {
             jwks_uri: jwks_uri.into(),
             client,
@@ -92,7 +92,7 @@ impl JwksCache {
         let unavailable = VerifyError::KeySetUnavailable;
         let probe = Self::new("", options)?;
         let base = issuer.trim_end_matches('/');
-        let mut last_error = String::new();
+        let mut last_error = KeySetError::NotFetched;
         for path in [
             "/.well-known/openid-configuration",
             "/.well-known/oauth-authorization-server",
@@ -100,17 +100,24 @@ impl JwksCache {
             let url = format!("{base}{path}");
             match probe.get_limited(&url).await {
                 Ok((body, _)) => {
+                    let invalid = |reason: String| {
+                        unavailable(KeySetError::Invalid {
+                            url: url.clone(),
+                            reason,
+                        })
+                    };
                     let doc: serde_json::Value = serde_json::from_slice(&body)
-                        .map_err(|e| unavailable(format!("{url}: not JSON: {e}")))?;
+                        .map_err(|e| invalid(format!("not JSON: {e}")))?;
                     if doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer) {
-                        return Err(unavailable(format!(
-                            "{url}: issuer does not match {issuer}"
-                        )));
+                        return Err(unavailable(KeySetError::IssuerMismatch {
+                            url,
+                            expected: issuer.to_owned(),
+                        }));
                     }
                     let jwks_uri = doc
                         .get("jwks_uri")
                         .and_then(|v| v.as_str())
-                        .ok_or_else(|| unavailable(format!("{url}: no jwks_uri")))?;
+                        .ok_or_else(|| invalid("no jwks_uri".into()))?;
                     return Ok(Self {
                         jwks_uri: jwks_uri.to_owned(),
                         ..probe
@@ -159,9 +166,7 @@ impl JwksCache {
         match &st.ring {
             Some(ring) => ring.get(kid).cloned().ok_or(VerifyError::UnknownKey),
             None => Err(VerifyError::KeySetUnavailable(
-                st.last_error
-                    .clone()
-                    .unwrap_or_else(|| "not fetched yet".into()),
+                st.last_error.clone().unwrap_or(KeySetError::NotFetched),
             )),
         }
     }
@@ -190,11 +195,15 @@ impl JwksCache {
         }
     }
 
-    async fn fetch_ring(&self) -> Result<(KeyRing, Duration), String> {
+    async fn fetch_ring(&self) -> Result<(KeyRing, Duration), KeySetError> {
         let (body, max_age) = self.get_limited(&self.jwks_uri).await?;
-        let ring = KeyRing::from_json(&body).map_err(|e| format!("{}: {e}", self.jwks_uri))?;
+        let invalid = |reason: String| KeySetError::Invalid {
+            url: self.jwks_uri.clone(),
+            reason,
+        };
+        let ring = KeyRing::from_json(&body).map_err(|e| invalid(e.to_string()))?;
         if ring.is_empty() {
-            return Err(format!("{}: no usable signing key", self.jwks_uri));
+            return Err(invalid("no usable signing key".into()));
         }
         let o = &self.options;
         let max_age = max_age
@@ -204,19 +213,33 @@ impl JwksCache {
     }
 
     /// GET with the size limit; returns the body and the response's max-age.
-    async fn get_limited(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), String> {
+    async fn get_limited(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), KeySetError> {
         let limit = self.options.max_response_bytes;
-        let mut res = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
+        let failed = |e: reqwest::Error| {
+            if e.is_timeout() {
+                KeySetError::Timeout {
+                    url: url.to_owned(),
+                }
+            } else {
+                KeySetError::Unreachable {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let too_large = || KeySetError::TooLarge {
+            url: url.to_owned(),
+            limit,
+        };
+        let mut res = self.client.get(url).send().await.map_err(failed)?;
         if !res.status().is_success() {
-            return Err(format!("{url}: HTTP {}", res.status().as_u16()));
+            return Err(KeySetError::Status {
+                url: url.to_owned(),
+                status: res.status().as_u16(),
+            });
         }
         if res.content_length().is_some_and(|len| len > limit as u64) {
-            return Err(format!("{url}: response larger than {limit} bytes"));
+            return Err(too_large());
         }
         let max_age = res
             .headers()
@@ -224,9 +247,9 @@ impl JwksCache {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_max_age);
         let mut body = Vec::new();
-        while let Some(chunk) = res.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        while let Some(chunk) = res.chunk().await.map_err(failed)? {
             if body.len() + chunk.len() > limit {
-                return Err(format!("{url}: response larger than {limit} bytes"));
+                return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rsa::pkcs1::der::Encode;
 
 use crate::SigningAlg;
 use crate::jwks::{Jwk, JwkSet, PublicKeyParams};
@@ -252,11 +251,63 @@ impl KeyRing {
     }
 }
 
-/// DER RSAPublicKey (RFC 8017 appendix A.1.1), the form aws-lc parses.
+/// DER RSAPublicKey (RFC 8017 appendix A.1.1), the form aws-lc parses: a SEQUENCE of two
+/// INTEGERs. Written out here so the verifier needs no RSA crate.
 fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Result<Vec<u8>, String> {
-    let key = rsa::pkcs1::RsaPublicKey {
-        modulus: rsa::pkcs1::UintRef::new(n).map_err(|e| e.to_string())?,
-        public_exponent: rsa::pkcs1::UintRef::new(e).map_err(|e| e.to_string())?,
-    };
-    key.to_der().map_err(|e| e.to_string())
+    let mut body = der_uint(n).ok_or("empty or zero modulus")?;
+    body.extend(der_uint(e).ok_or("empty or zero exponent")?);
+    let mut der = vec![0x30];
+    der_len(body.len(), &mut der);
+    der.extend(body);
+    Ok(der)
+}
+
+/// A DER INTEGER of an unsigned big-endian value: minimal, with a 0x00 in front when
+/// the top bit is set (DER integers are signed). `None` for zero.
+fn der_uint(value: &[u8]) -> Option<Vec<u8>> {
+    let first = value.iter().position(|&b| b != 0)?;
+    let digits = &value[first..];
+    let pad = usize::from(digits[0] & 0x80 != 0);
+    let mut out = vec![0x02];
+    der_len(digits.len() + pad, &mut out);
+    out.extend(std::iter::repeat_n(0, pad));
+    out.extend_from_slice(digits);
+    Some(out)
+}
+
+/// A DER length: short form below 128, else the long form with its byte count.
+fn der_len(len: usize, out: &mut Vec<u8>) {
+    if len < 0x80 {
+        // Checked: below 128.
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let first = bytes
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len() - 1);
+    // At most 8 length bytes: 0x80 | 8 fits.
+    out.push(0x80 | (bytes.len() - first) as u8);
+    out.extend_from_slice(&bytes[first..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsa_public_key_der_is_minimal_and_unsigned() {
+        // RFC 8017 A.1.1 by hand: SEQUENCE { INTEGER 0x00C301, INTEGER 65537 }.
+        let der = rsa_public_key_der(&[0, 0xC3, 0x01], &[1, 0, 1]).unwrap();
+        assert_eq!(
+            der,
+            [
+                0x30, 0x0A, 0x02, 0x03, 0x00, 0xC3, 0x01, 0x02, 0x03, 1, 0, 1
+            ]
+        );
+        assert!(rsa_public_key_der(&[0, 0], &[3]).is_err());
+        let long = rsa_public_key_der(&[0x7F; 256], &[3]).unwrap();
+        assert_eq!(&long[..8], [0x30, 0x82, 0x01, 0x07, 0x02, 0x82, 0x01, 0x00]);
+    }
 }

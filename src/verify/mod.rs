@@ -12,11 +12,13 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "actix")]
 mod extractor;
 mod jwks_cache;
 mod key;
 mod verifier;
 
+#[cfg(feature = "actix")]
 pub use extractor::{BearerClaims, BearerError};
 pub use jwks_cache::{JwksCache, JwksCacheOptions};
 pub use key::{KeyRejected, KeyRing, VerifyingKey};
@@ -24,6 +26,7 @@ pub use verifier::{Validation, Verifier};
 
 /// Why a token was not accepted. Each variant is one fact a service can log and answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// Larger than the configured limit; refused before any parsing.
     #[error("token is larger than {0} bytes")]
@@ -64,7 +67,67 @@ pub enum VerifyError {
     /// The claims do not fit the caller's type.
     #[error("claims do not match the expected shape: {0}")]
     ClaimsShape(String),
-    /// The key set could not be fetched and no earlier copy is known.
-    #[error("signing keys unavailable: {0}")]
-    KeySetUnavailable(String),
+    /// The key set could not be had and no earlier copy is known; the source says why.
+    #[error("signing keys unavailable")]
+    KeySetUnavailable(#[source] KeySetError),
+}
+
+/// Why a key set could not be fetched or read: one fact per variant, so a service can tell
+/// a down issuer from a hostile answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeySetError {
+    /// No fetch has been made yet (none was due).
+    #[error("not fetched yet")]
+    NotFetched,
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    /// No answer within the timeout.
+    #[error("{url}: timed out")]
+    Timeout {
+        /// The URL.
+        url: String,
+    },
+    /// No answer at all: connection refused, name not found, TLS failure.
+    #[error("{url}: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// What the HTTP client said.
+        reason: String,
+    },
+    /// An answer other than 2xx.
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// An answer over the size limit.
+    #[error("{url}: response larger than {limit} bytes")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// An answer that is not what was asked for: not JSON, not a JWKS, no usable key, a
+    /// discovery document without `jwks_uri`.
+    #[error("{url}: {reason}")]
+    Invalid {
+        /// The URL or file.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A discovery document for another issuer (RFC 8414 section 3.3).
+    #[error("{url}: issuer does not match {expected}")]
+    IssuerMismatch {
+        /// The document's URL.
+        url: String,
+        /// The issuer asked for.
+        expected: String,
+    },
 }

@@ -1,4 +1,5 @@
-//! Disk primitives of the key store: the private directory, atomic writes, mode checks.
+//! Disk primitives of the file-backed stores (keys dir, client registry): the private
+//! directory, atomic writes, mode checks, the advisory lock, change stamps.
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Write};
@@ -6,10 +7,10 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Prefix of in-flight temporary files; the loader skips every dot file.
-pub(crate) const TEMP_PREFIX: &str = ".tmp-";
+pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// Creates `dir` (and missing parents) with mode 0700 if it does not exist.
-pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
@@ -18,12 +19,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// fsync of the directory so the rename itself survives a crash.
 ///
 /// With `replace` false an existing file is never overwritten (`AlreadyExists`).
-pub(crate) fn write_atomic(
-    dir: &Path,
-    name: &str,
-    contents: &[u8],
-    replace: bool,
-) -> io::Result<PathBuf> {
+pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], replace: bool) -> io::Result<PathBuf> {
     let target = dir.join(name);
     // tempfile creates the file with mode 0600 and O_EXCL.
     let mut tmp = tempfile::Builder::new()
@@ -42,13 +38,13 @@ pub(crate) fn write_atomic(
 
 /// The permission bits of `path` when group or others may read or write it (ssh's rule
 /// for private keys), `None` when it is private.
-pub(crate) fn too_open_mode(meta: &fs::Metadata) -> Option<u32> {
+pub fn too_open_mode(meta: &fs::Metadata) -> Option<u32> {
     let mode = meta.permissions().mode() & 0o777;
     (mode & 0o066 != 0).then_some(mode)
 }
 
 /// Takes the exclusive advisory lock on `path` (created 0600), held until the file drops.
-pub(crate) fn lock(path: &Path) -> io::Result<File> {
+pub fn lock(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
         .create(true)
@@ -60,24 +56,16 @@ pub(crate) fn lock(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Identity of a file's current version (inode, size, modification time), to notice a
-/// replaced file cheaply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-}
-
-impl FileStamp {
-    /// The stamp of `path`, `None` when it does not exist.
-    pub fn of(path: &Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(path).ok()?;
-        Some(Self {
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        })
-    }
+/// The version of a file's content: (inode, size, modification time), to notice a
+/// replaced file cheaply; `None` when it does not exist.
+pub fn version_of(path: &Path) -> Option<crate::store::StoreVersion> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).ok()?;
+    Some(crate::store::StoreVersion::new(format!(
+        "{}:{}:{}.{:09}",
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    )))
 }

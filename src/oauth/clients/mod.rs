@@ -1,15 +1,19 @@
-//! The client registry: `clients.json` in the keys directory, holding each client's id,
-//! grant limits and a hash of its secret; never the secret.
+//! The client registry: each client's id, grant limits and credential (a hash of its
+//! secret; never the secret). [`ClientStore`] runs the operations over a [`ClientBackend`];
+//! [`ClientsFile`] (`clients.json` in the keys directory) is the default.
 //!
 //! Secrets are generated here with 256 bits from the CSPRNG, so a fast hash is as strong
 //! as a password hash: guessing a preimage of SHA-256 for a 256-bit random input is out of
 //! reach, and the token endpoint stays at signing speed. Operator-chosen (low-entropy)
 //! secrets are not accepted; if they ever are, they must be hashed with argon2id instead.
 
+mod file;
+
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest;
@@ -17,20 +21,19 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-use crate::SigningAlg;
-use crate::keys::file::{self, FileStamp};
-use crate::secret::ClientSecret;
-use crate::sign::MAX_TOKEN_TTL;
-use crate::time::unix_now;
+pub use file::{CLIENTS_FILE, ClientsFile};
 
-/// The registry's file name inside the keys directory.
-pub const CLIENTS_FILE: &str = "clients.json";
+use crate::SigningAlg;
+use crate::secret::ClientSecret;
+use crate::store::StoreVersion;
+use crate::time::unix_now;
+use crate::ttl::{TOKEN_TTL_CEILING, TtlOutOfRange, check_ttl};
+
 /// The id of the client created on first start.
 pub const BOOTSTRAP_CLIENT_ID: &str = "demo";
 /// Longest client id.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 
-const LOCK_FILE: &str = ".clients.lock";
 const HASH_PREFIX: &str = "sha256:";
 /// Domain separation: this hash is of a jwt-issuer client secret and nothing else.
 const HASH_CONTEXT: &[u8] = b"jwt-issuer client secret v1\0";
@@ -40,8 +43,9 @@ const HASH_CONTEXT: &[u8] = b"jwt-issuer client secret v1\0";
 pub struct Client {
     /// The client id (`sub` and `client_id` of its tokens).
     pub client_id: String,
-    /// `sha256:` + base64url(SHA-256(context || secret)).
-    pub secret_hash: String,
+    /// How it proves its identity.
+    #[serde(flatten)]
+    pub credential: Credential,
     /// Scopes it may ask for; a request without `scope` gets all of them.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -56,6 +60,36 @@ pub struct Client {
     pub ttl_secs: Option<u64>,
     /// Registration time, seconds since the Unix epoch.
     pub created: u64,
+}
+
+/// How a client proves its identity at the token endpoint; stored beside its id.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum Credential {
+    /// A generated secret, stored as `sha256:` + base64url(SHA-256(context || secret));
+    /// presented with `client_secret_basic` or `client_secret_post`.
+    Secret {
+        /// The hash.
+        secret_hash: String,
+    },
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Secret { .. } => f.write_str("Credential::Secret(..)"),
+        }
+    }
+}
+
+/// What a client presented to prove its identity, as a client authentication method
+/// read it from the request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Proof {
+    /// A client secret.
+    Secret(ClientSecret),
 }
 
 /// What `clients add` asks for.
@@ -73,8 +107,39 @@ pub struct NewClient {
     pub ttl: Option<Duration>,
 }
 
-/// Why a registry operation failed. Messages never hold a secret.
+/// Where the registry is kept: the seam a database plugs into. [`ClientStore`] runs its
+/// operations over it.
+pub trait ClientBackend: Send + Sync + fmt::Debug {
+    /// Where the registry is, for messages.
+    fn describe(&self) -> String;
+
+    /// Changes whenever the registry changes; `None` while there is none.
+    fn version(&self) -> Option<StoreVersion>;
+
+    /// Every client; an empty list when there is no registry yet.
+    ///
+    /// # Errors
+    /// Unreadable or invalid registry.
+    fn load(&self) -> Result<Vec<Client>, ClientStoreError>;
+
+    /// One exclusive read-modify-write: `change` gets the current clients (`None` when
+    /// there is no registry yet) and returns the list to store (`None`: store nothing).
+    /// Concurrent changes never lose one another's update.
+    ///
+    /// # Errors
+    /// What `change` returned, or a lock, read or write failure (nothing is stored then).
+    fn update(
+        &self,
+        change: &mut dyn FnMut(
+            Option<Vec<Client>>,
+        ) -> Result<Option<Vec<Client>>, ClientStoreError>,
+    ) -> Result<(), ClientStoreError>;
+}
+
+/// Why a registry operation failed. Messages never hold a secret, and never repeat their
+/// source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientStoreError {
     /// A client id outside the allowed characters or length.
     #[error(
@@ -88,8 +153,8 @@ pub enum ClientStoreError {
     #[error("invalid audience {0:?}: an audience is a non-empty string without spaces")]
     InvalidAudience(String),
     /// A lifetime out of range.
-    #[error("ttl {}s is out of range (1s to {}s)", .0.as_secs(), MAX_TOKEN_TTL.as_secs())]
-    InvalidTtl(Duration),
+    #[error(transparent)]
+    InvalidTtl(#[from] TtlOutOfRange),
     /// The id is taken.
     #[error("client {0:?} already exists")]
     Duplicate(String),
@@ -106,7 +171,7 @@ pub enum ClientStoreError {
         /// Its mode.
         mode: u32,
     },
-    /// The registry file does not parse.
+    /// The registry does not parse, or holds what this server cannot serve.
     #[error("{path}: invalid client registry: {reason}")]
     Invalid {
         /// The file.
@@ -115,7 +180,7 @@ pub enum ClientStoreError {
         reason: String,
     },
     /// Reading, locking or writing failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -134,10 +199,14 @@ impl ClientRegistry {
     /// The client whose id and secret match, in constant time in the secret; an unknown id
     /// takes the same path (a compare against a dummy hash), so timing does not tell
     /// which ids exist.
-    pub fn authenticate(&self, client_id: &str, secret: &ClientSecret) -> Option<&Client> {
+    pub fn authenticate(&self, client_id: &str, proof: &Proof) -> Option<&Client> {
+        let Proof::Secret(secret) = proof;
         let presented = hash_secret(secret);
         let client = self.clients.get(client_id);
-        let expected = client.map_or(DUMMY_HASH, |c| c.secret_hash.as_str());
+        let expected = match client.map(|c| &c.credential) {
+            Some(Credential::Secret { secret_hash }) => secret_hash.as_str(),
+            None => DUMMY_HASH,
+        };
         let equal = aws_lc_rs::constant_time::verify_slices_are_equal(
             presented.as_bytes(),
             expected.as_bytes(),
@@ -177,54 +246,56 @@ impl ClientRegistry {
     }
 }
 
-/// The registry file: load, and read-modify-write under an advisory lock so concurrent
-/// CLI calls never lose an update.
+/// The registry's operations over a [`ClientBackend`].
 #[derive(Debug, Clone)]
 pub struct ClientStore {
-    dir: PathBuf,
+    backend: Arc<dyn ClientBackend>,
 }
 
 impl ClientStore {
-    /// The registry in `keys_dir`.
+    /// The registry file in `keys_dir` ([`ClientsFile`]).
     pub fn new(keys_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: keys_dir.into(),
-        }
+        Self::from_backend(Arc::new(ClientsFile::new(keys_dir)))
     }
 
-    /// The registry file's path.
-    pub fn path(&self) -> PathBuf {
-        self.dir.join(CLIENTS_FILE)
+    /// The registry in any backend.
+    pub fn from_backend(backend: Arc<dyn ClientBackend>) -> Self {
+        Self { backend }
     }
 
-    /// Loads the registry; a missing file is an empty registry.
+    /// Where the registry is, for messages.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Loads the registry; a missing one is empty.
     ///
     /// # Errors
-    /// Unreadable, too open or invalid file.
+    /// Unreadable, too open or invalid registry.
     pub fn load(&self) -> Result<ClientRegistry, ClientStoreError> {
         Ok(ClientRegistry {
             clients: self
-                .read()?
-                .clients
+                .backend
+                .load()?
                 .into_iter()
                 .map(|c| (c.client_id.clone(), c))
                 .collect(),
         })
     }
 
-    /// The file's current stamp, `None` when it does not exist.
-    pub fn stamp(&self) -> Option<FileStamp> {
-        FileStamp::of(&self.path())
+    /// The registry's current version, `None` when there is none.
+    pub fn version(&self) -> Option<StoreVersion> {
+        self.backend.version()
     }
 
-    /// On first start (no registry file), registers the client [`BOOTSTRAP_CLIENT_ID`] and
-    /// returns its secret, to be shown once.
+    /// On first start (no registry at all), registers the client [`BOOTSTRAP_CLIENT_ID`]
+    /// and returns its secret, to be shown once.
     ///
     /// # Errors
     /// As [`ClientStore::add`].
     pub fn init_if_missing(&self) -> Result<Option<ClientSecret>, ClientStoreError> {
-        self.update(|file| {
-            if file.is_some() {
+        self.update(|current| {
+            if current.is_some() {
                 return Ok((None, None));
             }
             let (client, secret) = build_client(NewClient {
@@ -241,8 +312,8 @@ impl ClientStore {
     /// Invalid fields, duplicate id, I/O; nothing is written on error.
     pub fn add(&self, new: NewClient) -> Result<ClientSecret, ClientStoreError> {
         let (client, secret) = build_client(new)?;
-        self.update(|file| {
-            let mut clients = file.map(|f| f.clients).unwrap_or_default();
+        self.update(|current| {
+            let mut clients = current.unwrap_or_default();
             if clients.iter().any(|c| c.client_id == client.client_id) {
                 return Err(ClientStoreError::Duplicate(client.client_id.clone()));
             }
@@ -256,8 +327,8 @@ impl ClientStore {
     /// # Errors
     /// Unknown id, I/O.
     pub fn remove(&self, client_id: &str) -> Result<(), ClientStoreError> {
-        self.update(|file| {
-            let mut clients = file.map(|f| f.clients).unwrap_or_default();
+        self.update(|current| {
+            let mut clients = current.unwrap_or_default();
             let before = clients.len();
             clients.retain(|c| c.client_id != client_id);
             if clients.len() == before {
@@ -273,97 +344,57 @@ impl ClientStore {
     /// # Errors
     /// Unknown id, I/O.
     pub fn rotate_secret(&self, client_id: &str) -> Result<ClientSecret, ClientStoreError> {
-        self.update(|file| {
-            let mut clients = file.map(|f| f.clients).unwrap_or_default();
+        self.update(|current| {
+            let mut clients = current.unwrap_or_default();
             let client = clients
                 .iter_mut()
                 .find(|c| c.client_id == client_id)
                 .ok_or_else(|| ClientStoreError::Unknown(client_id.to_owned()))?;
             let secret = ClientSecret::generate();
-            client.secret_hash = hash_secret(&secret);
+            client.credential = Credential::Secret {
+                secret_hash: hash_secret(&secret),
+            };
             Ok((Some(clients), secret))
         })
     }
 
-    /// Runs `change` on the current file under the lock, writes the client list it returns
-    /// (none: nothing to write) and passes its result on.
+    /// One read-modify-write of the backend: `change` returns the clients to store (none:
+    /// nothing to store) and a result passed on; it runs exactly once.
     fn update<T>(
         &self,
-        change: impl FnOnce(Option<RegistryFile>) -> Result<(Option<Vec<Client>>, T), ClientStoreError>,
+        change: impl FnOnce(Option<Vec<Client>>) -> Result<(Option<Vec<Client>>, T), ClientStoreError>,
     ) -> Result<T, ClientStoreError> {
-        file::create_private_dir(&self.dir).map_err(|source| self.io(&self.dir, source))?;
-        let _lock = self.lock()?;
-        let current = if self.path().exists() {
-            Some(self.read()?)
-        } else {
-            None
-        };
-        let (clients, result) = change(current)?;
-        if let Some(clients) = clients {
-            let body = RegistryFile {
-                version: 1,
-                clients,
-            };
-            // Serializing strings and numbers cannot fail.
-            let json = serde_json::to_vec_pretty(&body).unwrap_or_default();
-            file::write_atomic(&self.dir, CLIENTS_FILE, &json, true)
-                .map_err(|source| self.io(&self.path(), source))?;
-        }
-        Ok(result)
+        let mut change = Some(change);
+        let mut result = None;
+        self.backend.update(&mut |current| {
+            let change = change.take().ok_or_else(|| ClientStoreError::Invalid {
+                path: PathBuf::new(),
+                reason: "the client backend ran a change twice".into(),
+            })?;
+            let (clients, value) = change(current)?;
+            result = Some(value);
+            Ok(clients)
+        })?;
+        result.ok_or_else(|| ClientStoreError::Invalid {
+            path: self.describe().into(),
+            reason: "the client backend committed without applying the change".into(),
+        })
     }
-
-    fn read(&self) -> Result<RegistryFile, ClientStoreError> {
-        let path = self.path();
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(RegistryFile::default()),
-            Err(source) => return Err(self.io(&path, source)),
-        };
-        let meta = fs::metadata(&path).map_err(|source| self.io(&path, source))?;
-        if let Some(mode) = file::too_open_mode(&meta) {
-            return Err(ClientStoreError::PermissionsTooOpen { path, mode });
-        }
-        let invalid = |reason: String| ClientStoreError::Invalid {
-            path: path.clone(),
-            reason,
-        };
-        let file: RegistryFile =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        if file.version != 1 {
-            return Err(invalid(format!("unsupported version {}", file.version)));
-        }
-        for client in &file.clients {
-            if !client.secret_hash.starts_with(HASH_PREFIX) {
-                return Err(invalid(format!(
-                    "client {:?} has an unknown secret hash scheme",
-                    client.client_id
-                )));
-            }
-        }
-        Ok(file)
-    }
-
-    fn lock(&self) -> Result<File, ClientStoreError> {
-        let path = self.dir.join(LOCK_FILE);
-        file::lock(&path).map_err(|source| self.io(&path, source))
-    }
-
-    fn io(&self, path: &Path, source: io::Error) -> ClientStoreError {
-        ClientStoreError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct RegistryFile {
-    version: u32,
-    clients: Vec<Client>,
 }
 
 /// Same length and alphabet as a real hash, equal to no secret's hash.
 const DUMMY_HASH: &str = "sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+/// Whether a stored credential is one this code can check.
+fn check_credential(client: &Client) -> Result<(), String> {
+    match &client.credential {
+        Credential::Secret { secret_hash } if secret_hash.starts_with(HASH_PREFIX) => Ok(()),
+        Credential::Secret { .. } => Err(format!(
+            "client {:?} has an unknown secret hash scheme",
+            client.client_id
+        )),
+    }
+}
 
 fn hash_secret(secret: &ClientSecret) -> String {
     let mut ctx = digest::Context::new(&digest::SHA256);
@@ -384,17 +415,17 @@ fn build_client(new: NewClient) -> Result<(Client, ClientSecret), ClientStoreErr
             return Err(ClientStoreError::InvalidAudience(aud.clone()));
         }
     }
-    if let Some(ttl) = new.ttl
-        && (ttl < Duration::from_secs(1) || ttl > MAX_TOKEN_TTL)
-    {
-        return Err(ClientStoreError::InvalidTtl(ttl));
+    if let Some(ttl) = new.ttl {
+        check_ttl(ttl, TOKEN_TTL_CEILING)?;
     }
     let mut scopes = new.scopes;
     scopes.dedup();
     let secret = ClientSecret::generate();
     let client = Client {
         client_id: new.client_id,
-        secret_hash: hash_secret(&secret),
+        credential: Credential::Secret {
+            secret_hash: hash_secret(&secret),
+        },
         scopes,
         audiences: new.audiences,
         alg: new.alg,
@@ -446,17 +477,13 @@ mod tests {
             })
             .unwrap();
         let registry = store.load().unwrap();
+        let wrong = Proof::Secret(ClientSecret::new("wrong".into()));
+        assert!(registry.authenticate("svc", &wrong).is_none());
+        let secret = Proof::Secret(secret);
         assert!(registry.authenticate("svc", &secret).is_some());
-        assert!(
-            registry
-                .authenticate("svc", &ClientSecret::new("wrong".into()))
-                .is_none()
-        );
         assert!(registry.authenticate("other", &secret).is_none());
-        assert_eq!(
-            DUMMY_HASH.len(),
-            registry.get("svc").unwrap().secret_hash.len()
-        );
+        let Credential::Secret { secret_hash } = &registry.get("svc").unwrap().credential;
+        assert_eq!(DUMMY_HASH.len(), secret_hash.len());
     }
 
     #[test]
@@ -469,7 +496,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        let text = fs::read_to_string(store.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(CLIENTS_FILE)).unwrap();
         assert!(!text.contains(secret.expose_secret()));
         assert!(text.contains("sha256:"));
     }

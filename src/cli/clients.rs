@@ -1,0 +1,120 @@
+//! `jwt-issuer clients ...`.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Subcommand;
+use jwt_issuer::SigningAlg;
+use jwt_issuer::oauth::{ClientStore, NewClient};
+use serde_json::Value;
+
+use super::{Context, check_max_ttl, parse_ttl};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ClientsCommand {
+    /// Register a client and print its new secret (the only line on stdout; stored hashed)
+    Add {
+        /// Client id: printable ASCII, 1 to 128 characters
+        id: String,
+        /// A scope the client may ask for; repeat for several (default grant: all of them)
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// An audience the client may ask for; repeat for several; the first is the default
+        /// [default: the issuer]
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Signing algorithm of this client's tokens [default: the server's --alg]
+        #[arg(long)]
+        alg: Option<SigningAlg>,
+        /// Lifetime of this client's tokens, e.g. 15m (at most 24h) [default: --token-ttl]
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// List clients (never their secrets)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a client; tokens it holds stay valid until they expire
+    Remove {
+        /// Client id
+        id: String,
+    },
+    /// Replace a client's secret and print the new one; the old one stops working
+    RotateSecret {
+        /// Client id
+        id: String,
+    },
+}
+
+pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
+    let store = ClientStore::new(&context.keys_dir);
+    match command {
+        ClientsCommand::Add {
+            id,
+            scopes,
+            audiences,
+            alg,
+            ttl,
+        } => {
+            if let Some(ttl) = ttl {
+                check_max_ttl(ttl, &context.policy)?;
+            }
+            let new = NewClient {
+                client_id: id,
+                scopes,
+                audiences,
+                alg,
+                ttl,
+            };
+            let secret = store.add(new).context("cannot add client")?;
+            println!("{}", secret.expose_secret());
+        }
+        ClientsCommand::List { json } => {
+            let registry = store.load().context("cannot load clients")?;
+            let clients = registry.clients();
+            if json {
+                // The hash stays on disk: list what an operator needs, no secret material.
+                let listed: Vec<Value> = clients
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "client_id": c.client_id, "scopes": c.scopes, "audiences": c.audiences,
+                            "alg": c.alg, "ttl_secs": c.ttl_secs, "created": c.created,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else if clients.is_empty() {
+                eprintln!("no clients in {}", store.describe());
+            } else {
+                println!(
+                    "{:<24}  {:<5}  {:<6}  {:<24}  SCOPES",
+                    "CLIENT_ID", "ALG", "TTL", "AUDIENCES"
+                );
+                for c in clients {
+                    let alg = c.alg.map_or("-".to_owned(), |a| a.to_string());
+                    let ttl = c.ttl_secs.map_or("-".to_owned(), |t| {
+                        humantime::format_duration(Duration::from_secs(t)).to_string()
+                    });
+                    println!(
+                        "{:<24}  {alg:<5}  {ttl:<6}  {:<24}  {}",
+                        c.client_id,
+                        c.audiences.join(","),
+                        c.scopes.join(" ")
+                    );
+                }
+            }
+        }
+        ClientsCommand::Remove { id } => {
+            store.remove(&id).context("cannot remove client")?;
+            eprintln!("removed client {id:?}");
+        }
+        ClientsCommand::RotateSecret { id } => {
+            let secret = store.rotate_secret(&id).context("cannot rotate secret")?;
+            println!("{}", secret.expose_secret());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! Command line: clap types and dispatch into the library, one file per command group. The
+//! only code that prints. Flags and `JWT_ISSUER_*` variables map onto the library's typed
+//! settings ([`Config`]); every default is the library's, shown in `--help` from there.
+
+mod bench;
+mod clients;
+mod keys;
+mod serve;
+mod token;
+
+use std::path::PathBuf;
+use std::process;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use jwt_issuer::keys::RotationPolicy;
+use jwt_issuer::ttl::{TOKEN_TTL_CEILING, check_ttl};
+use jwt_issuer::{Config, KeyStore};
+
+/// The environment variable of the HS256 secret (or `JWT_SECRET_FILE` for its file).
+const HMAC_SECRET_ENV: &str = "JWT_SECRET";
+
+/// Issues RS256/ES256 JWTs and publishes the public keys as a JWKS.
+#[derive(Debug, Parser)]
+#[command(name = "jwt-issuer", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Directory of the private keys; created with mode 0700, keys generated on first start
+    #[arg(long, env = "JWT_ISSUER_KEYS_DIR", global = true)]
+    keys_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    timing: TimingArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The settings the key lifecycle's timing follows. Every process that serves or changes
+/// the same keys dir must use the same values (set them in the environment).
+#[derive(Debug, Args)]
+struct TimingArgs {
+    /// JWKS Cache-Control max-age, in seconds or with a unit (5m); at most 1 day
+    #[arg(long, env = "JWT_ISSUER_JWKS_MAX_AGE", value_parser = parse_seconds, global = true)]
+    jwks_max_age: Option<Duration>,
+
+    /// The longest lifetime of any token (server default, per client, token issue); a
+    /// retired key stays published this long plus the JWKS max-age plus the leeway
+    #[arg(long, env = "JWT_ISSUER_MAX_TOKEN_TTL", value_parser = parse_ttl, global = true)]
+    max_token_ttl: Option<Duration>,
+
+    /// Clock skew and reload slack added to every lifecycle wait
+    #[arg(long, env = "JWT_ISSUER_ROTATION_LEEWAY", value_parser = parse_seconds, global = true)]
+    rotation_leeway: Option<Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the JWKS, discovery metadata, the token endpoint, health and metrics over HTTP
+    Serve(serve::ServeArgs),
+    /// Manage signing keys
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Print the public JWKS (what /.well-known/jwks.json serves)
+    Jwks,
+    /// Issue tokens offline with the local keys, or verify tokens
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Measure sign/s and verify/s per algorithm (one thread, in process, the server's own
+    /// signer and verifier), token and key sizes, and who can verify
+    Bench(bench::BenchArgs),
+    /// Manage OAuth clients of the token endpoint (a running server sees changes within 1s)
+    #[command(subcommand)]
+    Clients(clients::ClientsCommand),
+}
+
+/// What every command shares: the keys dir and the lifecycle timing.
+struct Context {
+    keys_dir: PathBuf,
+    policy: RotationPolicy,
+}
+
+impl Context {
+    fn key_store(&self) -> KeyStore {
+        KeyStore::with_policy(&self.keys_dir, self.policy)
+    }
+}
+
+/// Parses the command line; a bad argument ends the process with one line on stderr.
+pub fn parse_args() -> Cli {
+    let parsed = with_defaults_in_help(Cli::command())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    match parsed {
+        Ok(cli) => cli,
+        Err(err) => match err.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
+            _ => {
+                let rendered = err.render().to_string();
+                let line = rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("error: invalid arguments");
+                eprintln!("{line} (see --help)");
+                process::exit(2);
+            }
+        },
+    }
+}
+
+/// Runs one command.
+///
+/// # Errors
+/// Whatever failed, with context and a hint where one helps, for main to print on one line.
+pub fn run(cli: Cli) -> Result<()> {
+    let _log_guard = init_logging();
+    let defaults = Config::default();
+    let context = Context {
+        keys_dir: cli.keys_dir.unwrap_or(defaults.keys_dir),
+        policy: RotationPolicy {
+            jwks_max_age: cli
+                .timing
+                .jwks_max_age
+                .unwrap_or(defaults.policy.jwks_max_age),
+            max_token_ttl: cli
+                .timing
+                .max_token_ttl
+                .unwrap_or(defaults.policy.max_token_ttl),
+            leeway: cli.timing.rotation_leeway.unwrap_or(defaults.policy.leeway),
+        },
+    };
+    match cli.command {
+        Command::Serve(args) => serve::run(&context, args),
+        Command::Keys(command) => keys::run(&context, command),
+        Command::Jwks => keys::print_jwks(&context),
+        Command::Token(command) => token::run(&context, command),
+        Command::Bench(args) => bench::run(&args),
+        Command::Clients(command) => clients::run(&context, command),
+    }
+}
+
+/// Every default `--help` shows, taken from the library's own defaults (one owner each).
+fn defaults() -> Vec<(&'static str, String)> {
+    let d = Config::default();
+    let human = |t: Duration| humantime::format_duration(t).to_string();
+    vec![
+        ("keys_dir", d.keys_dir.display().to_string()),
+        ("jwks_max_age", human(d.policy.jwks_max_age)),
+        ("max_token_ttl", human(d.policy.max_token_ttl)),
+        ("rotation_leeway", human(d.policy.leeway)),
+        ("bind", d.bind),
+        ("alg", d.alg.to_string()),
+        ("token_ttl", human(d.token_ttl)),
+        ("auth_max_failures", d.auth_limits.max_failures.to_string()),
+        ("auth_failure_window", human(d.auth_limits.window)),
+    ]
+}
+
+/// Appends `[default: X]` to the help of every argument named in [`defaults`].
+fn with_defaults_in_help(cmd: clap::Command) -> clap::Command {
+    fn apply(mut cmd: clap::Command, defaults: &[(&'static str, String)]) -> clap::Command {
+        for (id, value) in defaults {
+            if cmd.get_arguments().any(|a| a.get_id() == id) {
+                cmd = cmd.mut_arg(*id, |a| {
+                    let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                    if help.contains("[default:") {
+                        return a;
+                    }
+                    a.help(format!("{help} [default: {value}]"))
+                });
+            }
+        }
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        for name in names {
+            cmd = cmd.mut_subcommand(name, |sub| apply(sub, defaults));
+        }
+        cmd
+    }
+    apply(cmd, &defaults())
+}
+
+/// Logs go to stderr through a writer thread: request threads only format a line and
+/// hand it over, and lines written together share one write. Nothing is dropped (a full
+/// buffer makes the logging thread wait). Keep the guard until exit: dropping it flushes.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JWT_ISSUER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        // The default 128k-line queue reserves megabytes up front; bursts beyond a few
+        // thousand lines wait for the writer instead.
+        .buffered_lines_limit(4096)
+        .finish(std::io::BufWriter::new(std::io::stderr()));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    guard
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(s).map_err(|e| e.to_string()))
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = parse_seconds(s)?;
+    check_ttl(ttl, TOKEN_TTL_CEILING).map_err(|e| e.to_string())?;
+    Ok(ttl)
+}
+
+/// A lifetime no longer than the configured maximum, which key retention assumes.
+fn check_max_ttl(ttl: Duration, policy: &RotationPolicy) -> Result<()> {
+    if ttl > policy.max_token_ttl {
+        anyhow::bail!(
+            "ttl {} is longer than --max-token-ttl {}: keys are retired on the assumption that no token lives longer",
+            humantime::format_duration(ttl),
+            humantime::format_duration(policy.max_token_ttl)
+        );
+    }
+    Ok(())
+}

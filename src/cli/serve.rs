@@ -1,0 +1,148 @@
+//! `jwt-issuer serve`.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use clap::Args;
+use jwt_issuer::oauth::ClientStore;
+use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
+use jwt_issuer::secret::{ClientSecret, HmacSecret};
+use jwt_issuer::server::{Application, TOKEN_PATH, stop_on_signal};
+use jwt_issuer::{Config, ConfigError, Issuer, KeySet, KeyStore, SigningAlg};
+
+use super::{Context, HMAC_SECRET_ENV, parse_seconds, parse_ttl};
+
+/// Flags that decide the issuer, shared by `serve` and `token issue` so that both
+/// compute the same `iss`.
+#[derive(Debug, Args)]
+pub(super) struct IssuerArgs {
+    /// Address to listen on (serve); also the default issuer's host
+    #[arg(long, env = "JWT_ISSUER_BIND")]
+    pub bind: Option<String>,
+
+    /// Issuer URL: the `iss` of every token and the `issuer` of discovery
+    /// [default: http:// + the bind address]
+    #[arg(long, env = "JWT_ISSUER_ISSUER", value_parser = Issuer::parse)]
+    pub issuer: Option<Issuer>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    #[command(flatten)]
+    issuer: IssuerArgs,
+
+    /// Algorithm of tokens that do not ask for one
+    #[arg(long, env = "JWT_ISSUER_ALG")]
+    alg: Option<SigningAlg>,
+
+    /// HTTP worker threads [default: one per CPU]
+    #[arg(long, env = "JWT_ISSUER_WORKERS")]
+    workers: Option<usize>,
+
+    /// Lifetime of access tokens for clients without their own, e.g. 15m (at most 24h)
+    #[arg(long, env = "JWT_ISSUER_TOKEN_TTL", value_parser = parse_ttl)]
+    token_ttl: Option<Duration>,
+
+    /// Failed client authentications allowed per window for one client id (an address gets 5x)
+    #[arg(long, env = "JWT_ISSUER_AUTH_MAX_FAILURES")]
+    auth_max_failures: Option<u32>,
+
+    /// Rotate keys automatically this often (e.g. 30d); a next key is always published at
+    /// least the JWKS max-age plus leeway ahead [default: manual rotation only]
+    #[arg(long, env = "JWT_ISSUER_ROTATE_EVERY", value_parser = parse_seconds)]
+    rotate_every: Option<Duration>,
+
+    /// Brute-force window: a locked client id or address waits until it ends
+    #[arg(long, env = "JWT_ISSUER_AUTH_FAILURE_WINDOW", value_parser = parse_seconds)]
+    auth_failure_window: Option<Duration>,
+}
+
+impl ServeArgs {
+    /// The settings: the library's defaults, overlaid with what the flags and the
+    /// environment set.
+    fn config(self, context: &Context) -> Result<Config> {
+        let mut config = Config {
+            keys_dir: context.keys_dir.clone(),
+            policy: context.policy,
+            ..Config::default()
+        };
+        overlay(&mut config.bind, self.issuer.bind);
+        config.issuer = self.issuer.issuer;
+        overlay(&mut config.alg, self.alg);
+        overlay(&mut config.workers, self.workers);
+        overlay(&mut config.token_ttl, self.token_ttl);
+        overlay(&mut config.auth_limits.max_failures, self.auth_max_failures);
+        overlay(&mut config.auth_limits.window, self.auth_failure_window);
+        config.rotate_every = self.rotate_every;
+        config.hmac_secret = HmacSecret::from_env(HMAC_SECRET_ENV)?;
+        config.validate().map_err(explain)?;
+        // Accepted only for verification, but a weak one is refused here too.
+        HmacSecret::from_env(&format!("{HMAC_SECRET_ENV}_PREVIOUS"))?;
+        Ok(config)
+    }
+}
+
+pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
+    let config = args.config(context)?;
+    // Bind before touching the keys dir, so a bad address writes nothing.
+    let listener = TcpListener::bind(&config.bind)
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let store = context.key_store();
+    let keys = load_keys(&store)?;
+    let bootstrap = ClientStore::new(&config.keys_dir)
+        .init_if_missing()
+        .context("cannot create the first client")?;
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(&config, listener, keys).context("cannot start")?;
+        let stop = stop_on_signal(app.handle());
+        tracing::info!(
+            url = %format!("http://{}", app.addr()),
+            issuer = %app.issuer(),
+            alg = %config.alg,
+            "listening"
+        );
+        if let Some(secret) = bootstrap {
+            print_bootstrap_client(&format!("http://{}{TOKEN_PATH}", app.addr()), &secret);
+        }
+        actix_web::rt::spawn(stop);
+        app.run_until_stopped().await.context("server failed")
+    })
+}
+
+/// Loads the keys, generating them on first start, and says what it did.
+pub(super) fn load_keys(store: &KeyStore) -> Result<KeySet> {
+    let (keys, generated) = store.load_or_init().context("cannot load keys")?;
+    for info in &generated {
+        tracing::info!(kid = %info.kid, alg = %info.alg, file = %info.location, "generated signing key (first start)");
+    }
+    tracing::info!(count = keys.keys().len(), store = %store.describe(), "keys loaded");
+    Ok(keys)
+}
+
+/// Sets `target` when a flag or variable gave a value; the default stays otherwise.
+fn overlay<T>(target: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *target = value;
+    }
+}
+
+/// A settings error, with the flag and variable that set the setting.
+fn explain(err: ConfigError) -> anyhow::Error {
+    let setting = match &err {
+        ConfigError::OutOfRange { setting, .. } => *setting,
+        ConfigError::RotateTooOften { .. } => "rotate_every",
+        _ => return err.into(),
+    };
+    let flag = setting.replace('_', "-");
+    let var = setting.to_ascii_uppercase();
+    anyhow!("{err} (set by --{flag} or JWT_ISSUER_{var})")
+}
+
+/// Shown once, on the first start: how to get a token right away.
+fn print_bootstrap_client(token_url: &str, secret: &ClientSecret) {
+    let secret = secret.expose_secret();
+    eprintln!(
+        "\nFirst start: registered OAuth client '{BOOTSTRAP_CLIENT_ID}'. Its secret is shown only now:\n\n    client_id:     {BOOTSTRAP_CLIENT_ID}\n    client_secret: {secret}\n\nGet a token:\n\n    curl -s -u '{BOOTSTRAP_CLIENT_ID}:{secret}' -d grant_type=client_credentials {token_url}\n\nManage clients with `jwt-issuer clients add|list|remove|rotate-secret`.\n"
+    );
+}

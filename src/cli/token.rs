@@ -1,0 +1,249 @@
+//! `jwt-issuer token issue` and `jwt-issuer token verify`.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use jwt_issuer::report::Report;
+use jwt_issuer::secret::HmacSecret;
+use jwt_issuer::sign::{REGISTERED_CLAIMS, SignError};
+use jwt_issuer::verify::{
+    JwksCache, JwksCacheOptions, KeyRing, KeySetError, Validation, Verifier, VerifyError,
+};
+use jwt_issuer::{Config, Issuer, Signer, SignerConfig, SigningAlg, TokenRequest};
+use serde_json::{Map, Value};
+
+use super::serve::{IssuerArgs, load_keys};
+use super::{Context, HMAC_SECRET_ENV, check_max_ttl, parse_seconds, parse_ttl};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TokenCommand {
+    /// Sign one token with the active local key and print it
+    Issue(IssueArgs),
+    /// Verify a token as a downstream service would: exit 0 and print its claims as JSON
+    /// when valid, else one line saying why and exit 1
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct IssueArgs {
+    #[command(flatten)]
+    issuer: IssuerArgs,
+
+    /// Subject (`sub`)
+    #[arg(long)]
+    sub: String,
+
+    /// Audience (`aud`); repeat for several; omitted when not given
+    #[arg(long)]
+    aud: Vec<String>,
+
+    /// Lifetime, e.g. 15m, 1h (at most 24h)
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+
+    /// Signing algorithm
+    #[arg(long, env = "JWT_ISSUER_ALG")]
+    alg: Option<SigningAlg>,
+
+    /// Extra claim NAME=VALUE; VALUE is JSON if it parses (42, true, ["a"]), else a string.
+    /// Registered claims (iss sub aud exp iat nbf jti) are refused
+    #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = parse_claim)]
+    claims: Vec<(String, Value)>,
+}
+
+/// Where the public keys come from: the issuer's discovery document (only `--issuer`), a
+/// JWKS URL, a JWKS file, or an HS256 secret. Said explicitly, never guessed.
+#[derive(Debug, Args)]
+pub(super) struct VerifyArgs {
+    /// Expected issuer (`iss`). Alone, it is also where the keys are found: its discovery
+    /// document names the JWKS URL (and must name this issuer)
+    #[arg(long, value_name = "URL")]
+    issuer: Option<String>,
+
+    /// The JWKS URL, instead of discovering it from the issuer
+    #[arg(long, value_name = "URL", conflicts_with_all = ["jwks_file", "secret_env"])]
+    jwks_uri: Option<String>,
+
+    /// A JWKS file, instead of fetching keys
+    #[arg(long, value_name = "FILE", conflicts_with = "secret_env")]
+    jwks_file: Option<PathBuf>,
+
+    /// Replaced by --issuer (discovery), --jwks-uri and --jwks-file
+    #[arg(long, hide = true)]
+    jwks: Option<String>,
+
+    /// Verify HS256 tokens with the secret in this environment variable (or NAME_FILE);
+    /// NAME_PREVIOUS (or NAME_PREVIOUS_FILE) is accepted too, for tokens signed before a
+    /// secret rotation. The secret is never taken from a flag, which `ps` would show
+    #[arg(long, value_name = "NAME")]
+    secret_env: Option<String>,
+
+    /// Expected audience; repeat to accept any of several
+    #[arg(long)]
+    aud: Vec<String>,
+
+    /// Accept any audience (for inspecting tokens; a service must check its audience)
+    #[arg(long, conflicts_with = "aud")]
+    any_audience: bool,
+
+    /// Expected `typ` header, e.g. at+jwt for access tokens
+    #[arg(long)]
+    typ: Option<String>,
+
+    /// Clock leeway for exp and nbf
+    #[arg(long, default_value = "60s", value_parser = parse_seconds)]
+    leeway: Duration,
+
+    /// The token [default: read from stdin]
+    token: Option<String>,
+}
+
+pub(super) fn run(context: &Context, command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Issue(args) => issue(context, args),
+        TokenCommand::Verify(args) => verify(args),
+    }
+}
+
+fn issue(context: &Context, args: IssueArgs) -> Result<()> {
+    check_max_ttl(args.ttl, &context.policy)?;
+    let defaults = Config::default();
+    let issuer = match args.issuer.issuer {
+        Some(issuer) => issuer,
+        None => Issuer::for_bind(&args.issuer.bind.unwrap_or(defaults.bind), None)?,
+    };
+    let alg = args.alg.unwrap_or(defaults.alg);
+    // Refuse bad input before the keys dir is touched (it may generate keys).
+    if args.sub.is_empty() {
+        bail!("--sub must not be empty");
+    }
+    let mut extra = Map::new();
+    for (name, value) in args.claims {
+        if extra.insert(name.clone(), value).is_some() {
+            bail!("claim '{name}' is given twice");
+        }
+    }
+    let keys = load_keys(&context.key_store())?;
+    let secret = match alg {
+        SigningAlg::Hs256 => Some(HmacSecret::require_env(HMAC_SECRET_ENV)?),
+        _ => None,
+    };
+    let config = SignerConfig {
+        issuer,
+        default_alg: alg,
+        max_ttl: context.policy.max_token_ttl,
+    };
+    let signer = Signer::new(config, Arc::new(keys), secret.as_ref())
+        .map_err(with_hint)
+        .context("cannot sign")?;
+    let mut request = TokenRequest::new(args.sub, args.ttl);
+    request.aud = args.aud;
+    request.alg = Some(alg);
+    request.extra = extra;
+    let issued = signer.issue(&request).context("cannot issue token")?;
+    println!("{}", issued.token);
+    Ok(())
+}
+
+/// What to do about a signer that cannot sign.
+fn with_hint(err: SignError) -> anyhow::Error {
+    match &err {
+        SignError::NoActiveKey(alg) => anyhow::anyhow!(
+            "{}; generate one with `jwt-issuer keys generate --alg {alg}`",
+            Report(&err)
+        ),
+        _ => err.into(),
+    }
+}
+
+fn verify(args: VerifyArgs) -> Result<()> {
+    if args.jwks.is_some() {
+        bail!(
+            "--jwks is gone: pass the issuer URL as --issuer (its discovery document names the keys), or the keys as --jwks-uri URL or --jwks-file FILE"
+        );
+    }
+    let token = match args.token {
+        Some(token) => token,
+        None => {
+            let mut input = String::new();
+            std::io::stdin()
+                .take(64 * 1024)
+                .read_to_string(&mut input)
+                .context("cannot read the token from stdin")?;
+            input
+        }
+    };
+    let token = token.trim();
+    if args.aud.is_empty() && !args.any_audience {
+        bail!("--aud is required (or --any-audience to skip the audience check)");
+    }
+    let Some(issuer) = args.issuer else {
+        bail!("--issuer is required");
+    };
+    let ring = match (&args.secret_env, &args.jwks_file) {
+        (Some(var), _) => {
+            let current = HmacSecret::require_env(var)?;
+            let previous = HmacSecret::from_env(&format!("{var}_PREVIOUS"))?;
+            Some(KeyRing::from_secrets(
+                std::iter::once(&current).chain(previous.as_ref()),
+            ))
+        }
+        (None, Some(file)) => Some(read_jwks_file(file)?),
+        (None, None) => None,
+    };
+    let mut validation = Validation::new(issuer.clone(), args.aud);
+    if args.any_audience {
+        validation = validation.insecure_any_audience();
+    }
+    if let Some(typ) = args.typ {
+        validation = validation.with_typ(typ);
+    }
+    validation.leeway = args.leeway;
+    let claims: Value = actix_web::rt::System::new().block_on(async {
+        let verifier = match (ring, args.jwks_uri) {
+            (Some(ring), _) => Verifier::fixed(ring, validation),
+            (None, Some(uri)) => Verifier::remote(
+                JwksCache::new(uri, JwksCacheOptions::default())?,
+                validation,
+            ),
+            (None, None) => {
+                let cache = JwksCache::discover(&issuer, JwksCacheOptions::default()).await?;
+                Verifier::remote(cache, validation)
+            }
+        };
+        verifier.verify(token).await
+    })?;
+    println!("{}", serde_json::to_string_pretty(&claims)?);
+    Ok(())
+}
+
+fn read_jwks_file(file: &PathBuf) -> Result<KeyRing, VerifyError> {
+    let invalid = |reason: String| {
+        VerifyError::KeySetUnavailable(KeySetError::Invalid {
+            url: file.display().to_string(),
+            reason,
+        })
+    };
+    let body = std::fs::read(file).map_err(|e| invalid(e.to_string()))?;
+    KeyRing::from_json(&body).map_err(|e| invalid(e.to_string()))
+}
+
+fn parse_claim(s: &str) -> Result<(String, Value), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=VALUE".to_owned())?;
+    if name.is_empty() {
+        return Err("claim name is empty".to_owned());
+    }
+    if REGISTERED_CLAIMS.contains(&name) {
+        return Err(format!(
+            "'{name}' is set by the issuer; use the matching flag"
+        ));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((name.to_owned(), value))
+}

@@ -1,0 +1,119 @@
+//! [`KeyBackend`]: where the key store keeps its manifest and its private keys. The seam a
+//! database or an HSM plugs into; the lifecycle rules ([`super::lifecycle`]) and the store's
+//! operations ([`super::KeyStore`]) stay the same whatever holds the keys.
+
+use std::fmt;
+
+use super::KeyStoreError;
+use super::lifecycle::{KeyRecord, Manifest, Millis};
+use super::material::{PrivateKey, SigningKey};
+use crate::SigningAlg;
+use crate::jwks::Jwk;
+use crate::store::StoreVersion;
+
+/// A place that holds the manifest and the private keys.
+///
+/// Contract: [`KeyBackend::transact`] runs `change` exactly once on the current manifest,
+/// inside whatever makes changes exclusive (a file lock, a database transaction), stores
+/// the new keys the changed manifest names before the manifest itself, and destroys the
+/// material of removed and revoked keys after it. Readers see the old manifest or the new
+/// one, never a mix.
+pub trait KeyBackend: Send + Sync + fmt::Debug {
+    /// Where the keys are, for messages: `keys dir ./keys`.
+    fn describe(&self) -> String;
+
+    /// Changes whenever the manifest changes; `None` while there is none.
+    fn version(&self) -> Option<StoreVersion>;
+
+    /// The manifest as stored, `None` when there is none yet (a first start).
+    ///
+    /// # Errors
+    /// Unreadable or invalid manifest.
+    fn read_manifest(&self) -> Result<Option<Manifest>, KeyStoreError>;
+
+    /// `manifest` plus the keys the backend holds but the manifest does not name yet
+    /// (an operator's PEM files dropped into the keys dir), as a change would record them.
+    /// Nothing is written.
+    ///
+    /// # Errors
+    /// A key that cannot be read.
+    fn with_unrecorded(&self, manifest: Manifest, now: Millis) -> Result<Manifest, KeyStoreError>;
+
+    /// The signing key of a record.
+    ///
+    /// # Errors
+    /// Missing, unreadable or invalid key; a key that is not the one the record names.
+    fn load_key(&self, record: &KeyRecord) -> Result<SigningKey, KeyStoreError>;
+
+    /// A new key for `alg` (RSA of `rsa_bits` for RS256), not yet stored. The default
+    /// generates it in process; an HSM backend generates it inside the token.
+    ///
+    /// # Errors
+    /// Unsupported size, generation failure.
+    fn create_key(&self, alg: SigningAlg, rsa_bits: usize) -> Result<NewKey, KeyStoreError> {
+        NewKey::generate(alg, rsa_bits)
+    }
+
+    /// Where the key `kid` is or will be kept, for messages (a file path, a URI).
+    fn key_location(&self, kid: &str) -> String;
+
+    /// One exclusive change (see the trait's contract).
+    ///
+    /// # Errors
+    /// Lock, read or write failures; nothing partial is visible after an error.
+    fn transact(
+        &self,
+        change: &mut dyn FnMut(&mut Manifest, &mut Vec<NewKey>, Millis),
+    ) -> Result<(), KeyStoreError>;
+}
+
+/// A key created for a change, not yet stored; its material goes to the backend's storage
+/// when the change commits.
+pub struct NewKey {
+    kid: String,
+    alg: SigningAlg,
+    pub(crate) material: PrivateKey,
+}
+
+impl NewKey {
+    /// A fresh in-process key.
+    ///
+    /// # Errors
+    /// Unsupported RSA size or algorithm, generation failure.
+    pub fn generate(alg: SigningAlg, rsa_bits: usize) -> Result<Self, KeyStoreError> {
+        if alg == SigningAlg::Hs256 {
+            return Err(KeyStoreError::SymmetricAlg);
+        }
+        if alg == SigningAlg::Rs256 && !super::RSA_GENERATE_BITS.contains(&rsa_bits) {
+            return Err(KeyStoreError::UnsupportedRsaBits(rsa_bits));
+        }
+        let material = PrivateKey::generate(alg, rsa_bits)
+            .map_err(|reason| KeyStoreError::Generate { alg, reason })?;
+        Ok(Self::from_material(material))
+    }
+
+    pub(crate) fn from_material(material: PrivateKey) -> Self {
+        let alg = material.alg();
+        let kid = Jwk::new(material.public_params(), alg).kid;
+        Self { kid, alg, material }
+    }
+
+    /// Its kid (RFC 7638 thumbprint).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Its algorithm.
+    pub fn alg(&self) -> SigningAlg {
+        self.alg
+    }
+}
+
+impl fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,330 @@
+//! [`KeysDir`]: the default [`KeyBackend`], a directory of PEM files.
+//!
+//! Layout (directory mode 0700):
+//! - `<kid>.pem`: a private key, PKCS#8 PEM, mode 0600.
+//! - `keys.json`: the manifest, every key's state and times (see [`super::lifecycle`]).
+//! - `.lock`: the advisory lock every change holds, so concurrent CLI calls and servers
+//!   sharing the directory never interleave.
+//! - dot files are ignored (in-flight temporary files start with `.tmp-`).
+//!
+//! A change writes new key files first, then the manifest (one atomic rename: readers see
+//! the old key set or the new one), then deletes the files of removed keys. A crash
+//! between steps leaves a consistent store: a key file the manifest does not name yet is
+//! adopted as a next key by the next change; a file the manifest already marks removed is
+//! deleted by it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::backend::{KeyBackend, NewKey};
+use super::lifecycle::{KeyRecord, KeyState, Manifest, Millis, millis};
+use super::material::{PrivateKey, SigningKey};
+use super::{KeyStoreError, RotationPolicy};
+use crate::SigningAlg;
+use crate::files;
+use crate::store::StoreVersion;
+
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "keys.json";
+const LOCK_FILE: &str = ".lock";
+/// Test hook: `JWT_ISSUER_CRASH_AT=<step>` aborts the process at that step of a change
+/// (`after-key-files`, `after-manifest`), to prove the store survives a crash there.
+const CRASH_ENV: &str = "JWT_ISSUER_CRASH_AT";
+
+/// A keys directory.
+#[derive(Debug, Clone)]
+pub struct KeysDir {
+    dir: PathBuf,
+    /// Retention of keys adopted as retired into a directory that had no manifest.
+    retention: std::time::Duration,
+}
+
+impl KeysDir {
+    /// The keys directory `dir`; nothing is read or created yet.
+    pub fn new(dir: impl Into<PathBuf>, policy: &RotationPolicy) -> Self {
+        Self {
+            dir: dir.into(),
+            retention: policy.retention(),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn key_path(&self, kid: &str) -> PathBuf {
+        self.dir.join(format!("{kid}.pem"))
+    }
+
+    /// Key files the manifest does not name, by kid: (modification time, path, alg).
+    /// With `delete_dead`, files of removed or revoked keys are deleted on the way.
+    fn unrecorded_files(
+        &self,
+        manifest: &Manifest,
+        now: Millis,
+        delete_dead: bool,
+    ) -> Result<BTreeMap<String, (Millis, PathBuf, SigningAlg)>, KeyStoreError> {
+        let mut found = BTreeMap::new();
+        for path in self.pem_files()? {
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(record) = manifest.get(&stem) {
+                if delete_dead && matches!(record.state, KeyState::Removed | KeyState::Revoked) {
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            }
+            let key = load_key_file(&path)?;
+            if manifest.get(key.kid()).is_some() {
+                continue;
+            }
+            let modified = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_or(now, crate::time::unix_millis);
+            found.insert(key.kid().to_owned(), (modified, path, key.alg()));
+        }
+        Ok(found)
+    }
+
+    /// Records unrecorded key files in `manifest` (the first key of an algorithm active,
+    /// others next; for a directory that had no manifest, the newest of each algorithm
+    /// active and the others retired). Returns the manifest and the adopted files by kid.
+    fn adopt(
+        &self,
+        mut manifest: Manifest,
+        now: Millis,
+        delete_dead: bool,
+    ) -> Result<(Manifest, BTreeMap<String, PathBuf>), KeyStoreError> {
+        let fresh_store = manifest.keys.is_empty();
+        let mut by_age: Vec<_> = self
+            .unrecorded_files(&manifest, now, delete_dead)?
+            .into_iter()
+            .collect();
+        // Newest first, so the newest key of an algorithm becomes its active key.
+        by_age.sort_by_key(|entry| std::cmp::Reverse(entry.1.0));
+        let mut adopted = BTreeMap::new();
+        for (kid, (modified, path, alg)) in by_age {
+            let mut record = KeyRecord::new(kid.clone(), alg, KeyState::Next, modified.min(now));
+            if manifest.active(alg).is_none() {
+                record.state = KeyState::Active;
+                record.activated = Some(now);
+            } else if fresh_store {
+                record.state = KeyState::Retired;
+                record.retired = Some(now);
+                record.remove_after = Some(now + millis(self.retention));
+            } else {
+                record.published = now;
+            }
+            adopted.insert(kid, path);
+            manifest.keys.push(record);
+        }
+        Ok((manifest, adopted))
+    }
+
+    fn pem_files(&self) -> Result<Vec<PathBuf>, KeyStoreError> {
+        let read_dir = |source| KeyStoreError::ReadDir {
+            path: self.dir.clone(),
+            source,
+        };
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(read_dir(source)),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(read_dir)?.path();
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| n.starts_with('.'));
+            if !hidden && path.extension().is_some_and(|e| e == "pem") {
+                files.push(path);
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    fn write_key(&self, key: &NewKey) -> Result<(), KeyStoreError> {
+        let pem = key
+            .material
+            .to_pkcs8_pem()
+            .map_err(|reason| KeyStoreError::Generate {
+                alg: key.alg(),
+                reason,
+            })?;
+        let name = format!("{}.pem", key.kid());
+        match files::write_atomic(&self.dir, &name, pem.as_bytes(), false) {
+            Ok(_) => Ok(()),
+            // A key file left by an interrupted change of the same key: same content.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(source) => Err(KeyStoreError::Write {
+                path: self.dir.join(name),
+                source,
+            }),
+        }
+    }
+}
+
+impl KeyBackend for KeysDir {
+    fn describe(&self) -> String {
+        format!("keys dir {}", self.dir.display())
+    }
+
+    fn version(&self) -> Option<StoreVersion> {
+        files::version_of(&self.dir.join(MANIFEST_FILE))
+    }
+
+    fn read_manifest(&self) -> Result<Option<Manifest>, KeyStoreError> {
+        let path = self.dir.join(MANIFEST_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(KeyStoreError::FileUnreadable { path, source }),
+        };
+        Manifest::from_json(&bytes)
+            .map(Some)
+            .map_err(|reason| KeyStoreError::InvalidManifest { path, reason })
+    }
+
+    fn with_unrecorded(&self, manifest: Manifest, now: Millis) -> Result<Manifest, KeyStoreError> {
+        Ok(self.adopt(manifest, now, false)?.0)
+    }
+
+    fn load_key(&self, record: &KeyRecord) -> Result<SigningKey, KeyStoreError> {
+        let mut path = self.key_path(&record.kid);
+        if !path.exists() {
+            // A file not adopted yet keeps the name the operator gave it.
+            let adopted = self.unrecorded_files(&Manifest::default(), 0, false)?;
+            if let Some((_, found, _)) = adopted.get(&record.kid) {
+                path.clone_from(found);
+            }
+        }
+        let key = load_key_file(&path)?;
+        if key.kid() != record.kid || key.alg() != record.alg {
+            return Err(KeyStoreError::Inconsistent {
+                path,
+                reason: format!(
+                    "holds {} ({}), the manifest says {} ({})",
+                    key.kid(),
+                    key.alg(),
+                    record.kid,
+                    record.alg
+                ),
+            });
+        }
+        Ok(key)
+    }
+
+    fn key_location(&self, kid: &str) -> String {
+        self.key_path(kid).display().to_string()
+    }
+
+    fn transact(
+        &self,
+        change: &mut dyn FnMut(&mut Manifest, &mut Vec<NewKey>, Millis),
+    ) -> Result<(), KeyStoreError> {
+        files::create_private_dir(&self.dir).map_err(|source| KeyStoreError::CreateDir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let lock_path = self.dir.join(LOCK_FILE);
+        let _lock = files::lock(&lock_path).map_err(|source| KeyStoreError::Write {
+            path: lock_path,
+            source,
+        })?;
+        let now = crate::time::now_ms();
+        let on_disk = self.read_manifest()?;
+        let (mut manifest, adopted) = self.adopt(on_disk.clone().unwrap_or_default(), now, true)?;
+        for (kid, path) in &adopted {
+            if *path != self.key_path(kid) {
+                fs::rename(path, self.key_path(kid)).map_err(|source| KeyStoreError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        let before = manifest.clone();
+        let mut pending = Vec::new();
+        change(&mut manifest, &mut pending, now);
+        for key in pending.iter().filter(|k| manifest.get(k.kid()).is_some()) {
+            self.write_key(key)?;
+        }
+        crash_point("after-key-files");
+        if manifest != before || !adopted.is_empty() || on_disk.is_none() {
+            let json = manifest.to_json();
+            files::write_atomic(&self.dir, MANIFEST_FILE, &json, true).map_err(|source| {
+                KeyStoreError::Write {
+                    path: self.dir.join(MANIFEST_FILE),
+                    source,
+                }
+            })?;
+        }
+        crash_point("after-manifest");
+        for record in manifest
+            .keys
+            .iter()
+            .filter(|r| matches!(r.state, KeyState::Removed | KeyState::Revoked))
+        {
+            match fs::remove_file(self.key_path(&record.kid)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(KeyStoreError::Write {
+                        path: self.key_path(&record.kid),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a PEM file the operator gives (`keys import`): any supported format.
+pub(crate) fn read_pem_file(path: &Path) -> Result<PrivateKey, KeyStoreError> {
+    let text = zeroize::Zeroizing::new(fs::read(path).map_err(|source| {
+        KeyStoreError::FileUnreadable {
+            path: path.to_owned(),
+            source,
+        }
+    })?);
+    PrivateKey::from_pem(&text).map_err(|source| KeyStoreError::InvalidKey {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn crash_point(step: &str) {
+    if std::env::var(CRASH_ENV).is_ok_and(|v| v == step) {
+        std::process::abort();
+    }
+}
+
+fn load_key_file(path: &Path) -> Result<SigningKey, KeyStoreError> {
+    let unreadable = |source| KeyStoreError::FileUnreadable {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(unreadable)?;
+    if let Some(mode) = files::too_open_mode(&meta) {
+        return Err(KeyStoreError::PermissionsTooOpen {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let key = read_pem_file(path)?;
+    SigningKey::in_process(&key, path.display().to_string()).map_err(|source| {
+        KeyStoreError::InvalidKey {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}

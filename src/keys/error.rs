@@ -1,0 +1,107 @@
+//! [`KeyStoreError`]: everything that can go wrong with the key store. Messages name the
+//! key or file and the reason, never key material, and never repeat their source (print
+//! the chain with [`crate::report::Report`] or anyhow's `{:#}`).
+
+use std::io;
+use std::path::PathBuf;
+
+use super::lifecycle::LifecycleError;
+use super::material::KeyFormatError;
+use crate::SigningAlg;
+
+/// A key store operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyStoreError {
+    /// The keys directory could not be created.
+    #[error("cannot create keys directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The keys directory could not be listed.
+    #[error("cannot read keys directory {path}")]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A key or manifest file could not be read.
+    #[error("cannot read {path}")]
+    FileUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A private key file that group or others may access.
+    #[error(
+        "{path}: permissions {mode:04o} are too open; a private key must not be accessible by group or others (fix: chmod 600 {path})"
+    )]
+    PermissionsTooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A file that does not hold a usable private key.
+    #[error("{path}")]
+    InvalidKey {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        source: KeyFormatError,
+    },
+    /// The manifest does not parse.
+    #[error("{path}: invalid key manifest: {reason}")]
+    InvalidManifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The manifest names a key its file does not hold, or a signing key without a file.
+    #[error("{path}: {reason}")]
+    Inconsistent {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+    /// Writing a key or the manifest failed; nothing partial is left under the final name.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Key generation failed.
+    #[error("cannot generate {alg} key: {reason}")]
+    Generate {
+        /// The algorithm.
+        alg: SigningAlg,
+        /// Why.
+        reason: String,
+    },
+    /// An RSA size `keys generate` does not offer.
+    #[error("RSA keys are generated with 2048, 3072 or 4096 bits, not {0}")]
+    UnsupportedRsaBits(usize),
+    /// HS256 has no key in the store: it signs with the configured secret.
+    #[error("HS256 has no key to generate: it signs with the configured secret")]
+    SymmetricAlg,
+    /// The imported key is, or was, in the store.
+    #[error("key {kid} is already in the store ({state})")]
+    AlreadyPresent {
+        /// Its kid.
+        kid: String,
+        /// Its state (a revoked key is never taken back).
+        state: &'static str,
+    },
+    /// A lifecycle step refused, with what it did instead.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+}

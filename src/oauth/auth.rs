@@ -1,0 +1,197 @@
+//! Client authentication at the token endpoint, as a set of methods (RFC 6749 section
+//! 2.3.1; names from the RFC 7591 registry). Each method reads its own credentials from
+//! the request; a request must use exactly one. private_key_jwt joins the set here.
+
+use actix_web::http::header::{self, HeaderMap};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use super::OAuthError;
+use super::clients::Proof;
+use super::request::{Form, form_decode};
+use crate::secret::ClientSecret;
+
+/// A client's claimed identity and its proof, as one method read them.
+#[derive(Debug)]
+pub struct Presented {
+    /// The method's RFC 7591 name.
+    pub method: &'static str,
+    /// The claimed client id.
+    pub client_id: String,
+    /// What proves it.
+    pub proof: Proof,
+}
+
+/// One way for a client to authenticate.
+pub trait ClientAuthMethod: Send + Sync {
+    /// The RFC 7591 name, as discovery lists it.
+    fn name(&self) -> &'static str;
+
+    /// `None` when the request does not use this method; otherwise what it presented, or
+    /// why that cannot be used.
+    fn presented(&self, headers: &HeaderMap, form: &Form) -> Option<Result<Presented, OAuthError>>;
+}
+
+/// `client_secret_basic`: HTTP Basic, id and secret form-urlencoded before the Base64
+/// step (RFC 6749 section 2.3.1).
+#[derive(Debug, Default)]
+pub struct ClientSecretBasic;
+
+/// `client_secret_post`: `client_id` and `client_secret` in the form body.
+#[derive(Debug, Default)]
+pub struct ClientSecretPost;
+
+impl ClientAuthMethod for ClientSecretBasic {
+    fn name(&self) -> &'static str {
+        "client_secret_basic"
+    }
+
+    fn presented(&self, headers: &HeaderMap, _: &Form) -> Option<Result<Presented, OAuthError>> {
+        let value = headers.get(header::AUTHORIZATION)?;
+        Some(
+            value
+                .to_str()
+                .map_err(|_| OAuthError::InvalidRequest("malformed Authorization header".into()))
+                .and_then(parse_basic),
+        )
+    }
+}
+
+impl ClientAuthMethod for ClientSecretPost {
+    fn name(&self) -> &'static str {
+        "client_secret_post"
+    }
+
+    fn presented(&self, _: &HeaderMap, form: &Form) -> Option<Result<Presented, OAuthError>> {
+        let (id, secret) = (form.get("client_id"), form.get("client_secret"));
+        if id.is_none() && secret.is_none() {
+            return None;
+        }
+        Some(match (id, secret) {
+            (Some(client_id), Some(secret)) => Ok(Presented {
+                method: self.name(),
+                client_id: client_id.to_owned(),
+                proof: Proof::Secret(ClientSecret::new(secret.to_owned())),
+            }),
+            _ => Err(OAuthError::InvalidClient { basic: false }),
+        })
+    }
+}
+
+/// What the request presents, by the one method it uses.
+///
+/// # Errors
+/// `invalid_request` for two methods at once or a malformed credential; `invalid_client`
+/// (with a Basic challenge) when there are no credentials at all.
+pub fn authenticate_request(
+    methods: &[Box<dyn ClientAuthMethod>],
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<Presented, OAuthError> {
+    let mut used = methods.iter().filter_map(|m| m.presented(headers, form));
+    match (used.next(), used.next()) {
+        (Some(one), None) => one,
+        (Some(_), Some(_)) => Err(OAuthError::InvalidRequest(
+            "use one client authentication method, not both".into(),
+        )),
+        (None, _) => Err(OAuthError::InvalidClient { basic: true }),
+    }
+}
+
+fn parse_basic(value: &str) -> Result<Presented, OAuthError> {
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::InvalidClient { basic: true });
+    }
+    let malformed = || OAuthError::InvalidRequest("malformed Basic credentials".into());
+    let decoded = zeroize::Zeroizing::new(STANDARD.decode(rest.trim()).map_err(|_| malformed())?);
+    let colon = decoded
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or_else(malformed)?;
+    let client_id = form_decode(&decoded[..colon]).map_err(|_| malformed())?;
+    let secret = form_decode(&decoded[colon + 1..]).map_err(|_| malformed())?;
+    if client_id.is_empty() {
+        return Err(OAuthError::InvalidClient { basic: true });
+    }
+    Ok(Presented {
+        method: "client_secret_basic",
+        client_id,
+        proof: Proof::Secret(ClientSecret::new(secret)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+
+    fn methods() -> Vec<Box<dyn ClientAuthMethod>> {
+        vec![Box::new(ClientSecretBasic), Box::new(ClientSecretPost)]
+    }
+
+    fn basic(user_pass: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!("Basic {}", STANDARD.encode(user_pass));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        headers
+    }
+
+    fn code(headers: &HeaderMap, form: &Form) -> &'static str {
+        authenticate_request(&methods(), headers, form)
+            .unwrap_err()
+            .code()
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let presented = authenticate_request(
+            &methods(),
+            &basic("svc%3Aa+b%25:s%2Bcr%3At"),
+            &Form::default(),
+        )
+        .unwrap();
+        assert_eq!(presented.method, "client_secret_basic");
+        assert_eq!(presented.client_id, "svc:a b%");
+        let Proof::Secret(secret) = presented.proof;
+        assert_eq!(secret.expose_secret(), "s+cr:t");
+    }
+
+    #[test]
+    fn post_credentials_come_from_the_form() {
+        let form = Form::parse(b"client_id=svc&client_secret=s").unwrap();
+        let presented = authenticate_request(&methods(), &HeaderMap::new(), &form).unwrap();
+        assert_eq!(presented.method, "client_secret_post");
+        assert_eq!(presented.client_id, "svc");
+    }
+
+    #[test]
+    fn two_methods_at_once_are_refused() {
+        let form = Form::parse(b"client_id=a&client_secret=b").unwrap();
+        assert_eq!(code(&basic("a:b"), &form), "invalid_request");
+        let id_only = Form::parse(b"client_id=a").unwrap();
+        assert_eq!(code(&basic("a:b"), &id_only), "invalid_request");
+    }
+
+    #[test]
+    fn missing_or_foreign_credentials_are_invalid_client() {
+        let challenge = authenticate_request(&methods(), &HeaderMap::new(), &Form::default());
+        assert!(matches!(
+            challenge,
+            Err(OAuthError::InvalidClient { basic: true })
+        ));
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(code(&bearer, &Form::default()), "invalid_client");
+        let no_secret = Form::parse(b"client_id=a").unwrap();
+        assert_eq!(code(&HeaderMap::new(), &no_secret), "invalid_client");
+        assert_eq!(code(&basic("nocolon"), &Form::default()), "invalid_request");
+        assert_eq!(code(&basic(":secret"), &Form::default()), "invalid_client");
+    }
+}

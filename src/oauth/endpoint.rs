@@ -1,0 +1,189 @@
+//! [`TokenEndpoint`]: the coordinator of `POST /oauth2/token`. It parses the form, picks
+//! the grant handler by `grant_type`, authenticates the client by the one method the
+//! request uses (under the brute-force limits), applies the grant's rules and has the
+//! signer sign. The HTTP handler only reads the body and writes the answer.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use actix_web::http::header::HeaderMap;
+use serde::Serialize;
+
+use super::OAuthError;
+use super::auth::{ClientAuthMethod, ClientSecretBasic, ClientSecretPost, authenticate_request};
+use super::clients::{ClientRegistry, is_valid_client_id};
+use super::grant::{ClientCredentials, GrantContext, GrantHandler};
+use super::limiter::{AuthLimiter, AuthLimits};
+use super::request::Form;
+use crate::sign::{IssuedToken, Signer};
+
+/// Lifetime of access tokens for clients without their own, by default (15 min).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The grant types and client authentication methods of the token endpoint, and the
+/// brute-force limits they share.
+pub struct TokenEndpoint {
+    grants: Vec<Box<dyn GrantHandler>>,
+    methods: Vec<Box<dyn ClientAuthMethod>>,
+    limiter: AuthLimiter,
+    default_ttl: Duration,
+}
+
+/// One token request, as the HTTP layer hands it over.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenCall<'a> {
+    /// The request headers (client authentication may use `Authorization`).
+    pub headers: &'a HeaderMap,
+    /// The `application/x-www-form-urlencoded` body, within the size limit.
+    pub body: &'a [u8],
+    /// The TCP peer, for the per-address limit.
+    pub peer: Option<IpAddr>,
+}
+
+/// A token the endpoint issued, and the scope granted.
+#[derive(Debug)]
+pub struct Issued {
+    /// The signed token and its facts.
+    pub token: IssuedToken,
+    /// The granted scopes, space-separated.
+    pub scope: String,
+}
+
+/// The successful response of RFC 6749 section 5.1.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse<'a> {
+    /// The JWT.
+    pub access_token: &'a str,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until `exp`.
+    pub expires_in: u64,
+    /// The granted scopes.
+    pub scope: &'a str,
+}
+
+impl Issued {
+    /// The response body.
+    pub fn response(&self) -> TokenResponse<'_> {
+        TokenResponse {
+            access_token: &self.token.token,
+            token_type: "Bearer",
+            expires_in: self.token.expires_at - self.token.issued_at,
+            scope: &self.scope,
+        }
+    }
+}
+
+impl TokenEndpoint {
+    /// The endpoint with every grant and method jwt-issuer supports: the client
+    /// credentials grant; `client_secret_basic` and `client_secret_post`.
+    pub fn new(default_ttl: Duration, limits: AuthLimits) -> Self {
+        Self {
+            grants: vec![Box::new(ClientCredentials)],
+            methods: vec![Box::new(ClientSecretBasic), Box::new(ClientSecretPost)],
+            limiter: AuthLimiter::new(limits),
+            default_ttl,
+        }
+    }
+
+    /// The `grant_type` values accepted, for discovery.
+    pub fn grant_types(&self) -> Vec<&'static str> {
+        self.grants.iter().map(|g| g.grant_type()).collect()
+    }
+
+    /// The client authentication methods accepted, for discovery.
+    pub fn auth_methods(&self) -> Vec<&'static str> {
+        self.methods.iter().map(|m| m.name()).collect()
+    }
+
+    /// The brute-force limiter.
+    pub fn limiter(&self) -> &AuthLimiter {
+        &self.limiter
+    }
+
+    /// Handles one token request against a registry and a signer snapshot. Every outcome
+    /// is logged (client id, outcome, jti or error), never a secret or a token.
+    ///
+    /// # Errors
+    /// The RFC 6749 section 5.2 error to answer with.
+    pub fn token(
+        &self,
+        call: TokenCall<'_>,
+        clients: &ClientRegistry,
+        signer: &Signer,
+    ) -> Result<Issued, OAuthError> {
+        let mut client_id = None;
+        let result = self.issue(call, clients, signer, &mut client_id);
+        // Ids come from the network: bounded, and escaped so they cannot forge log lines.
+        let client = client_id.as_deref().unwrap_or("-");
+        let client = client[..client.floor_char_boundary(128)].escape_debug();
+        match &result {
+            Ok(issued) => {
+                let t = &issued.token;
+                tracing::info!(client_id = %client, outcome = "issued", jti = %t.jti, kid = %t.kid, alg = %t.alg, scope = %issued.scope, "token");
+            }
+            Err(err) => log_refusal(&client.to_string(), call.peer, err),
+        }
+        result
+    }
+
+    /// Logs a request the HTTP layer refused before the endpoint saw it (wrong content
+    /// type, body too large) as the endpoint logs its own refusals, and passes it on.
+    pub fn refused_before(&self, peer: Option<IpAddr>, err: OAuthError) -> OAuthError {
+        log_refusal("-", peer, &err);
+        err
+    }
+
+    /// The steps of [`TokenEndpoint::token`]; `client_id` receives the claimed id as soon
+    /// as it is known, for the log line of refusals too.
+    fn issue(
+        &self,
+        call: TokenCall<'_>,
+        clients: &ClientRegistry,
+        signer: &Signer,
+        client_id: &mut Option<String>,
+    ) -> Result<Issued, OAuthError> {
+        let form = Form::parse(call.body)?;
+        let grant_type = form
+            .get("grant_type")
+            .ok_or_else(|| OAuthError::InvalidRequest("grant_type is missing".into()))?;
+        let handler = self
+            .grants
+            .iter()
+            .find(|g| g.grant_type() == grant_type)
+            .ok_or_else(|| {
+                OAuthError::UnsupportedGrantType(grant_type.chars().take(64).collect())
+            })?;
+        let presented = authenticate_request(&self.methods, call.headers, &form)?;
+        *client_id = Some(presented.client_id.clone());
+        let basic = presented.method == "client_secret_basic";
+        // An id no client can have is refused before the limiter, so junk ids (up to the
+        // body size) never take space in its tables.
+        if !is_valid_client_id(&presented.client_id) {
+            return Err(OAuthError::InvalidClient { basic });
+        }
+        self.limiter
+            .check(&presented.client_id, call.peer)
+            .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
+        let Some(client) = clients.authenticate(&presented.client_id, &presented.proof) else {
+            self.limiter.record_failure(&presented.client_id, call.peer);
+            return Err(OAuthError::InvalidClient { basic });
+        };
+        let context = GrantContext {
+            issuer: signer.issuer(),
+            default_ttl: self.default_ttl,
+        };
+        let granted = handler.grant(context, client, &form)?;
+        let token = signer
+            .issue(&granted.request)
+            .map_err(|e| OAuthError::Internal(crate::report::Report(&e).to_string()))?;
+        Ok(Issued {
+            token,
+            scope: granted.scope,
+        })
+    }
+}
+
+fn log_refusal(client: &str, peer: Option<IpAddr>, err: &OAuthError) {
+    tracing::warn!(client_id = %client, peer = ?peer, outcome = "refused", error = err.code(), reason = %err, "token");
+}
