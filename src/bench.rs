@@ -65,7 +65,7 @@ pub enum BenchError {
     #[error("benchmark token for {0} did not verify: {1}")]
     Verify(String, String),
     /// The temporary directory.
-    #[error("temporary directory: {0}")]
+    #[error("cannot create a temporary directory")]
     TempDir(#[from] std::io::Error),
 }
 

@@ -93,6 +93,7 @@ pub struct HmacSecret {
 
 /// Why an HS256 secret was refused. Never contains the secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SecretError {
     /// Neither variable is set.
     #[error("HS256 needs a secret: set {var} or {var}_FILE ({MAKE_ONE})")]

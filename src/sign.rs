@@ -444,3 +444,320 @@ fn jsonwebtoken_alg(alg: SigningAlg) -> jsonwebtoken::Algorithm {
 fn new_jti() -> String {
     crate::secret::random_base64url::<16>()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    use super::*;
+    use crate::keys::{KeyStore, Manifest};
+    use crate::verify::{KeyRing, Validation, Verifier};
+
+    /// One ES256 and one RS256 key for the whole test binary: RSA generation is slow. The
+    /// key set lives in memory, so the directory it was generated in can go at once.
+    fn keys() -> Arc<KeySet> {
+        static KEYS: OnceLock<Arc<KeySet>> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (keys, generated) = KeyStore::new(dir.path()).load_or_init().expect("keys");
+            assert_eq!(generated.len(), 2);
+            Arc::new(keys)
+        })
+        .clone()
+    }
+
+    fn config() -> SignerConfig {
+        SignerConfig::new(Issuer::parse("https://issuer.example").unwrap())
+    }
+
+    fn signer() -> Signer {
+        Signer::new(config(), keys(), None).unwrap()
+    }
+
+    fn secret() -> HmacSecret {
+        HmacSecret::new(
+            b"q3Vn0bZl8Xk2yTf7Wc1JpR5hM9sD4eGaLuQo6iNzB0t=".to_vec(),
+            "JWT_SECRET",
+        )
+        .unwrap()
+    }
+
+    fn request(sub: &str) -> TokenRequest {
+        TokenRequest::new(sub, Duration::from_secs(300))
+    }
+
+    /// Segment `i` of a compact JWS (0 header, 1 payload) as JSON.
+    fn segment(token: &str, i: usize) -> Value {
+        let part = token.split('.').nth(i).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn signer_refuses_a_ttl_above_its_configured_maximum() {
+        let hour = Duration::from_secs(3600);
+        let signer = Signer::new(
+            SignerConfig {
+                max_ttl: hour,
+                ..config()
+            },
+            keys(),
+            None,
+        )
+        .unwrap();
+        assert!(signer.issue(&TokenRequest::new("alice", hour)).is_ok());
+        let too_long = hour + Duration::from_secs(1);
+        match signer.issue(&TokenRequest::new("alice", too_long)) {
+            Err(SignError::InvalidTtl(e)) => assert_eq!((e.ttl, e.max), (too_long, hour)),
+            other => panic!("expected InvalidTtl, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn signer_never_issues_beyond_the_24h_ceiling_even_if_configured_higher() {
+        let signer = Signer::new(
+            SignerConfig {
+                max_ttl: TOKEN_TTL_CEILING * 2,
+                ..config()
+            },
+            keys(),
+            None,
+        )
+        .unwrap();
+        let ttl = TOKEN_TTL_CEILING + Duration::from_secs(1);
+        match signer.issue(&TokenRequest::new("alice", ttl)) {
+            Err(SignError::InvalidTtl(e)) => assert_eq!(e.max, TOKEN_TTL_CEILING),
+            other => panic!("expected InvalidTtl, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn signer_refuses_a_ttl_under_one_second() {
+        for ttl in [Duration::ZERO, Duration::from_millis(999)] {
+            let result = signer().issue(&TokenRequest::new("alice", ttl));
+            assert!(
+                matches!(result, Err(SignError::InvalidTtl(_))),
+                "{ttl:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn extra_claims_may_not_override_registered_ones() {
+        let signer = signer();
+        for name in REGISTERED_CLAIMS {
+            let mut req = request("alice");
+            req.extra.insert(name.to_owned(), Value::from("forged"));
+            match signer.issue(&req) {
+                Err(SignError::ReservedClaim(claim)) => assert_eq!(claim, name),
+                other => panic!("{name}: expected ReservedClaim, got {other:?}"),
+            }
+        }
+        let mut req = request("alice");
+        req.extra.insert("scope".into(), Value::from("read"));
+        let token = signer.issue(&req).unwrap().token;
+        assert_eq!(segment(&token, 1)["scope"], "read");
+    }
+
+    #[test]
+    fn empty_subject_or_audience_entry_is_refused() {
+        let signer = signer();
+        assert!(matches!(
+            signer.issue(&request("")),
+            Err(SignError::EmptySubject)
+        ));
+        let mut req = request("alice");
+        req.aud = vec!["orders".into(), String::new()];
+        assert!(matches!(signer.issue(&req), Err(SignError::EmptyAudience)));
+    }
+
+    #[test]
+    fn one_audience_is_a_string_several_an_array_none_omits_the_claim() {
+        let signer = signer();
+        let aud_of = |aud: &[&str]| {
+            let mut req = request("alice");
+            req.aud = aud.iter().map(|a| (*a).to_owned()).collect();
+            let claims = segment(&signer.issue(&req).unwrap().token, 1);
+            claims.get("aud").cloned()
+        };
+        assert_eq!(aud_of(&[]), None);
+        assert_eq!(aud_of(&["orders"]), Some(Value::from("orders")));
+        assert_eq!(
+            aud_of(&["orders", "billing"]),
+            Some(serde_json::json!(["orders", "billing"]))
+        );
+    }
+
+    #[test]
+    fn header_carries_alg_kid_and_typ_of_the_request() {
+        let signer = signer();
+        for (alg, typ, typ_str) in [
+            (SigningAlg::Es256, TokenType::Jwt, "JWT"),
+            (SigningAlg::Es256, TokenType::AccessToken, "at+jwt"),
+            (SigningAlg::Rs256, TokenType::Jwt, "JWT"),
+            (SigningAlg::Rs256, TokenType::AccessToken, "at+jwt"),
+        ] {
+            let mut req = request("alice");
+            req.alg = Some(alg);
+            req.typ = typ;
+            let issued = signer.issue(&req).unwrap();
+            let kid = keys().active(alg).unwrap().kid().to_owned();
+            assert_eq!(
+                segment(&issued.token, 0),
+                serde_json::json!({"alg": alg.as_str(), "kid": kid, "typ": typ_str}),
+                "{alg} {typ_str}"
+            );
+            assert_eq!((issued.alg, issued.kid.as_str()), (alg, kid.as_str()));
+        }
+    }
+
+    #[test]
+    fn claims_carry_issuer_subject_times_and_jti() {
+        let issued = signer().issue(&request("alice")).unwrap();
+        let claims = segment(&issued.token, 1);
+        assert_eq!(claims["iss"], "https://issuer.example");
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["iat"], issued.issued_at);
+        assert_eq!(claims["nbf"], issued.issued_at);
+        assert_eq!(claims["exp"], issued.expires_at);
+        assert_eq!(issued.expires_at, issued.issued_at + 300);
+        assert_eq!(claims["jti"], issued.jti.as_str());
+        let other = signer().issue(&request("alice")).unwrap();
+        assert_ne!(issued.jti, other.jti, "every token has its own jti");
+    }
+
+    #[test]
+    fn issued_tokens_verify_through_the_published_jwks() {
+        let (ring, rejected) = KeyRing::from_jwk_set(&keys().jwk_set());
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let validation = Validation::new("https://issuer.example", ["orders"]);
+        for alg in SigningAlg::ASYMMETRIC {
+            let mut req = request("alice");
+            req.alg = Some(alg);
+            req.aud = vec!["orders".into()];
+            let token = signer().issue(&req).unwrap().token;
+            let claims: Value = Verifier::verify_with(&ring, &token, &validation).unwrap();
+            assert_eq!(claims["sub"], "alice", "{alg}");
+        }
+    }
+
+    #[test]
+    fn hs256_without_a_secret_has_no_active_key() {
+        let signer = signer();
+        assert!(!signer.supports(SigningAlg::Hs256));
+        let mut req = request("alice");
+        req.alg = Some(SigningAlg::Hs256);
+        assert!(matches!(
+            signer.issue(&req),
+            Err(SignError::NoActiveKey(SigningAlg::Hs256))
+        ));
+
+        let secret = secret();
+        let with_secret = Signer::new(config(), keys(), Some(&secret)).unwrap();
+        assert!(with_secret.supports(SigningAlg::Hs256));
+        let issued = with_secret.issue(&req).unwrap();
+        assert_eq!(
+            (issued.alg, issued.kid.as_str()),
+            (SigningAlg::Hs256, secret.kid())
+        );
+        assert_eq!(segment(&issued.token, 0)["alg"], "HS256");
+    }
+
+    #[test]
+    fn signer_refuses_to_start_without_a_key_for_its_default_algorithm() {
+        let hs256 = SignerConfig {
+            default_alg: SigningAlg::Hs256,
+            ..config()
+        };
+        assert!(matches!(
+            Signer::new(hs256, keys(), None),
+            Err(SignError::NoActiveKey(SigningAlg::Hs256))
+        ));
+        assert!(matches!(
+            Signer::new(config(), Arc::new(KeySet::default()), None),
+            Err(SignError::NoActiveKey(SigningAlg::Es256))
+        ));
+    }
+
+    #[test]
+    fn default_alg_is_used_when_the_request_names_none() {
+        for alg in SigningAlg::ASYMMETRIC {
+            let signer = Signer::new(
+                SignerConfig {
+                    default_alg: alg,
+                    ..config()
+                },
+                keys(),
+                None,
+            )
+            .unwrap();
+            assert_eq!(signer.default_alg(), alg);
+            let issued = signer.issue(&request("alice")).unwrap();
+            assert_eq!(issued.alg, alg);
+            assert_eq!(issued.kid, keys().active(alg).unwrap().kid());
+            assert_eq!(segment(&issued.token, 0)["alg"], alg.as_str());
+        }
+    }
+
+    /// A remote signer (an HSM, a KMS) that signs through a real key until it goes down.
+    struct Flaky {
+        inner: Arc<SigningKey>,
+        down: Arc<AtomicBool>,
+    }
+
+    impl crate::keys::SignatureBackend for Flaky {
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(SignatureFailed("token logged out".into()));
+            }
+            self.inner.sign(message)
+        }
+    }
+
+    /// A key set of one ES256 key whose private half sits behind [`Flaky`].
+    fn flaky_keys(down: &Arc<AtomicBool>) -> (Arc<KeySet>, String) {
+        let inner = keys().active(SigningAlg::Es256).unwrap().clone();
+        let kid = inner.kid().to_owned();
+        let jwk = inner.jwk().clone();
+        let key = SigningKey::from_backend(
+            jwk,
+            "pkcs11:object=test",
+            Box::new(Flaky {
+                inner,
+                down: down.clone(),
+            }),
+        );
+        let mut manifest = Manifest::default();
+        manifest.add(kid.clone(), SigningAlg::Es256, 0);
+        (Arc::new(KeySet::new(vec![Arc::new(key)], manifest, 0)), kid)
+    }
+
+    #[test]
+    fn a_failing_signature_backend_gives_a_backend_error_and_never_a_token() {
+        let down = Arc::new(AtomicBool::new(false));
+        let (keys, kid) = flaky_keys(&down);
+        let signer = Signer::new(config(), keys, None).unwrap();
+        assert!(signer.issue(&request("alice")).is_ok());
+        down.store(true, Ordering::SeqCst);
+        match signer.issue(&request("alice")) {
+            Err(SignError::Backend {
+                kid: failed,
+                source,
+            }) => {
+                assert_eq!(failed, kid);
+                assert_eq!(source, SignatureFailed("token logged out".into()));
+            }
+            other => panic!("expected Backend, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_backend_that_cannot_sign_at_start_fails_the_self_check() {
+        let down = Arc::new(AtomicBool::new(true));
+        let (keys, kid) = flaky_keys(&down);
+        match Signer::new(config(), keys, None) {
+            Err(SignError::Backend { kid: failed, .. }) => assert_eq!(failed, kid),
+            other => panic!("expected Backend, got {other:?}"),
+        }
+    }
+}

@@ -207,7 +207,17 @@ impl KeyBackend for KeysDir {
                 path.clone_from(found);
             }
         }
-        let key = load_key_file(&path)?;
+        let key = match load_key_file(&path) {
+            Err(KeyStoreError::FileUnreadable { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                return Err(KeyStoreError::KeyMissing {
+                    kid: record.kid.clone(),
+                    location: path.display().to_string(),
+                });
+            }
+            other => other?,
+        };
         if key.kid() != record.kid || key.alg() != record.alg {
             return Err(KeyStoreError::Inconsistent {
                 path,

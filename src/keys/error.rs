@@ -37,6 +37,15 @@ pub enum KeyStoreError {
         /// The OS error.
         source: io::Error,
     },
+    /// The manifest names a key whose material the backend no longer has (a file deleted,
+    /// an HSM object destroyed), usually by a change that is recording its removal now.
+    #[error("key {kid} is gone from {location}")]
+    KeyMissing {
+        /// The key.
+        kid: String,
+        /// Where it was kept.
+        location: String,
+    },
     /// A private key file that group or others may access.
     #[error(
         "{path}: permissions {mode:04o} are too open; a private key must not be accessible by group or others (fix: chmod 600 {path})"

@@ -88,3 +88,151 @@ impl KeySet {
         self.manifest.next_change(self.loaded_at, rotate_every)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwks::{Jwk, PublicKeyParams};
+    use crate::keys::lifecycle::KeyRecord;
+    use crate::keys::{SignatureBackend, SignatureFailed};
+
+    /// Selection never signs: a public JWK is all a key set needs to order and find keys.
+    struct NeverSigns;
+
+    impl SignatureBackend for NeverSigns {
+        fn sign(&self, _: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
+            Err(SignatureFailed("not in this test".into()))
+        }
+    }
+
+    /// A key of `alg` with a distinct public part (and so a distinct kid) per `seed`.
+    fn key(alg: SigningAlg, seed: u8) -> Arc<SigningKey> {
+        let params = match alg {
+            SigningAlg::Rs256 => PublicKeyParams::rsa(&[seed; 256], &[1, 0, 1]),
+            _ => PublicKeyParams::p256(&[seed; 32], &[seed; 32]),
+        };
+        Arc::new(SigningKey::from_backend(
+            Jwk::new(params, alg),
+            format!("test:{seed}"),
+            Box::new(NeverSigns),
+        ))
+    }
+
+    fn record(key: &SigningKey, state: KeyState) -> KeyRecord {
+        KeyRecord::new(key.kid().to_owned(), key.alg(), state, 0)
+    }
+
+    fn states(set: &KeySet) -> Vec<(SigningAlg, KeyState)> {
+        set.keys()
+            .iter()
+            .map(|k| (k.alg(), set.manifest().get(k.kid()).unwrap().state))
+            .collect()
+    }
+
+    #[test]
+    fn keys_are_listed_by_algorithm_with_the_active_key_first() {
+        let es_retired = key(SigningAlg::Es256, 1);
+        let es_next = key(SigningAlg::Es256, 2);
+        let es_active = key(SigningAlg::Es256, 3);
+        let rs_next = key(SigningAlg::Rs256, 4);
+        let rs_active = key(SigningAlg::Rs256, 5);
+        let manifest = Manifest {
+            version: Manifest::VERSION,
+            keys: vec![
+                record(&es_retired, KeyState::Retired),
+                record(&es_next, KeyState::Next),
+                record(&es_active, KeyState::Active),
+                record(&rs_next, KeyState::Next),
+                record(&rs_active, KeyState::Active),
+            ],
+        };
+        // Loaded in the least helpful order.
+        let loaded = vec![
+            rs_next.clone(),
+            es_retired.clone(),
+            es_next.clone(),
+            rs_active.clone(),
+            es_active.clone(),
+        ];
+        let set = KeySet::new(loaded, manifest, 0);
+        assert_eq!(
+            states(&set),
+            [
+                (SigningAlg::Es256, KeyState::Active),
+                (SigningAlg::Es256, KeyState::Next),
+                (SigningAlg::Es256, KeyState::Retired),
+                (SigningAlg::Rs256, KeyState::Active),
+                (SigningAlg::Rs256, KeyState::Next),
+            ]
+        );
+        // The JWKS keeps that order: a verifier taking the first key of an alg gets the signer.
+        let published: Vec<String> = set.jwk_set().keys.into_iter().map(|j| j.kid).collect();
+        let listed: Vec<String> = set.keys().iter().map(|k| k.kid().to_owned()).collect();
+        assert_eq!(published, listed);
+        assert_eq!(published[0], es_active.kid());
+        assert_eq!(published[3], rs_active.kid());
+    }
+
+    #[test]
+    fn active_returns_the_key_the_manifest_marks_active() {
+        let older = key(SigningAlg::Es256, 1);
+        let active = key(SigningAlg::Es256, 2);
+        let manifest = Manifest {
+            version: Manifest::VERSION,
+            keys: vec![
+                record(&older, KeyState::Next),
+                record(&active, KeyState::Active),
+            ],
+        };
+        let set = KeySet::new(vec![older.clone(), active.clone()], manifest, 0);
+        assert_eq!(set.active(SigningAlg::Es256).unwrap().kid(), active.kid());
+        assert!(set.active(SigningAlg::Rs256).is_none());
+        assert_eq!(set.find(older.kid()).unwrap().kid(), older.kid());
+        assert!(set.find("no-such-kid").is_none());
+    }
+
+    #[test]
+    fn a_manifest_active_key_that_was_not_loaded_is_not_active() {
+        let active = key(SigningAlg::Es256, 1);
+        let next = key(SigningAlg::Es256, 2);
+        let manifest = Manifest {
+            version: Manifest::VERSION,
+            keys: vec![
+                record(&active, KeyState::Active),
+                record(&next, KeyState::Next),
+            ],
+        };
+        let set = KeySet::new(vec![next], manifest, 0);
+        assert!(
+            set.active(SigningAlg::Es256).is_none(),
+            "a next key never signs in place of a missing active key"
+        );
+        assert!(set.algorithms().is_empty());
+    }
+
+    #[test]
+    fn algorithms_lists_only_algorithms_with_an_active_key() {
+        let es_next = key(SigningAlg::Es256, 1);
+        let es_retired = key(SigningAlg::Es256, 2);
+        let rs_active = key(SigningAlg::Rs256, 3);
+        let manifest = Manifest {
+            version: Manifest::VERSION,
+            keys: vec![
+                record(&es_next, KeyState::Next),
+                record(&es_retired, KeyState::Retired),
+                record(&rs_active, KeyState::Active),
+            ],
+        };
+        let set = KeySet::new(vec![es_next, es_retired, rs_active], manifest, 0);
+        assert_eq!(set.algorithms(), [SigningAlg::Rs256]);
+        assert_eq!(
+            set.keys().len(),
+            3,
+            "next and retired keys are still published"
+        );
+
+        let empty = KeySet::default();
+        assert!(empty.is_empty());
+        assert!(empty.algorithms().is_empty());
+    }
+}

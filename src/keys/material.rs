@@ -30,6 +30,7 @@ const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3
 
 /// Why a PEM file cannot be used as a signing key. Messages name the reason, never the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyFormatError {
     /// No PEM block at all.
     #[error("not a PEM file")]

@@ -109,13 +109,9 @@ impl KeyStore {
     /// or not at all.
     pub fn load(&self) -> Result<KeySet, KeyStoreError> {
         match self.load_once() {
-            // A change between reading the manifest and its keys (a revoked key's file
-            // deleted after the new manifest was written): read again, once.
-            Err(KeyStoreError::FileUnreadable { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                self.load_once()
-            }
+            // A change between reading the manifest and its keys (a revoked key's material
+            // destroyed after the new manifest was written): read again, once.
+            Err(KeyStoreError::KeyMissing { .. }) => self.load_once(),
             other => other,
         }
     }
@@ -129,9 +125,7 @@ impl KeyStore {
                 Ok(key) => keys.push(Arc::new(key)),
                 // A retired key may be gone already (removed by a change that is recording
                 // it now): it is about to leave the JWKS anyway.
-                Err(KeyStoreError::FileUnreadable { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound
-                        && record.state == KeyState::Retired => {}
+                Err(KeyStoreError::KeyMissing { .. }) if record.state == KeyState::Retired => {}
                 Err(e) => return Err(e),
             }
         }
@@ -145,10 +139,13 @@ impl KeyStore {
     /// # Errors
     /// As [`KeyStore::load`], plus generation and write errors.
     pub fn load_or_init(&self) -> Result<(KeySet, Vec<KeyInfo>), KeyStoreError> {
+        let now = now_ms();
+        // Keys an operator dropped in count too: they are adopted, nothing is generated.
         if self
-            .backend
-            .read_manifest()?
-            .is_some_and(|m| m.keys.iter().any(|k| k.is_published(now_ms())))
+            .manifest_at(now)?
+            .keys
+            .iter()
+            .any(|k| k.is_published(now))
         {
             return Ok((self.load()?, Vec::new()));
         }
@@ -231,6 +228,7 @@ impl KeyStore {
         let alg = self
             .manifest()?
             .get(kid)
+            .filter(|r| r.is_published(now_ms()))
             .map(|r| r.alg)
             .ok_or_else(|| LifecycleError::UnknownKid(kid.to_owned()))?;
         let fresh = self.backend.create_key(alg, DEFAULT_RSA_BITS)?;
@@ -324,5 +322,459 @@ impl KeyStore {
             path: self.backend.describe().into(),
             reason: "the key backend committed without applying the change".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The key store's operations over a backend that is not a directory: what a
+    //! database or HSM backend has to implement, and proof that no operation needs a file.
+
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::sync::Mutex;
+
+    use super::material::PrivateKey;
+    use super::*;
+
+    /// How the backend runs the change it is handed: `Once` keeps the contract; the
+    /// others break it, to show what the store does about a broken backend.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Apply {
+        Once,
+        Twice,
+        Never,
+    }
+
+    /// A key backend in memory: the manifest and the private keys under one mutex (the
+    /// mutex is what makes a change exclusive, as a row lock or a transaction would).
+    struct MemoryBackend {
+        apply: Apply,
+        stored: Mutex<Stored>,
+    }
+
+    #[derive(Default)]
+    struct Stored {
+        manifest: Option<Manifest>,
+        material: BTreeMap<String, PrivateKey>,
+        /// Bumped with every manifest write.
+        version: u64,
+        /// Calls to `transact`.
+        transactions: usize,
+    }
+
+    impl MemoryBackend {
+        fn new() -> Arc<Self> {
+            Self::applying(Apply::Once)
+        }
+
+        fn applying(apply: Apply) -> Arc<Self> {
+            Arc::new(Self {
+                apply,
+                stored: Mutex::new(Stored::default()),
+            })
+        }
+
+        fn stored(&self) -> std::sync::MutexGuard<'_, Stored> {
+            self.stored.lock().unwrap()
+        }
+
+        fn holds_material(&self, kid: &str) -> bool {
+            self.stored().material.contains_key(kid)
+        }
+
+        fn transactions(&self) -> usize {
+            self.stored().transactions
+        }
+
+        /// Edits the stored manifest as another replica (or the passing of time) would.
+        fn edit(&self, edit: impl FnOnce(&mut Manifest)) {
+            let mut stored = self.stored();
+            edit(stored.manifest.as_mut().expect("a manifest"));
+            stored.version += 1;
+        }
+    }
+
+    impl fmt::Debug for MemoryBackend {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("MemoryBackend")
+        }
+    }
+
+    impl KeyBackend for MemoryBackend {
+        fn describe(&self) -> String {
+            "memory".to_owned()
+        }
+
+        fn version(&self) -> Option<StoreVersion> {
+            let stored = self.stored();
+            stored
+                .manifest
+                .as_ref()
+                .map(|_| StoreVersion::new(stored.version.to_string()))
+        }
+
+        fn read_manifest(&self) -> Result<Option<Manifest>, KeyStoreError> {
+            Ok(self.stored().manifest.clone())
+        }
+
+        fn with_unrecorded(
+            &self,
+            manifest: Manifest,
+            _: Millis,
+        ) -> Result<Manifest, KeyStoreError> {
+            // Nothing reaches this store except through a change: no unrecorded keys.
+            Ok(manifest)
+        }
+
+        fn load_key(&self, record: &KeyRecord) -> Result<SigningKey, KeyStoreError> {
+            let stored = self.stored();
+            let material =
+                stored
+                    .material
+                    .get(&record.kid)
+                    .ok_or_else(|| KeyStoreError::KeyMissing {
+                        kid: record.kid.clone(),
+                        location: "memory".into(),
+                    })?;
+            SigningKey::in_process(material, self.key_location(&record.kid)).map_err(|source| {
+                KeyStoreError::InvalidKey {
+                    path: "memory".into(),
+                    source,
+                }
+            })
+        }
+
+        fn key_location(&self, kid: &str) -> String {
+            format!("memory:{kid}")
+        }
+
+        fn transact(
+            &self,
+            change: &mut dyn FnMut(&mut Manifest, &mut Vec<NewKey>, Millis),
+        ) -> Result<(), KeyStoreError> {
+            let mut stored = self.stored();
+            stored.transactions += 1;
+            let before = stored.manifest.clone();
+            let mut manifest = before.clone().unwrap_or(Manifest {
+                version: Manifest::VERSION,
+                keys: Vec::new(),
+            });
+            let mut pending = Vec::new();
+            let now = now_ms();
+            let runs = match self.apply {
+                Apply::Once => 1,
+                Apply::Twice => 2,
+                Apply::Never => 0,
+            };
+            for _ in 0..runs {
+                change(&mut manifest, &mut pending, now);
+            }
+            // The contract's order: new keys the manifest names, then the manifest, then
+            // the material of removed and revoked keys destroyed.
+            for key in pending {
+                if manifest.get(key.kid()).is_some() {
+                    stored.material.insert(key.kid().to_owned(), key.material);
+                }
+            }
+            if before.as_ref() != Some(&manifest) {
+                stored.manifest = Some(manifest.clone());
+                stored.version += 1;
+            }
+            for record in &manifest.keys {
+                if matches!(record.state, KeyState::Removed | KeyState::Revoked) {
+                    stored.material.remove(&record.kid);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn store(backend: &Arc<MemoryBackend>) -> KeyStore {
+        KeyStore::from_backend(backend.clone(), RotationPolicy::default())
+    }
+
+    #[test]
+    fn load_or_init_on_an_empty_backend_yields_one_active_es256_and_one_active_rs256() {
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        assert_eq!(store.describe(), "memory");
+        assert!(store.version().is_none());
+
+        let (keys, generated) = store.load_or_init().unwrap();
+        let mut algs: Vec<SigningAlg> = generated.iter().map(|k| k.alg).collect();
+        algs.sort();
+        assert_eq!(algs, [SigningAlg::Es256, SigningAlg::Rs256]);
+        for info in &generated {
+            assert_eq!(info.state, KeyState::Active, "{info:?}");
+            assert_eq!(info.location, format!("memory:{}", info.kid));
+            assert_eq!(keys.active(info.alg).unwrap().kid(), info.kid);
+            assert!(backend.holds_material(&info.kid));
+        }
+        assert_eq!(keys.keys().len(), 2);
+        assert_eq!(keys.algorithms(), SigningAlg::ASYMMETRIC);
+        assert_eq!(backend.transactions(), 1, "first start is one change");
+        assert!(store.version().is_some());
+
+        // A second start finds the keys and generates nothing.
+        let (again, generated) = store.load_or_init().unwrap();
+        assert!(generated.is_empty());
+        assert_eq!(again.jwk_set(), keys.jwk_set());
+        assert_eq!(backend.transactions(), 1);
+    }
+
+    #[test]
+    fn generate_adds_an_active_key_then_next_keys() {
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        let first = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        assert_eq!(first.state, KeyState::Active);
+        let version = store.version();
+        let second = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        assert_eq!(second.state, KeyState::Next);
+        assert_ne!(store.version(), version, "each change moves the version");
+
+        let keys = store.load().unwrap();
+        assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), first.kid);
+        assert!(keys.find(&second.kid).is_some(), "a next key is published");
+        assert_eq!(keys.algorithms(), [SigningAlg::Es256]);
+    }
+
+    #[test]
+    fn generate_refuses_hs256_and_odd_rsa_sizes_before_any_change() {
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        assert!(matches!(
+            store.generate(SigningAlg::Hs256, DEFAULT_RSA_BITS),
+            Err(KeyStoreError::SymmetricAlg)
+        ));
+        assert!(matches!(
+            store.generate(SigningAlg::Rs256, 1024),
+            Err(KeyStoreError::UnsupportedRsaBits(1024))
+        ));
+        assert_eq!(backend.transactions(), 0);
+        assert!(store.version().is_none());
+    }
+
+    #[test]
+    fn rotate_promotes_the_next_key_and_retires_the_active_one_without_any_file() {
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        let old = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        let next = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+
+        let rotated = store.rotate(SigningAlg::Es256, true).unwrap();
+        assert_eq!(
+            (rotated.activated.as_str(), rotated.retired.as_str()),
+            (next.kid.as_str(), old.kid.as_str())
+        );
+        let manifest = store.manifest().unwrap();
+        let fresh = manifest.oldest_next(SigningAlg::Es256).unwrap().kid.clone();
+        assert!(backend.holds_material(&fresh), "the new next key is stored");
+
+        let keys = store.load().unwrap();
+        assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), next.kid);
+        assert!(
+            keys.find(&old.kid).is_some(),
+            "the retired key stays published for its retention"
+        );
+        assert!(keys.find(&fresh).is_some());
+    }
+
+    #[test]
+    fn a_refused_rotation_stores_no_key_the_manifest_does_not_name() {
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        let active = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+
+        // No next key: one is published (and stored), nothing is promoted.
+        let err = store.rotate(SigningAlg::Es256, false).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KeyStoreError::Lifecycle(LifecycleError::PublishedNext { .. })
+            ),
+            "{err}"
+        );
+        let next = store
+            .manifest()
+            .unwrap()
+            .oldest_next(SigningAlg::Es256)
+            .unwrap()
+            .kid
+            .clone();
+        assert!(backend.holds_material(&next));
+
+        // The next key is too young: refused, and its would-be successor is not kept.
+        let stored_before = backend.stored().material.len();
+        let err = store.rotate(SigningAlg::Es256, false).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KeyStoreError::Lifecycle(LifecycleError::NextTooYoung { .. })
+            ),
+            "{err}"
+        );
+        assert_eq!(backend.stored().material.len(), stored_before);
+        let keys = store.load().unwrap();
+        assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), active.kid);
+    }
+
+    #[test]
+    fn a_revoked_key_is_never_loaded_never_active_and_its_material_is_destroyed() {
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        let first = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        let next = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+
+        // The active key revoked: the next key takes over at once.
+        assert_eq!(store.revoke(&first.kid).unwrap(), Some(next.kid.clone()));
+        assert!(!backend.holds_material(&first.kid));
+        let keys = store.load().unwrap();
+        assert!(keys.find(&first.kid).is_none());
+        assert!(keys.jwk_set().find(&first.kid).is_none());
+        assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), next.kid);
+
+        // No next key left: a fresh key replaces the revoked one.
+        let replacement = store.revoke(&next.kid).unwrap().expect("a new signer");
+        let keys = store.load().unwrap();
+        assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), replacement);
+        for revoked in [&first.kid, &next.kid] {
+            assert!(keys.find(revoked).is_none());
+            assert_eq!(
+                store.manifest().unwrap().get(revoked).unwrap().state,
+                KeyState::Revoked
+            );
+        }
+
+        // Revoked twice, or never known: refused.
+        assert!(matches!(
+            store.revoke(&first.kid),
+            Err(KeyStoreError::Lifecycle(LifecycleError::UnknownKid(_)))
+        ));
+        let before = backend.transactions();
+        assert!(matches!(
+            store.revoke("no-such-kid"),
+            Err(KeyStoreError::Lifecycle(LifecycleError::UnknownKid(_)))
+        ));
+        assert_eq!(
+            backend.transactions(),
+            before,
+            "an unknown kid changes nothing"
+        );
+    }
+
+    #[test]
+    fn maintain_publishes_rotates_and_removes_through_the_seam() {
+        const DAY: Millis = 86_400_000;
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        let every = Some(Duration::from_secs(86_400));
+        let first = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+
+        // Manual rotation only: nothing to do, and no change is made.
+        let before = backend.transactions();
+        assert!(store.maintain(None).unwrap().is_empty());
+        assert_eq!(backend.transactions(), before);
+
+        // Automatic rotation: a next key is published first.
+        let done = store.maintain(every).unwrap();
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(done[0].starts_with("published next ES256 key"), "{done:?}");
+        let next = store
+            .manifest()
+            .unwrap()
+            .oldest_next(SigningAlg::Es256)
+            .unwrap()
+            .kid
+            .clone();
+        assert!(backend.holds_material(&next));
+        assert!(store.maintain(every).unwrap().is_empty(), "nothing due yet");
+
+        // Two days later: the active key has signed long enough and the next key is ready.
+        backend.edit(|m| {
+            for key in &mut m.keys {
+                key.published -= 2 * DAY;
+                key.activated = key.activated.map(|t| t - 2 * DAY);
+            }
+        });
+        let done = store.maintain(every).unwrap();
+        assert!(
+            done.iter().any(|d| d.starts_with("rotated ES256")),
+            "{done:?}"
+        );
+        let keys = store.load().unwrap();
+        assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), next);
+        assert!(keys.find(&first.kid).is_some(), "retired, still published");
+
+        // The retired key's time is up: removed from the set and destroyed.
+        backend.edit(|m| {
+            for key in &mut m.keys {
+                if key.kid == first.kid {
+                    key.remove_after = Some(1);
+                }
+            }
+        });
+        let done = store.maintain(None).unwrap();
+        assert_eq!(done, [format!("removed retired key {}", first.kid)]);
+        assert!(!backend.holds_material(&first.kid));
+        assert!(store.load().unwrap().find(&first.kid).is_none());
+    }
+
+    #[test]
+    fn each_operation_is_exactly_one_change_of_the_backend() {
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        let first = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        assert_eq!(backend.transactions(), 1);
+        store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        assert_eq!(backend.transactions(), 2);
+        store.rotate(SigningAlg::Es256, true).unwrap();
+        assert_eq!(backend.transactions(), 3);
+        store.revoke(&first.kid).unwrap();
+        assert_eq!(backend.transactions(), 4);
+        store.load().unwrap();
+        store.manifest().unwrap();
+        assert_eq!(backend.transactions(), 4, "reading is not a change");
+    }
+
+    #[test]
+    fn the_change_runs_once_even_if_a_backend_calls_it_twice() {
+        let backend = MemoryBackend::applying(Apply::Twice);
+        let store = store(&backend);
+        let info = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        let manifest = store.manifest().unwrap();
+        assert_eq!(manifest.keys.len(), 1, "{manifest:?}");
+        assert_eq!(manifest.keys[0].kid, info.kid);
+    }
+
+    #[test]
+    fn a_backend_that_commits_without_running_the_change_is_reported() {
+        let backend = MemoryBackend::applying(Apply::Never);
+        let store = store(&backend);
+        match store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS) {
+            Err(KeyStoreError::Inconsistent { path, reason }) => {
+                assert_eq!(path, std::path::Path::new("memory"));
+                assert!(reason.contains("without applying the change"), "{reason}");
+            }
+            other => panic!("expected Inconsistent, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retired_key_removed_during_a_load_does_not_fail_the_load_of_any_backend() {
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        let old = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        store.rotate(SigningAlg::Es256, true).unwrap();
+        // Another replica's sweep destroyed the retired key's material between this
+        // replica's reading of the manifest and of the key (KeysDir: the file is gone).
+        backend.stored().material.remove(&old.kid);
+        let keys = store
+            .load()
+            .expect("the retired key is about to leave anyway");
+        assert!(keys.find(&old.kid).is_none());
+        assert!(keys.active(SigningAlg::Es256).is_some());
     }
 }

@@ -377,3 +377,85 @@ fn load_clients(
     }
     Ok(registry)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::lifecycle::millis;
+    use crate::keys::{DEFAULT_RSA_BITS, RotationPolicy};
+    use crate::time::now_ms;
+
+    const EVERY: Duration = Duration::from_secs(86_400);
+
+    /// A server over one ES256 key in a temp keys dir, rotating daily, whose active key
+    /// was activated `ago` ago (so its scheduled rotation is `EVERY - ago` away).
+    fn state(ago: Duration) -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        let loaded = store.load().unwrap();
+        let mut manifest = loaded.manifest().clone();
+        let now = now_ms();
+        for key in &mut manifest.keys {
+            key.activated = Some(now - millis(ago));
+        }
+        let keys = KeySet::new(loaded.keys().to_vec(), manifest, now);
+        let config = Config {
+            keys_dir: dir.path().to_owned(),
+            rotate_every: Some(EVERY),
+            ..Config::default()
+        };
+        let issuer = Issuer::parse("https://issuer.example").unwrap();
+        let state = AppState::from_config(&config, issuer, keys).unwrap();
+        (dir, state)
+    }
+
+    /// The current snapshot with another next change.
+    fn changing_at(state: &AppState, next_change: Option<Millis>) -> Published {
+        let current = state.published.load();
+        Published {
+            signer: current.signer.clone(),
+            jwks: current.jwks.clone(),
+            jwks_etag: current.jwks_etag.clone(),
+            next_change,
+            version: current.version.clone(),
+        }
+    }
+
+    fn max_age(value: &HeaderValue) -> u64 {
+        let text = value.to_str().unwrap();
+        text.strip_prefix("public, max-age=")
+            .unwrap_or_else(|| panic!("{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn jwks_max_age_is_the_configured_one_when_no_change_is_near() {
+        let (_dir, state) = state(Duration::ZERO);
+        assert_eq!(state.jwks_max_age, RotationPolicy::DEFAULT_JWKS_MAX_AGE);
+        let published = state.published.load();
+        assert!(published.next_change.is_some(), "a rotation is scheduled");
+        assert_eq!(max_age(&state.jwks_cache_control(&published)), 300);
+        let unscheduled = changing_at(&state, None);
+        assert_eq!(max_age(&state.jwks_cache_control(&unscheduled)), 300);
+        let later = changing_at(&state, Some(now_ms() + 305_000));
+        assert_eq!(max_age(&state.jwks_cache_control(&later)), 300);
+    }
+
+    #[test]
+    fn jwks_max_age_shortens_to_the_time_left_before_a_scheduled_rotation() {
+        let (_dir, state) = state(EVERY - Duration::from_secs(100));
+        let left = max_age(&state.jwks_cache_control(&state.published.load()));
+        assert!((95..=100).contains(&left), "max-age={left}");
+    }
+
+    #[test]
+    fn jwks_max_age_counts_whole_seconds_down_to_zero_once_a_change_is_due() {
+        let (_dir, state) = state(Duration::ZERO);
+        let soon = changing_at(&state, Some(now_ms() + 299_500));
+        assert_eq!(max_age(&state.jwks_cache_control(&soon)), 299);
+        let due = changing_at(&state, Some(now_ms() - 5_000));
+        assert_eq!(max_age(&state.jwks_cache_control(&due)), 0);
+    }
+}

@@ -32,6 +32,7 @@ pub struct BearerClaims<T>(pub T);
 
 /// Why a request was refused; becomes the RFC 6750 answer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BearerError {
     /// No Authorization header: 401 with a bare `Bearer` challenge (RFC 6750 section 3.1).
     #[error("bearer token required")]

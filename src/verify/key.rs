@@ -29,6 +29,7 @@ enum Material {
 
 /// Why a JWK cannot be used for verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyRejected {
     /// The parameters are not valid base64url or not a valid key.
     #[error("key {kid}: invalid public key: {reason}")]

@@ -341,3 +341,458 @@ fn decode_json(segment: &str) -> Option<Map<String, Value>> {
     let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Tokens are built by hand with aws-lc here, not with the crate's signer, so these
+    //! tests also run in a `verify`-only build and can forge what a signer never writes.
+
+    use std::sync::OnceLock;
+
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    use serde_json::json;
+
+    use super::*;
+    use crate::SigningAlg;
+    use crate::jwks::{Jwk, JwkSet, PublicKeyParams};
+    use crate::secret::HmacSecret;
+
+    const ISS: &str = "https://issuer.example";
+
+    /// An ES256 key pair and its JWK, one per test binary.
+    fn ec() -> &'static (EcdsaKeyPair, Jwk) {
+        static EC: OnceLock<(EcdsaKeyPair, Jwk)> = OnceLock::new();
+        EC.get_or_init(|| {
+            let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+            let point = pair.public_key().as_ref().to_vec();
+            let jwk = Jwk::new(
+                PublicKeyParams::p256(&point[1..33], &point[33..65]),
+                SigningAlg::Es256,
+            );
+            (pair, jwk)
+        })
+    }
+
+    /// The JWK of an RSA key; only its public half is needed (no RS256 token is signed).
+    fn rsa_jwk() -> &'static Jwk {
+        static RSA: OnceLock<Jwk> = OnceLock::new();
+        RSA.get_or_init(|| {
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+            let public = pair.public_key();
+            Jwk::new(
+                PublicKeyParams::rsa(
+                    public.modulus().big_endian_without_leading_zero(),
+                    public.exponent().big_endian_without_leading_zero(),
+                ),
+                SigningAlg::Rs256,
+            )
+        })
+    }
+
+    fn ring() -> KeyRing {
+        let set = JwkSet {
+            keys: vec![ec().1.clone(), rsa_jwk().clone()],
+        };
+        let (ring, rejected) = KeyRing::from_jwk_set(&set);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        ring
+    }
+
+    fn secret(text: &str) -> HmacSecret {
+        HmacSecret::new(text.as_bytes().to_vec(), "JWT_SECRET").unwrap()
+    }
+
+    fn b64(json: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(json).unwrap())
+    }
+
+    fn signing_input(header: &Value, claims: &Value) -> String {
+        format!("{}.{}", b64(header), b64(claims))
+    }
+
+    fn es256(header: &Value, claims: &Value) -> String {
+        let input = signing_input(header, claims);
+        let sig = ec().0.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    fn hs256_with(key: &[u8], header: &Value, claims: &Value) -> String {
+        let input = signing_input(header, claims);
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+        let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    fn ec_header() -> Value {
+        json!({"alg": "ES256", "kid": ec().1.kid, "typ": "JWT"})
+    }
+
+    /// Claims valid now for `ISS` and audience `orders`.
+    fn claims() -> Value {
+        let now = unix_now();
+        json!({"iss": ISS, "sub": "alice", "aud": "orders", "iat": now, "nbf": now, "exp": now + 300})
+    }
+
+    fn validation() -> Validation {
+        Validation::new(ISS, ["orders"])
+    }
+
+    fn verify(token: &str, validation: &Validation) -> Result<Value, VerifyError> {
+        Verifier::verify_with(&ring(), token, validation)
+    }
+
+    fn object(claims: Value) -> Map<String, Value> {
+        match claims {
+            Value::Object(map) => map,
+            _ => unreachable!("claims are an object"),
+        }
+    }
+
+    /// `check_claims` at a fixed `now`, for the boundaries.
+    fn check_at(validation: &Validation, claims: Value, now: u64) -> Result<(), VerifyError> {
+        validation.check_claims(&object(claims), now)
+    }
+
+    #[test]
+    fn a_token_signed_by_the_key_its_kid_names_is_accepted() {
+        let claims: Value = verify(&es256(&ec_header(), &claims()), &validation()).unwrap();
+        assert_eq!(claims["sub"], "alice");
+    }
+
+    #[test]
+    fn exp_is_accepted_until_the_leeway_has_passed_after_it() {
+        let mut v = validation();
+        let token = |exp: u64| json!({"iss": ISS, "aud": "orders", "exp": exp});
+        v.leeway = Duration::from_secs(60);
+        assert_eq!(check_at(&v, token(1000), 1059), Ok(()));
+        assert_eq!(check_at(&v, token(1000), 1060), Err(VerifyError::Expired));
+        // RFC 7519 section 4.1.4: expired on or after exp.
+        v.leeway = Duration::ZERO;
+        assert_eq!(check_at(&v, token(1000), 999), Ok(()));
+        assert_eq!(check_at(&v, token(1000), 1000), Err(VerifyError::Expired));
+    }
+
+    #[test]
+    fn nbf_is_accepted_from_the_leeway_before_it() {
+        let mut v = validation();
+        let token = |nbf: u64| json!({"iss": ISS, "aud": "orders", "exp": 10_000, "nbf": nbf});
+        v.leeway = Duration::from_secs(60);
+        assert_eq!(check_at(&v, token(1000), 940), Ok(()));
+        assert_eq!(
+            check_at(&v, token(1000), 939),
+            Err(VerifyError::NotYetValid)
+        );
+        v.leeway = Duration::ZERO;
+        assert_eq!(check_at(&v, token(1000), 1000), Ok(()));
+        assert_eq!(
+            check_at(&v, token(1000), 999),
+            Err(VerifyError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_end_to_end() {
+        let mut c = claims();
+        c["exp"] = json!(unix_now() - 3600);
+        assert_eq!(
+            verify(&es256(&ec_header(), &c), &validation()),
+            Err(VerifyError::Expired)
+        );
+    }
+
+    #[test]
+    fn non_numeric_exp_or_nbf_is_refused() {
+        let v = validation();
+        for exp in [
+            json!("99999999999"),
+            json!(-1),
+            json!(null),
+            json!(true),
+            json!([1]),
+        ] {
+            assert_eq!(
+                check_at(&v, json!({"iss": ISS, "aud": "orders", "exp": exp}), 0),
+                Err(VerifyError::MissingClaim("exp".into())),
+                "exp {exp}"
+            );
+        }
+        assert_eq!(
+            check_at(
+                &v,
+                json!({"iss": ISS, "aud": "orders", "exp": 10, "nbf": "0"}),
+                0
+            ),
+            Err(VerifyError::MissingClaim("nbf".into()))
+        );
+        // RFC 7519 section 2: a NumericDate may have a fraction.
+        assert_eq!(
+            check_at(&v, json!({"iss": ISS, "aud": "orders", "exp": 100.5}), 0),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn issuer_must_match_exactly() {
+        let v = validation();
+        for iss in [
+            json!("https://issuer.example/"),
+            json!("https://other.example"),
+            json!(1),
+        ] {
+            assert_eq!(
+                check_at(&v, json!({"iss": iss, "aud": "orders", "exp": 10}), 0),
+                Err(VerifyError::WrongIssuer),
+                "iss {iss}"
+            );
+        }
+        let any = validation().insecure_any_issuer();
+        assert_eq!(
+            check_at(&any, json!({"aud": "orders", "exp": 10}), 0),
+            Ok(()),
+            "no issuer check, no iss required"
+        );
+    }
+
+    #[test]
+    fn audience_may_be_a_string_or_an_array_holding_an_expected_one() {
+        let v = Validation::new(ISS, ["orders", "billing"]);
+        let with = |aud: Value| check_at(&v, json!({"iss": ISS, "aud": aud, "exp": 10}), 0);
+        assert_eq!(with(json!("orders")), Ok(()));
+        assert_eq!(with(json!("billing")), Ok(()));
+        assert_eq!(with(json!(["shipping", "billing"])), Ok(()));
+        for wrong in [
+            json!("shipping"),
+            json!(["shipping"]),
+            json!([]),
+            json!([["orders"]]),
+            json!({"aud": "orders"}),
+            json!(1),
+            json!("Orders"),
+        ] {
+            assert_eq!(
+                with(wrong.clone()),
+                Err(VerifyError::WrongAudience),
+                "aud {wrong}"
+            );
+        }
+        let any = validation().insecure_any_audience();
+        assert_eq!(check_at(&any, json!({"iss": ISS, "exp": 10}), 0), Ok(()));
+    }
+
+    #[test]
+    fn missing_required_claims_are_named() {
+        let v = validation();
+        let full = json!({"iss": ISS, "aud": "orders", "exp": 10, "sub": "alice"});
+        for name in ["exp", "iss", "aud"] {
+            let mut claims = full.clone();
+            claims.as_object_mut().unwrap().remove(name);
+            assert_eq!(
+                check_at(&v, claims, 0),
+                Err(VerifyError::MissingClaim(name.into()))
+            );
+        }
+        let mut with_sub = validation();
+        with_sub.required_claims.push("sub".into());
+        assert_eq!(check_at(&with_sub, full.clone(), 0), Ok(()));
+        let mut no_sub = full;
+        no_sub.as_object_mut().unwrap().remove("sub");
+        assert_eq!(
+            check_at(&with_sub, no_sub, 0),
+            Err(VerifyError::MissingClaim("sub".into()))
+        );
+    }
+
+    #[test]
+    fn typ_matches_with_or_without_the_application_prefix_in_any_case() {
+        for expected in ["at+jwt", "application/at+jwt", "AT+JWT"] {
+            let v = validation().with_typ(expected);
+            for typ in ["at+jwt", "application/at+jwt", "Application/At+JWT"] {
+                assert_eq!(v.check_typ(Some(typ)), Ok(()), "{expected} vs {typ}");
+            }
+            for typ in ["JWT", "application/jwt", "at+jwt2", "application/", ""] {
+                assert_eq!(
+                    v.check_typ(Some(typ)),
+                    Err(VerifyError::WrongType),
+                    "{expected} vs {typ}"
+                );
+            }
+            assert_eq!(v.check_typ(None), Err(VerifyError::WrongType));
+        }
+        assert_eq!(validation().check_typ(None), Ok(()), "typ not checked");
+        assert_eq!(validation().check_typ(Some("anything")), Ok(()));
+    }
+
+    #[test]
+    fn typ_is_checked_on_the_token_header() {
+        let v = validation().with_typ("at+jwt");
+        let mut header = ec_header();
+        header["typ"] = json!("application/at+jwt");
+        assert!(verify(&es256(&header, &claims()), &v).is_ok());
+        assert_eq!(
+            verify(&es256(&ec_header(), &claims()), &v),
+            Err(VerifyError::WrongType)
+        );
+    }
+
+    #[test]
+    fn a_header_alg_other_than_the_keys_is_refused() {
+        // RFC 8725 section 2.1: HS256 "signed" with a public key as the secret.
+        for jwk in [&ec().1, rsa_jwk()] {
+            let public = serde_json::to_vec(jwk).unwrap();
+            let header = json!({"alg": "HS256", "kid": jwk.kid, "typ": "JWT"});
+            assert_eq!(
+                verify(&hs256_with(&public, &header, &claims()), &validation()),
+                Err(VerifyError::AlgorithmNotAllowed),
+                "{}",
+                jwk.alg
+            );
+        }
+        // RS256 named for an EC key, ES256 for an RSA key.
+        let mut header = ec_header();
+        header["alg"] = json!("RS256");
+        assert_eq!(
+            verify(&es256(&header, &claims()), &validation()),
+            Err(VerifyError::AlgorithmNotAllowed)
+        );
+        let header = json!({"alg": "ES256", "kid": rsa_jwk().kid});
+        assert_eq!(
+            verify(&es256(&header, &claims()), &validation()),
+            Err(VerifyError::AlgorithmNotAllowed)
+        );
+    }
+
+    #[test]
+    fn an_asymmetric_alg_is_refused_for_a_shared_secret() {
+        let secret = secret("q3Vn0bZl8Xk2yTf7Wc1JpR5hM9sD4eGaLuQo6iNzB0t=");
+        let ring = KeyRing::from_secrets([&secret]);
+        let header = json!({"alg": "ES256", "kid": secret.kid()});
+        assert_eq!(
+            Verifier::verify_with::<Value>(&ring, &es256(&header, &claims()), &validation()),
+            Err(VerifyError::AlgorithmNotAllowed)
+        );
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let unsigned = |alg: &str, kid: Option<&str>, sig: &str| {
+            let mut header = json!({"alg": alg});
+            if let Some(kid) = kid {
+                header["kid"] = json!(kid);
+            }
+            format!("{}.{sig}", signing_input(&header, &claims()))
+        };
+        let kid = Some(ec().1.kid.as_str());
+        assert_eq!(
+            verify(&unsigned("none", kid, ""), &validation()),
+            Err(VerifyError::Malformed("signature is missing"))
+        );
+        for alg in ["none", "None", "NONE"] {
+            assert_eq!(
+                verify(&unsigned(alg, kid, "AAAA"), &validation()),
+                Err(VerifyError::AlgorithmNotAllowed),
+                "{alg}"
+            );
+        }
+        // Without a kid, against shared secrets: still the key's algorithm only.
+        let secret = secret("q3Vn0bZl8Xk2yTf7Wc1JpR5hM9sD4eGaLuQo6iNzB0t=");
+        let ring = KeyRing::from_secrets([&secret]);
+        assert_eq!(
+            Verifier::verify_with::<Value>(&ring, &unsigned("none", None, "AAAA"), &validation()),
+            Err(VerifyError::AlgorithmNotAllowed)
+        );
+    }
+
+    #[test]
+    fn a_crit_header_is_refused_even_when_signed() {
+        for crit in [json!(["exp"]), json!([]), json!("b64")] {
+            let mut header = ec_header();
+            header["crit"] = crit.clone();
+            assert_eq!(
+                verify(&es256(&header, &claims()), &validation()),
+                Err(VerifyError::CritUnsupported),
+                "crit {crit}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversized_token_is_refused_before_parsing() {
+        let mut v = validation();
+        v.max_token_bytes = 100;
+        assert_eq!(
+            verify(&"x".repeat(101), &v),
+            Err(VerifyError::TooLarge(100))
+        );
+        assert!(
+            matches!(verify(&"x".repeat(100), &v), Err(VerifyError::Malformed(_))),
+            "at the limit the token is parsed"
+        );
+        let valid = es256(&ec_header(), &claims());
+        assert!(valid.len() > 100);
+        assert_eq!(verify(&valid, &v), Err(VerifyError::TooLarge(100)));
+        assert_eq!(DEFAULT_MAX_TOKEN_BYTES, validation().max_token_bytes);
+    }
+
+    #[test]
+    fn the_signature_is_checked_before_any_claim() {
+        let mut c = claims();
+        c["exp"] = json!(1);
+        c["iss"] = json!("https://attacker.example");
+        let token = es256(&ec_header(), &c);
+        let (input, _) = token.rsplit_once('.').unwrap();
+        let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode([7u8; 64]));
+        assert_eq!(
+            verify(&forged, &validation()),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn structure_and_key_lookup_failures_are_named() {
+        let valid = es256(&ec_header(), &claims());
+        assert_eq!(
+            verify(&format!("{valid}.x"), &validation()),
+            Err(VerifyError::Malformed("a JWS has exactly three segments"))
+        );
+        let header = json!({"alg": "ES256", "kid": "no-such-kid"});
+        assert_eq!(
+            verify(&es256(&header, &claims()), &validation()),
+            Err(VerifyError::UnknownKey)
+        );
+        let header = json!({"kid": ec().1.kid});
+        assert_eq!(
+            verify(&es256(&header, &claims()), &validation()),
+            Err(VerifyError::Malformed("alg is missing"))
+        );
+        let header = json!({"alg": "ES256", "kid": 5});
+        assert_eq!(
+            verify(&es256(&header, &claims()), &validation()),
+            Err(VerifyError::Malformed("header members have the wrong type"))
+        );
+        let header = json!({"alg": "ES256"});
+        assert_eq!(
+            verify(&es256(&header, &claims()), &validation()),
+            Err(VerifyError::Malformed("kid is missing")),
+            "no kid and no shared secret to try"
+        );
+    }
+
+    #[test]
+    fn hs256_tokens_without_a_kid_try_the_current_then_the_previous_secret() {
+        let current = secret("q3Vn0bZl8Xk2yTf7Wc1JpR5hM9sD4eGaLuQo6iNzB0t=");
+        let previous = secret("Zx8Lk2Qp9Vb4Nm7Wr1Ty6Ui3Oa5Sd0Fg");
+        let ring = KeyRing::from_secrets([&current, &previous]);
+        let header = json!({"alg": "HS256", "typ": "JWT"});
+        for key in [&current, &previous] {
+            let token = hs256_with(key.expose_secret(), &header, &claims());
+            let claims: Value = Verifier::verify_with(&ring, &token, &validation()).unwrap();
+            assert_eq!(claims["sub"], "alice");
+        }
+        let stranger = hs256_with(b"another secret altogether, 32+ bytes", &header, &claims());
+        assert_eq!(
+            Verifier::verify_with::<Value>(&ring, &stranger, &validation()),
+            Err(VerifyError::BadSignature)
+        );
+    }
+}
