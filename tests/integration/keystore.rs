@@ -1,14 +1,13 @@
 //! The key store on disk: first start, modes, restart, refusals, imports.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
+use crate::helpers;
+use crate::helpers::{ServeProcess, keys_dir_with_template, list_dir, mode, run_cli};
 use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
-use common::{ServeProcess, keys_dir_with_template, list_dir, mode, run_cli};
 use jwt_issuer::{KeyStore, SigningAlg};
 use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
@@ -96,10 +95,10 @@ fn restart_keeps_the_same_kids() {
 fn restarted_binary_publishes_the_same_jwks() {
     let (_tmp, dir) = keys_dir_with_template();
     let first = ServeProcess::start(&dir, &[]);
-    let jwks1 = common::request("GET", &format!("{}/.well-known/jwks.json", first.url), &[]);
+    let jwks1 = helpers::request("GET", &format!("{}/.well-known/jwks.json", first.url), &[]);
     drop(first);
     let second = ServeProcess::start(&dir, &[]);
-    let jwks2 = common::request("GET", &format!("{}/.well-known/jwks.json", second.url), &[]);
+    let jwks2 = helpers::request("GET", &format!("{}/.well-known/jwks.json", second.url), &[]);
     assert_eq!(jwks1.body, jwks2.body);
     assert_eq!(jwks1.header("etag"), jwks2.header("etag"));
 }

@@ -1,10 +1,9 @@
 //! `token issue`: tokens signed offline, verified through the published JWKS.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{ServeProcess, TestApp, keys_dir_with_template, run_cli, segment_json};
+use crate::helpers;
+use crate::helpers::{ServeProcess, TestApp, keys_dir_with_template, run_cli, segment_json};
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 use jwt_issuer::JwkSet;
 use serde_json::Value;
@@ -88,7 +87,7 @@ fn issued_rs256_token_verifies_through_the_served_jwks() {
 fn default_issuer_of_token_issue_equals_the_default_of_serve() {
     let (_tmp, dir) = keys_dir_with_template();
     let server = ServeProcess::start(&dir, &[]);
-    let meta = common::request(
+    let meta = helpers::request(
         "GET",
         &format!("{}/.well-known/openid-configuration", server.url),
         &[],
@@ -253,7 +252,7 @@ fn token_issue_on_an_empty_dir_generates_keys_first() {
     let dir = tmp.path().join("keys");
     let token = issue(&dir, &["--sub", "grace"]);
     assert_eq!(token.split('.').count(), 3);
-    assert_eq!(common::list_dir(&dir).len(), 4);
+    assert_eq!(helpers::list_dir(&dir).len(), 4);
 }
 
 #[test]
@@ -315,7 +314,7 @@ fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
         let claims: Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(claims["sub"], "alice");
     }
-    let mut child = common::cli(&app.keys_dir)
+    let mut child = helpers::cli(&app.keys_dir)
         .args(["token", "verify", "--jwks", &app.issuer, "--aud", "api"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -335,7 +334,7 @@ fn token_verify_names_the_reason_on_one_line() {
         &app.keys_dir,
         &["--issuer", &app.issuer, "--sub", "alice", "--aud", "api"],
     );
-    let flipped = common::flip_signature(&token);
+    let flipped = helpers::flip_signature(&token);
     for (args, reason) in [
         (
             vec!["--jwks", &app.issuer, "--aud", "other", &token],

@@ -1,14 +1,13 @@
 //! JwksCache against a real local JWKS server that counts fetches: max-age, unknown-kid
 //! cooldown, a down or garbage issuer, one fetch for concurrent first use, limits.
 
-mod common;
-
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::helpers;
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use jwt_issuer::KeyStore;
@@ -37,7 +36,7 @@ struct JwksServer {
 
 impl JwksServer {
     fn start(mode: Mode) -> Self {
-        let (tmp, dir) = common::keys_dir_with_template();
+        let (tmp, dir) = helpers::keys_dir_with_template();
         let keys = KeyStore::new(&dir).load().unwrap();
         drop(tmp);
         let body = serde_json::to_string(&keys.jwk_set()).unwrap();
@@ -318,7 +317,7 @@ fn slow_issuers_time_out_and_huge_responses_are_refused() {
 
 #[test]
 fn discovery_finds_the_jwks_and_checks_the_issuer() {
-    let app = common::TestApp::spawn();
+    let app = helpers::TestApp::spawn();
     let kid = app.jwks().keys[0].kid.clone();
     run(async {
         let cache = JwksCache::discover(&app.issuer, options()).await.unwrap();

@@ -1,12 +1,13 @@
 //! HS256 mode: secrets only from the environment, weak ones refused, never published or
 //! logged; interoperable with PyJWT and node's jsonwebtoken both ways; secret rotation.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{ServeProcess, basic_auth, interop_dir, keys_dir_with_template, python, run_cli};
+use crate::helpers;
+use crate::helpers::{
+    ServeProcess, basic_auth, interop_dir, keys_dir_with_template, python, run_cli,
+};
 
 const SECRET: &str = "Zq8Vn2bXl0Kk7yTf3Wc9JpR1hM5sD6eGaLuQo4iNzB8tYw";
 const OLD_SECRET: &str = "Pp3Lm9Xv2Qa7Rt5Wy8Zn1Kc4Bd6Fg0Hj2Ls5Mo7Nq9Re";
@@ -39,13 +40,13 @@ fn pyjwt(secret: &str, args: &[&str]) -> Result<String, String> {
     script(&python(), "hs256_pyjwt.py", secret, args)
 }
 
-fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> common::Output {
-    let out = common::cli(dir)
+fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> helpers::Output {
+    let out = helpers::cli(dir)
         .args(args)
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    common::Output {
+    helpers::Output {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -141,7 +142,7 @@ fn weak_or_missing_secrets_refuse_to_start_with_one_line() {
         &[("JWT_SECRET_FILE", file.to_str().unwrap())],
     );
     assert_eq!(
-        common::request("GET", &format!("{}/healthz", server.url), &[]).status,
+        helpers::request("GET", &format!("{}/healthz", server.url), &[]).status,
         200
     );
 }
@@ -170,7 +171,7 @@ fn the_secret_is_never_published_or_logged() {
         .trim()
         .to_owned();
     let server = ServeProcess::start_with_env(&dir, &["--alg", "HS256"], &[("JWT_SECRET", SECRET)]);
-    let get = |path: &str| common::request("GET", &format!("{}{path}", server.url), &[]);
+    let get = |path: &str| helpers::request("GET", &format!("{}{path}", server.url), &[]);
     let jwks = get("/.well-known/jwks.json");
     assert!(
         !jwks.body.contains("\"oct\"") && !jwks.body.contains("\"k\""),
@@ -183,7 +184,7 @@ fn the_secret_is_never_published_or_logged() {
         discovery["id_token_signing_alg_values_supported"],
         serde_json::json!(["ES256", "RS256", "HS256"])
     );
-    let res = common::send(
+    let res = helpers::send(
         "POST",
         &format!("{}/oauth2/token", server.url),
         &[
@@ -194,7 +195,7 @@ fn the_secret_is_never_published_or_logged() {
     );
     assert_eq!(res.status, 200, "{}", res.body);
     let token = res.json()["access_token"].as_str().unwrap().to_owned();
-    let header = common::segment_json(&token, 0);
+    let header = helpers::segment_json(&token, 0);
     assert_eq!(header["alg"], "HS256");
     let kid = header["kid"].as_str().unwrap();
     assert!(kid.starts_with("hs-") && !SECRET.contains(&kid[3..]));
@@ -218,7 +219,7 @@ fn the_secret_is_never_published_or_logged() {
 fn discovery_lists_hs256_only_when_used() {
     let (_tmp, dir) = keys_dir_with_template();
     let server = ServeProcess::start_with_env(&dir, &[], &[("JWT_SECRET", SECRET)]);
-    let discovery = common::request(
+    let discovery = helpers::request(
         "GET",
         &format!("{}/.well-known/openid-configuration", server.url),
         &[],
@@ -336,8 +337,8 @@ fn the_previous_secret_verifies_tokens_in_flight_during_a_secret_rotation() {
         &["token", "issue", "--sub", "svc", "--alg", "HS256"],
         &[("JWT_SECRET", SECRET), ("JWT_SECRET_PREVIOUS", OLD_SECRET)],
     );
-    let new_kid = common::segment_json(fresh.stdout.trim(), 0)["kid"].clone();
-    let old_kid = common::segment_json(ours.stdout.trim(), 0)["kid"].clone();
+    let new_kid = helpers::segment_json(fresh.stdout.trim(), 0)["kid"].clone();
+    let old_kid = helpers::segment_json(ours.stdout.trim(), 0)["kid"].clone();
     assert_ne!(new_kid, old_kid);
     assert!(pyjwt(SECRET, &["verify", fresh.stdout.trim()]).is_ok());
 }

@@ -2,11 +2,9 @@
 //! tokens through the served JWKS and reject tampered ones. `.ci/run` installs both; run
 //! it once before `cargo test` on a new machine.
 
-mod common;
-
 use std::process::Command;
 
-use common::{TestApp, basic_auth, flip_signature, interop_dir, python, run_cli};
+use crate::helpers::{TestApp, basic_auth, flip_signature, interop_dir, python, run_cli};
 use jwt_issuer::SigningAlg;
 use jwt_issuer::oauth::NewClient;
 

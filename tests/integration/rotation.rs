@@ -1,14 +1,15 @@
 //! Key lifecycle end to end: rotation under load with a caching verifier, hot reload,
 //! replicas, crash safety, retirement and revocation timing, refusals.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, TestApp, basic_auth, keys_dir_with_template, list_dir, run_cli};
+use crate::helpers;
+use crate::helpers::{
+    ServeProcess, TestApp, basic_auth, keys_dir_with_template, list_dir, run_cli,
+};
 use jwt_issuer::keys::{KeyState, RotationPolicy};
 use jwt_issuer::oauth::NewClient;
 use jwt_issuer::verify::{JwksCache, JwksCacheOptions, Validation, Verifier};
@@ -50,7 +51,7 @@ fn fast_policy() -> RotationPolicy {
     }
 }
 
-fn cli_fast(dir: &std::path::Path, args: &[&str]) -> common::Output {
+fn cli_fast(dir: &std::path::Path, args: &[&str]) -> helpers::Output {
     let mut full: Vec<&str> = args.to_vec();
     full.extend_from_slice(&FAST_FLAGS);
     run_cli(dir, &full)
@@ -109,7 +110,7 @@ fn load_loop(
                 continue;
             }
             let token = res.json()["access_token"].as_str().unwrap().to_owned();
-            let exp = common::segment_json(&token, 1)["exp"].as_u64().unwrap();
+            let exp = helpers::segment_json(&token, 1)["exp"].as_u64().unwrap();
             live.push((token, exp));
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -122,7 +123,7 @@ fn load_loop(
                     Ok(_) => verified += 1,
                     Err(e) => failures.push(format!(
                         "{e} for kid {}",
-                        common::segment_json(token, 0)["kid"]
+                        helpers::segment_json(token, 0)["kid"]
                     )),
                 }
             }
@@ -420,7 +421,7 @@ fn a_revoked_key_leaves_at_once_and_its_tokens_stop_verifying() {
         ],
     );
     let token = token.stdout.trim().to_owned();
-    let kid = common::segment_json(&token, 0)["kid"]
+    let kid = helpers::segment_json(&token, 0)["kid"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -498,7 +499,7 @@ fn two_servers_on_one_keys_dir_serve_the_same_jwks_after_a_rotation() {
     let a = ServeProcess::start(&dir, &SERVE_FAST);
     let b = ServeProcess::start(&dir, &SERVE_FAST);
     let etag = |s: &ServeProcess| {
-        common::request("GET", &format!("{}/.well-known/jwks.json", s.url), &[])
+        helpers::request("GET", &format!("{}/.well-known/jwks.json", s.url), &[])
             .header("etag")
             .unwrap()
             .to_owned()
@@ -560,7 +561,7 @@ fn a_crash_at_each_step_of_a_rotation_leaves_a_loadable_consistent_store() {
             cli_fast(&dir, &["keys", "rotate", "--alg", "ES256", "--now"]).code,
             Some(0)
         );
-        let crashed = common::cli(&dir)
+        let crashed = helpers::cli(&dir)
             .args(["keys", "rotate", "--alg", "ES256", "--now"])
             .args(FAST_FLAGS)
             .env("JWT_ISSUER_CRASH_AT", step)
@@ -639,7 +640,7 @@ fn sighup_reloads_at_once() {
             .any(|l| l.contains("SIGHUP: reloading"))
     });
     assert_eq!(
-        common::request("GET", &format!("{}/healthz", server.url), &[]).status,
+        helpers::request("GET", &format!("{}/healthz", server.url), &[]).status,
         200
     );
 }

@@ -1,16 +1,15 @@
 //! BearerClaims through a real actix-web server: 200 for a valid token, RFC 6750 answers
 //! for everything else.
 
-mod common;
-
 use std::net::TcpListener;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use crate::helpers;
+use crate::helpers::{TestApp, basic_auth, run_cli};
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use common::{TestApp, basic_auth, run_cli};
 use jwt_issuer::oauth::NewClient;
 use jwt_issuer::verify::{BearerClaims, JwksCache, JwksCacheOptions, Validation, Verifier};
 
@@ -58,12 +57,12 @@ impl Downstream {
         }
     }
 
-    fn get(&self, authorization: Option<&str>) -> common::HttpResponse {
+    fn get(&self, authorization: Option<&str>) -> helpers::HttpResponse {
         let headers: Vec<(&str, &str)> = authorization
             .map(|a| ("Authorization", a))
             .into_iter()
             .collect();
-        common::request("GET", &format!("{}/protected", self.url), &headers)
+        helpers::request("GET", &format!("{}/protected", self.url), &headers)
     }
 }
 
@@ -99,7 +98,7 @@ fn setup() -> (TestApp, String, Downstream) {
     (app, secret, downstream)
 }
 
-fn assert_challenge(res: &common::HttpResponse, status: u16, error: &str, description: &str) {
+fn assert_challenge(res: &helpers::HttpResponse, status: u16, error: &str, description: &str) {
     assert_eq!(res.status, status, "{}", res.body);
     let challenge = res.header("www-authenticate").expect("WWW-Authenticate");
     assert!(
@@ -122,7 +121,7 @@ fn a_valid_access_token_reaches_the_handler() {
     assert_eq!(res.json()["client_id"], "svc");
     assert_eq!(res.json()["scope"], "read");
     assert_eq!(
-        common::request("GET", &format!("{}/public", downstream.url), &[]).status,
+        helpers::request("GET", &format!("{}/public", downstream.url), &[]).status,
         200
     );
 }
@@ -176,7 +175,7 @@ fn each_verification_failure_is_401_invalid_token_with_its_reason() {
         "wrong audience",
     );
 
-    let flipped = common::flip_signature(&good);
+    let flipped = helpers::flip_signature(&good);
     assert_challenge(
         &downstream.get(Some(&format!("Bearer {flipped}"))),
         401,

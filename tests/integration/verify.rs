@@ -1,10 +1,9 @@
 //! The verifier against the attacks of RFC 8725 section 2 and known JWT library CVEs:
 //! each forged token is rejected, for the right reason.
 
-mod common;
-
 use std::sync::{Arc, OnceLock};
 
+use crate::helpers;
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,7 +23,7 @@ struct Keys {
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let (tmp, dir) = common::keys_dir_with_template();
+        let (tmp, dir) = helpers::keys_dir_with_template();
         let published = KeyStore::new(&dir).load().unwrap();
         let attacker_dir = tmp.path().join("attacker");
         let (attacker, _) = KeyStore::new(&attacker_dir).load_or_init().unwrap();

@@ -1,10 +1,9 @@
 //! The binary: help, bad arguments, first start, graceful shutdown.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, keys_dir_with_template, list_dir, run_cli};
+use crate::helpers;
+use crate::helpers::{ServeProcess, keys_dir_with_template, list_dir, run_cli};
 use tempfile::TempDir;
 
 #[test]
@@ -90,9 +89,10 @@ fn first_start_generates_keys_and_says_so() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("keys");
     let server = ServeProcess::start(&dir, &[]);
-    let res = common::request("GET", &format!("{}/healthz", server.url), &[]);
+    let res = helpers::request("GET", &format!("{}/healthz", server.url), &[]);
     assert_eq!(res.status, 200);
-    let jwks = common::request("GET", &format!("{}/.well-known/jwks.json", server.url), &[]).json();
+    let jwks =
+        helpers::request("GET", &format!("{}/.well-known/jwks.json", server.url), &[]).json();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
     assert_eq!(
         list_dir(&dir)
@@ -124,7 +124,7 @@ fn sigterm_and_sigint_stop_the_server_gracefully() {
         let (_tmp, dir) = keys_dir_with_template();
         let mut server = ServeProcess::start(&dir, &[]);
         assert_eq!(
-            common::request("GET", &format!("{}/healthz", server.url), &[]).status,
+            helpers::request("GET", &format!("{}/healthz", server.url), &[]).status,
             200
         );
         let status = std::process::Command::new("kill")

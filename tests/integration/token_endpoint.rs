@@ -1,11 +1,10 @@
 //! The token endpoint over real HTTP: client credentials grant, RFC 9068 access tokens,
 //! every RFC 6749 error, hostile bodies, brute-force limits, live registry changes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestApp, basic_auth, form_encode, run_cli, segment_json};
+use crate::helpers;
+use crate::helpers::{TestApp, basic_auth, form_encode, run_cli, segment_json};
 use jsonwebtoken::{Validation, decode, decode_header};
 use jwt_issuer::oauth::NewClient;
 use jwt_issuer::secret::ClientSecret;
@@ -50,7 +49,7 @@ fn verify_access_token(jwks: &JwkSet, token: &str, issuer: &str, aud: &str) -> V
         .claims
 }
 
-fn assert_error(res: &common::HttpResponse, status: u16, error: &str) {
+fn assert_error(res: &helpers::HttpResponse, status: u16, error: &str) {
     assert_eq!(res.status, status, "{}", res.body);
     let body = res.json();
     assert_eq!(body["error"], error, "{}", res.body);
@@ -302,7 +301,7 @@ fn malformed_requests_are_invalid_request() {
     );
     assert_error(&with_auth(body.as_bytes()), 400, "invalid_request");
 
-    let json = common::send(
+    let json = helpers::send(
         "POST",
         &format!("{}/oauth2/token", app.url),
         &[
@@ -312,7 +311,7 @@ fn malformed_requests_are_invalid_request() {
         Some(br#"{"grant_type":"client_credentials"}"#),
     );
     assert_error(&json, 400, "invalid_request");
-    let none = common::send(
+    let none = helpers::send(
         "POST",
         &format!("{}/oauth2/token", app.url),
         &[("Authorization", &auth)],
@@ -327,7 +326,7 @@ fn malformed_requests_are_invalid_request() {
     assert_error(&bad_basic, 400, "invalid_request");
 
     // A charset parameter on the content type is fine.
-    let ok = common::send(
+    let ok = helpers::send(
         "POST",
         &format!("{}/oauth2/token", app.url),
         &[
@@ -567,7 +566,7 @@ fn discovery_advertises_the_token_endpoint_that_works() {
     let meta = app.get("/.well-known/openid-configuration").json();
     let url = meta["token_endpoint"].as_str().unwrap();
     let auth = basic_auth("orders-svc", secret.expose_secret());
-    let res = common::send(
+    let res = helpers::send(
         "POST",
         url,
         &[
