@@ -1,22 +1,25 @@
-//! Shared test helpers: a real server on 127.0.0.1:0 with a temporary keys dir, the real
-//! binary, and plain HTTP requests.
-#![allow(dead_code)] // each test binary uses its own subset
+//! Shared test helpers: servers on 127.0.0.1:0 (the real one over a temporary keys dir, or
+//! any actix app), clients that authenticate themselves, the real binary, plain HTTP.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::future::Future;
+use std::io::{self, BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{OnceLock, mpsc};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, HttpServer};
+use jwt_issuer::keys::KeyState;
 use jwt_issuer::oauth::{ClientStore, NewClient};
 use jwt_issuer::secret::ClientSecret;
 use jwt_issuer::server::Application;
-use jwt_issuer::{Config, JwkSet, KeyStore};
+use jwt_issuer::{Config, JwkSet, KeyStore, SigningAlg};
 use tempfile::TempDir;
 
 /// A keys dir generated once per test binary (RSA generation is the slow part); tests
@@ -39,7 +42,7 @@ pub fn keys_dir_with_template() -> (TempDir, PathBuf) {
 }
 
 /// Copies the files of `from` into a new directory `to` (mode 0700), keeping file modes.
-pub fn copy_dir(from: &Path, to: &Path) {
+fn copy_dir(from: &Path, to: &Path) {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .mode(0o700)
@@ -63,20 +66,117 @@ pub fn list_dir(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The kid of the key that signs `alg` tokens in `dir`.
+pub fn active_kid(dir: &Path, alg: SigningAlg) -> String {
+    let keys = KeyStore::new(dir).load().expect("load keys");
+    keys.active(alg).expect("an active key").kid().to_owned()
+}
+
+/// The states of the `alg` keys in the manifest of `dir`, in manifest order.
+pub fn key_states(dir: &Path, alg: SigningAlg) -> Vec<KeyState> {
+    KeyStore::new(dir)
+        .load_manifest_for_reading()
+        .expect("manifest")
+        .keys
+        .iter()
+        .filter(|k| k.alg == alg)
+        .map(|k| k.state)
+        .collect()
+}
+
 /// The permission bits of a path.
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(path).expect("metadata").permissions().mode() & 0o777
 }
 
-/// A server running in this process on its own thread and actix system.
+/// An HTTP server on 127.0.0.1:0 on its own thread and actix system; stopped and joined
+/// on drop.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Serves the apps that `app` builds: one worker, no signal handlers (a Ctrl-C must
+    /// still stop the test run).
+    pub fn start<T, B>(app: impl Fn() -> App<T> + Send + Clone + 'static) -> Self
+    where
+        T: ServiceFactory<
+                ServiceRequest,
+                Config = (),
+                Response = ServiceResponse<B>,
+                Error = actix_web::Error,
+                InitError = (),
+            > + 'static,
+        B: MessageBody + 'static,
+    {
+        Self::run(move |listener| {
+            let server = HttpServer::new(app)
+                .workers(1)
+                .disable_signals()
+                .listen(listener)
+                .expect("listen")
+                .run();
+            (server.handle(), server)
+        })
+    }
+
+    /// Binds 127.0.0.1:0 and serves what `build` makes of the listener: a handle and the
+    /// future that serves until stopped. `build` runs inside the server's actix system.
+    pub fn run<F>(build: impl FnOnce(TcpListener) -> (ServerHandle, F) + Send + 'static) -> Self
+    where
+        F: Future<Output = io::Result<()>>,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("bound address");
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let (handle, serving) = build(listener);
+                tx.send(handle).expect("send the server handle");
+                serving.await.expect("server ran");
+            });
+        });
+        let handle = match rx.recv() {
+            Ok(handle) => handle,
+            // `build` panicked: fail with its message.
+            Err(_) => match thread.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(()) => panic!("the server thread ended without starting a server"),
+            },
+        };
+        Self {
+            url: format!("http://{addr}"),
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // stop() sends the command at once; the returned future only awaits completion.
+        drop(self.handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The real server ([`Application`]) in this process over a copy of the template keys.
 pub struct TestApp {
     pub url: String,
     pub issuer: String,
     pub keys_dir: PathBuf,
+    // Fields drop in order: the server stops before its keys dir is deleted.
+    _server: TestServer,
     _tmp: TempDir,
-    handle: ServerHandle,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl TestApp {
@@ -97,55 +197,52 @@ impl TestApp {
         adjust(&mut config);
         config.validate().expect("valid test config");
         let keys = KeyStore::new(&config.keys_dir).load().expect("load keys");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = mpsc::channel();
-        let thread = thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let app = Application::build(&config, listener, keys).expect("build app");
-                tx.send((app.handle(), app.issuer().to_owned()))
-                    .expect("send handle");
-                app.run_until_stopped().await.expect("server ran");
-            });
+        let built = config.clone();
+        let server = TestServer::run(move |listener| {
+            let app = Application::build(&built, listener, keys).expect("build app");
+            (app.handle(), app.run_until_stopped())
         });
-        let (handle, issuer) = rx.recv().expect("server started");
         Self {
-            url,
-            issuer,
+            url: server.url.clone(),
+            issuer: config.issuer_for(server.addr),
             keys_dir,
+            _server: server,
             _tmp: tmp,
-            handle,
-            thread: Some(thread),
         }
     }
 
-    /// A server whose registry holds `clients`; returns their secrets in the same order.
-    pub fn spawn_with_clients(
-        clients: &[NewClient],
+    /// A server whose registry holds `clients` from the start (a running server would see
+    /// a new client only at its next reload), and those clients with their secrets.
+    pub fn spawn_with_clients<const N: usize>(
+        clients: [NewClient; N],
         adjust: impl FnOnce(&mut Config),
-    ) -> (Self, Vec<ClientSecret>) {
-        let mut secrets = Vec::new();
+    ) -> (Self, [TestClient; N]) {
+        let mut registered = None;
         let app = Self::spawn_with(|config| {
             let store = ClientStore::new(&config.keys_dir);
-            secrets = clients
-                .iter()
-                .map(|c| store.add(c.clone()).expect("add client"))
-                .collect();
+            registered = Some(clients.map(|client| {
+                let id = client.client_id.clone();
+                let secret = store.add(client).expect("add client");
+                TestClient { id, secret }
+            }));
             adjust(config);
         });
-        (app, secrets)
+        (app, registered.expect("clients registered"))
     }
 
-    /// POSTs a form body to the token endpoint.
+    /// POSTs exactly this form body, with these headers, to the token endpoint.
     pub fn token_request(&self, body: &[u8], headers: &[(&str, &str)]) -> HttpResponse {
-        let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
-        all.extend_from_slice(headers);
-        send(
-            "POST",
-            &format!("{}/oauth2/token", self.url),
-            &all,
-            Some(body),
-        )
+        token_request(&self.url, body, headers)
+    }
+
+    /// A client credentials request by `client` (Basic auth) with `params` added.
+    pub fn token_response(&self, client: &TestClient, params: &[(&str, &str)]) -> HttpResponse {
+        client.token_response(&self.url, params)
+    }
+
+    /// An access token for `client`; fails the test unless the endpoint answers 200.
+    pub fn token_for(&self, client: &TestClient) -> String {
+        self.token_response(client, &[]).access_token()
     }
 
     /// GET a path of this server.
@@ -161,14 +258,56 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        // stop() sends the command at once; the returned future only awaits completion.
-        drop(self.handle.stop(false));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+/// A client the server knows, with its secret.
+pub struct TestClient {
+    pub id: String,
+    pub secret: ClientSecret,
+}
+
+impl TestClient {
+    /// A client registered elsewhere (by the binary), from its id and printed secret.
+    pub fn new(id: &str, secret: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            secret: ClientSecret::new(secret.to_owned()),
         }
     }
+
+    /// Its `Authorization: Basic` value.
+    pub fn basic_auth(&self) -> String {
+        basic_auth(&self.id, self.secret.expose_secret())
+    }
+
+    /// `grant_type=client_credentials` plus `params`, authenticated with Basic, to the
+    /// token endpoint of the server at `url`.
+    fn token_response(&self, url: &str, params: &[(&str, &str)]) -> HttpResponse {
+        let mut body = String::from("grant_type=client_credentials");
+        for (name, value) in params {
+            body.push_str(&format!("&{}={}", form_encode(name), form_encode(value)));
+        }
+        token_request(
+            url,
+            body.as_bytes(),
+            &[("Authorization", &self.basic_auth())],
+        )
+    }
+}
+
+/// A client with these scopes and audiences, defaults otherwise.
+pub fn new_client(id: &str, scopes: &[&str], audiences: &[&str]) -> NewClient {
+    NewClient {
+        client_id: id.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        audiences: audiences.iter().map(|s| s.to_string()).collect(),
+        ..NewClient::default()
+    }
+}
+
+/// POSTs a form body to the token endpoint of the server at `url`.
+fn token_request(url: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpResponse {
+    let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    send("POST", &format!("{url}/oauth2/token"), &all, Some(body))
 }
 
 /// An HTTP response, whatever its status.
@@ -188,6 +327,15 @@ impl HttpResponse {
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The access token of a 200 token response; fails the test on any other answer.
+    pub fn access_token(&self) -> String {
+        assert_eq!(self.status, 200, "{}", self.body);
+        self.json()["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
     }
 }
 
@@ -254,7 +402,16 @@ pub struct Output {
 
 /// Runs the binary to completion.
 pub fn run_cli(keys_dir: &Path, args: &[&str]) -> Output {
-    let out = cli(keys_dir).args(args).output().expect("run jwt-issuer");
+    run_cli_with_env(keys_dir, args, &[])
+}
+
+/// Runs the binary to completion with environment variables set.
+pub fn run_cli_with_env(keys_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = cli(keys_dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run jwt-issuer");
     Output {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -324,6 +481,21 @@ impl ServeProcess {
         lines.extend(self.log.try_iter());
         lines
     }
+
+    /// GET a path of this server.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        request("GET", &format!("{}{path}", self.url), &[])
+    }
+
+    /// A client credentials request by `client` (Basic auth) with `params` added.
+    pub fn token_response(&self, client: &TestClient, params: &[(&str, &str)]) -> HttpResponse {
+        client.token_response(&self.url, params)
+    }
+
+    /// An access token for `client`; fails the test unless the endpoint answers 200.
+    pub fn token_for(&self, client: &TestClient) -> String {
+        self.token_response(client, &[]).access_token()
+    }
 }
 
 impl Drop for ServeProcess {
@@ -331,6 +503,62 @@ impl Drop for ServeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `token issue` with `args`: the token, the only line on stdout.
+pub fn issue_token(keys_dir: &Path, args: &[&str]) -> String {
+    let mut full = vec!["token", "issue"];
+    full.extend_from_slice(args);
+    let out = run_cli(keys_dir, &full);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "only the token on stdout");
+    out.stdout.trim().to_owned()
+}
+
+/// Verifies `token` the way a downstream service does: the key found by kid in the JWKS,
+/// the algorithm taken from the key, issuer pinned, and the audience when given.
+pub fn verify_with_jwks(
+    jwks: &JwkSet,
+    token: &str,
+    issuer: &str,
+    aud: Option<&str>,
+) -> jsonwebtoken::errors::Result<serde_json::Value> {
+    let header = jsonwebtoken::decode_header(token)?;
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("kid is published");
+    let mut validation = jsonwebtoken::Validation::new(jwk.alg.to_jsonwebtoken());
+    validation.set_issuer(&[issuer]);
+    let mut required = vec!["exp", "iss", "sub", "iat", "nbf"];
+    match aud {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    jsonwebtoken::decode(token, &jwk.decoding_key()?, &validation).map(|t| t.claims)
+}
+
+/// Polls `done` every 50 ms; fails the test if it is not true within `limit`.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Seconds since the Unix epoch, as in `iat` and `exp`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
 }
 
 /// `Authorization: Basic` for id and secret, form-urlencoded first (RFC 6749 2.3.1).
@@ -379,6 +607,20 @@ pub fn flip_signature(token: &str) -> String {
 /// The folder of the third-party verifier scripts (tests/interop).
 pub fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Runs a third-party script in tests/interop: Ok(stdout, trimmed) when it exits 0,
+/// Err(stderr) when not.
+pub fn run_interop(mut cmd: Command) -> Result<String, String> {
+    let out = cmd
+        .current_dir(interop_dir())
+        .output()
+        .expect("run interop script");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// The Python with PyJWT: `JWT_ISSUER_TEST_PYTHON`, else the venv `.ci/run` creates.
