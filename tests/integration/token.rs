@@ -1,49 +1,19 @@
 //! `token issue`: tokens signed offline, verified through the published JWKS.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{ServeProcess, TestApp, keys_dir_with_template, run_cli, segment_json};
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
-use jwt_issuer::JwkSet;
 use serde_json::Value;
 
-fn issue(dir: &std::path::Path, args: &[&str]) -> String {
-    let mut full = vec!["token", "issue"];
-    full.extend_from_slice(args);
-    let out = run_cli(dir, &full);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.stdout.lines().count(), 1, "only the token on stdout");
-    out.stdout.trim().to_owned()
-}
-
-/// Verifies `token` the way a downstream service does: the key found by kid in the JWKS,
-/// the algorithm taken from the key, issuer and audience pinned.
-fn verify(
-    jwks: &JwkSet,
-    token: &str,
-    issuer: &str,
-    aud: Option<&str>,
-) -> jsonwebtoken::errors::Result<Value> {
-    let header = decode_header(token)?;
-    let jwk = jwks
-        .find(header.kid.as_deref().expect("kid"))
-        .expect("kid is published");
-    let mut validation = Validation::new(jwk.alg.to_jsonwebtoken());
-    validation.set_issuer(&[issuer]);
-    validation.set_required_spec_claims(&["exp", "iss", "sub", "iat", "nbf"]);
-    match aud {
-        Some(aud) => validation.set_audience(&[aud]),
-        None => validation.validate_aud = false,
-    }
-    decode::<Value>(token, &jwk.decoding_key()?, &validation).map(|t| t.claims)
-}
+use crate::helpers::{
+    self, ServeProcess, TestApp, issue_token, keys_dir_with_template, run_cli, segment_json,
+    unix_now, verify_with_jwks,
+};
 
 #[test]
 fn issued_es256_token_verifies_through_the_served_jwks() {
     let app = TestApp::spawn();
-    let token = issue(
+    let token = issue_token(
         &app.keys_dir,
         &[
             "--issuer",
@@ -55,7 +25,8 @@ fn issued_es256_token_verifies_through_the_served_jwks() {
         ],
     );
     let jwks = app.jwks();
-    let claims = verify(&jwks, &token, &app.issuer, Some("orders-api")).expect("valid token");
+    let claims =
+        verify_with_jwks(&jwks, &token, &app.issuer, Some("orders-api")).expect("valid token");
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["aud"], "orders-api");
 
@@ -74,12 +45,12 @@ fn issued_es256_token_verifies_through_the_served_jwks() {
 #[test]
 fn issued_rs256_token_verifies_through_the_served_jwks() {
     let app = TestApp::spawn();
-    let token = issue(
+    let token = issue_token(
         &app.keys_dir,
         &["--issuer", &app.issuer, "--sub", "bob", "--alg", "RS256"],
     );
     assert_eq!(segment_json(&token, 0)["alg"], "RS256");
-    let claims = verify(&app.jwks(), &token, &app.issuer, None).expect("valid token");
+    let claims = verify_with_jwks(&app.jwks(), &token, &app.issuer, None).expect("valid token");
     assert_eq!(claims["sub"], "bob");
     assert!(claims.get("aud").is_none(), "no --aud, no aud claim");
 }
@@ -88,15 +59,10 @@ fn issued_rs256_token_verifies_through_the_served_jwks() {
 fn default_issuer_of_token_issue_equals_the_default_of_serve() {
     let (_tmp, dir) = keys_dir_with_template();
     let server = ServeProcess::start(&dir, &[]);
-    let meta = common::request(
-        "GET",
-        &format!("{}/.well-known/openid-configuration", server.url),
-        &[],
-    )
-    .json();
+    let meta = server.get("/.well-known/openid-configuration").json();
     let port = server.url.rsplit(':').next().unwrap();
     // Same bind flag on both sides gives the same issuer, byte for byte.
-    let token = issue(
+    let token = issue_token(
         &dir,
         &["--bind", &format!("127.0.0.1:{port}"), "--sub", "carol"],
     );
@@ -107,7 +73,7 @@ fn default_issuer_of_token_issue_equals_the_default_of_serve() {
 #[test]
 fn registered_claims_have_the_right_values() {
     let app = TestApp::spawn();
-    let token = issue(
+    let token = issue_token(
         &app.keys_dir,
         &[
             "--issuer",
@@ -128,11 +94,7 @@ fn registered_claims_have_the_right_values() {
     let iat = claims["iat"].as_u64().unwrap();
     assert_eq!(claims["nbf"].as_u64().unwrap(), iat);
     assert_eq!(claims["exp"].as_u64().unwrap(), iat + 900);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    assert!(iat.abs_diff(now) < 60);
+    assert!(iat.abs_diff(unix_now()) < 60);
     // jti: 128 random bits, base64url without padding.
     let jti = claims["jti"].as_str().unwrap();
     assert_eq!(jti.len(), 22);
@@ -140,7 +102,7 @@ fn registered_claims_have_the_right_values() {
         jti.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     );
-    assert!(verify(&app.jwks(), &token, &app.issuer, Some("b")).is_ok());
+    assert!(verify_with_jwks(&app.jwks(), &token, &app.issuer, Some("b")).is_ok());
 }
 
 #[test]
@@ -148,7 +110,7 @@ fn jti_is_unique_per_token() {
     let app = TestApp::spawn();
     let jtis: HashSet<String> = (0..5)
         .map(|_| {
-            let t = issue(&app.keys_dir, &["--sub", "x"]);
+            let t = issue_token(&app.keys_dir, &["--sub", "x"]);
             segment_json(&t, 1)["jti"].as_str().unwrap().to_owned()
         })
         .collect();
@@ -158,7 +120,7 @@ fn jti_is_unique_per_token() {
 #[test]
 fn extra_claims_are_typed_and_cannot_override_registered_ones() {
     let app = TestApp::spawn();
-    let token = issue(
+    let token = issue_token(
         &app.keys_dir,
         &[
             "--sub",
@@ -212,17 +174,17 @@ fn extra_claims_are_typed_and_cannot_override_registered_ones() {
 fn tampered_or_misdirected_tokens_fail_verification() {
     let app = TestApp::spawn();
     let jwks = app.jwks();
-    let token = issue(
+    let token = issue_token(
         &app.keys_dir,
         &["--issuer", &app.issuer, "--sub", "frank", "--aud", "api"],
     );
-    assert!(verify(&jwks, &token, &app.issuer, Some("api")).is_ok());
+    assert!(verify_with_jwks(&jwks, &token, &app.issuer, Some("api")).is_ok());
     assert!(
-        verify(&jwks, &token, "https://other.example", Some("api")).is_err(),
+        verify_with_jwks(&jwks, &token, "https://other.example", Some("api")).is_err(),
         "wrong issuer"
     );
     assert!(
-        verify(&jwks, &token, &app.issuer, Some("other-api")).is_err(),
+        verify_with_jwks(&jwks, &token, &app.issuer, Some("other-api")).is_err(),
         "wrong audience"
     );
 
@@ -236,7 +198,7 @@ fn tampered_or_misdirected_tokens_fail_verification() {
     };
     let tampered = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
     assert!(
-        verify(&jwks, &tampered, &app.issuer, Some("api")).is_err(),
+        verify_with_jwks(&jwks, &tampered, &app.issuer, Some("api")).is_err(),
         "tampered payload"
     );
 
@@ -251,15 +213,15 @@ fn tampered_or_misdirected_tokens_fail_verification() {
 fn token_issue_on_an_empty_dir_generates_keys_first() {
     let tmp = tempfile::TempDir::new().unwrap();
     let dir = tmp.path().join("keys");
-    let token = issue(&dir, &["--sub", "grace"]);
+    let token = issue_token(&dir, &["--sub", "grace"]);
     assert_eq!(token.split('.').count(), 3);
-    assert_eq!(common::list_dir(&dir).len(), 4);
+    assert_eq!(helpers::list_dir(&dir).len(), 4);
 }
 
 #[test]
 fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
     let app = TestApp::spawn();
-    let token = issue(
+    let token = issue_token(
         &app.keys_dir,
         &["--issuer", &app.issuer, "--sub", "alice", "--aud", "api"],
     );
@@ -315,7 +277,7 @@ fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
         let claims: Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(claims["sub"], "alice");
     }
-    let mut child = common::cli(&app.keys_dir)
+    let mut child = helpers::cli(&app.keys_dir)
         .args(["token", "verify", "--jwks", &app.issuer, "--aud", "api"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -331,11 +293,11 @@ fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
 #[test]
 fn token_verify_names_the_reason_on_one_line() {
     let app = TestApp::spawn();
-    let token = issue(
+    let token = issue_token(
         &app.keys_dir,
         &["--issuer", &app.issuer, "--sub", "alice", "--aud", "api"],
     );
-    let flipped = common::flip_signature(&token);
+    let flipped = helpers::flip_signature(&token);
     for (args, reason) in [
         (
             vec!["--jwks", &app.issuer, "--aud", "other", &token],

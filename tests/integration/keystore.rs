@@ -1,18 +1,19 @@
 //! The key store on disk: first start, modes, restart, refusals, imports.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
-use common::{ServeProcess, keys_dir_with_template, list_dir, mode, run_cli};
 use jwt_issuer::{KeyStore, SigningAlg};
 use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use tempfile::TempDir;
+
+use crate::helpers::{
+    ServeProcess, active_kid, key_states, keys_dir_with_template, list_dir, mode, run_cli,
+};
 
 fn pem(tag: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(tag, der.to_vec()))
@@ -96,10 +97,10 @@ fn restart_keeps_the_same_kids() {
 fn restarted_binary_publishes_the_same_jwks() {
     let (_tmp, dir) = keys_dir_with_template();
     let first = ServeProcess::start(&dir, &[]);
-    let jwks1 = common::request("GET", &format!("{}/.well-known/jwks.json", first.url), &[]);
+    let jwks1 = first.get("/.well-known/jwks.json");
     drop(first);
     let second = ServeProcess::start(&dir, &[]);
-    let jwks2 = common::request("GET", &format!("{}/.well-known/jwks.json", second.url), &[]);
+    let jwks2 = second.get("/.well-known/jwks.json");
     assert_eq!(jwks1.body, jwks2.body);
     assert_eq!(jwks1.header("etag"), jwks2.header("etag"));
 }
@@ -149,13 +150,7 @@ fn generated_rsa_sizes_are_honoured() {
 fn a_generated_key_is_published_as_next_and_signs_only_after_rotation() {
     let (_tmp, dir) = keys_dir_with_template();
     let store = KeyStore::new(&dir);
-    let before = store
-        .load()
-        .unwrap()
-        .active(SigningAlg::Es256)
-        .unwrap()
-        .kid()
-        .to_owned();
+    let before = active_kid(&dir, SigningAlg::Es256);
     let info = store.generate(SigningAlg::Es256, 0).unwrap();
     assert_eq!(info.state, jwt_issuer::keys::KeyState::Next);
     let keys = store.load().unwrap();
@@ -412,15 +407,8 @@ fn a_key_file_dropped_into_a_managed_store_is_adopted_as_next_by_the_next_change
         "not published before the store adopts it"
     );
     store.generate(SigningAlg::Rs256, 2048).unwrap();
-    let manifest = store.load_manifest_for_reading().unwrap();
-    let states: Vec<_> = manifest
-        .keys
-        .iter()
-        .filter(|k| k.alg == SigningAlg::Es256)
-        .map(|k| k.state)
-        .collect();
     assert_eq!(
-        states,
+        key_states(&dir, SigningAlg::Es256),
         [
             jwt_issuer::keys::KeyState::Active,
             jwt_issuer::keys::KeyState::Next

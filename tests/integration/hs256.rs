@@ -1,12 +1,13 @@
 //! HS256 mode: secrets only from the environment, weak ones refused, never published or
 //! logged; interoperable with PyJWT and node's jsonwebtoken both ways; secret rotation.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{ServeProcess, basic_auth, interop_dir, keys_dir_with_template, python, run_cli};
+use crate::helpers::{
+    self, ServeProcess, TestClient, interop_dir, keys_dir_with_template, python, run_cli,
+    run_cli_with_env, run_interop,
+};
 
 const SECRET: &str = "Zq8Vn2bXl0Kk7yTf3Wc9JpR1hM5sD6eGaLuQo4iNzB8tYw";
 const OLD_SECRET: &str = "Pp3Lm9Xv2Qa7Rt5Wy8Zn1Kc4Bd6Fg0Hj2Ls5Mo7Nq9Re";
@@ -17,18 +18,9 @@ fn script(program: &Path, script: &str, secret: &str, args: &[&str]) -> Result<S
         interop_dir().join("node_modules/jsonwebtoken").exists() && python().exists(),
         "run .ci/run first"
     );
-    let out = Command::new(program)
-        .arg(script)
-        .args(args)
-        .env("SECRET", secret)
-        .current_dir(interop_dir())
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    let mut cmd = Command::new(program);
+    cmd.arg(script).args(args).env("SECRET", secret);
+    run_interop(cmd)
 }
 
 fn node(secret: &str, args: &[&str]) -> Result<String, String> {
@@ -37,19 +29,6 @@ fn node(secret: &str, args: &[&str]) -> Result<String, String> {
 
 fn pyjwt(secret: &str, args: &[&str]) -> Result<String, String> {
     script(&python(), "hs256_pyjwt.py", secret, args)
-}
-
-fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> common::Output {
-    let out = common::cli(dir)
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    common::Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 #[test]
@@ -111,7 +90,7 @@ fn weak_or_missing_secrets_refuse_to_start_with_one_line() {
     ];
     for (env, reason) in cases {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let out = run_env(
+        let out = run_cli_with_env(
             &dir,
             &["serve", "--alg", "HS256", "--bind", "127.0.0.1:0"],
             &env,
@@ -140,10 +119,7 @@ fn weak_or_missing_secrets_refuse_to_start_with_one_line() {
         &["--alg", "HS256"],
         &[("JWT_SECRET_FILE", file.to_str().unwrap())],
     );
-    assert_eq!(
-        common::request("GET", &format!("{}/healthz", server.url), &[]).status,
-        200
-    );
+    assert_eq!(server.get("/healthz").status, 200);
 }
 
 #[test]
@@ -170,31 +146,20 @@ fn the_secret_is_never_published_or_logged() {
         .trim()
         .to_owned();
     let server = ServeProcess::start_with_env(&dir, &["--alg", "HS256"], &[("JWT_SECRET", SECRET)]);
-    let get = |path: &str| common::request("GET", &format!("{}{path}", server.url), &[]);
-    let jwks = get("/.well-known/jwks.json");
+    let jwks = server.get("/.well-known/jwks.json");
     assert!(
         !jwks.body.contains("\"oct\"") && !jwks.body.contains("\"k\""),
         "{}",
         jwks.body
     );
     assert!(!jwks.body.contains("HS256"));
-    let discovery = get("/.well-known/openid-configuration").json();
+    let discovery = server.get("/.well-known/openid-configuration").json();
     assert_eq!(
         discovery["id_token_signing_alg_values_supported"],
         serde_json::json!(["ES256", "RS256", "HS256"])
     );
-    let res = common::send(
-        "POST",
-        &format!("{}/oauth2/token", server.url),
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Authorization", &basic_auth("hs-svc", &secret)),
-        ],
-        Some(b"grant_type=client_credentials"),
-    );
-    assert_eq!(res.status, 200, "{}", res.body);
-    let token = res.json()["access_token"].as_str().unwrap().to_owned();
-    let header = common::segment_json(&token, 0);
+    let token = server.token_for(&TestClient::new("hs-svc", &secret));
+    let header = helpers::segment_json(&token, 0);
     assert_eq!(header["alg"], "HS256");
     let kid = header["kid"].as_str().unwrap();
     assert!(kid.starts_with("hs-") && !SECRET.contains(&kid[3..]));
@@ -202,9 +167,12 @@ fn the_secret_is_never_published_or_logged() {
     let log = server.drain_log().join("\n");
     for (what, body) in [
         ("jwks", &jwks.body),
-        ("metrics", &get("/metrics").body),
+        ("metrics", &server.get("/metrics").body),
         ("log", &log),
-        ("discovery", &get("/.well-known/openid-configuration").body),
+        (
+            "discovery",
+            &server.get("/.well-known/openid-configuration").body,
+        ),
     ] {
         assert!(!body.contains(SECRET), "secret in {what}");
         assert!(
@@ -218,12 +186,7 @@ fn the_secret_is_never_published_or_logged() {
 fn discovery_lists_hs256_only_when_used() {
     let (_tmp, dir) = keys_dir_with_template();
     let server = ServeProcess::start_with_env(&dir, &[], &[("JWT_SECRET", SECRET)]);
-    let discovery = common::request(
-        "GET",
-        &format!("{}/.well-known/openid-configuration", server.url),
-        &[],
-    )
-    .json();
+    let discovery = server.get("/.well-known/openid-configuration").json();
     assert_eq!(
         discovery["id_token_signing_alg_values_supported"],
         serde_json::json!(["ES256", "RS256"])
@@ -233,7 +196,7 @@ fn discovery_lists_hs256_only_when_used() {
 #[test]
 fn our_hs256_tokens_verify_with_pyjwt_and_node_jsonwebtoken() {
     let (_tmp, dir) = keys_dir_with_template();
-    let out = run_env(
+    let out = run_cli_with_env(
         &dir,
         &[
             "token", "issue", "--sub", "svc", "--aud", "api", "--alg", "HS256",
@@ -280,10 +243,10 @@ fn their_hs256_tokens_verify_with_token_verify_secret_env() {
             "api",
             &token,
         ];
-        let out = run_env(&dir, &args, &[("JWT_SECRET", SECRET)]);
+        let out = run_cli_with_env(&dir, &args, &[("JWT_SECRET", SECRET)]);
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert!(out.stdout.contains("-svc"));
-        let wrong = run_env(&dir, &args, &[("JWT_SECRET", OLD_SECRET)]);
+        let wrong = run_cli_with_env(&dir, &args, &[("JWT_SECRET", OLD_SECRET)]);
         assert_eq!(wrong.code, Some(1));
         assert!(
             wrong.stderr.contains("invalid signature"),
@@ -297,7 +260,7 @@ fn their_hs256_tokens_verify_with_token_verify_secret_env() {
 fn the_previous_secret_verifies_tokens_in_flight_during_a_secret_rotation() {
     let (_tmp, dir) = keys_dir_with_template();
     let iss = "http://127.0.0.1:8080";
-    let ours = run_env(
+    let ours = run_cli_with_env(
         &dir,
         &[
             "token", "issue", "--sub", "svc", "--aud", "api", "--alg", "HS256",
@@ -317,13 +280,13 @@ fn the_previous_secret_verifies_tokens_in_flight_during_a_secret_rotation() {
             "api",
             token,
         ];
-        let rolled = run_env(
+        let rolled = run_cli_with_env(
             &dir,
             &args,
             &[("JWT_SECRET", SECRET), ("JWT_SECRET_PREVIOUS", OLD_SECRET)],
         );
         assert_eq!(rolled.code, Some(0), "{}", rolled.stderr);
-        let dropped = run_env(&dir, &args, &[("JWT_SECRET", SECRET)]);
+        let dropped = run_cli_with_env(&dir, &args, &[("JWT_SECRET", SECRET)]);
         assert_eq!(
             dropped.code,
             Some(1),
@@ -331,13 +294,13 @@ fn the_previous_secret_verifies_tokens_in_flight_during_a_secret_rotation() {
         );
     }
     // New tokens are signed with the new secret only, under its own kid.
-    let fresh = run_env(
+    let fresh = run_cli_with_env(
         &dir,
         &["token", "issue", "--sub", "svc", "--alg", "HS256"],
         &[("JWT_SECRET", SECRET), ("JWT_SECRET_PREVIOUS", OLD_SECRET)],
     );
-    let new_kid = common::segment_json(fresh.stdout.trim(), 0)["kid"].clone();
-    let old_kid = common::segment_json(ours.stdout.trim(), 0)["kid"].clone();
+    let new_kid = helpers::segment_json(fresh.stdout.trim(), 0)["kid"].clone();
+    let old_kid = helpers::segment_json(ours.stdout.trim(), 0)["kid"].clone();
     assert_ne!(new_kid, old_kid);
     assert!(pyjwt(SECRET, &["verify", fresh.stdout.trim()]).is_ok());
 }

@@ -1,8 +1,6 @@
 //! The published side over real HTTP: JWKS, discovery, health, metrics, errors.
 
-mod common;
-
-use common::{TestApp, request};
+use crate::helpers::{TestApp, request};
 
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 

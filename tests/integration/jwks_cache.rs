@@ -1,18 +1,16 @@
 //! JwksCache against a real local JWKS server that counts fetches: max-age, unknown-kid
 //! cooldown, a down or garbage issuer, one fetch for concurrent first use, limits.
 
-mod common;
-
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpResponse, web};
 use jwt_issuer::KeyStore;
 use jwt_issuer::verify::{JwksCache, JwksCacheOptions, VerifyError};
+
+use crate::helpers::{TestApp, TestServer, keys_dir_with_template};
 
 /// What the fake issuer answers.
 #[derive(Clone)]
@@ -26,77 +24,64 @@ enum Mode {
     Huge,
 }
 
+/// A fake issuer serving the template key set at `/jwks.json` as `mode` says, counting
+/// fetches.
 struct JwksServer {
     url: String,
     fetches: Arc<AtomicUsize>,
     mode: Arc<Mutex<Mode>>,
     body: String,
     kids: Vec<String>,
-    handle: ServerHandle,
+    _server: TestServer,
 }
 
 impl JwksServer {
     fn start(mode: Mode) -> Self {
-        let (tmp, dir) = common::keys_dir_with_template();
+        let (_tmp, dir) = keys_dir_with_template();
         let keys = KeyStore::new(&dir).load().unwrap();
-        drop(tmp);
         let body = serde_json::to_string(&keys.jwk_set()).unwrap();
         let kids = keys.keys().iter().map(|k| k.kid().to_owned()).collect();
         let fetches = Arc::new(AtomicUsize::new(0));
         let mode = Arc::new(Mutex::new(mode));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
         let (f, m, b) = (fetches.clone(), mode.clone(), body.clone());
-        thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
+        let server = TestServer::start(move || {
+            let (f, m, b) = (f.clone(), m.clone(), b.clone());
+            App::new().route(
+                "/jwks.json",
+                web::get().to(move || {
                     let (f, m, b) = (f.clone(), m.clone(), b.clone());
-                    App::new().route(
-                        "/jwks.json",
-                        web::get().to(move || {
-                            let (f, m, b) = (f.clone(), m.clone(), b.clone());
-                            async move {
-                                f.fetch_add(1, Ordering::SeqCst);
-                                let mode = m.lock().unwrap().clone();
-                                match mode {
-                                    Mode::Serve {
-                                        cache_control,
-                                        delay,
-                                    } => {
-                                        actix_web::rt::time::sleep(delay).await;
-                                        HttpResponse::Ok()
-                                            .insert_header(("Cache-Control", cache_control))
-                                            .content_type("application/json")
-                                            .body(b)
-                                    }
-                                    Mode::Down => HttpResponse::ServiceUnavailable().finish(),
-                                    Mode::Garbage => HttpResponse::Ok().body("<html>oops</html>"),
-                                    Mode::Huge => HttpResponse::Ok().body(format!(
-                                        "{{\"keys\":[],\"pad\":\"{}\"}}",
-                                        "x".repeat(2 * 1024 * 1024)
-                                    )),
-                                }
+                    async move {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        let mode = m.lock().unwrap().clone();
+                        match mode {
+                            Mode::Serve {
+                                cache_control,
+                                delay,
+                            } => {
+                                actix_web::rt::time::sleep(delay).await;
+                                HttpResponse::Ok()
+                                    .insert_header(("Cache-Control", cache_control))
+                                    .content_type("application/json")
+                                    .body(b)
                             }
-                        }),
-                    )
-                })
-                .workers(2)
-                .listen(listener)
-                .unwrap()
-                .run();
-                tx.send(server.handle()).unwrap();
-                server.await.unwrap();
-            });
+                            Mode::Down => HttpResponse::ServiceUnavailable().finish(),
+                            Mode::Garbage => HttpResponse::Ok().body("<html>oops</html>"),
+                            Mode::Huge => HttpResponse::Ok().body(format!(
+                                "{{\"keys\":[],\"pad\":\"{}\"}}",
+                                "x".repeat(2 * 1024 * 1024)
+                            )),
+                        }
+                    }
+                }),
+            )
         });
-        let handle = rx.recv().unwrap();
         Self {
-            url,
+            url: format!("{}/jwks.json", server.url),
             fetches,
             mode,
             body,
             kids,
-            handle,
+            _server: server,
         }
     }
 
@@ -106,12 +91,6 @@ impl JwksServer {
 
     fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
-    }
-}
-
-impl Drop for JwksServer {
-    fn drop(&mut self) {
-        drop(self.handle.stop(false));
     }
 }
 
@@ -318,7 +297,7 @@ fn slow_issuers_time_out_and_huge_responses_are_refused() {
 
 #[test]
 fn discovery_finds_the_jwks_and_checks_the_issuer() {
-    let app = common::TestApp::spawn();
+    let app = TestApp::spawn();
     let kid = app.jwks().keys[0].kid.clone();
     run(async {
         let cache = JwksCache::discover(&app.issuer, options()).await.unwrap();

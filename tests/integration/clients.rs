@@ -1,10 +1,10 @@
 //! `jwt-issuer clients ...` and the first-start client, through the real binary.
 
-mod common;
-
 use std::fs;
 
-use common::{ServeProcess, basic_auth, keys_dir_with_template, list_dir, mode, run_cli};
+use crate::helpers::{
+    self, ServeProcess, TestClient, keys_dir_with_template, list_dir, mode, run_cli,
+};
 
 #[test]
 fn add_prints_only_the_secret_and_stores_only_its_hash() {
@@ -104,7 +104,7 @@ fn concurrent_adds_lose_nothing() {
     let (_tmp, dir) = keys_dir_with_template();
     let children: Vec<_> = (0..8)
         .map(|i| {
-            common::cli(&dir)
+            helpers::cli(&dir)
                 .args(["clients", "add", &format!("svc-{i}")])
                 .output()
         })
@@ -150,26 +150,8 @@ fn first_start_registers_a_client_and_prints_a_working_curl_once() {
         "{curl}"
     );
 
-    let res = common::send(
-        "POST",
-        &format!("{}/oauth2/token", server.url),
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Authorization", &basic_auth("demo", &secret)),
-        ],
-        Some(b"grant_type=client_credentials"),
-    );
-    assert_eq!(res.status, 200, "{}", res.body);
-    let token = res.json()["access_token"].as_str().unwrap().to_owned();
-    let refused = common::send(
-        "POST",
-        &format!("{}/oauth2/token", server.url),
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Authorization", &basic_auth("demo", "wrong")),
-        ],
-        Some(b"grant_type=client_credentials"),
-    );
+    let token = server.token_for(&TestClient::new("demo", &secret));
+    let refused = server.token_response(&TestClient::new("demo", "wrong"), &[]);
     assert_eq!(refused.status, 401);
 
     // The log tells what happened, without the secret (past the banner) or the token.

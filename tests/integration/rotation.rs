@@ -1,18 +1,20 @@
 //! Key lifecycle end to end: rotation under load with a caching verifier, hot reload,
 //! replicas, crash safety, retirement and revocation timing, refusals.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, TestApp, basic_auth, keys_dir_with_template, list_dir, run_cli};
 use jwt_issuer::keys::{KeyState, RotationPolicy};
 use jwt_issuer::oauth::NewClient;
 use jwt_issuer::verify::{JwksCache, JwksCacheOptions, Validation, Verifier};
 use jwt_issuer::{Config, KeyStore, SigningAlg};
+
+use crate::helpers::{
+    self, ServeProcess, TestApp, TestClient, active_kid, issue_token, key_states,
+    keys_dir_with_template, list_dir, new_client, run_cli, unix_now, wait_until,
+};
 
 /// Short timings: a next key signs 2 s after publication, a retired key stays 5 s.
 fn fast(c: &mut Config) {
@@ -50,32 +52,23 @@ fn fast_policy() -> RotationPolicy {
     }
 }
 
-fn cli_fast(dir: &std::path::Path, args: &[&str]) -> common::Output {
+fn cli_fast(dir: &std::path::Path, args: &[&str]) -> helpers::Output {
     let mut full: Vec<&str> = args.to_vec();
     full.extend_from_slice(&FAST_FLAGS);
     run_cli(dir, &full)
 }
 
-fn clients() -> Vec<NewClient> {
-    [SigningAlg::Es256, SigningAlg::Rs256]
-        .into_iter()
-        .map(|alg| NewClient {
-            client_id: format!("svc-{alg}"),
-            audiences: vec!["api".into()],
-            alg: Some(alg),
-            ..NewClient::default()
-        })
-        .collect()
+fn clients() -> [NewClient; 2] {
+    [SigningAlg::Es256, SigningAlg::Rs256].map(|alg| NewClient {
+        alg: Some(alg),
+        ..new_client(&format!("svc-{alg}"), &[], &["api"])
+    })
 }
 
 /// Gets tokens and verifies them through the JWKS with a caching verifier (unknown-kid
 /// refetch effectively off, so only pre-publication can keep tokens valid), re-verifying
 /// every earlier token until it expires, for `duration`. Returns (verified, failures).
-fn load_loop(
-    app: &TestApp,
-    secrets: &[jwt_issuer::secret::ClientSecret],
-    duration: Duration,
-) -> (usize, Vec<String>) {
+fn load_loop(app: &TestApp, clients: &[TestClient], duration: Duration) -> (usize, Vec<String>) {
     let cache = JwksCache::new(
         format!("{}/.well-known/jwks.json", app.url),
         JwksCacheOptions {
@@ -88,33 +81,22 @@ fn load_loop(
     let mut validation = Validation::new(app.issuer.clone(), ["api"]).with_typ("at+jwt");
     validation.leeway = Duration::ZERO;
     let verifier = Verifier::remote(cache, validation);
-    let auths: Vec<String> = clients()
-        .iter()
-        .zip(secrets)
-        .map(|(c, s)| basic_auth(&c.client_id, s.expose_secret()))
-        .collect();
     actix_web::rt::System::new().block_on(async {
         let start = Instant::now();
         let mut live: Vec<(String, u64)> = Vec::new();
         let (mut verified, mut failures) = (0, Vec::new());
         let mut i = 0;
         while start.elapsed() < duration {
-            let res = app.token_request(
-                b"grant_type=client_credentials",
-                &[("Authorization", &auths[i % 2])],
-            );
+            let res = app.token_response(&clients[i % clients.len()], &[]);
             i += 1;
             if res.status != 200 {
                 failures.push(format!("token endpoint {}: {}", res.status, res.body));
                 continue;
             }
-            let token = res.json()["access_token"].as_str().unwrap().to_owned();
-            let exp = common::segment_json(&token, 1)["exp"].as_u64().unwrap();
+            let token = res.access_token();
+            let exp = helpers::segment_json(&token, 1)["exp"].as_u64().unwrap();
             live.push((token, exp));
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
+            let now = unix_now();
             // Keep a margin from exp: the claim is in whole seconds.
             live.retain(|(_, exp)| *exp > now + 1);
             for (token, _) in &live {
@@ -122,7 +104,7 @@ fn load_loop(
                     Ok(_) => verified += 1,
                     Err(e) => failures.push(format!(
                         "{e} for kid {}",
-                        common::segment_json(token, 0)["kid"]
+                        helpers::segment_json(token, 0)["kid"]
                     )),
                 }
             }
@@ -138,16 +120,15 @@ fn published_kids(app: &TestApp) -> Vec<String> {
 
 #[test]
 fn automatic_rotation_under_load_fails_no_verification() {
-    let (app, secrets) = TestApp::spawn_with_clients(&clients(), |c| {
+    let (app, clients) = TestApp::spawn_with_clients(clients(), |c| {
         fast(c);
         // Retention 4 s, so the first retired key is removed well within the run.
         c.max_token_ttl = Duration::from_secs(2);
         c.token_ttl = Duration::from_secs(2);
         c.rotate_every = Some(Duration::from_secs(3));
     });
-    let before = KeyStore::new(&app.keys_dir).load().unwrap();
-    let first_es = before.active(SigningAlg::Es256).unwrap().kid().to_owned();
-    let (verified, failures) = load_loop(&app, &secrets, Duration::from_secs(10));
+    let first_es = active_kid(&app.keys_dir, SigningAlg::Es256);
+    let (verified, failures) = load_loop(&app, &clients, Duration::from_secs(10));
     assert!(
         failures.is_empty(),
         "{} failures: {:#?}",
@@ -176,7 +157,7 @@ fn automatic_rotation_under_load_fails_no_verification() {
 
 #[test]
 fn manual_rotation_under_load_fails_no_verification() {
-    let (app, secrets) = TestApp::spawn_with_clients(&clients(), fast);
+    let (app, clients) = TestApp::spawn_with_clients(clients(), fast);
     let stop = Arc::new(AtomicBool::new(false));
     let rotations = Arc::new(AtomicUsize::new(0));
     let dir = app.keys_dir.clone();
@@ -195,7 +176,7 @@ fn manual_rotation_under_load_fails_no_verification() {
             }
         })
     };
-    let (verified, failures) = load_loop(&app, &secrets, Duration::from_secs(9));
+    let (verified, failures) = load_loop(&app, &clients, Duration::from_secs(9));
     stop.store(true, Ordering::SeqCst);
     rotator.join().unwrap();
     assert!(
@@ -251,15 +232,8 @@ fn rotate_without_a_ready_next_key_explains_the_options() {
         "{}",
         third.stdout
     );
-    let manifest = KeyStore::new(&dir).load_manifest_for_reading().unwrap();
-    let states: Vec<KeyState> = manifest
-        .keys
-        .iter()
-        .filter(|k| k.alg == SigningAlg::Es256)
-        .map(|k| k.state)
-        .collect();
     assert_eq!(
-        states,
+        key_states(&dir, SigningAlg::Es256),
         [KeyState::Retired, KeyState::Active, KeyState::Next]
     );
 }
@@ -294,27 +268,10 @@ fn rotate_now_switches_at_once_and_keeps_the_old_key_published() {
     assert!(published_kids(&app).contains(&old));
 }
 
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not met within {limit:?}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn retired_keys_leave_the_jwks_after_their_time() {
     let app = TestApp::spawn_with(fast);
-    let old = KeyStore::new(&app.keys_dir)
-        .load()
-        .unwrap()
-        .active(SigningAlg::Es256)
-        .unwrap()
-        .kid()
-        .to_owned();
+    let old = active_kid(&app.keys_dir, SigningAlg::Es256);
     assert_eq!(
         cli_fast(
             &app.keys_dir,
@@ -402,25 +359,26 @@ fn jwks_max_age_is_cut_to_the_next_scheduled_change() {
 #[test]
 fn a_revoked_key_leaves_at_once_and_its_tokens_stop_verifying() {
     let app = TestApp::spawn_with(fast);
-    let token = run_cli(
-        &app.keys_dir,
-        &[
-            "token",
-            "issue",
-            "--issuer",
-            &app.issuer,
-            "--sub",
-            "x",
-            "--aud",
-            "api",
-            "--max-token-ttl",
-            "3s",
-            "--ttl",
-            "3s",
-        ],
-    );
-    let token = token.stdout.trim().to_owned();
-    let kid = common::segment_json(&token, 0)["kid"]
+    // The same short lifetimes as the server's.
+    let issue = || {
+        issue_token(
+            &app.keys_dir,
+            &[
+                "--issuer",
+                &app.issuer,
+                "--sub",
+                "x",
+                "--aud",
+                "api",
+                "--max-token-ttl",
+                "3s",
+                "--ttl",
+                "3s",
+            ],
+        )
+    };
+    let token = issue();
+    let kid = helpers::segment_json(&token, 0)["kid"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -438,18 +396,19 @@ fn a_revoked_key_leaves_at_once_and_its_tokens_stop_verifying() {
     wait_until(Duration::from_secs(3), || {
         !published_kids(&app).contains(&kid)
     });
-    let verify = run_cli(
-        &app.keys_dir,
-        &[
+    let verify_cli = |token: &str| {
+        let args = [
             "token",
             "verify",
             "--jwks",
             &app.issuer,
             "--aud",
             "api",
-            &token,
-        ],
-    );
+            token,
+        ];
+        run_cli(&app.keys_dir, &args)
+    };
+    let verify = verify_cli(&token);
     assert_eq!(verify.code, Some(1));
     assert!(
         verify.stderr.contains("unknown signing key"),
@@ -457,35 +416,8 @@ fn a_revoked_key_leaves_at_once_and_its_tokens_stop_verifying() {
         verify.stderr
     );
     // New tokens come from the replacement and verify.
-    let fresh = run_cli(
-        &app.keys_dir,
-        &[
-            "token",
-            "issue",
-            "--issuer",
-            &app.issuer,
-            "--sub",
-            "x",
-            "--aud",
-            "api",
-            "--max-token-ttl",
-            "3s",
-            "--ttl",
-            "3s",
-        ],
-    );
-    let ok = run_cli(
-        &app.keys_dir,
-        &[
-            "token",
-            "verify",
-            "--jwks",
-            &app.issuer,
-            "--aud",
-            "api",
-            fresh.stdout.trim(),
-        ],
-    );
+    let fresh = issue();
+    let ok = verify_cli(&fresh);
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
     // A revoked key is never taken back.
     let again = cli_fast(&app.keys_dir, &["keys", "revoke", &kid]);
@@ -498,7 +430,7 @@ fn two_servers_on_one_keys_dir_serve_the_same_jwks_after_a_rotation() {
     let a = ServeProcess::start(&dir, &SERVE_FAST);
     let b = ServeProcess::start(&dir, &SERVE_FAST);
     let etag = |s: &ServeProcess| {
-        common::request("GET", &format!("{}/.well-known/jwks.json", s.url), &[])
+        s.get("/.well-known/jwks.json")
             .header("etag")
             .unwrap()
             .to_owned()
@@ -560,7 +492,7 @@ fn a_crash_at_each_step_of_a_rotation_leaves_a_loadable_consistent_store() {
             cli_fast(&dir, &["keys", "rotate", "--alg", "ES256", "--now"]).code,
             Some(0)
         );
-        let crashed = common::cli(&dir)
+        let crashed = helpers::cli(&dir)
             .args(["keys", "rotate", "--alg", "ES256", "--now"])
             .args(FAST_FLAGS)
             .env("JWT_ISSUER_CRASH_AT", step)
@@ -638,10 +570,7 @@ fn sighup_reloads_at_once() {
             .iter()
             .any(|l| l.contains("SIGHUP: reloading"))
     });
-    assert_eq!(
-        common::request("GET", &format!("{}/healthz", server.url), &[]).status,
-        200
-    );
+    assert_eq!(server.get("/healthz").status, 200);
 }
 
 #[test]

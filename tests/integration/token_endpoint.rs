@@ -1,56 +1,37 @@
 //! The token endpoint over real HTTP: client credentials grant, RFC 9068 access tokens,
 //! every RFC 6749 error, hostile bodies, brute-force limits, live registry changes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestApp, basic_auth, form_encode, run_cli, segment_json};
-use jsonwebtoken::{Validation, decode, decode_header};
-use jwt_issuer::oauth::NewClient;
-use jwt_issuer::secret::ClientSecret;
 use jwt_issuer::{JwkSet, SigningAlg};
 use serde_json::Value;
 
-fn client(id: &str, scopes: &[&str], audiences: &[&str]) -> NewClient {
-    NewClient {
-        client_id: id.into(),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        audiences: audiences.iter().map(|s| s.to_string()).collect(),
-        ..NewClient::default()
-    }
-}
+use crate::helpers::{
+    self, TestApp, TestClient, basic_auth, form_encode, new_client, run_cli, segment_json,
+    verify_with_jwks, wait_until,
+};
 
 /// One client "orders-svc" with scopes read/write and audiences orders-api/billing-api.
-fn app_with_client() -> (TestApp, ClientSecret) {
-    let (app, mut secrets) = TestApp::spawn_with_clients(
-        &[client(
+fn app_with_client() -> (TestApp, TestClient) {
+    let (app, [client]) = TestApp::spawn_with_clients(
+        [new_client(
             "orders-svc",
             &["read", "write"],
             &["orders-api", "billing-api"],
         )],
         |_| {},
     );
-    (app, secrets.remove(0))
+    (app, client)
 }
 
 /// Verifies an access token through the JWKS, pinning alg to the key, iss and aud.
 fn verify_access_token(jwks: &JwkSet, token: &str, issuer: &str, aud: &str) -> Value {
-    let header = decode_header(token).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.typ.as_deref(), Some("at+jwt"), "RFC 9068 typ");
-    let jwk = jwks
-        .find(header.kid.as_deref().unwrap())
-        .expect("kid published");
-    let mut validation = Validation::new(jwk.alg.to_jsonwebtoken());
-    validation.set_issuer(&[issuer]);
-    validation.set_audience(&[aud]);
-    validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "sub", "aud"]);
-    decode::<Value>(token, &jwk.decoding_key().unwrap(), &validation)
-        .expect("valid access token")
-        .claims
+    verify_with_jwks(jwks, token, issuer, Some(aud)).expect("valid access token")
 }
 
-fn assert_error(res: &common::HttpResponse, status: u16, error: &str) {
+fn assert_error(res: &helpers::HttpResponse, status: u16, error: &str) {
     assert_eq!(res.status, status, "{}", res.body);
     let body = res.json();
     assert_eq!(body["error"], error, "{}", res.body);
@@ -65,12 +46,8 @@ fn assert_error(res: &common::HttpResponse, status: u16, error: &str) {
 
 #[test]
 fn basic_auth_gets_an_rfc9068_access_token_that_verifies_through_the_jwks() {
-    let (app, secret) = app_with_client();
-    let auth = basic_auth("orders-svc", secret.expose_secret());
-    let res = app.token_request(
-        b"grant_type=client_credentials",
-        &[("Authorization", &auth)],
-    );
+    let (app, client) = app_with_client();
+    let res = app.token_response(&client, &[]);
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(res.header("cache-control"), Some("no-store"));
     assert_eq!(res.header("pragma"), Some("no-cache"));
@@ -99,14 +76,13 @@ fn basic_auth_gets_an_rfc9068_access_token_that_verifies_through_the_jwks() {
 
 #[test]
 fn client_secret_post_works_too() {
-    let (app, secret) = app_with_client();
+    let (app, client) = app_with_client();
     let body = format!(
-        "grant_type=client_credentials&client_id=orders-svc&client_secret={}",
-        form_encode(secret.expose_secret())
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        client.id,
+        form_encode(client.secret.expose_secret())
     );
-    let res = app.token_request(body.as_bytes(), &[]);
-    assert_eq!(res.status, 200, "{}", res.body);
-    let token = res.json()["access_token"].as_str().unwrap().to_owned();
+    let token = app.token_request(body.as_bytes(), &[]).access_token();
     verify_access_token(&app.jwks(), &token, &app.issuer, "orders-api");
 }
 
@@ -114,104 +90,76 @@ fn client_secret_post_works_too() {
 fn special_characters_in_the_client_id_survive_basic_form_encoding() {
     let id = "svc:a b+c%/&=é?";
     let id = &id.replace('é', "e");
-    let (app, secrets) = TestApp::spawn_with_clients(&[client(id, &[], &["api"])], |_| {});
-    let auth = basic_auth(id, secrets[0].expose_secret());
+    let (app, [client]) = TestApp::spawn_with_clients([new_client(id, &[], &["api"])], |_| {});
+    let auth = basic_auth(id, client.secret.expose_secret());
     let res = app.token_request(
         b"grant_type=client_credentials",
         &[("Authorization", &auth)],
     );
-    assert_eq!(res.status, 200, "{}", res.body);
-    let claims = segment_json(res.json()["access_token"].as_str().unwrap(), 1);
+    let claims = segment_json(&res.access_token(), 1);
     assert_eq!(claims["client_id"], id.as_str());
     assert_eq!(claims["sub"], id.as_str());
     // Post with the same id, form-encoded in the body.
     let body = format!(
         "grant_type=client_credentials&client_id={}&client_secret={}",
         form_encode(id),
-        secrets[0].expose_secret()
+        client.secret.expose_secret()
     );
     assert_eq!(app.token_request(body.as_bytes(), &[]).status, 200);
 }
 
 #[test]
 fn scope_requests_must_be_subsets_and_default_to_all() {
-    let (app, secret) = app_with_client();
-    let auth = basic_auth("orders-svc", secret.expose_secret());
-    let get = |body: &str| app.token_request(body.as_bytes(), &[("Authorization", &auth)]);
+    let (app, client) = app_with_client();
+    let get = |scope: &str| app.token_response(&client, &[("scope", scope)]);
 
-    let res = get("grant_type=client_credentials&scope=write");
+    let res = get("write");
     assert_eq!(res.json()["scope"], "write");
-    assert_eq!(
-        segment_json(res.json()["access_token"].as_str().unwrap(), 1)["scope"],
-        "write"
-    );
+    assert_eq!(segment_json(&res.access_token(), 1)["scope"], "write");
 
-    let res = get("grant_type=client_credentials&scope=write+read+write");
+    let res = get("write read write");
     assert_eq!(res.json()["scope"], "write read");
 
-    assert_error(
-        &get("grant_type=client_credentials&scope=read+admin"),
-        400,
-        "invalid_scope",
-    );
-    assert_error(
-        &get("grant_type=client_credentials&scope=%22read%22"),
-        400,
-        "invalid_scope",
-    );
+    assert_error(&get("read admin"), 400, "invalid_scope");
+    assert_error(&get("\"read\""), 400, "invalid_scope");
 }
 
 #[test]
 fn audience_and_resource_pick_one_of_the_clients_audiences() {
-    let (app, secret) = app_with_client();
-    let auth = basic_auth("orders-svc", secret.expose_secret());
-    let aud_of = |body: &str| {
-        let res = app.token_request(body.as_bytes(), &[("Authorization", &auth)]);
-        assert_eq!(res.status, 200, "{}", res.body);
-        segment_json(res.json()["access_token"].as_str().unwrap(), 1)["aud"].clone()
+    let (app, client) = app_with_client();
+    let aud_of = |params: &[(&str, &str)]| {
+        let token = app.token_response(&client, params).access_token();
+        segment_json(&token, 1)["aud"].clone()
     };
-    assert_eq!(aud_of("grant_type=client_credentials"), "orders-api");
-    assert_eq!(
-        aud_of("grant_type=client_credentials&audience=billing-api"),
-        "billing-api"
-    );
-    assert_eq!(
-        aud_of("grant_type=client_credentials&resource=billing-api"),
-        "billing-api"
-    );
+    assert_eq!(aud_of(&[]), "orders-api");
+    assert_eq!(aud_of(&[("audience", "billing-api")]), "billing-api");
+    assert_eq!(aud_of(&[("resource", "billing-api")]), "billing-api");
 
-    let bad = app.token_request(
-        b"grant_type=client_credentials&audience=admin-api",
-        &[("Authorization", &auth)],
-    );
+    let bad = app.token_response(&client, &[("audience", "admin-api")]);
     assert_error(&bad, 400, "invalid_target");
-    let both = app.token_request(
-        b"grant_type=client_credentials&audience=orders-api&resource=billing-api",
-        &[("Authorization", &auth)],
+    let both = app.token_response(
+        &client,
+        &[("audience", "orders-api"), ("resource", "billing-api")],
     );
     assert_error(&both, 400, "invalid_request");
 }
 
 #[test]
 fn per_client_algorithm_and_ttl_apply() {
-    let mut rs = client("rs-svc", &[], &["api"]);
+    let mut rs = new_client("rs-svc", &[], &["api"]);
     rs.alg = Some(SigningAlg::Rs256);
     rs.ttl = Some(Duration::from_secs(120));
-    let (app, secrets) = TestApp::spawn_with_clients(&[rs], |_| {});
-    let auth = basic_auth("rs-svc", secrets[0].expose_secret());
-    let res = app.token_request(
-        b"grant_type=client_credentials",
-        &[("Authorization", &auth)],
-    );
+    let (app, [client]) = TestApp::spawn_with_clients([rs], |_| {});
+    let res = app.token_response(&client, &[]);
     assert_eq!(res.json()["expires_in"], 120);
-    let token = res.json()["access_token"].as_str().unwrap().to_owned();
+    let token = res.access_token();
     assert_eq!(segment_json(&token, 0)["alg"], "RS256");
     verify_access_token(&app.jwks(), &token, &app.issuer, "api");
 }
 
 #[test]
 fn wrong_or_unknown_credentials_are_invalid_client() {
-    let (app, secret) = app_with_client();
+    let (app, client) = app_with_client();
     let wrong = basic_auth("orders-svc", "not-the-secret");
     let res = app.token_request(
         b"grant_type=client_credentials",
@@ -224,7 +172,7 @@ fn wrong_or_unknown_credentials_are_invalid_client() {
             .starts_with("Basic ")
     );
 
-    let unknown = basic_auth("nobody", secret.expose_secret());
+    let unknown = basic_auth("nobody", client.secret.expose_secret());
     let res2 = app.token_request(
         b"grant_type=client_credentials",
         &[("Authorization", &unknown)],
@@ -259,8 +207,8 @@ fn wrong_or_unknown_credentials_are_invalid_client() {
 
 #[test]
 fn malformed_requests_are_invalid_request() {
-    let (app, secret) = app_with_client();
-    let auth = basic_auth("orders-svc", secret.expose_secret());
+    let (app, client) = app_with_client();
+    let auth = client.basic_auth();
     let with_auth = |body: &[u8]| app.token_request(body, &[("Authorization", &auth)]);
 
     assert_error(&with_auth(b""), 400, "invalid_request");
@@ -297,12 +245,13 @@ fn malformed_requests_are_invalid_request() {
     );
 
     let body = format!(
-        "grant_type=client_credentials&client_id=orders-svc&client_secret={}",
-        secret.expose_secret()
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        client.id,
+        client.secret.expose_secret()
     );
     assert_error(&with_auth(body.as_bytes()), 400, "invalid_request");
 
-    let json = common::send(
+    let json = helpers::send(
         "POST",
         &format!("{}/oauth2/token", app.url),
         &[
@@ -312,7 +261,7 @@ fn malformed_requests_are_invalid_request() {
         Some(br#"{"grant_type":"client_credentials"}"#),
     );
     assert_error(&json, 400, "invalid_request");
-    let none = common::send(
+    let none = helpers::send(
         "POST",
         &format!("{}/oauth2/token", app.url),
         &[("Authorization", &auth)],
@@ -327,7 +276,7 @@ fn malformed_requests_are_invalid_request() {
     assert_error(&bad_basic, 400, "invalid_request");
 
     // A charset parameter on the content type is fine.
-    let ok = common::send(
+    let ok = helpers::send(
         "POST",
         &format!("{}/oauth2/token", app.url),
         &[
@@ -344,8 +293,8 @@ fn malformed_requests_are_invalid_request() {
 
 #[test]
 fn other_grant_types_are_unsupported() {
-    let (app, secret) = app_with_client();
-    let auth = basic_auth("orders-svc", secret.expose_secret());
+    let (app, client) = app_with_client();
+    let auth = client.basic_auth();
     for grant in [
         "authorization_code",
         "password",
@@ -362,8 +311,8 @@ fn other_grant_types_are_unsupported() {
 
 #[test]
 fn oversized_bodies_get_413_and_the_server_stays_healthy() {
-    let (app, secret) = app_with_client();
-    let auth = basic_auth("orders-svc", secret.expose_secret());
+    let (app, client) = app_with_client();
+    let auth = client.basic_auth();
     let mut big = b"grant_type=client_credentials&pad=".to_vec();
     big.resize(1024 * 1024, b'a');
     let res = app.token_request(&big, &[("Authorization", &auth)]);
@@ -387,8 +336,8 @@ fn oversized_bodies_get_413_and_the_server_stays_healthy() {
 
 #[test]
 fn random_bodies_never_cause_a_server_error() {
-    let (app, secret) = app_with_client();
-    let auth = basic_auth("orders-svc", secret.expose_secret());
+    let (app, client) = app_with_client();
+    let auth = client.basic_auth();
     // A deterministic xorshift stream: reproducible, no extra dependency.
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = || {
@@ -425,81 +374,47 @@ fn get_on_the_token_endpoint_is_405() {
 
 #[test]
 fn repeated_failures_lock_that_client_with_429_then_recover_after_the_window() {
-    let (app, secrets) = TestApp::spawn_with_clients(
-        &[
-            client("victim", &[], &["api"]),
-            client("bystander", &[], &["api"]),
+    let (app, [victim, bystander]) = TestApp::spawn_with_clients(
+        [
+            new_client("victim", &[], &["api"]),
+            new_client("bystander", &[], &["api"]),
         ],
         |c| {
             c.auth_max_failures = 3;
             c.auth_failure_window = Duration::from_secs(2);
         },
     );
-    let wrong = basic_auth("victim", "guess");
-    let good = basic_auth("victim", secrets[0].expose_secret());
-    let bystander = basic_auth("bystander", secrets[1].expose_secret());
+    let wrong = TestClient::new("victim", "guess");
     let start = Instant::now();
     for _ in 0..3 {
-        let res = app.token_request(
-            b"grant_type=client_credentials",
-            &[("Authorization", &wrong)],
-        );
-        assert_eq!(res.status, 401);
+        assert_eq!(app.token_response(&wrong, &[]).status, 401);
     }
-    let locked = app.token_request(
-        b"grant_type=client_credentials",
-        &[("Authorization", &good)],
-    );
+    let locked = app.token_response(&victim, &[]);
     assert_error(&locked, 429, "slow_down");
     let retry: u64 = locked.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
     // Other clients, even from the same address, are unaffected.
-    assert_eq!(
-        app.token_request(
-            b"grant_type=client_credentials",
-            &[("Authorization", &bystander)]
-        )
-        .status,
-        200
-    );
+    assert_eq!(app.token_response(&bystander, &[]).status, 200);
 
     std::thread::sleep(
         Duration::from_secs(2).saturating_sub(start.elapsed()) + Duration::from_millis(200),
     );
-    let after = app.token_request(
-        b"grant_type=client_credentials",
-        &[("Authorization", &good)],
-    );
+    let after = app.token_response(&victim, &[]);
     assert_eq!(after.status, 200, "{}", after.body);
 }
 
 #[test]
 fn failures_across_many_ids_lock_the_address() {
-    let (app, secrets) = TestApp::spawn_with_clients(&[client("real", &[], &["api"])], |c| {
+    let (app, [real]) = TestApp::spawn_with_clients([new_client("real", &[], &["api"])], |c| {
         c.auth_max_failures = 2;
         c.auth_failure_window = Duration::from_secs(30);
     });
     // The address limit is 5x the per-id limit.
     for i in 0..10 {
-        let guess = basic_auth(&format!("id-{i}"), "guess");
-        assert_eq!(
-            app.token_request(
-                b"grant_type=client_credentials",
-                &[("Authorization", &guess)]
-            )
-            .status,
-            401
-        );
+        let guess = TestClient::new(&format!("id-{i}"), "guess");
+        assert_eq!(app.token_response(&guess, &[]).status, 401);
     }
-    let real = basic_auth("real", secrets[0].expose_secret());
-    assert_error(
-        &app.token_request(
-            b"grant_type=client_credentials",
-            &[("Authorization", &real)],
-        ),
-        429,
-        "slow_down",
-    );
+    assert_error(&app.token_response(&real, &[]), 429, "slow_down");
 }
 
 #[test]
@@ -521,53 +436,34 @@ fn a_running_server_sees_clients_added_rotated_and_removed() {
     assert_eq!(add.code, Some(0), "{}", add.stderr);
     let secret = add.stdout.trim().to_owned();
     assert_eq!(secret.len(), 43, "256-bit secret, base64url");
-    let auth = basic_auth("late-svc", &secret);
-    let wait_for = |auth: &str, status: u16| {
-        let start = Instant::now();
-        loop {
-            let res =
-                app.token_request(b"grant_type=client_credentials", &[("Authorization", auth)]);
-            if res.status == status {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "still {} after 5s: {}",
-                res.status,
-                res.body
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    let client = TestClient::new("late-svc", &secret);
+    let wait_for = |client: &TestClient, status: u16| {
+        wait_until(Duration::from_secs(5), || {
+            app.token_response(client, &[]).status == status
+        });
     };
-    wait_for(&auth, 200);
+    wait_for(&client, 200);
 
     let rotated = run_cli(&app.keys_dir, &["clients", "rotate-secret", "late-svc"]);
     assert_eq!(rotated.code, Some(0));
-    let new_auth = basic_auth("late-svc", rotated.stdout.trim());
-    wait_for(&new_auth, 200);
-    assert_eq!(
-        app.token_request(
-            b"grant_type=client_credentials",
-            &[("Authorization", &auth)]
-        )
-        .status,
-        401
-    );
+    let rotated = TestClient::new("late-svc", rotated.stdout.trim());
+    wait_for(&rotated, 200);
+    assert_eq!(app.token_response(&client, &[]).status, 401);
 
     assert_eq!(
         run_cli(&app.keys_dir, &["clients", "remove", "late-svc"]).code,
         Some(0)
     );
-    wait_for(&new_auth, 401);
+    wait_for(&rotated, 401);
 }
 
 #[test]
 fn discovery_advertises_the_token_endpoint_that_works() {
-    let (app, secret) = app_with_client();
+    let (app, client) = app_with_client();
     let meta = app.get("/.well-known/openid-configuration").json();
     let url = meta["token_endpoint"].as_str().unwrap();
-    let auth = basic_auth("orders-svc", secret.expose_secret());
-    let res = common::send(
+    let auth = client.basic_auth();
+    let res = helpers::send(
         "POST",
         url,
         &[
@@ -581,12 +477,9 @@ fn discovery_advertises_the_token_endpoint_that_works() {
 
 #[test]
 fn metrics_count_issued_and_refused_token_requests() {
-    let (app, secret) = app_with_client();
-    let auth = basic_auth("orders-svc", secret.expose_secret());
-    app.token_request(
-        b"grant_type=client_credentials",
-        &[("Authorization", &auth)],
-    );
+    let (app, client) = app_with_client();
+    let auth = client.basic_auth();
+    app.token_response(&client, &[]);
     app.token_request(b"grant_type=password", &[("Authorization", &auth)]);
     let text = app.get("/metrics").body;
     assert!(

@@ -2,13 +2,15 @@
 //! tokens through the served JWKS and reject tampered ones. `.ci/run` installs both; run
 //! it once before `cargo test` on a new machine.
 
-mod common;
-
+use std::ffi::OsStr;
 use std::process::Command;
 
-use common::{TestApp, basic_auth, flip_signature, interop_dir, python, run_cli};
 use jwt_issuer::SigningAlg;
 use jwt_issuer::oauth::NewClient;
+
+use crate::helpers::{
+    TestApp, flip_signature, interop_dir, issue_token, new_client, python, run_interop,
+};
 
 fn node_ready() {
     assert!(
@@ -17,17 +19,24 @@ fn node_ready() {
     );
 }
 
-/// Runs a verifier; Ok(stdout) when it accepted the token, Err(stderr) when not.
-fn run(mut cmd: Command) -> Result<serde_json::Value, String> {
-    let out = cmd
-        .current_dir(interop_dir())
-        .output()
-        .expect("run verifier");
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).expect("verifier prints JSON"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+/// Runs a verifier script against the served JWKS, expecting `typ` when not empty;
+/// Ok(what it printed) when it accepted the token, Err(stderr) when not.
+fn verify_with(
+    program: impl AsRef<OsStr>,
+    script: &str,
+    app: &TestApp,
+    audience: &str,
+    token: &str,
+    typ: &str,
+) -> Result<serde_json::Value, String> {
+    let mut cmd = Command::new(program);
+    cmd.env("EXPECT_TYP", typ).arg(script).args([
+        &format!("{}/.well-known/jwks.json", app.url),
+        &app.issuer,
+        audience,
+        token,
+    ]);
+    run_interop(cmd).map(|out| serde_json::from_str(&out).expect("verifier prints JSON"))
 }
 
 fn pyjwt(app: &TestApp, audience: &str, token: &str) -> Result<serde_json::Value, String> {
@@ -40,15 +49,7 @@ fn pyjwt_typ(
     token: &str,
     typ: &str,
 ) -> Result<serde_json::Value, String> {
-    let mut cmd = Command::new(python());
-    cmd.env("EXPECT_TYP", typ);
-    cmd.arg("pyjwt_verify.py").args([
-        &format!("{}/.well-known/jwks.json", app.url),
-        &app.issuer,
-        audience,
-        token,
-    ]);
-    run(cmd)
+    verify_with(python(), "pyjwt_verify.py", app, audience, token, typ)
 }
 
 fn jose(app: &TestApp, audience: &str, token: &str) -> Result<serde_json::Value, String> {
@@ -62,23 +63,13 @@ fn jose_typ(
     typ: &str,
 ) -> Result<serde_json::Value, String> {
     node_ready();
-    let mut cmd = Command::new("node");
-    cmd.env("EXPECT_TYP", typ);
-    cmd.arg("jose_verify.mjs").args([
-        &format!("{}/.well-known/jwks.json", app.url),
-        &app.issuer,
-        audience,
-        token,
-    ]);
-    run(cmd)
+    verify_with("node", "jose_verify.mjs", app, audience, token, typ)
 }
 
 fn issue(app: &TestApp, alg: &str, aud: &str) -> String {
-    let out = run_cli(
+    issue_token(
         &app.keys_dir,
         &[
-            "token",
-            "issue",
             "--issuer",
             &app.issuer,
             "--sub",
@@ -88,9 +79,7 @@ fn issue(app: &TestApp, alg: &str, aud: &str) -> String {
             "--alg",
             alg,
         ],
-    );
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    out.stdout.trim().to_owned()
+    )
 }
 
 #[test]
@@ -132,35 +121,23 @@ fn node_jose_remote_jwks_verifies_es256_and_rs256_tokens() {
 
 #[test]
 fn access_tokens_from_the_token_endpoint_verify_with_jose_and_pyjwt_checking_typ() {
-    let clients: Vec<NewClient> = [SigningAlg::Es256, SigningAlg::Rs256]
-        .into_iter()
-        .map(|alg| NewClient {
-            client_id: format!("svc-{alg}"),
-            scopes: vec!["read".into()],
-            audiences: vec!["orders-api".into()],
-            alg: Some(alg),
-            ..NewClient::default()
-        })
-        .collect();
-    let (app, secrets) = TestApp::spawn_with_clients(&clients, |_| {});
-    for (client, secret) in clients.iter().zip(&secrets) {
-        let auth = basic_auth(&client.client_id, secret.expose_secret());
-        let res = app.token_request(
-            b"grant_type=client_credentials",
-            &[("Authorization", &auth)],
-        );
-        assert_eq!(res.status, 200, "{}", res.body);
-        let token = res.json()["access_token"].as_str().unwrap().to_owned();
+    let clients = [SigningAlg::Es256, SigningAlg::Rs256].map(|alg| NewClient {
+        alg: Some(alg),
+        ..new_client(&format!("svc-{alg}"), &["read"], &["orders-api"])
+    });
+    let (app, clients) = TestApp::spawn_with_clients(clients, |_| {});
+    for client in &clients {
+        let token = app.token_for(client);
 
         let out =
             jose_typ(&app, "orders-api", &token, "at+jwt").unwrap_or_else(|e| panic!("jose: {e}"));
-        assert_eq!(out["payload"]["client_id"], client.client_id.as_str());
+        assert_eq!(out["payload"]["client_id"], client.id.as_str());
         assert_eq!(out["payload"]["scope"], "read");
         let err = jose_typ(&app, "orders-api", &token, "JWT").expect_err("jose ignored typ");
         assert!(err.contains("typ"), "{err}");
 
         let claims = pyjwt_typ(&app, "orders-api", &token, "at+jwt")
             .unwrap_or_else(|e| panic!("pyjwt: {e}"));
-        assert_eq!(claims["sub"], client.client_id.as_str());
+        assert_eq!(claims["sub"], client.id.as_str());
     }
 }

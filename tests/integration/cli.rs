@@ -1,11 +1,10 @@
 //! The binary: help, bad arguments, first start, graceful shutdown.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, keys_dir_with_template, list_dir, run_cli};
 use tempfile::TempDir;
+
+use crate::helpers::{ServeProcess, keys_dir_with_template, list_dir, run_cli};
 
 #[test]
 fn help_reads_well_on_every_command() {
@@ -90,9 +89,9 @@ fn first_start_generates_keys_and_says_so() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("keys");
     let server = ServeProcess::start(&dir, &[]);
-    let res = common::request("GET", &format!("{}/healthz", server.url), &[]);
+    let res = server.get("/healthz");
     assert_eq!(res.status, 200);
-    let jwks = common::request("GET", &format!("{}/.well-known/jwks.json", server.url), &[]).json();
+    let jwks = server.get("/.well-known/jwks.json").json();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
     assert_eq!(
         list_dir(&dir)
@@ -123,10 +122,7 @@ fn sigterm_and_sigint_stop_the_server_gracefully() {
     for signal in ["TERM", "INT"] {
         let (_tmp, dir) = keys_dir_with_template();
         let mut server = ServeProcess::start(&dir, &[]);
-        assert_eq!(
-            common::request("GET", &format!("{}/healthz", server.url), &[]).status,
-            200
-        );
+        assert_eq!(server.get("/healthz").status, 200);
         let status = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &server.child.id().to_string()])
             .status()

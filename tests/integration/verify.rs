@@ -1,8 +1,6 @@
 //! The verifier against the attacks of RFC 8725 section 2 and known JWT library CVEs:
 //! each forged token is rejected, for the right reason.
 
-mod common;
-
 use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::hmac;
@@ -12,6 +10,8 @@ use jwt_issuer::verify::{KeyRing, Validation, Verifier, VerifyError};
 use jwt_issuer::{KeySet, KeyStore, SigningAlg, SigningKey};
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
+
+use crate::helpers::{keys_dir_with_template, unix_now};
 
 const ISS: &str = "https://issuer.example";
 
@@ -24,7 +24,7 @@ struct Keys {
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let (tmp, dir) = common::keys_dir_with_template();
+        let (tmp, dir) = keys_dir_with_template();
         let published = KeyStore::new(&dir).load().unwrap();
         let attacker_dir = tmp.path().join("attacker");
         let (attacker, _) = KeyStore::new(&attacker_dir).load_or_init().unwrap();
@@ -43,15 +43,8 @@ fn key(set: &KeySet, alg: SigningAlg) -> &Arc<SigningKey> {
     set.active(alg).unwrap()
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn claims() -> Value {
-    let now = now();
+    let now = unix_now();
     json!({"iss": ISS, "sub": "svc", "aud": "api", "exp": now + 300, "iat": now, "nbf": now, "jti": "j"})
 }
 
@@ -244,12 +237,12 @@ fn stripped_signature_and_wrong_segment_counts_are_rejected() {
 #[test]
 fn expired_tokens_are_rejected_beyond_the_leeway() {
     let mut c = claims();
-    c["exp"] = (now() - 120).into();
+    c["exp"] = (unix_now() - 120).into();
     assert_eq!(
         verify(&signed_by(es(), &header_for(es()), &c)).unwrap_err(),
         VerifyError::Expired
     );
-    c["exp"] = (now() - 30).into();
+    c["exp"] = (unix_now() - 30).into();
     assert!(
         verify(&signed_by(es(), &header_for(es()), &c)).is_ok(),
         "inside the 60 s leeway"
@@ -259,7 +252,7 @@ fn expired_tokens_are_rejected_beyond_the_leeway() {
 #[test]
 fn tokens_not_yet_valid_are_rejected() {
     let mut c = claims();
-    c["nbf"] = (now() + 600).into();
+    c["nbf"] = (unix_now() + 600).into();
     assert_eq!(
         verify(&signed_by(es(), &header_for(es()), &c)).unwrap_err(),
         VerifyError::NotYetValid

@@ -1,0 +1,19 @@
+//! The integration tests, linked into one binary: one module per feature, sharing
+//! `helpers` (a real server on 127.0.0.1:0 over a temporary keys dir, the real binary,
+//! plain HTTP).
+
+mod helpers;
+
+mod cli;
+mod clients;
+mod extractor;
+mod hs256;
+mod interop;
+mod jwks;
+mod jwks_cache;
+mod keystore;
+mod rotation;
+mod token;
+mod token_endpoint;
+mod verify;
+mod wycheproof;
