@@ -50,6 +50,6 @@ pub use config::{Config, ConfigError};
 #[cfg(feature = "issuer")]
 pub use keys::{KeySet, KeyStore, KeyStoreError, SigningKey};
 #[cfg(feature = "issuer")]
-pub use server::jwks::JwksDocument;
+pub use server::JwksDocument;
 #[cfg(feature = "issuer")]
 pub use sign::{IssuedToken, SignError, Signer, SignerConfig, TokenRequest, TokenType};

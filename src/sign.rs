@@ -371,7 +371,8 @@ impl Signer {
     }
 
     fn self_check(&self, secret: Option<&HmacSecret>) -> Result<(), SignError> {
-        let probe = TokenRequest::new("jwt-issuer-self-check", Duration::from_secs(60));
+        let ttl = Duration::from_secs(60).min(self.config.max_ttl);
+        let probe = TokenRequest::new("jwt-issuer-self-check", ttl);
         if let (Some(hmac), Some(secret)) = (&self.hmac, secret) {
             let issued = self.issue_with(&SignWith::Hmac(hmac), &probe)?;
             let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);

@@ -10,7 +10,7 @@ pub const TOKEN_TTL_CEILING: Duration = Duration::from_secs(24 * 3600);
 /// A lifetime outside 1 s to the allowed maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "ttl {} is out of range (1s to {})",
+    "ttl {} is out of range: it must be between 1s and {}",
     humantime::format_duration(*.ttl),
     humantime::format_duration(*.max)
 )]

@@ -140,19 +140,25 @@ impl KeyStore {
     /// As [`KeyStore::load`], plus generation and write errors.
     pub fn load_or_init(&self) -> Result<(KeySet, Vec<KeyInfo>), KeyStoreError> {
         let now = now_ms();
-        // Keys an operator dropped in count too: they are adopted, nothing is generated.
+        let published = |m: &Manifest| m.keys.iter().any(|k| k.is_published(now));
         if self
-            .manifest_at(now)?
-            .keys
-            .iter()
-            .any(|k| k.is_published(now))
+            .backend
+            .read_manifest()?
+            .as_ref()
+            .is_some_and(published)
         {
             return Ok((self.load()?, Vec::new()));
         }
-        let fresh = SigningAlg::ASYMMETRIC
-            .into_iter()
-            .map(|alg| self.backend.create_key(alg, DEFAULT_RSA_BITS))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Keys an operator dropped in are adopted by the change below; only a store
+        // without any key gets fresh ones.
+        let fresh = if published(&self.manifest_at(now)?) {
+            Vec::new()
+        } else {
+            SigningAlg::ASYMMETRIC
+                .into_iter()
+                .map(|alg| self.backend.create_key(alg, DEFAULT_RSA_BITS))
+                .collect::<Result<Vec<_>, _>>()?
+        };
         let generated = self.transact(|manifest, pending, now| {
             if manifest.keys.iter().any(|k| k.is_published(now)) {
                 return Vec::new();

@@ -1,5 +1,5 @@
 //! `GET /.well-known/openid-configuration` and `/.well-known/oauth-authorization-server`:
-//! the prepared [`Metadata`](super::metadata::Metadata) document.
+//! the prepared [`Metadata`](super::documents::Metadata) document.
 
 use actix_web::http::header;
 use actix_web::web::Bytes;

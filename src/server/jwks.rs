@@ -3,45 +3,7 @@
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use actix_web::web::Bytes;
-use aws_lc_rs::digest;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use super::AppState;
-use crate::jwks::JwkSet;
-
-/// A JWKS serialized once, with its strong ETag, ready to be served as is.
-#[derive(Debug, Clone)]
-pub struct JwksDocument {
-    body: Bytes,
-    etag: String,
-}
-
-impl JwksDocument {
-    /// Serializes `set` and derives the ETag from the bytes, so the tag changes exactly
-    /// when the published key set does.
-    pub fn new(set: &JwkSet) -> Self {
-        // Serializing these types cannot fail: every field is a string or a unit enum.
-        let body = serde_json::to_vec(set).unwrap_or_else(|_| b"{\"keys\":[]}".to_vec());
-        let hash = digest::digest(&digest::SHA256, &body);
-        let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&hash.as_ref()[..16]));
-        Self {
-            body: body.into(),
-            etag,
-        }
-    }
-
-    /// The JSON bytes.
-    pub fn body(&self) -> &Bytes {
-        &self.body
-    }
-
-    /// The quoted strong entity tag.
-    pub fn etag(&self) -> &str {
-        &self.etag
-    }
-}
 
 /// Serves the JWKS serialized at start; `If-None-Match` with the current ETag gives 304.
 pub async fn jwks(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -80,8 +42,6 @@ fn if_none_match_hits(headers: &HeaderMap, etag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SigningAlg;
-    use crate::jwks::{Jwk, PublicKeyParams};
 
     fn headers(values: &[&str]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -102,26 +62,5 @@ mod tests {
         assert!(!if_none_match_hits(&headers(&["\"abcd\""]), tag));
         assert!(!if_none_match_hits(&headers(&["abc"]), tag));
         assert!(!if_none_match_hits(&headers(&[]), tag));
-    }
-
-    #[test]
-    fn etag_follows_the_key_set() {
-        let a = JwkSet {
-            keys: vec![Jwk::new(
-                PublicKeyParams::p256(&[1; 32], &[2; 32]),
-                SigningAlg::Es256,
-            )],
-        };
-        let b = JwkSet {
-            keys: vec![Jwk::new(
-                PublicKeyParams::p256(&[3; 32], &[2; 32]),
-                SigningAlg::Es256,
-            )],
-        };
-        assert_eq!(
-            JwksDocument::new(&a).etag(),
-            JwksDocument::new(&a.clone()).etag()
-        );
-        assert_ne!(JwksDocument::new(&a).etag(), JwksDocument::new(&b).etag());
     }
 }

@@ -2,9 +2,9 @@
 //! (JWKS body, ETag, metadata) and never touch the disk.
 
 pub mod discovery;
+pub mod documents;
 pub mod error;
 pub mod jwks;
-pub mod metadata;
 pub mod metrics;
 pub mod state;
 pub mod token;
@@ -18,7 +18,7 @@ use actix_web::http::header;
 use actix_web::web;
 use actix_web::{App, HttpResponse, HttpServer};
 
-pub use metadata::{JWKS_PATH, Metadata, TOKEN_PATH};
+pub use documents::{JWKS_PATH, JwksDocument, Metadata, TOKEN_PATH};
 pub use metrics::Metrics;
 
 pub use state::{AppState, Published};

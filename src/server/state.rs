@@ -11,14 +11,14 @@ use actix_web::web::Bytes;
 use arc_swap::ArcSwap;
 
 use super::Metrics;
-use super::metadata::Metadata;
+use super::documents::{JwksDocument, Metadata};
 use crate::keys::{KeyStore, Millis};
 use crate::oauth::{ClientRegistry, ClientStore, ClientStoreError, TokenEndpoint};
 use crate::report::Report;
 use crate::secret::HmacSecret;
 use crate::store::StoreVersion;
 use crate::ttl::check_ttl;
-use crate::{Config, Issuer, JwksDocument, KeySet, SignError, Signer, SignerConfig, SigningAlg};
+use crate::{Config, Issuer, KeySet, SignError, Signer, SignerConfig, SigningAlg};
 
 /// How long key maintenance waits after a failure before trying again.
 pub const MAINTENANCE_BACKOFF: Duration = Duration::from_secs(60);

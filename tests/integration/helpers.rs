@@ -75,7 +75,7 @@ pub fn active_kid(dir: &Path, alg: SigningAlg) -> String {
 /// The states of the `alg` keys in the manifest of `dir`, in manifest order.
 pub fn key_states(dir: &Path, alg: SigningAlg) -> Vec<KeyState> {
     KeyStore::new(dir)
-        .load_manifest_for_reading()
+        .manifest()
         .expect("manifest")
         .keys
         .iter()
@@ -204,7 +204,10 @@ impl TestApp {
         });
         Self {
             url: server.url.clone(),
-            issuer: config.issuer_for(server.addr),
+            issuer: config
+                .issuer_for(Some(server.addr))
+                .expect("issuer")
+                .to_string(),
             keys_dir,
             _server: server,
             _tmp: tmp,
@@ -527,7 +530,12 @@ pub fn verify_with_jwks(
     let jwk = jwks
         .find(header.kid.as_deref().expect("kid"))
         .expect("kid is published");
-    let mut validation = jsonwebtoken::Validation::new(jwk.alg.to_jsonwebtoken());
+    let alg = match jwk.alg {
+        SigningAlg::Es256 => jsonwebtoken::Algorithm::ES256,
+        SigningAlg::Rs256 => jsonwebtoken::Algorithm::RS256,
+        SigningAlg::Hs256 => jsonwebtoken::Algorithm::HS256,
+    };
+    let mut validation = jsonwebtoken::Validation::new(alg);
     validation.set_issuer(&[issuer]);
     let mut required = vec!["exp", "iss", "sub", "iat", "nbf"];
     match aud {

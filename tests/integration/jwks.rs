@@ -95,7 +95,7 @@ fn if_none_match_with_the_etag_gives_304_and_others_give_200() {
 
 #[test]
 fn jwks_max_age_follows_the_setting() {
-    let app = TestApp::spawn_with(|c| c.jwks_max_age = std::time::Duration::from_secs(42));
+    let app = TestApp::spawn_with(|c| c.policy.jwks_max_age = std::time::Duration::from_secs(42));
     let res = app.get("/.well-known/jwks.json");
     assert_eq!(res.header("cache-control"), Some("public, max-age=42"));
 }
@@ -140,7 +140,9 @@ fn discovery_documents_agree_and_point_at_the_jwks() {
 
 #[test]
 fn configured_issuer_is_used_verbatim() {
-    let app = TestApp::spawn_with(|c| c.issuer = Some("https://auth.example.com/tenant-a".into()));
+    let app = TestApp::spawn_with(|c| {
+        c.issuer = Some("https://auth.example.com/tenant-a".parse().unwrap())
+    });
     let meta = app.get("/.well-known/openid-configuration").json();
     assert_eq!(meta["issuer"], "https://auth.example.com/tenant-a");
     assert_eq!(

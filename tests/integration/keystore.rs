@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
 use aws_lc_rs::rand::SystemRandom;
@@ -310,8 +311,8 @@ fn assert_imported(contents: &[u8], alg: &str) {
         .find(|k| out.stdout.contains(k.kid()))
         .expect("imported kid");
     assert_eq!(stored.alg().as_str(), alg);
-    assert_eq!(mode(stored.file()), 0o600);
-    let text = fs::read_to_string(stored.file()).unwrap();
+    assert_eq!(mode(Path::new(stored.location())), 0o600);
+    let text = fs::read_to_string(stored.location()).unwrap();
     assert!(
         text.starts_with("-----BEGIN PRIVATE KEY-----"),
         "stored as PKCS#8"
@@ -385,7 +386,9 @@ fn key_files_without_a_manifest_are_adopted_newest_active() {
     assert_eq!(keys.keys().len(), 2);
     let active = keys.active(SigningAlg::Es256).unwrap();
     assert!(
-        active.file().ends_with(format!("{}.pem", active.kid())),
+        active
+            .location()
+            .ends_with(&format!("{}.pem", active.kid())),
         "renamed to <kid>.pem"
     );
     assert!(!dir.join("old.pem").exists() && !dir.join("new.pem").exists());

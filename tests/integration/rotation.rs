@@ -18,10 +18,10 @@ use crate::helpers::{
 
 /// Short timings: a next key signs 2 s after publication, a retired key stays 5 s.
 fn fast(c: &mut Config) {
-    c.jwks_max_age = Duration::from_secs(1);
-    c.max_token_ttl = Duration::from_secs(3);
+    c.policy.jwks_max_age = Duration::from_secs(1);
+    c.policy.max_token_ttl = Duration::from_secs(3);
     c.token_ttl = Duration::from_secs(3);
-    c.rotation_leeway = Duration::from_secs(1);
+    c.policy.leeway = Duration::from_secs(1);
 }
 
 const FAST_FLAGS: [&str; 6] = [
@@ -123,7 +123,7 @@ fn automatic_rotation_under_load_fails_no_verification() {
     let (app, clients) = TestApp::spawn_with_clients(clients(), |c| {
         fast(c);
         // Retention 4 s, so the first retired key is removed well within the run.
-        c.max_token_ttl = Duration::from_secs(2);
+        c.policy.max_token_ttl = Duration::from_secs(2);
         c.token_ttl = Duration::from_secs(2);
         c.rotate_every = Some(Duration::from_secs(3));
     });
@@ -136,9 +136,7 @@ fn automatic_rotation_under_load_fails_no_verification() {
         &failures[..failures.len().min(10)]
     );
     assert!(verified > 100, "only {verified} verifications");
-    let manifest = KeyStore::new(&app.keys_dir)
-        .load_manifest_for_reading()
-        .unwrap();
+    let manifest = KeyStore::new(&app.keys_dir).manifest().unwrap();
     let rotations = manifest
         .keys
         .iter()
@@ -315,10 +313,10 @@ fn jwks_max_age_is_cut_to_the_next_scheduled_change() {
         leeway: Duration::ZERO,
     };
     let app = TestApp::spawn_with(|c| {
-        c.jwks_max_age = policy.jwks_max_age;
-        c.max_token_ttl = policy.max_token_ttl;
+        c.policy.jwks_max_age = policy.jwks_max_age;
+        c.policy.max_token_ttl = policy.max_token_ttl;
         c.token_ttl = policy.max_token_ttl;
-        c.rotation_leeway = policy.leeway;
+        c.policy.leeway = policy.leeway;
     });
     let max_age = |app: &TestApp| -> u64 {
         let header = app
@@ -334,8 +332,7 @@ fn jwks_max_age_is_cut_to_the_next_scheduled_change() {
         .header("etag")
         .unwrap()
         .to_owned();
-    KeyStore::new(&app.keys_dir)
-        .with_policy(policy)
+    KeyStore::with_policy(&app.keys_dir, policy)
         .rotate(SigningAlg::Es256, true)
         .unwrap();
     let rotated = Instant::now();
@@ -400,7 +397,7 @@ fn a_revoked_key_leaves_at_once_and_its_tokens_stop_verifying() {
         let args = [
             "token",
             "verify",
-            "--jwks",
+            "--issuer",
             &app.issuer,
             "--aud",
             "api",
@@ -457,7 +454,7 @@ fn concurrent_rotations_never_corrupt_the_store() {
     for h in handles {
         assert_eq!(h.join().unwrap(), Some(0));
     }
-    let store = KeyStore::new(&dir).with_policy(fast_policy());
+    let store = KeyStore::with_policy(&dir, fast_policy());
     let keys = store.load().unwrap();
     let manifest = keys.manifest();
     assert_eq!(
@@ -506,7 +503,7 @@ fn a_crash_at_each_step_of_a_rotation_leaves_a_loadable_consistent_store() {
             list_dir(&dir).iter().all(|n| !n.starts_with(".tmp")),
             "{step}: no half-written file"
         );
-        let store = KeyStore::new(&dir).with_policy(fast_policy());
+        let store = KeyStore::with_policy(&dir, fast_policy());
         let keys = store.load().unwrap_or_else(|e| panic!("{step}: {e}"));
         for alg in SigningAlg::ASYMMETRIC {
             assert!(
@@ -612,7 +609,7 @@ fn token_lifetimes_beyond_the_maximum_are_refused_where_configured() {
     );
     assert_ne!(out.code, Some(0));
     assert!(
-        out.stderr.contains("longer than --max-token-ttl"),
+        out.stderr.contains("longer than max_token_ttl"),
         "{}",
         out.stderr
     );

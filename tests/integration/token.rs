@@ -233,7 +233,7 @@ fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
         vec![
             "token",
             "verify",
-            "--jwks",
+            "--issuer",
             &app.issuer,
             "--aud",
             "api",
@@ -242,7 +242,7 @@ fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
         vec![
             "token",
             "verify",
-            "--jwks",
+            "--jwks-uri",
             &jwks_url,
             "--issuer",
             &app.issuer,
@@ -253,7 +253,7 @@ fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
         vec![
             "token",
             "verify",
-            "--jwks",
+            "--jwks-file",
             file,
             "--issuer",
             &app.issuer,
@@ -264,7 +264,7 @@ fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
         vec![
             "token",
             "verify",
-            "--jwks",
+            "--jwks-file",
             file,
             "--issuer",
             &app.issuer,
@@ -278,7 +278,7 @@ fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
         assert_eq!(claims["sub"], "alice");
     }
     let mut child = helpers::cli(&app.keys_dir)
-        .args(["token", "verify", "--jwks", &app.issuer, "--aud", "api"])
+        .args(["token", "verify", "--issuer", &app.issuer, "--aud", "api"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -298,19 +298,20 @@ fn token_verify_names_the_reason_on_one_line() {
         &["--issuer", &app.issuer, "--sub", "alice", "--aud", "api"],
     );
     let flipped = helpers::flip_signature(&token);
+    let jwks_url = format!("{}/.well-known/jwks.json", app.url);
     for (args, reason) in [
         (
-            vec!["--jwks", &app.issuer, "--aud", "other", &token],
+            vec!["--issuer", &app.issuer, "--aud", "other", &token],
             "wrong audience",
         ),
         (
-            vec!["--jwks", &app.issuer, "--aud", "api", &flipped],
+            vec!["--issuer", &app.issuer, "--aud", "api", &flipped],
             "invalid signature",
         ),
         (
             vec![
-                "--jwks",
-                &app.issuer,
+                "--jwks-uri",
+                &jwks_url,
                 "--issuer",
                 "https://x",
                 "--aud",
@@ -321,7 +322,7 @@ fn token_verify_names_the_reason_on_one_line() {
         ),
         (
             vec![
-                "--jwks",
+                "--issuer",
                 &app.issuer,
                 "--aud",
                 "api",
@@ -332,13 +333,13 @@ fn token_verify_names_the_reason_on_one_line() {
             "wrong token type",
         ),
         (
-            vec!["--jwks", &app.issuer, "--aud", "api", "a.b"],
+            vec!["--issuer", &app.issuer, "--aud", "api", "a.b"],
             "malformed token",
         ),
-        (vec!["--jwks", &app.issuer, &token], "--aud is required"),
+        (vec!["--issuer", &app.issuer, &token], "--aud is required"),
         (
             vec![
-                "--jwks",
+                "--jwks-file",
                 "/no/such/jwks.json",
                 "--issuer",
                 "x",
@@ -348,6 +349,13 @@ fn token_verify_names_the_reason_on_one_line() {
             ],
             "signing keys unavailable",
         ),
+        // The old flag that guessed "issuer or JWKS" from the URL's spelling is refused
+        // with the explicit ones.
+        (
+            vec!["--jwks", &app.issuer, "--aud", "api", &token],
+            "--jwks-uri URL or --jwks-file FILE",
+        ),
+        (vec!["--aud", "api", &token], "--issuer is required"),
     ] {
         let mut full = vec!["token", "verify"];
         full.extend_from_slice(&args);

@@ -380,8 +380,8 @@ fn repeated_failures_lock_that_client_with_429_then_recover_after_the_window() {
             new_client("bystander", &[], &["api"]),
         ],
         |c| {
-            c.auth_max_failures = 3;
-            c.auth_failure_window = Duration::from_secs(2);
+            c.auth_limits.max_failures = 3;
+            c.auth_limits.window = Duration::from_secs(2);
         },
     );
     let wrong = TestClient::new("victim", "guess");
@@ -406,8 +406,8 @@ fn repeated_failures_lock_that_client_with_429_then_recover_after_the_window() {
 #[test]
 fn failures_across_many_ids_lock_the_address() {
     let (app, [real]) = TestApp::spawn_with_clients([new_client("real", &[], &["api"])], |c| {
-        c.auth_max_failures = 2;
-        c.auth_failure_window = Duration::from_secs(30);
+        c.auth_limits.max_failures = 2;
+        c.auth_limits.window = Duration::from_secs(30);
     });
     // The address limit is 5x the per-id limit.
     for i in 0..10 {
@@ -420,7 +420,7 @@ fn failures_across_many_ids_lock_the_address() {
 #[test]
 fn a_running_server_sees_clients_added_rotated_and_removed() {
     // Polling for the new client fails until the reload: keep the limiter out of the way.
-    let app = TestApp::spawn_with(|c| c.auth_max_failures = 1000);
+    let app = TestApp::spawn_with(|c| c.auth_limits.max_failures = 1000);
     let add = run_cli(
         &app.keys_dir,
         &[

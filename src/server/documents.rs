@@ -1,9 +1,14 @@
-//! Authorization server metadata (RFC 8414) and OpenID Provider metadata: one document,
-//! served at both well-known paths, rebuilt when the keys or the clients change.
+//! The documents the server publishes, prepared once and served as bytes: the JWKS with
+//! its ETag, and the authorization server metadata (RFC 8414, also served as OpenID
+//! Provider metadata), rebuilt when the keys or the clients change.
 
 use actix_web::web::Bytes;
+use aws_lc_rs::digest;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
+use crate::jwks::JwkSet;
 use crate::oauth::TokenEndpoint;
 use crate::{Issuer, SigningAlg};
 
@@ -54,5 +59,64 @@ impl Metadata {
     pub fn to_bytes(&self) -> Bytes {
         // A struct of strings and unit enums always serializes.
         serde_json::to_vec(self).unwrap_or_default().into()
+    }
+}
+
+/// A JWKS serialized once, with its strong ETag, ready to be served as is.
+#[derive(Debug, Clone)]
+pub struct JwksDocument {
+    body: Bytes,
+    etag: String,
+}
+
+impl JwksDocument {
+    /// Serializes `set` and derives the ETag from the bytes, so the tag changes exactly
+    /// when the published key set does.
+    pub fn new(set: &JwkSet) -> Self {
+        // Serializing these types cannot fail: every field is a string or a unit enum.
+        let body = serde_json::to_vec(set).unwrap_or_else(|_| b"{\"keys\":[]}".to_vec());
+        let hash = digest::digest(&digest::SHA256, &body);
+        let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&hash.as_ref()[..16]));
+        Self {
+            body: body.into(),
+            etag,
+        }
+    }
+
+    /// The JSON bytes.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The quoted strong entity tag.
+    pub fn etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwks::{Jwk, PublicKeyParams};
+
+    #[test]
+    fn etag_follows_the_key_set() {
+        let a = JwkSet {
+            keys: vec![Jwk::new(
+                PublicKeyParams::p256(&[1; 32], &[2; 32]),
+                SigningAlg::Es256,
+            )],
+        };
+        let b = JwkSet {
+            keys: vec![Jwk::new(
+                PublicKeyParams::p256(&[3; 32], &[2; 32]),
+                SigningAlg::Es256,
+            )],
+        };
+        assert_eq!(
+            JwksDocument::new(&a).etag(),
+            JwksDocument::new(&a.clone()).etag()
+        );
+        assert_ne!(JwksDocument::new(&a).etag(), JwksDocument::new(&b).etag());
     }
 }
