@@ -27,7 +27,7 @@ pub(super) enum KeysCommand {
         /// Algorithm of the new key
         #[arg(long)]
         alg: Option<SigningAlg>,
-        /// RSA modulus size (RS256 only) [default: 2048]
+        /// RSA modulus size (RS256 only)
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["2048", "3072", "4096"]))]
         bits: Option<String>,
     },

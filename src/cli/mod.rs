@@ -145,7 +145,6 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Every default `--help` shows, taken from the library's own defaults (one owner each).
 fn defaults() -> Vec<(&'static str, String)> {
     let d = Config::default();
-    let human = |t: Duration| humantime::format_duration(t).to_string();
     vec![
         ("keys_dir", d.keys_dir.display().to_string()),
         ("jwks_max_age", human(d.policy.jwks_max_age)),
@@ -156,7 +155,20 @@ fn defaults() -> Vec<(&'static str, String)> {
         ("token_ttl", human(d.token_ttl)),
         ("auth_max_failures", d.auth_limits.max_failures.to_string()),
         ("auth_failure_window", human(d.auth_limits.window)),
+        ("leeway", human(jwt_issuer::verify::DEFAULT_LEEWAY)),
+        ("bits", jwt_issuer::keys::DEFAULT_RSA_BITS.to_string()),
     ]
+}
+
+/// A duration as an operator writes it: `24h`, `15m`, `60s`.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => "0s".to_owned(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s >= 300 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// Appends `[default: X]` to the help of every argument named in [`defaults`].

@@ -95,8 +95,8 @@ pub(super) struct VerifyArgs {
     typ: Option<String>,
 
     /// Clock leeway for exp and nbf
-    #[arg(long, default_value = "60s", value_parser = parse_seconds)]
-    leeway: Duration,
+    #[arg(long, value_parser = parse_seconds)]
+    leeway: Option<Duration>,
 
     /// The token [default: read from stdin]
     token: Option<String>,
@@ -202,7 +202,9 @@ fn verify(args: VerifyArgs) -> Result<()> {
     if let Some(typ) = args.typ {
         validation = validation.with_typ(typ);
     }
-    validation.leeway = args.leeway;
+    if let Some(leeway) = args.leeway {
+        validation.leeway = leeway;
+    }
     let claims: Value = actix_web::rt::System::new().block_on(async {
         let verifier = match (ring, args.jwks_uri) {
             (Some(ring), _) => Verifier::fixed(ring, validation),

@@ -22,7 +22,7 @@ mod verifier;
 pub use extractor::{BearerClaims, BearerError};
 pub use jwks_cache::{JwksCache, JwksCacheOptions};
 pub use key::{KeyRejected, KeyRing, VerifyingKey};
-pub use verifier::{Validation, Verifier};
+pub use verifier::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, Validation, Verifier};
 
 /// Why a token was not accepted. Each variant is one fact a service can log and answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -41,6 +41,59 @@ fn help_reads_well_on_every_command() {
     }
 }
 
+/// The README's configuration table is checked against the real settings: every `serve`
+/// flag is listed, every listed flag exists, and each default the table shows is the one
+/// `--help` shows (which comes from the library's own defaults).
+#[test]
+fn readme_configuration_table_matches_the_settings() {
+    let tmp = TempDir::new().unwrap();
+    let help = run_cli(tmp.path(), &["serve", "--help"]).stdout;
+    // One entry per flag: its help text up to the next flag.
+    let mut entries = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("--") {
+            let flag = format!("--{}", rest.split_whitespace().next().unwrap());
+            entries.insert(flag.clone(), String::new());
+            current = Some(flag);
+        } else if let Some(flag) = &current {
+            let text = entries.get_mut(flag).unwrap();
+            text.push(' ');
+            text.push_str(trimmed);
+        }
+    }
+    entries.remove("--help");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Configuration")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("README has a Configuration section");
+    let mut listed = Vec::new();
+    for row in section.lines().filter(|l| l.starts_with("| `--")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let flag = cells[1].trim_matches('`');
+        let (env, default) = (cells[2].trim_matches('`'), cells[3]);
+        let text = entries
+            .get(flag)
+            .unwrap_or_else(|| panic!("README lists {flag}, which serve does not have"));
+        let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(text.contains(&format!("[env: {env}=")), "{flag}: {text}");
+        if let Some(value) = default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) {
+            assert!(
+                text.contains(&format!("[default: {value}]")),
+                "README says {flag} defaults to {value}; --help says: {text}"
+            );
+        }
+        listed.push(flag.to_owned());
+    }
+    for flag in entries.keys() {
+        assert!(listed.contains(flag), "README's table lacks {flag}");
+    }
+}
+
 #[test]
 fn bad_arguments_give_one_line_a_nonzero_exit_and_write_nothing() {
     let tmp = TempDir::new().unwrap();
