@@ -200,8 +200,10 @@ impl KeyBackend for KeysDir {
 
     fn load_key(&self, record: &KeyRecord) -> Result<SigningKey, KeyStoreError> {
         let mut path = self.key_path(&record.kid);
-        if !path.exists() {
-            // A file not adopted yet keeps the name the operator gave it.
+        // Only in a directory without manifest (read as a first start will adopt it) may a
+        // key file keep the name the operator gave it. With a manifest, a missing
+        // `<kid>.pem` is a key being removed: a copy under another name is never used.
+        if !path.exists() && self.read_manifest()?.is_none() {
             let adopted = self.unrecorded_files(&Manifest::default(), 0, false)?;
             if let Some((_, found, _)) = adopted.get(&record.kid) {
                 path.clone_from(found);
@@ -337,4 +339,39 @@ fn load_key_file(path: &Path) -> Result<SigningKey, KeyStoreError> {
             source,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyStore;
+
+    #[test]
+    fn with_a_manifest_a_missing_key_file_is_missing_even_if_a_copy_lies_elsewhere() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let store = KeyStore::new(tmp.path());
+        let es = store.generate(SigningAlg::Es256, 0).unwrap();
+        // An operator's backup of the key under another name; then the key is revoked
+        // (its <kid>.pem deleted) while a reader still holds the old manifest.
+        fs::copy(&es.location, tmp.path().join("backup.pem")).unwrap();
+        let stale = store.manifest().unwrap();
+        fs::remove_file(&es.location).unwrap();
+        let dir = KeysDir::new(tmp.path(), &RotationPolicy::default());
+        let record = stale.get(&es.kid).unwrap();
+        match dir.load_key(record) {
+            Err(KeyStoreError::KeyMissing { kid, .. }) => assert_eq!(kid, es.kid),
+            other => panic!("a copy of a removed key was loaded: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_a_manifest_key_files_keep_their_names_until_adopted() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let store = KeyStore::new(tmp.path());
+        let es = store.generate(SigningAlg::Es256, 0).unwrap();
+        fs::rename(&es.location, tmp.path().join("operator.pem")).unwrap();
+        fs::remove_file(tmp.path().join(MANIFEST_FILE)).unwrap();
+        let keys = store.load().unwrap();
+        assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), es.kid);
+    }
 }

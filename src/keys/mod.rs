@@ -122,6 +122,19 @@ impl KeyStore {
         let mut keys = Vec::new();
         for record in manifest.keys.iter().filter(|r| r.is_published(now)) {
             match self.backend.load_key(record) {
+                // Whatever the backend, the key published is the one the manifest names.
+                Ok(key) if key.kid() != record.kid || key.alg() != record.alg => {
+                    return Err(KeyStoreError::Inconsistent {
+                        path: key.location().into(),
+                        reason: format!(
+                            "holds {} ({}), the manifest says {} ({})",
+                            key.kid(),
+                            key.alg(),
+                            record.kid,
+                            record.alg
+                        ),
+                    });
+                }
                 Ok(key) => keys.push(Arc::new(key)),
                 // A retired key may be gone already (removed by a change that is recording
                 // it now): it is about to leave the JWKS anyway.
@@ -782,5 +795,32 @@ mod tests {
             .expect("the retired key is about to leave anyway");
         assert!(keys.find(&old.kid).is_none());
         assert!(keys.active(SigningAlg::Es256).is_some());
+    }
+
+    #[test]
+    fn a_backend_that_returns_another_key_for_a_record_is_refused_not_published() {
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        let active = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        let next = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        {
+            // A broken backend: the next key's record now yields the active key's material.
+            let mut stored = backend.stored();
+            let material = stored.material.remove(&active.kid).unwrap();
+            stored.material.insert(next.kid.clone(), material);
+            stored.material.insert(
+                active.kid.clone(),
+                PrivateKey::generate(SigningAlg::Es256, 0).unwrap(),
+            );
+        }
+        match store.load() {
+            Err(KeyStoreError::Inconsistent { reason, .. }) => {
+                assert!(
+                    reason.contains(&active.kid) || reason.contains(&next.kid),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Inconsistent, got {other:?}"),
+        }
     }
 }

@@ -27,9 +27,13 @@ pub trait ClientAuthMethod: Send + Sync {
     /// The RFC 7591 name, as discovery lists it.
     fn name(&self) -> &'static str;
 
-    /// `None` when the request does not use this method; otherwise what it presented, or
-    /// why that cannot be used.
-    fn presented(&self, headers: &HeaderMap, form: &Form) -> Option<Result<Presented, OAuthError>>;
+    /// `None` when the request does not use this method; otherwise what it presented (its
+    /// parameters taken out of the form), or why that cannot be used.
+    fn presented(
+        &self,
+        headers: &HeaderMap,
+        form: &mut Form,
+    ) -> Option<Result<Presented, OAuthError>>;
 }
 
 /// `client_secret_basic`: HTTP Basic, id and secret form-urlencoded before the Base64
@@ -46,7 +50,11 @@ impl ClientAuthMethod for ClientSecretBasic {
         "client_secret_basic"
     }
 
-    fn presented(&self, headers: &HeaderMap, _: &Form) -> Option<Result<Presented, OAuthError>> {
+    fn presented(
+        &self,
+        headers: &HeaderMap,
+        _: &mut Form,
+    ) -> Option<Result<Presented, OAuthError>> {
         let value = headers.get(header::AUTHORIZATION)?;
         Some(
             value
@@ -62,19 +70,20 @@ impl ClientAuthMethod for ClientSecretPost {
         "client_secret_post"
     }
 
-    fn presented(&self, _: &HeaderMap, form: &Form) -> Option<Result<Presented, OAuthError>> {
-        let (id, secret) = (form.get("client_id"), form.get("client_secret"));
-        if id.is_none() && secret.is_none() {
-            return None;
-        }
-        Some(match (id, secret) {
-            (Some(client_id), Some(secret)) => Ok(Presented {
+    fn presented(&self, _: &HeaderMap, form: &mut Form) -> Option<Result<Presented, OAuthError>> {
+        let secret = form.take("client_secret").map(ClientSecret::new);
+        match (form.take("client_id"), secret) {
+            (None, None) => None,
+            (Some(client_id), Some(secret)) => Some(Ok(Presented {
                 method: self.name(),
-                client_id: client_id.to_owned(),
-                proof: Proof::Secret(ClientSecret::new(secret.to_owned())),
-            }),
-            _ => Err(OAuthError::InvalidClient { basic: false }),
-        })
+                client_id,
+                proof: Proof::Secret(secret),
+            })),
+            (Some(_), None) => Some(Err(OAuthError::InvalidClient { basic: false })),
+            // A secret without an id: answered as no credentials at all (with the Basic
+            // challenge), as RFC 6749 section 2.3.1 prefers Basic.
+            (None, Some(_)) => Some(Err(OAuthError::InvalidClient { basic: true })),
+        }
     }
 }
 
@@ -86,7 +95,7 @@ impl ClientAuthMethod for ClientSecretPost {
 pub fn authenticate_request(
     methods: &[Box<dyn ClientAuthMethod>],
     headers: &HeaderMap,
-    form: &Form,
+    form: &mut Form,
 ) -> Result<Presented, OAuthError> {
     let mut used = methods.iter().filter_map(|m| m.presented(headers, form));
     match (used.next(), used.next()) {
@@ -140,8 +149,8 @@ mod tests {
         headers
     }
 
-    fn code(headers: &HeaderMap, form: &Form) -> &'static str {
-        authenticate_request(&methods(), headers, form)
+    fn code(headers: &HeaderMap, mut form: Form) -> &'static str {
+        authenticate_request(&methods(), headers, &mut form)
             .unwrap_err()
             .code()
     }
@@ -151,7 +160,7 @@ mod tests {
         let presented = authenticate_request(
             &methods(),
             &basic("svc%3Aa+b%25:s%2Bcr%3At"),
-            &Form::default(),
+            &mut Form::default(),
         )
         .unwrap();
         assert_eq!(presented.method, "client_secret_basic");
@@ -162,23 +171,29 @@ mod tests {
 
     #[test]
     fn post_credentials_come_from_the_form() {
-        let form = Form::parse(b"client_id=svc&client_secret=s").unwrap();
-        let presented = authenticate_request(&methods(), &HeaderMap::new(), &form).unwrap();
+        let mut form = Form::parse(b"client_id=svc&client_secret=s&scope=x").unwrap();
+        let presented = authenticate_request(&methods(), &HeaderMap::new(), &mut form).unwrap();
         assert_eq!(presented.method, "client_secret_post");
         assert_eq!(presented.client_id, "svc");
+        assert_eq!(form.get("client_secret"), None, "the secret left the form");
+        assert_eq!(form.get("scope"), Some("x"));
+        assert!(
+            !format!("{form:?}").contains("x\""),
+            "Debug shows names only"
+        );
     }
 
     #[test]
     fn two_methods_at_once_are_refused() {
         let form = Form::parse(b"client_id=a&client_secret=b").unwrap();
-        assert_eq!(code(&basic("a:b"), &form), "invalid_request");
+        assert_eq!(code(&basic("a:b"), form), "invalid_request");
         let id_only = Form::parse(b"client_id=a").unwrap();
-        assert_eq!(code(&basic("a:b"), &id_only), "invalid_request");
+        assert_eq!(code(&basic("a:b"), id_only), "invalid_request");
     }
 
     #[test]
     fn missing_or_foreign_credentials_are_invalid_client() {
-        let challenge = authenticate_request(&methods(), &HeaderMap::new(), &Form::default());
+        let challenge = authenticate_request(&methods(), &HeaderMap::new(), &mut Form::default());
         assert!(matches!(
             challenge,
             Err(OAuthError::InvalidClient { basic: true })
@@ -188,10 +203,15 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer abc"),
         );
-        assert_eq!(code(&bearer, &Form::default()), "invalid_client");
+        assert_eq!(code(&bearer, Form::default()), "invalid_client");
+        let mut secret_only = Form::parse(b"client_secret=s").unwrap();
+        assert!(matches!(
+            authenticate_request(&methods(), &HeaderMap::new(), &mut secret_only),
+            Err(OAuthError::InvalidClient { basic: true })
+        ));
         let no_secret = Form::parse(b"client_id=a").unwrap();
-        assert_eq!(code(&HeaderMap::new(), &no_secret), "invalid_client");
-        assert_eq!(code(&basic("nocolon"), &Form::default()), "invalid_request");
-        assert_eq!(code(&basic(":secret"), &Form::default()), "invalid_client");
+        assert_eq!(code(&HeaderMap::new(), no_secret), "invalid_client");
+        assert_eq!(code(&basic("nocolon"), Form::default()), "invalid_request");
+        assert_eq!(code(&basic(":secret"), Form::default()), "invalid_client");
     }
 }

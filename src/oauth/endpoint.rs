@@ -14,7 +14,7 @@ use super::auth::{ClientAuthMethod, ClientSecretBasic, ClientSecretPost, authent
 use super::clients::{ClientRegistry, is_valid_client_id};
 use super::grant::{ClientCredentials, GrantContext, GrantHandler};
 use super::limiter::{AuthLimiter, AuthLimits};
-use super::request::Form;
+use super::request::{Form, printable};
 use crate::sign::{IssuedToken, Signer};
 
 /// Lifetime of access tokens for clients without their own, by default (15 min).
@@ -143,7 +143,7 @@ impl TokenEndpoint {
         signer: &Signer,
         client_id: &mut Option<String>,
     ) -> Result<Issued, OAuthError> {
-        let form = Form::parse(call.body)?;
+        let mut form = Form::parse(call.body)?;
         let grant_type = form
             .get("grant_type")
             .ok_or_else(|| OAuthError::InvalidRequest("grant_type is missing".into()))?;
@@ -151,10 +151,11 @@ impl TokenEndpoint {
             .grants
             .iter()
             .find(|g| g.grant_type() == grant_type)
-            .ok_or_else(|| {
-                OAuthError::UnsupportedGrantType(grant_type.chars().take(64).collect())
+            .ok_or_else(|| OAuthError::UnsupportedGrantType {
+                given: printable(grant_type),
+                supported: self.grant_types().join(", "),
             })?;
-        let presented = authenticate_request(&self.methods, call.headers, &form)?;
+        let presented = authenticate_request(&self.methods, call.headers, &mut form)?;
         *client_id = Some(presented.client_id.clone());
         let basic = presented.method == "client_secret_basic";
         // An id no client can have is refused before the limiter, so junk ids (up to the

@@ -38,8 +38,13 @@ pub enum OAuthError {
         basic: bool,
     },
     /// A grant type the endpoint has no handler for.
-    #[error("grant_type '{0}' is not supported")]
-    UnsupportedGrantType(String),
+    #[error("grant_type '{given}' is not supported; use {supported}")]
+    UnsupportedGrantType {
+        /// The grant type asked for (bounded, printable).
+        given: String,
+        /// The grant types the endpoint has.
+        supported: String,
+    },
     /// A scope the client may not have.
     #[error("{0}")]
     InvalidScope(String),
@@ -66,7 +71,7 @@ impl OAuthError {
         match self {
             Self::InvalidRequest(_) | Self::PayloadTooLarge(_) => "invalid_request",
             Self::InvalidClient { .. } => "invalid_client",
-            Self::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Self::UnsupportedGrantType { .. } => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
             Self::TooManyAttempts { .. } => "slow_down",

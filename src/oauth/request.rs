@@ -10,9 +10,18 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The decoded form parameters; each name at most once, empty values dropped (RFC 6749
 /// section 3.1: "parameters sent without a value MUST be treated as if they were omitted").
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Form {
     params: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: a value may be a credential.
+        let mut names: Vec<&str> = self.params.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Form").field("params", &names).finish()
+    }
 }
 
 impl Form {
@@ -44,6 +53,12 @@ impl Form {
     /// A parameter's value, if present and non-empty.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
+    }
+
+    /// Removes a parameter: client authentication takes its credentials out, so they live
+    /// in one place only (a zeroized secret) and never reach a grant handler.
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        self.params.remove(name)
     }
 }
 
@@ -78,8 +93,9 @@ fn hex_value(b: u8) -> Option<u8> {
         .and_then(|d| u8::try_from(d).ok())
 }
 
-/// A parameter name made safe to echo in an error (bounded, printable).
-fn printable(s: &str) -> String {
+/// A value from the network made safe to echo in an error or a log line: bounded, without
+/// control characters (no forged log lines).
+pub(crate) fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 

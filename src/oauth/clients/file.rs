@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Client, ClientBackend, ClientStoreError, check_credential};
+use super::{Client, ClientBackend, ClientStoreError, check_clients};
 use crate::files;
 use crate::store::StoreVersion;
 
@@ -59,9 +59,7 @@ impl ClientsFile {
         if file.version != 1 {
             return Err(invalid(format!("unsupported version {}", file.version)));
         }
-        for client in &file.clients {
-            check_credential(client).map_err(invalid)?;
-        }
+        check_clients(&file.clients).map_err(invalid)?;
         Ok(Some(file.clients))
     }
 

@@ -273,10 +273,14 @@ impl ClientStore {
     /// # Errors
     /// Unreadable, too open or invalid registry.
     pub fn load(&self) -> Result<ClientRegistry, ClientStoreError> {
+        let clients = self.backend.load()?;
+        // Whatever the backend, what it holds is checked the same way.
+        check_clients(&clients).map_err(|reason| ClientStoreError::Invalid {
+            path: self.describe().into(),
+            reason,
+        })?;
         Ok(ClientRegistry {
-            clients: self
-                .backend
-                .load()?
+            clients: clients
                 .into_iter()
                 .map(|c| (c.client_id.clone(), c))
                 .collect(),
@@ -385,15 +389,28 @@ impl ClientStore {
 /// Same length and alphabet as a real hash, equal to no secret's hash.
 const DUMMY_HASH: &str = "sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
-/// Whether a stored credential is one this code can check.
-fn check_credential(client: &Client) -> Result<(), String> {
-    match &client.credential {
-        Credential::Secret { secret_hash } if secret_hash.starts_with(HASH_PREFIX) => Ok(()),
-        Credential::Secret { .. } => Err(format!(
-            "client {:?} has an unknown secret hash scheme",
-            client.client_id
-        )),
+/// What a stored registry must hold: valid, unique ids and credentials this code can
+/// check.
+fn check_clients(clients: &[Client]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for client in clients {
+        if !is_valid_client_id(&client.client_id) {
+            return Err(format!("invalid client id {:?}", client.client_id));
+        }
+        if !seen.insert(client.client_id.as_str()) {
+            return Err(format!("client {:?} is listed twice", client.client_id));
+        }
+        match &client.credential {
+            Credential::Secret { secret_hash } if secret_hash.starts_with(HASH_PREFIX) => {}
+            Credential::Secret { .. } => {
+                return Err(format!(
+                    "client {:?} has an unknown secret hash scheme",
+                    client.client_id
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 fn hash_secret(secret: &ClientSecret) -> String {
