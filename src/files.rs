@@ -14,6 +14,17 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
+/// Makes an existing directory private (0700) when group or others may use it; returns
+/// the mode it had when it changed it, `None` when it was private already.
+pub fn tighten_dir(dir: &Path) -> io::Result<Option<u32>> {
+    let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    Ok(Some(mode))
+}
+
 /// Writes `contents` to `dir/name` so that the name holds either nothing or the whole
 /// file, never a prefix: temp file in the same directory (mode 0600), fsync, rename,
 /// fsync of the directory so the rename itself survives a crash.

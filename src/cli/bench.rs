@@ -20,15 +20,20 @@ pub(super) fn run(args: &BenchArgs) -> Result<()> {
     }
     let report = jwt_issuer::bench::run(seconds).context("benchmark failed")?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<11} {:>10} {:>10} {:>8} {:>9} {:>7}  WHO CAN VERIFY",
-        "ALG", "SIGN/S", "VERIFY/S", "TOKEN B", "PUBKEY B", "JWK B"
+        "ALG",
+        "SIGN/S",
+        "VERIFY/S",
+        "TOKEN B",
+        "PUBKEY B",
+        "JWK B"
     );
     for r in &report.results {
-        println!(
+        outln!(
             "{:<11} {:>10.0} {:>10.0} {:>8} {:>9} {:>7}  {}",
             r.alg,
             r.sign_per_s,
@@ -39,6 +44,6 @@ pub(super) fn run(args: &BenchArgs) -> Result<()> {
             r.who_can_verify
         );
     }
-    println!("(one thread, {seconds} s per figure, same claims for every algorithm)");
+    outln!("(one thread, {seconds} s per figure, same claims for every algorithm)");
     Ok(())
 }

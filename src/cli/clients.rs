@@ -6,27 +6,30 @@ use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use jwt_issuer::SigningAlg;
 use jwt_issuer::oauth::{ClientStore, NewClient};
+use jwt_issuer::secret::HmacSecret;
 use serde_json::Value;
 
-use super::{Context, check_max_ttl, parse_ttl};
+use super::{Context, HMAC_SECRET_ENV, check_max_ttl, parse_ttl};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ClientsCommand {
     /// Register a client and print its new secret (the only line on stdout; stored hashed)
     Add {
         /// Client id: printable ASCII, 1 to 128 characters
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// A scope the client may ask for; repeat for several (default grant: all of them)
         #[arg(long = "scope")]
         scopes: Vec<String>,
         /// An audience the client may ask for; repeat for several; the first is the default
         /// [default: the issuer]
-        #[arg(long = "audience")]
+        #[arg(long = "audience", visible_alias = "aud")]
         audiences: Vec<String>,
         /// Signing algorithm of this client's tokens [default: the server's --alg]
         #[arg(long)]
         alg: Option<SigningAlg>,
-        /// Lifetime of this client's tokens, e.g. 15m (at most 24h) [default: --token-ttl]
+        /// Lifetime of this client's tokens, e.g. 15m (at most the max token ttl) [default:
+        /// the server's token ttl]
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
@@ -39,16 +42,20 @@ pub(super) enum ClientsCommand {
     /// Remove a client; tokens it holds stay valid until they expire
     Remove {
         /// Client id
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
     /// Replace a client's secret and print the new one; the old one stops working
     RotateSecret {
         /// Client id
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
 }
 
 pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
+    // Clients live beside the keys: a dir without keys is not a server's.
+    context.existing_store()?;
     let store = ClientStore::new(&context.keys_dir);
     match command {
         ClientsCommand::Add {
@@ -68,11 +75,23 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                 alg,
                 ttl,
             };
+            let hs256_without_secret = alg == Some(SigningAlg::Hs256)
+                && HmacSecret::from_env(HMAC_SECRET_ENV).is_ok_and(|s| s.is_none());
             let secret = store.add(new).context("cannot add client")?;
-            println!("{}", secret.expose_secret());
+            outln!("{}", secret.expose_secret());
+            if hs256_without_secret {
+                // The server's environment may differ from this shell's; say what happens
+                // if it has no secret either.
+                eprintln!(
+                    "warning: no {HMAC_SECRET_ENV} or {HMAC_SECRET_ENV}_FILE here: a server without one skips this client (HS256 signs with that shared secret)"
+                );
+            }
         }
         ClientsCommand::List { json } => {
             let registry = store.load().context("cannot load clients")?;
+            for skipped in registry.skipped() {
+                eprintln!("warning: {skipped}");
+            }
             let clients = registry.clients();
             if json {
                 // The hash stays on disk: list what an operator needs, no secret material.
@@ -85,20 +104,23 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&listed)?);
+                outln!("{}", serde_json::to_string_pretty(&listed)?);
             } else if clients.is_empty() {
                 eprintln!("no clients in {}", store.describe());
             } else {
-                println!(
+                outln!(
                     "{:<24}  {:<5}  {:<6}  {:<24}  SCOPES",
-                    "CLIENT_ID", "ALG", "TTL", "AUDIENCES"
+                    "CLIENT_ID",
+                    "ALG",
+                    "TTL",
+                    "AUDIENCES"
                 );
                 for c in clients {
                     let alg = c.alg.map_or("-".to_owned(), |a| a.to_string());
                     let ttl = c.ttl_secs.map_or("-".to_owned(), |t| {
                         humantime::format_duration(Duration::from_secs(t)).to_string()
                     });
-                    println!(
+                    outln!(
                         "{:<24}  {alg:<5}  {ttl:<6}  {:<24}  {}",
                         c.client_id,
                         c.audiences.join(","),
@@ -113,7 +135,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
         }
         ClientsCommand::RotateSecret { id } => {
             let secret = store.rotate_secret(&id).context("cannot rotate secret")?;
-            println!("{}", secret.expose_secret());
+            outln!("{}", secret.expose_secret());
         }
     }
     Ok(())

@@ -52,12 +52,16 @@ pub(super) enum KeysCommand {
     /// tokens it signed stop verifying. A revoked active key is replaced at once
     Revoke {
         /// The kid to revoke
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }
 
 pub(super) fn run(context: &Context, command: KeysCommand) -> Result<()> {
-    let store = context.key_store();
+    let store = match &command {
+        KeysCommand::Generate { .. } | KeysCommand::Import { .. } => context.key_store(),
+        _ => context.existing_store()?,
+    };
     match command {
         KeysCommand::List { json } => list(context, json),
         KeysCommand::Generate { alg, bits } => {
@@ -72,7 +76,7 @@ pub(super) fn run(context: &Context, command: KeysCommand) -> Result<()> {
                 .generate(alg, bits)
                 .map_err(with_hint)
                 .context("cannot generate key")?;
-            println!(
+            outln!(
                 "generated {} key {} ({}, {})",
                 info.alg,
                 info.kid,
@@ -83,7 +87,7 @@ pub(super) fn run(context: &Context, command: KeysCommand) -> Result<()> {
         }
         KeysCommand::Import { file } => {
             let info = store.import(&file).context("cannot import key")?;
-            println!(
+            outln!(
                 "imported {} key {} ({}, {})",
                 info.alg,
                 info.kid,
@@ -95,9 +99,9 @@ pub(super) fn run(context: &Context, command: KeysCommand) -> Result<()> {
         KeysCommand::Rotate { alg, now } => rotate(context, alg, now),
         KeysCommand::Revoke { kid } => {
             let successor = store.revoke(&kid).context("cannot revoke key")?;
-            println!("revoked {kid}: removed from the JWKS and deleted");
+            outln!("revoked {kid}: removed from the JWKS and deleted");
             if let Some(successor) = successor {
-                println!("{successor} signs now in its place");
+                outln!("{successor} signs now in its place");
             }
             Ok(())
         }
@@ -106,7 +110,7 @@ pub(super) fn run(context: &Context, command: KeysCommand) -> Result<()> {
 
 /// `jwt-issuer jwks`.
 pub(super) fn print_jwks(context: &Context) -> Result<()> {
-    let store = context.key_store();
+    let store = context.existing_store()?;
     let keys = store.load().context("cannot load keys")?;
     if keys.is_empty() {
         bail!(
@@ -114,30 +118,50 @@ pub(super) fn print_jwks(context: &Context) -> Result<()> {
             store.describe()
         );
     }
-    println!("{}", serde_json::to_string_pretty(&keys.jwk_set())?);
+    outln!("{}", serde_json::to_string_pretty(&keys.jwk_set())?);
     Ok(())
 }
 
 /// What the operator can do about a refused lifecycle step; the library says what
 /// happened, the CLI says which commands help.
 fn with_hint(err: KeyStoreError) -> anyhow::Error {
-    let hint = match &err {
-        KeyStoreError::Lifecycle(
-            LifecycleError::PublishedNext { alg, .. } | LifecycleError::NextTooYoung { alg, .. },
-        ) => format!(
-            "Options: run `jwt-issuer keys rotate --alg {alg}` again then; or `keys rotate --now` to switch at once (verifiers that do not know the new key yet fetch it on their unknown-kid refetch; the old key stays published as retired); after a key compromise, `keys revoke KID` removes a key from the JWKS at once"
+    rotation_hint(err, None)
+}
+
+/// [`with_hint`], where a refused rotation is retried with `rerun` (default: the same
+/// algorithm alone).
+fn rotation_hint(err: KeyStoreError, rerun: Option<&str>) -> anyhow::Error {
+    let reasons: Vec<&LifecycleError> = match &err {
+        KeyStoreError::Lifecycle(reason) => vec![reason],
+        KeyStoreError::Refused(reasons) => reasons.iter().collect(),
+        _ => Vec::new(),
+    };
+    let waiting = reasons.iter().find_map(|r| match r {
+        LifecycleError::PublishedNext { alg, .. } | LifecycleError::NextTooYoung { alg, .. } => {
+            Some(*alg)
+        }
+        _ => None,
+    });
+    let missing = reasons.iter().find_map(|r| match r {
+        LifecycleError::NoActiveKey(alg) => Some(*alg),
+        _ => None,
+    });
+    let hint = match (waiting, missing, &err) {
+        (Some(alg), _, _) => format!(
+            "Options: run `{}` again then; or `keys rotate --now` to switch at once (verifiers that do not know the new key yet fetch it on their unknown-kid refetch; the old key stays published as retired); after a key compromise, `keys revoke KID` removes a key from the JWKS at once",
+            rerun.map_or_else(|| format!("jwt-issuer keys rotate --alg {alg}"), str::to_owned)
         ),
-        KeyStoreError::Lifecycle(LifecycleError::NoActiveKey(alg)) => {
+        (None, Some(alg), _) => {
             format!("generate or import one first (`jwt-issuer keys generate --alg {alg}`)")
         }
-        KeyStoreError::SymmetricAlg => "HS256 signs with the secret in JWT_SECRET or JWT_SECRET_FILE (make one with `openssl rand -base64 48`)".to_owned(),
+        (None, None, KeyStoreError::SymmetricAlg) => "HS256 signs with the secret in JWT_SECRET or JWT_SECRET_FILE (make one with `openssl rand -base64 48`)".to_owned(),
         _ => return err.into(),
     };
     anyhow::anyhow!("{}. {hint}", Report(&err))
 }
 
 fn rotate(context: &Context, alg: Option<SigningAlg>, now: bool) -> Result<()> {
-    let store = context.key_store();
+    let store = context.existing_store()?;
     let algs = match alg {
         Some(alg) => vec![alg],
         None => {
@@ -151,23 +175,30 @@ fn rotate(context: &Context, alg: Option<SigningAlg>, now: bool) -> Result<()> {
     if algs.is_empty() {
         bail!("no active key to rotate in {}", store.describe());
     }
-    for alg in algs {
-        let rotated = store
-            .rotate(alg, now)
-            .map_err(with_hint)
-            .with_context(|| format!("cannot rotate {alg}"))?;
-        println!(
-            "rotated {alg}: {} signs now; {} retired, published until {}",
-            rotated.activated,
-            rotated.retired,
-            rfc3339::format(rotated.retired_until)
+    let rerun = match alg {
+        Some(alg) => format!("jwt-issuer keys rotate --alg {alg}"),
+        None => "jwt-issuer keys rotate".to_owned(),
+    };
+    // All of them or none, so the algorithms' keys stay in step.
+    let rotated = store
+        .rotate_all(&algs, now)
+        .map_err(|err| rotation_hint(err, Some(&rerun)))
+        .context("cannot rotate")?;
+    for r in rotated {
+        outln!(
+            "rotated {}: {} signs now; {} retired, published until {}; next key {}",
+            r.alg,
+            r.activated,
+            r.retired,
+            rfc3339::format(r.retired_until),
+            r.next.as_deref().unwrap_or("-"),
         );
     }
     Ok(())
 }
 
 fn list(context: &Context, json: bool) -> Result<()> {
-    let store = context.key_store();
+    let store = context.existing_store()?;
     let manifest = store.manifest().context("cannot load keys")?;
     let policy = store.policy();
     if json {
@@ -182,15 +213,11 @@ fn list(context: &Context, json: bool) -> Result<()> {
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&listed)?);
-        return Ok(());
-    }
-    if manifest.keys.is_empty() {
-        eprintln!("no keys in {}", store.describe());
+        outln!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
     let human = |d: Duration| humantime::format_duration(d).to_string();
-    println!(
+    outln!(
         "# a next key may sign {} after publication (JWKS max-age {} + leeway {}); a retired key stays published {} (max token ttl {} + JWKS max-age + leeway)",
         human(policy.activation_delay()),
         human(policy.jwks_max_age),
@@ -198,9 +225,13 @@ fn list(context: &Context, json: bool) -> Result<()> {
         human(policy.retention()),
         human(policy.max_token_ttl),
     );
-    println!(
+    outln!(
         "{:<43}  {:<5}  {:<7}  {:<24}  {:<24}  WHEN",
-        "KID", "ALG", "STATE", "CREATED", "PUBLISHED"
+        "KID",
+        "ALG",
+        "STATE",
+        "CREATED",
+        "PUBLISHED"
     );
     let time = |t: Option<u64>| t.map_or_else(|| "-".to_owned(), rfc3339::format);
     for r in &manifest.keys {
@@ -216,7 +247,7 @@ fn list(context: &Context, json: bool) -> Result<()> {
                 format!("{} {}", r.state.as_str(), time(r.removed))
             }
         };
-        println!(
+        outln!(
             "{:<43}  {:<5}  {:<7}  {:<24}  {:<24}  {when}",
             r.kid,
             r.alg,

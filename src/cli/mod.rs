@@ -2,6 +2,15 @@
 //! only code that prints. Flags and `JWT_ISSUER_*` variables map onto the library's typed
 //! settings ([`Config`]); every default is the library's, shown in `--help` from there.
 
+/// `println!` that returns the write error instead of panicking, so a closed pipe
+/// (`jwt-issuer jwks | head -1`) ends the command quietly (see `main`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
 mod bench;
 mod clients;
 mod keys;
@@ -12,12 +21,16 @@ use std::path::PathBuf;
 use std::process;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use jwt_issuer::keys::RotationPolicy;
 use jwt_issuer::ttl::{TOKEN_TTL_CEILING, check_ttl};
 use jwt_issuer::{Config, KeyStore};
+
+/// The `--help` heading of the settings every command shares.
+const KEY_STORE_HEADING: &str =
+    "Key store and lifecycle (every command; set them in the environment)";
 
 /// The environment variable of the HS256 secret (or `JWT_SECRET_FILE` for its file).
 const HMAC_SECRET_ENV: &str = "JWT_SECRET";
@@ -27,7 +40,7 @@ const HMAC_SECRET_ENV: &str = "JWT_SECRET";
 #[command(name = "jwt-issuer", version, about, max_term_width = 100)]
 pub struct Cli {
     /// Directory of the private keys; created with mode 0700, keys generated on first start
-    #[arg(long, env = "JWT_ISSUER_KEYS_DIR", global = true)]
+    #[arg(long, env = "JWT_ISSUER_KEYS_DIR", global = true, help_heading = KEY_STORE_HEADING)]
     keys_dir: Option<PathBuf>,
 
     #[command(flatten)]
@@ -42,16 +55,16 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct TimingArgs {
     /// JWKS Cache-Control max-age, in seconds or with a unit (5m); at most 1 day
-    #[arg(long, env = "JWT_ISSUER_JWKS_MAX_AGE", value_parser = parse_seconds, global = true)]
+    #[arg(long, env = "JWT_ISSUER_JWKS_MAX_AGE", value_parser = parse_seconds, global = true, help_heading = KEY_STORE_HEADING)]
     jwks_max_age: Option<Duration>,
 
     /// The longest lifetime of any token (server default, per client, token issue); a
     /// retired key stays published this long plus the JWKS max-age plus the leeway
-    #[arg(long, env = "JWT_ISSUER_MAX_TOKEN_TTL", value_parser = parse_ttl, global = true)]
+    #[arg(long, env = "JWT_ISSUER_MAX_TOKEN_TTL", value_parser = parse_ttl, global = true, help_heading = KEY_STORE_HEADING)]
     max_token_ttl: Option<Duration>,
 
     /// Clock skew and reload slack added to every lifecycle wait
-    #[arg(long, env = "JWT_ISSUER_ROTATION_LEEWAY", value_parser = parse_seconds, global = true)]
+    #[arg(long, env = "JWT_ISSUER_ROTATION_LEEWAY", value_parser = parse_seconds, global = true, help_heading = KEY_STORE_HEADING)]
     rotation_leeway: Option<Duration>,
 }
 
@@ -82,8 +95,28 @@ struct Context {
 }
 
 impl Context {
+    /// The key store; only `serve` (first start), `keys generate` and `keys import` may
+    /// create one through it.
     fn key_store(&self) -> KeyStore {
         KeyStore::with_policy(&self.keys_dir, self.policy)
+    }
+
+    /// The key store, refused when it holds no key: a command run in the wrong directory
+    /// must not create a store no server reads, nor sign with keys no verifier knows.
+    fn existing_store(&self) -> Result<KeyStore> {
+        let store = self.key_store();
+        if store
+            .manifest()
+            .context("cannot load keys")?
+            .keys
+            .is_empty()
+        {
+            anyhow::bail!(
+                "no keys in {}: run `jwt-issuer serve` there once (or `jwt-issuer keys generate`), or point --keys-dir (JWT_ISSUER_KEYS_DIR) at the server's keys dir",
+                store.describe()
+            );
+        }
+        Ok(store)
     }
 }
 
@@ -99,16 +132,41 @@ pub fn parse_args() -> Cli {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
             _ => {
-                let rendered = err.render().to_string();
-                let line = rendered
-                    .lines()
-                    .next()
-                    .unwrap_or("error: invalid arguments");
-                eprintln!("{line} (see --help)");
+                eprintln!("{} (see --help)", one_line(&err.render().to_string()));
                 process::exit(2);
             }
         },
     }
+}
+
+/// clap's message on one line: what is wrong, the arguments it names and its "did you
+/// mean" tip, without the usage block.
+fn one_line(rendered: &str) -> String {
+    let mut line = String::new();
+    for part in rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        if !line.is_empty() {
+            line.push_str(if part.starts_with("tip:") { "; " } else { " " });
+        }
+        line.push_str(part);
+    }
+    if line.is_empty() {
+        line.push_str("error: invalid arguments");
+    }
+    line
+}
+
+/// Whether a command failed because its stdout was closed.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Runs one command.
@@ -116,7 +174,13 @@ pub fn parse_args() -> Cli {
 /// # Errors
 /// Whatever failed, with context and a hint where one helps, for main to print on one line.
 pub fn run(cli: Cli) -> Result<()> {
-    let _log_guard = init_logging();
+    // The server logs its work; a CLI command only what goes wrong (JWT_ISSUER_LOG=info
+    // shows the rest).
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let _log_guard = init_logging(default_level);
     let defaults = Config::default();
     let context = Context {
         keys_dir: cli.keys_dir.unwrap_or(defaults.keys_dir),
@@ -200,9 +264,9 @@ fn with_defaults_in_help(cmd: clap::Command) -> clap::Command {
 /// Logs go to stderr through a writer thread: request threads only format a line and
 /// hand it over, and lines written together share one write. Nothing is dropped (a full
 /// buffer makes the logging thread wait). Keep the guard until exit: dropping it flushes.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(default_level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JWT_ISSUER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         // The default 128k-line queue reserves megabytes up front; bursts beyond a few

@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use jwt_issuer::oauth::ClientStore;
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
@@ -17,7 +17,7 @@ use super::{Context, HMAC_SECRET_ENV, parse_seconds, parse_ttl};
 /// compute the same `iss`.
 #[derive(Debug, Args)]
 pub(super) struct IssuerArgs {
-    /// Address to listen on (serve); also the default issuer's host
+    /// Address the server listens on; the default issuer is http:// + this address
     #[arg(long, env = "JWT_ISSUER_BIND")]
     pub bind: Option<String>,
 
@@ -77,6 +77,13 @@ impl ServeArgs {
         config.rotate_every = self.rotate_every;
         config.hmac_secret = HmacSecret::from_env(HMAC_SECRET_ENV)?;
         config.validate().map_err(explain)?;
+        if config.issuer.is_none() && binds_every_interface(&config.bind) {
+            bail!(
+                "--bind {} listens on every interface, so http://{} would be the issuer, which no client can reach: set --issuer (JWT_ISSUER_ISSUER) to the URL clients use",
+                config.bind,
+                config.bind
+            );
+        }
         // Accepted only for verification, but a weak one is refused here too.
         HmacSecret::from_env(&format!("{HMAC_SECRET_ENV}_PREVIOUS"))?;
         Ok(config)
@@ -89,6 +96,9 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let store = context.key_store();
+    if let Some(notice) = store.secure() {
+        tracing::warn!("{notice}");
+    }
     let keys = load_keys(&store)?;
     let bootstrap = ClientStore::new(&config.keys_dir)
         .init_if_missing()
@@ -102,12 +112,21 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
             alg = %config.alg,
             "listening"
         );
+        if let Some(warning) = issuer_warning(app.issuer()) {
+            tracing::warn!("{warning}");
+        }
         if let Some(secret) = bootstrap {
             print_bootstrap_client(&format!("http://{}{TOKEN_PATH}", app.addr()), &secret);
         }
         actix_web::rt::spawn(stop);
         app.run_until_stopped().await.context("server failed")
     })
+}
+
+/// `0.0.0.0:P`, `[::]:P` and the like: an address to listen on, never one to reach.
+fn binds_every_interface(bind: &str) -> bool {
+    bind.parse::<std::net::SocketAddr>()
+        .is_ok_and(|addr| addr.ip().is_unspecified())
 }
 
 /// Loads the keys, generating them on first start, and says what it did.
@@ -118,6 +137,20 @@ pub(super) fn load_keys(store: &KeyStore) -> Result<KeySet> {
     }
     tracing::info!(count = keys.keys().len(), store = %store.describe(), "keys loaded");
     Ok(keys)
+}
+
+/// What is likely wrong with an issuer that is valid: verifiers compare it byte for byte.
+pub(super) fn issuer_warning(issuer: &Issuer) -> Option<String> {
+    let url = issuer.as_str();
+    let path = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
+    (path == "/").then(|| {
+        format!(
+            "issuer {url} ends with '/': tokens carry it byte for byte, so a verifier configured with {} rejects them",
+            url.trim_end_matches('/')
+        )
+    })
 }
 
 /// Sets `target` when a flag or variable gave a value; the default stays otherwise.

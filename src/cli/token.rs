@@ -16,7 +16,7 @@ use jwt_issuer::verify::{
 use jwt_issuer::{Config, Issuer, Signer, SignerConfig, SigningAlg, TokenRequest};
 use serde_json::{Map, Value};
 
-use super::serve::{IssuerArgs, load_keys};
+use super::serve::IssuerArgs;
 use super::{Context, HMAC_SECRET_ENV, check_max_ttl, parse_seconds, parse_ttl};
 
 #[derive(Debug, Subcommand)]
@@ -38,7 +38,7 @@ pub(super) struct IssueArgs {
     sub: String,
 
     /// Audience (`aud`); repeat for several; omitted when not given
-    #[arg(long)]
+    #[arg(long, visible_alias = "audience")]
     aud: Vec<String>,
 
     /// Lifetime, e.g. 15m, 1h (at most 24h)
@@ -83,7 +83,7 @@ pub(super) struct VerifyArgs {
     secret_env: Option<String>,
 
     /// Expected audience; repeat to accept any of several
-    #[arg(long)]
+    #[arg(long, visible_alias = "audience")]
     aud: Vec<String>,
 
     /// Accept any audience (for inspecting tokens; a service must check its audience)
@@ -99,6 +99,7 @@ pub(super) struct VerifyArgs {
     leeway: Option<Duration>,
 
     /// The token [default: read from stdin]
+    #[arg(allow_hyphen_values = true)]
     token: Option<String>,
 }
 
@@ -112,6 +113,7 @@ pub(super) fn run(context: &Context, command: TokenCommand) -> Result<()> {
 fn issue(context: &Context, args: IssueArgs) -> Result<()> {
     check_max_ttl(args.ttl, &context.policy)?;
     let defaults = Config::default();
+    let defaulted = args.issuer.issuer.is_none();
     let issuer = match args.issuer.issuer {
         Some(issuer) => issuer,
         None => Issuer::for_bind(&args.issuer.bind.unwrap_or(defaults.bind), None)?,
@@ -127,7 +129,10 @@ fn issue(context: &Context, args: IssueArgs) -> Result<()> {
             bail!("claim '{name}' is given twice");
         }
     }
-    let keys = load_keys(&context.key_store())?;
+    let keys = context
+        .existing_store()?
+        .load()
+        .context("cannot load keys")?;
     let secret = match alg {
         SigningAlg::Hs256 => Some(HmacSecret::require_env(HMAC_SECRET_ENV)?),
         _ => None,
@@ -145,7 +150,16 @@ fn issue(context: &Context, args: IssueArgs) -> Result<()> {
     request.alg = Some(alg);
     request.extra = extra;
     let issued = signer.issue(&request).context("cannot issue token")?;
-    println!("{}", issued.token);
+    let issuer = signer.issuer();
+    if defaulted {
+        eprintln!(
+            "warning: no --issuer (JWT_ISSUER_ISSUER): iss is {issuer}, the default of a server on this machine; a server elsewhere rejects the token"
+        );
+    }
+    if let Some(warning) = super::serve::issuer_warning(issuer) {
+        eprintln!("warning: {warning}");
+    }
+    outln!("{}", issued.token);
     Ok(())
 }
 
@@ -178,6 +192,9 @@ fn verify(args: VerifyArgs) -> Result<()> {
         }
     };
     let token = token.trim();
+    if token.is_empty() {
+        bail!("no token: pass it as an argument or on stdin");
+    }
     if args.aud.is_empty() && !args.any_audience {
         bail!("--aud is required (or --any-audience to skip the audience check)");
     }
@@ -205,22 +222,52 @@ fn verify(args: VerifyArgs) -> Result<()> {
     if let Some(leeway) = args.leeway {
         validation.leeway = leeway;
     }
-    let claims: Value = actix_web::rt::System::new().block_on(async {
-        let verifier = match (ring, args.jwks_uri) {
-            (Some(ring), _) => Verifier::fixed(ring, validation),
-            (None, Some(uri)) => Verifier::remote(
-                JwksCache::new(uri, JwksCacheOptions::default())?,
-                validation,
-            ),
-            (None, None) => {
-                let cache = JwksCache::discover(&issuer, JwksCacheOptions::default()).await?;
-                Verifier::remote(cache, validation)
-            }
-        };
-        verifier.verify(token).await
-    })?;
-    println!("{}", serde_json::to_string_pretty(&claims)?);
+    let claims: Value = actix_web::rt::System::new()
+        .block_on(async {
+            let verifier = match (ring, args.jwks_uri) {
+                (Some(ring), _) => Verifier::fixed(ring, validation),
+                (None, Some(uri)) => Verifier::remote(
+                    JwksCache::new(uri, JwksCacheOptions::default())?,
+                    validation,
+                ),
+                (None, None) => {
+                    let cache = JwksCache::discover(&issuer, JwksCacheOptions::default()).await?;
+                    Verifier::remote(cache, validation)
+                }
+            };
+            verifier.verify(token).await
+        })
+        .map_err(|err| hint_shared_secret(err, token, args.secret_env.is_some()))?;
+    outln!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
+}
+
+/// An HS256 token checked against public keys finds no key: say where its key is.
+fn hint_shared_secret(err: VerifyError, token: &str, had_secret: bool) -> anyhow::Error {
+    if err == VerifyError::UnknownKey
+        && !had_secret
+        && unverified_header_alg(token) == Some("HS256")
+    {
+        return anyhow::anyhow!(
+            "{err}: the token is HS256, signed with a shared secret, never in a JWKS; verify it with --secret-env NAME"
+        );
+    }
+    err.into()
+}
+
+/// The `alg` a token's header claims, read WITHOUT verifying anything: only to word an
+/// error message, never to choose a key or an algorithm.
+fn unverified_header_alg(token: &str) -> Option<&'static str> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let header: Value = serde_json::from_slice(&bytes).ok()?;
+    match header.get("alg")?.as_str()? {
+        "HS256" => Some("HS256"),
+        _ => None,
+    }
 }
 
 fn read_jwks_file(file: &PathBuf) -> Result<KeyRing, VerifyError> {

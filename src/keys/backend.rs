@@ -39,6 +39,13 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     /// A key that cannot be read.
     fn with_unrecorded(&self, manifest: Manifest, now: Millis) -> Result<Manifest, KeyStoreError>;
 
+    /// Makes the store's own access rules hold before it is served from (the keys dir
+    /// made 0700); returns what it changed or could not change, for the log. Nothing to do
+    /// by default.
+    fn secure(&self) -> Option<String> {
+        None
+    }
+
     /// The signing key of a record.
     ///
     /// # Errors

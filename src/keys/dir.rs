@@ -182,6 +182,22 @@ impl KeyBackend for KeysDir {
         files::version_of(&self.dir.join(MANIFEST_FILE))
     }
 
+    fn secure(&self) -> Option<String> {
+        let dir = self.dir.display();
+        match files::tighten_dir(&self.dir) {
+            Ok(None) => None,
+            Ok(Some(was)) => Some(format!(
+                "keys dir {dir} was {was:04o}; made it 0700 (private keys live there)"
+            )),
+            // A missing dir is created 0700 by the first change; a read-only mount (a
+            // Kubernetes Secret) cannot be changed and is served as it is.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(format!(
+                "keys dir {dir} is accessible by group or others and cannot be made 0700: {e}"
+            )),
+        }
+    }
+
     fn read_manifest(&self) -> Result<Option<Manifest>, KeyStoreError> {
         let path = self.dir.join(MANIFEST_FILE);
         let bytes = match fs::read(&path) {
@@ -247,6 +263,9 @@ impl KeyBackend for KeysDir {
             path: self.dir.clone(),
             source,
         })?;
+        if let Some(notice) = self.secure() {
+            tracing::warn!("{notice}");
+        }
         let lock_path = self.dir.join(LOCK_FILE);
         let _lock = files::lock(&lock_path).map_err(|source| KeyStoreError::Write {
             path: lock_path,

@@ -113,4 +113,7 @@ pub enum KeyStoreError {
     /// A lifecycle step refused, with what it did instead.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    /// A step over several algorithms refused, one reason each.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Refused(Vec<LifecycleError>),
 }

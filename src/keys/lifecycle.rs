@@ -241,6 +241,8 @@ pub struct Rotated {
     pub retired: String,
     /// When the retired key leaves the JWKS.
     pub retired_until: Millis,
+    /// The next key published by the rotation, to sign at the one after.
+    pub next: Option<String>,
 }
 
 impl Manifest {
@@ -372,16 +374,68 @@ impl Manifest {
                 key.activated = Some(now);
             }
         }
-        if !new_next.is_empty() {
+        let next = (!new_next.is_empty()).then(|| {
             self.keys
-                .push(KeyRecord::new(new_next, alg, KeyState::Next, now));
-        }
+                .push(KeyRecord::new(new_next.clone(), alg, KeyState::Next, now));
+            new_next
+        });
         Ok(Rotated {
             alg,
             activated: candidate.kid,
             retired: active,
             retired_until: now + millis(policy.retention()),
+            next,
         })
+    }
+
+    /// Rotates several algorithms as one step: all of them, or none. `fresh` holds, per
+    /// algorithm, the kids of freshly created keys: the first becomes the next key; with
+    /// `force` and no next key, the second signs at once. Rotating all or none keeps the
+    /// algorithms' keys in step, so one command rotates every algorithm each time.
+    ///
+    /// # Errors
+    /// Every algorithm's refusal; the manifest then holds only the next keys published
+    /// for algorithms that had none.
+    pub fn rotate_all(
+        &mut self,
+        fresh: &[(SigningAlg, Vec<String>)],
+        now: Millis,
+        force: bool,
+        policy: &RotationPolicy,
+    ) -> Result<Vec<Rotated>, Vec<LifecycleError>> {
+        let mut trial = self.clone();
+        let mut rotated = Vec::new();
+        let mut refused = Vec::new();
+        for (alg, kids) in fresh {
+            let Some(first) = kids.first() else {
+                continue;
+            };
+            if let Some(signs_now) = kids.get(1)
+                && force
+                && trial.oldest_next(*alg).is_none()
+            {
+                trial
+                    .keys
+                    .push(KeyRecord::new(signs_now.clone(), *alg, KeyState::Next, now));
+            }
+            match trial.rotate(*alg, now, force, first.clone(), policy) {
+                Ok(r) => rotated.push(r),
+                Err(e) => refused.push(e),
+            }
+        }
+        if refused.is_empty() {
+            *self = trial;
+            return Ok(rotated);
+        }
+        // Nothing rotates, but algorithms without a next key get one now, so the next
+        // attempt can succeed for all of them.
+        for e in &refused {
+            if let LifecycleError::PublishedNext { alg, kid, .. } = e {
+                self.keys
+                    .push(KeyRecord::new(kid.clone(), *alg, KeyState::Next, now));
+            }
+        }
+        Err(refused)
     }
 
     /// Revokes a key: it leaves the JWKS at once. A revoked active key is replaced by the
@@ -782,5 +836,55 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         assert!(json.contains("2026-11-26T"), "{json}");
         assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn rotating_several_algorithms_is_all_or_none() {
+        let p = policy();
+        let mut m = store();
+        m.add("r1".into(), SigningAlg::Rs256, 0);
+        let fresh = |a: &str, r: &str| {
+            vec![
+                (SigningAlg::Es256, vec![a.to_owned()]),
+                (SigningAlg::Rs256, vec![r.to_owned()]),
+            ]
+        };
+        // No next keys: nothing rotates, each algorithm gets one.
+        let err = m.rotate_all(&fresh("e1", "r2"), 0, false, &p).unwrap_err();
+        assert_eq!(err.len(), 2);
+        assert_eq!(m.oldest_next(SigningAlg::Es256).unwrap().kid, "e1");
+        assert_eq!(m.oldest_next(SigningAlg::Rs256).unwrap().kid, "r2");
+        // One ready, one too young: neither rotates, so they stay in step.
+        let delay = millis(p.activation_delay());
+        m.keys.iter_mut().find(|k| k.kid == "r2").unwrap().published = S;
+        let err = m
+            .rotate_all(&fresh("e2", "r3"), delay, false, &p)
+            .unwrap_err();
+        assert!(
+            matches!(err[..], [LifecycleError::NextTooYoung { .. }]),
+            "{err:?}"
+        );
+        assert_eq!(m.active(SigningAlg::Es256).unwrap().kid, "a1");
+        assert!(m.get("e2").is_none() && m.get("r3").is_none());
+        // Both ready: both rotate, each leaving a next key.
+        let done = m
+            .rotate_all(&fresh("e2", "r3"), delay + S, false, &p)
+            .unwrap();
+        assert_eq!(done.len(), 2);
+        assert_eq!(m.active(SigningAlg::Es256).unwrap().kid, "e1");
+        assert_eq!(m.active(SigningAlg::Rs256).unwrap().kid, "r2");
+        assert_eq!(done[0].next.as_deref(), Some("e2"));
+        // Forced without next keys: the second fresh key signs, the first is the next.
+        let mut bare = store();
+        let done = bare
+            .rotate_all(
+                &[(SigningAlg::Es256, vec!["n".into(), "now".into()])],
+                0,
+                true,
+                &p,
+            )
+            .unwrap();
+        assert_eq!(done[0].activated, "now");
+        assert_eq!(bare.oldest_next(SigningAlg::Es256).unwrap().kid, "n");
     }
 }

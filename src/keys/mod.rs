@@ -90,6 +90,11 @@ impl KeyStore {
         self.backend.describe()
     }
 
+    /// Makes the store's access rules hold before serving (see [`KeyBackend::secure`]).
+    pub fn secure(&self) -> Option<String> {
+        self.backend.secure()
+    }
+
     /// The timing rules.
     pub fn policy(&self) -> &RotationPolicy {
         &self.policy
@@ -228,11 +233,50 @@ impl KeyStore {
     /// [`LifecycleError`] explains a refusal; when no next key existed, one has been
     /// published by the refused call.
     pub fn rotate(&self, alg: SigningAlg, force: bool) -> Result<Rotated, KeyStoreError> {
-        let fresh = self.backend.create_key(alg, DEFAULT_RSA_BITS)?;
+        match self.rotate_all(&[alg], force) {
+            Ok(mut rotated) => rotated
+                .pop()
+                .ok_or(KeyStoreError::Lifecycle(LifecycleError::NoActiveKey(alg))),
+            Err(KeyStoreError::Refused(mut reasons)) if reasons.len() == 1 => {
+                Err(KeyStoreError::Lifecycle(reasons.remove(0)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rotates `algs` as one step, all or none ([`Manifest::rotate_all`]), so their keys
+    /// stay in step: each run of `keys rotate` rotates every algorithm or explains why
+    /// none. A forced rotation without a next key makes a fresh key sign and publishes
+    /// another as the next, so every rotation leaves a next key behind.
+    ///
+    /// # Errors
+    /// [`KeyStoreError::Refused`] with each algorithm's reason.
+    pub fn rotate_all(
+        &self,
+        algs: &[SigningAlg],
+        force: bool,
+    ) -> Result<Vec<Rotated>, KeyStoreError> {
+        let manifest = self.manifest()?;
+        let mut fresh = Vec::new();
+        for &alg in algs {
+            let count = if force && manifest.oldest_next(alg).is_none() {
+                2
+            } else {
+                1
+            };
+            let keys = (0..count)
+                .map(|_| self.backend.create_key(alg, DEFAULT_RSA_BITS))
+                .collect::<Result<Vec<_>, _>>()?;
+            fresh.push((alg, keys));
+        }
+        let kids: Vec<(SigningAlg, Vec<String>)> = fresh
+            .iter()
+            .map(|(alg, keys)| (*alg, keys.iter().map(|k| k.kid().to_owned()).collect()))
+            .collect();
         self.transact(|manifest, pending, now| {
-            let result = manifest.rotate(alg, now, force, fresh.kid().to_owned(), &self.policy);
-            pending.push(fresh);
-            result.map_err(KeyStoreError::from)
+            let result = manifest.rotate_all(&kids, now, force, &self.policy);
+            pending.extend(fresh.into_iter().flat_map(|(_, keys)| keys));
+            result.map_err(KeyStoreError::Refused)
         })?
     }
 

@@ -19,7 +19,7 @@ use crate::error_body::ErrorBody;
 
 pub use clients::{
     Client, ClientBackend, ClientRegistry, ClientStore, ClientStoreError, ClientsFile, Credential,
-    NewClient, Proof,
+    NewClient, Proof, SkippedClient,
 };
 pub use endpoint::{DEFAULT_TOKEN_TTL, Issued, TokenCall, TokenEndpoint};
 pub use limiter::{AuthLimiter, AuthLimits};

@@ -5,6 +5,7 @@ use actix_web::{HttpResponse, web};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::KeySet;
+use crate::oauth::ClientRegistry;
 
 /// The service's counters, in a registry of their own (one per server, so several servers
 /// in one process do not mix their figures).
@@ -14,6 +15,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     jwks: IntCounterVec,
     keys_loaded: IntGaugeVec,
+    clients: IntGaugeVec,
     tokens: IntCounterVec,
 }
 
@@ -45,6 +47,13 @@ impl Metrics {
             ),
             &["alg"],
         )?;
+        let clients = IntGaugeVec::new(
+            Opts::new(
+                "jwt_issuer_clients",
+                "Registered clients: served, or skipped (an entry this server cannot serve)",
+            ),
+            &["state"],
+        )?;
         let tokens = IntCounterVec::new(
             Opts::new(
                 "jwt_issuer_token_requests_total",
@@ -56,11 +65,13 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(jwks.clone()))?;
         registry.register(Box::new(keys_loaded.clone()))?;
+        registry.register(Box::new(clients.clone()))?;
         Ok(Self {
             registry,
             requests,
             jwks,
             keys_loaded,
+            clients,
             tokens,
         })
     }
@@ -86,6 +97,17 @@ impl Metrics {
             Err(code) => ["refused", code],
         };
         self.tokens.with_label_values(&labels).inc();
+    }
+
+    /// Sets the clients gauges from a registry.
+    pub fn set_clients(&self, registry: &ClientRegistry) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.clients
+            .with_label_values(&["served"])
+            .set(count(registry.len()));
+        self.clients
+            .with_label_values(&["skipped"])
+            .set(count(registry.skipped().len()));
     }
 
     /// Sets the keys-loaded gauge from a key set.

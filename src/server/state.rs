@@ -82,6 +82,7 @@ pub struct AppState {
     /// Where the registry comes from.
     pub client_store: ClientStore,
     client_version: Mutex<Option<StoreVersion>>,
+    last_client_error: Mutex<Option<String>>,
     /// The token endpoint: grants, client authentication, brute-force limits.
     pub token_endpoint: TokenEndpoint,
     last_maintenance_error: Mutex<Option<(String, std::time::Instant)>>,
@@ -148,6 +149,8 @@ impl AppState {
             config.hmac_secret.is_some(),
             &published.signer,
         )?;
+        report_skipped(&clients);
+        metrics.set_clients(&clients);
         let discovery = discovery_document(&config, &token_endpoint, &published, &clients);
         Ok(Self {
             published: ArcSwap::from_pointee(published),
@@ -163,6 +166,7 @@ impl AppState {
             clients: ArcSwap::from_pointee(clients),
             client_store,
             client_version: Mutex::new(client_version),
+            last_client_error: Mutex::new(None),
             token_endpoint,
             settings: config,
             last_maintenance_error: Mutex::new(None),
@@ -292,19 +296,36 @@ impl AppState {
         if !force && version == *last {
             return;
         }
-        *last = version;
+        let mut last_error = self
+            .last_client_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match load_clients(
             &self.client_store,
             self.settings.hmac_secret.is_some(),
             &self.published.load().signer,
         ) {
             Ok(registry) => {
-                tracing::info!(clients = registry.len(), "client registry reloaded");
+                // Recorded only now: a load that failed is tried again at the next tick.
+                *last = version;
+                *last_error = None;
+                tracing::info!(
+                    clients = registry.len(),
+                    skipped = registry.skipped().len(),
+                    "client registry reloaded"
+                );
+                report_skipped(&registry);
+                self.metrics.set_clients(&registry);
                 self.clients.store(Arc::new(registry));
                 self.refresh_discovery();
             }
             Err(err) => {
-                tracing::error!(error = %Report(&err), "client registry failed to load; keeping the previous one");
+                // Once per distinct error: a broken file is retried every tick.
+                let text = Report(&err).to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %text, "client registry failed to load; keeping the previous one");
+                }
+                *last_error = Some(text);
             }
         }
     }
@@ -327,135 +348,37 @@ fn discovery_document(
     Metadata::new(&settings.signer.issuer, algs, endpoint).to_bytes()
 }
 
+/// One error line per client the server does not serve.
+fn report_skipped(registry: &ClientRegistry) {
+    for skipped in registry.skipped() {
+        tracing::error!(client_id = %skipped.client_id.escape_debug(), reason = %skipped.reason, "client skipped; every other client is served");
+    }
+}
+
 fn load_clients(
     store: &ClientStore,
     have_secret: bool,
     signer: &Signer,
 ) -> Result<ClientRegistry, ClientStoreError> {
-    let registry = store.load()?;
-    if let Some((client, alg)) = registry
-        .clients()
-        .into_iter()
-        .filter_map(|c| c.alg.map(|alg| (c, alg)))
-        .find(|(_, alg)| *alg != SigningAlg::Hs256 && !signer.supports(*alg))
-    {
-        return Err(ClientStoreError::Invalid {
-            path: store.describe().into(),
-            reason: format!(
-                "client {:?} uses {alg}, but no {alg} key is active",
-                client.client_id
-            ),
-        });
-    }
-    if !have_secret
-        && let Some(client) = registry
-            .clients()
-            .into_iter()
-            .find(|c| c.alg == Some(SigningAlg::Hs256))
-    {
-        return Err(ClientStoreError::Invalid {
-            path: store.describe().into(),
-            reason: format!(
-                "client {:?} uses HS256 but no JWT_SECRET or JWT_SECRET_FILE is set",
-                client.client_id
-            ),
-        });
-    }
-    for client in registry.clients() {
-        if let Some(ttl) = client.ttl_secs {
-            check_ttl(Duration::from_secs(ttl), signer.max_ttl()).map_err(|e| {
-                ClientStoreError::Invalid {
-                    path: store.describe().into(),
-                    reason: format!(
-                        "client {:?} has a token ttl longer than max_token_ttl ({}s)",
-                        client.client_id,
+    let mut registry = store.load()?;
+    // What this server cannot serve is skipped client by client, never the registry.
+    registry.skip_if(|client| match client.alg {
+        Some(SigningAlg::Hs256) if !have_secret => {
+            Some("uses HS256, but this server has no JWT_SECRET or JWT_SECRET_FILE".into())
+        }
+        Some(alg) if alg != SigningAlg::Hs256 && !signer.supports(alg) => {
+            Some(format!("uses {alg}, but no {alg} key is active"))
+        }
+        _ => client.ttl_secs.and_then(|ttl| {
+            check_ttl(Duration::from_secs(ttl), signer.max_ttl())
+                .err()
+                .map(|e| {
+                    format!(
+                        "its token ttl is longer than max_token_ttl ({}s)",
                         e.max.as_secs()
-                    ),
-                }
-            })?;
-        }
-    }
+                    )
+                })
+        }),
+    });
     Ok(registry)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::keys::lifecycle::millis;
-    use crate::keys::{DEFAULT_RSA_BITS, RotationPolicy};
-    use crate::time::now_ms;
-
-    const EVERY: Duration = Duration::from_secs(86_400);
-
-    /// A server over one ES256 key in a temp keys dir, rotating daily, whose active key
-    /// was activated `ago` ago (so its scheduled rotation is `EVERY - ago` away).
-    fn state(ago: Duration) -> (tempfile::TempDir, AppState) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::new(dir.path());
-        store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
-        let loaded = store.load().unwrap();
-        let mut manifest = loaded.manifest().clone();
-        let now = now_ms();
-        for key in &mut manifest.keys {
-            key.activated = Some(now - millis(ago));
-        }
-        let keys = KeySet::new(loaded.keys().to_vec(), manifest, now);
-        let config = Config {
-            keys_dir: dir.path().to_owned(),
-            rotate_every: Some(EVERY),
-            ..Config::default()
-        };
-        let issuer = Issuer::parse("https://issuer.example").unwrap();
-        let state = AppState::from_config(&config, issuer, keys).unwrap();
-        (dir, state)
-    }
-
-    /// The current snapshot with another next change.
-    fn changing_at(state: &AppState, next_change: Option<Millis>) -> Published {
-        let current = state.published.load();
-        Published {
-            signer: current.signer.clone(),
-            jwks: current.jwks.clone(),
-            jwks_etag: current.jwks_etag.clone(),
-            next_change,
-            version: current.version.clone(),
-        }
-    }
-
-    fn max_age(value: &HeaderValue) -> u64 {
-        let text = value.to_str().unwrap();
-        text.strip_prefix("public, max-age=")
-            .unwrap_or_else(|| panic!("{text}"))
-            .parse()
-            .unwrap()
-    }
-
-    #[test]
-    fn jwks_max_age_is_the_configured_one_when_no_change_is_near() {
-        let (_dir, state) = state(Duration::ZERO);
-        assert_eq!(state.jwks_max_age, RotationPolicy::DEFAULT_JWKS_MAX_AGE);
-        let published = state.published.load();
-        assert!(published.next_change.is_some(), "a rotation is scheduled");
-        assert_eq!(max_age(&state.jwks_cache_control(&published)), 300);
-        let unscheduled = changing_at(&state, None);
-        assert_eq!(max_age(&state.jwks_cache_control(&unscheduled)), 300);
-        let later = changing_at(&state, Some(now_ms() + 305_000));
-        assert_eq!(max_age(&state.jwks_cache_control(&later)), 300);
-    }
-
-    #[test]
-    fn jwks_max_age_shortens_to_the_time_left_before_a_scheduled_rotation() {
-        let (_dir, state) = state(EVERY - Duration::from_secs(100));
-        let left = max_age(&state.jwks_cache_control(&state.published.load()));
-        assert!((95..=100).contains(&left), "max-age={left}");
-    }
-
-    #[test]
-    fn jwks_max_age_counts_whole_seconds_down_to_zero_once_a_change_is_due() {
-        let (_dir, state) = state(Duration::ZERO);
-        let soon = changing_at(&state, Some(now_ms() + 299_500));
-        assert_eq!(max_age(&state.jwks_cache_control(&soon)), 299);
-        let due = changing_at(&state, Some(now_ms() - 5_000));
-        assert_eq!(max_age(&state.jwks_cache_control(&due)), 0);
-    }
 }

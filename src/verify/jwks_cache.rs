@@ -108,10 +108,12 @@ impl JwksCache {
                     };
                     let doc: serde_json::Value = serde_json::from_slice(&body)
                         .map_err(|e| invalid(format!("not JSON: {e}")))?;
-                    if doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer) {
+                    let published = doc.get("issuer").and_then(|v| v.as_str());
+                    if published != Some(issuer) {
                         return Err(unavailable(KeySetError::IssuerMismatch {
                             url,
                             expected: issuer.to_owned(),
+                            published: published.unwrap_or_default().chars().take(256).collect(),
                         }));
                     }
                     let jwks_uri = doc

@@ -123,11 +123,13 @@ pub enum KeySetError {
         reason: String,
     },
     /// A discovery document for another issuer (RFC 8414 section 3.3).
-    #[error("{url}: issuer does not match {expected}")]
+    #[error("{url}: issuer {published:?} does not match the expected {expected:?}")]
     IssuerMismatch {
         /// The document's URL.
         url: String,
         /// The issuer asked for.
         expected: String,
+        /// The issuer the document names (empty when it names none).
+        published: String,
     },
 }

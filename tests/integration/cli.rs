@@ -1,10 +1,8 @@
 //! The binary: help, bad arguments, first start, graceful shutdown.
 
-use std::time::{Duration, Instant};
-
 use tempfile::TempDir;
 
-use crate::helpers::{ServeProcess, keys_dir_with_template, list_dir, run_cli};
+use crate::helpers::{PATIENCE, ServeProcess, keys_dir_with_template, list_dir, run_cli, wait_for};
 
 #[test]
 fn help_reads_well_on_every_command() {
@@ -153,17 +151,13 @@ fn first_start_generates_keys_and_says_so() {
             .count(),
         2
     );
-    drop(server);
-
-    // The startup log said what it generated: start again on a fresh dir and read it.
-    let tmp2 = TempDir::new().unwrap();
-    let out = run_cli(&tmp2.path().join("keys"), &["token", "issue", "--sub", "x"]);
-    let generated: Vec<&str> = out
-        .stderr
-        .lines()
+    // The startup log said what it generated (logged before "listening").
+    let log = server.drain_log();
+    let generated: Vec<&String> = log
+        .iter()
         .filter(|l| l.contains("generated signing key"))
         .collect();
-    assert_eq!(generated.len(), 2, "{}", out.stderr);
+    assert_eq!(generated.len(), 2, "{log:#?}");
     assert!(
         generated.iter().any(|l| l.contains("ES256"))
             && generated.iter().any(|l| l.contains("RS256"))
@@ -181,17 +175,10 @@ fn sigterm_and_sigint_stop_the_server_gracefully() {
             .status()
             .unwrap();
         assert!(status.success());
-        let start = Instant::now();
-        let exit = loop {
-            if let Some(exit) = server.child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "server did not stop on SIG{signal}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let what = format!("the server to stop on SIG{signal}");
+        let exit = wait_for(PATIENCE, &what, || {
+            server.child.try_wait().unwrap().ok_or("running")
+        });
         assert!(exit.success(), "SIG{signal}: {exit:?}");
         let log = server.drain_log().join("\n");
         assert!(log.contains("shutting down gracefully"), "{log}");

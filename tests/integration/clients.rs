@@ -3,7 +3,7 @@
 use std::fs;
 
 use crate::helpers::{
-    self, ServeProcess, TestClient, keys_dir_with_template, list_dir, mode, run_cli,
+    self, PATIENCE, ServeProcess, TestClient, keys_dir_with_template, list_dir, mode, run_cli,
 };
 
 #[test]
@@ -129,15 +129,9 @@ fn first_start_registers_a_client_and_prints_a_working_curl_once() {
     let dir = tmp.path().join("keys");
     let server = ServeProcess::start(&dir, &[]);
     let mut log = Vec::new();
-    let start = std::time::Instant::now();
-    while !log.iter().any(|l: &String| l.contains("curl ")) {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(5),
-            "no curl line: {log:#?}"
-        );
-        log.extend(server.drain_log());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    server.read_log_until(&mut log, PATIENCE, "the curl line", |lines| {
+        lines.iter().any(|l| l.contains("curl "))
+    });
     let secret_line = log
         .iter()
         .find(|l| l.contains("client_secret:"))
@@ -154,10 +148,16 @@ fn first_start_registers_a_client_and_prints_a_working_curl_once() {
     let refused = server.token_response(&TestClient::new("demo", "wrong"), &[]);
     assert_eq!(refused.status, 401);
 
-    // The log tells what happened, without the secret (past the banner) or the token.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let after: Vec<String> = server.drain_log();
-    let joined = after.join("\n");
+    // The log tells what happened, without the secret (past the banner) or the token:
+    // every line up to now, once both requests' lines are in.
+    let banner = log.len();
+    let issued = |l: &String| l.contains("outcome=\"issued\"") || l.contains("outcome=issued");
+    server.read_log_until(&mut log, PATIENCE, "both requests' log lines", |lines| {
+        let after = &lines[banner..];
+        after.iter().any(issued) && after.iter().any(|l| l.contains("invalid_client"))
+    });
+    server.read_log_to_now(&mut log);
+    let joined = log[banner..].join("\n");
     assert!(
         joined.contains("outcome=\"issued\"") || joined.contains("outcome=issued"),
         "{joined}"
@@ -171,13 +171,10 @@ fn first_start_registers_a_client_and_prints_a_working_curl_once() {
     );
     drop(server);
 
-    // A second start shows no secret again.
+    // A second start shows no secret again (banners come before the log line that
+    // `read_log_to_now` waits for).
     let again = ServeProcess::start(&dir, &[]);
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(
-        !again
-            .drain_log()
-            .iter()
-            .any(|l| l.contains("client_secret"))
-    );
+    let mut log = Vec::new();
+    again.read_log_to_now(&mut log);
+    assert!(!log.iter().any(|l| l.contains("client_secret")), "{log:#?}");
 }

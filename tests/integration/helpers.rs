@@ -2,6 +2,7 @@
 //! any actix app), clients that authenticate themselves, the real binary, plain HTTP.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::fs;
 use std::future::Future;
 use std::io::{self, BufRead, BufReader};
@@ -387,12 +388,19 @@ pub fn send(
 /// keys dir.
 pub fn cli(keys_dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jwt-issuer"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("JWT_ISSUER_") || name.starts_with("JWT_SECRET") {
-            cmd.env_remove(name);
+    without_issuer_env(&mut cmd).env("JWT_ISSUER_KEYS_DIR", keys_dir);
+    cmd
+}
+
+/// `cmd` without the caller's JWT_ISSUER_* and JWT_SECRET* variables, which would change
+/// what the binary does.
+pub fn without_issuer_env(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("JWT_ISSUER_") || text.starts_with("JWT_SECRET") {
+            cmd.env_remove(&name);
         }
     }
-    cmd.env("JWT_ISSUER_KEYS_DIR", keys_dir);
     cmd
 }
 
@@ -485,6 +493,54 @@ impl ServeProcess {
         lines
     }
 
+    /// Reads log lines into `lines` as they arrive until `done(lines)` holds. After
+    /// `limit`, or when the log ends, the test fails naming `what` it waited for, with
+    /// every line read.
+    #[track_caller]
+    pub fn read_log_until(
+        &self,
+        lines: &mut Vec<String>,
+        limit: Duration,
+        what: &str,
+        mut done: impl FnMut(&[String]) -> bool,
+    ) {
+        lines.extend(self.early.take());
+        let start = Instant::now();
+        while !done(lines) {
+            let left = limit.saturating_sub(start.elapsed());
+            match self.log.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("waited {limit:?} for {what}; log: {lines:#?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the log ended before {what}; log: {lines:#?}")
+                }
+            }
+        }
+    }
+
+    /// Reads into `lines` every log line the server wrote before this call. A SIGHUP
+    /// makes the server log "SIGHUP: reloading" (and reload, which changes nothing here)
+    /// from its main thread, after the start banners and after every event already
+    /// queued for the log writer; lines arrive in the order written, so once that line is
+    /// read, so is every earlier one. Checks that something is *not* logged need this: a
+    /// fixed sleep would only cover the lines that happen to arrive in time.
+    #[track_caller]
+    pub fn read_log_to_now(&self, lines: &mut Vec<String>) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP {}", self.child.id());
+        let from = lines.len();
+        self.read_log_until(lines, PATIENCE, "the server's SIGHUP log line", |lines| {
+            lines[from..]
+                .iter()
+                .any(|l| l.contains("SIGHUP: reloading"))
+        });
+    }
+
     /// GET a path of this server.
     pub fn get(&self, path: &str) -> HttpResponse {
         request("GET", &format!("{}{path}", self.url), &[])
@@ -549,24 +605,66 @@ pub fn verify_with_jwks(
     jsonwebtoken::decode(token, &jwk.decoding_key()?, &validation).map(|t| t.claims)
 }
 
-/// Polls `done` every 50 ms; fails the test if it is not true within `limit`.
-pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+/// How long a test waits for something that must happen (a reload, a log line, a
+/// rotation) before it fails. Generous, since CI runs the suite on 2 loaded cores; a
+/// passing test waits only until the thing happens.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// How often [`wait_for`] and [`wait_until`] look again.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Polls `probe` every 25 ms until it returns `Ok`, and returns that value. After `limit`
+/// the test fails, naming `what` it waited for and what `probe` returned last.
+#[track_caller]
+pub fn wait_for<T, S: Debug>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, S>,
+) -> T {
     let start = Instant::now();
-    while !done() {
+    loop {
+        let seen = match probe() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
         assert!(
             start.elapsed() < limit,
-            "condition not met within {limit:?}"
+            "waited {limit:?} for {what}; last seen: {seen:#?}"
         );
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(POLL);
     }
+}
+
+/// Polls `done` every 25 ms; fails the test, naming `what`, if it is not true within
+/// `limit`.
+#[track_caller]
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    wait_for(limit, what, || if done() { Ok(()) } else { Err("not yet") });
 }
 
 /// Seconds since the Unix epoch, as in `iat` and `exp`.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch, as the key manifest records times.
+pub fn unix_now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
+        .expect("clock after 1970");
+    u64::try_from(since.as_millis()).expect("milliseconds fit in u64")
+}
+
+/// Sleeps until the wall clock reads `ms` (milliseconds since the Unix epoch) or later:
+/// the key store compares its recorded times with the same clock.
+pub fn sleep_until_unix_ms(ms: u64) {
+    loop {
+        let now = unix_now_ms();
+        if now >= ms {
+            return;
+        }
+        thread::sleep(Duration::from_millis(ms - now));
+    }
 }
 
 /// `Authorization: Basic` for id and secret, form-urlencoded first (RFC 6749 2.3.1).

@@ -1,5 +1,11 @@
 //! JwksCache against a real local JWKS server that counts fetches: max-age, unknown-kid
 //! cooldown, a down or garbage issuer, one fetch for concurrent first use, limits.
+//!
+//! Timing: a test waits out a max-age or cooldown from the end of the last call (the last
+//! fetch ended before it), so the next call is past it however loaded the machine. "No
+//! fetch within the period" is checked against the time the calls really took: none
+//! more while they took less than the period (the usual case), one more per whole period
+//! on a machine so loaded that they took longer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,8 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, web};
-use jwt_issuer::KeyStore;
 use jwt_issuer::verify::{JwksCache, JwksCacheOptions, KeySetError, VerifyError};
+use jwt_issuer::{KeySet, KeyStore};
 
 use crate::helpers::{TestApp, TestServer, keys_dir_with_template};
 
@@ -30,7 +36,8 @@ struct JwksServer {
     url: String,
     fetches: Arc<AtomicUsize>,
     mode: Arc<Mutex<Mode>>,
-    body: String,
+    /// The key set it serves, private keys included (to sign with).
+    keys: KeySet,
     kids: Vec<String>,
     _server: TestServer,
 }
@@ -79,7 +86,7 @@ impl JwksServer {
             url: format!("{}/jwks.json", server.url),
             fetches,
             mode,
-            body,
+            keys,
             kids,
             _server: server,
         }
@@ -92,6 +99,23 @@ impl JwksServer {
     fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
     }
+
+    /// Asserts that the server was asked `expected` times, or at most one time more per
+    /// whole `period` in `span` (the time the calls since the last expected fetch took).
+    #[track_caller]
+    fn assert_fetches(&self, expected: usize, span: Duration, period: Duration, what: &str) {
+        let fetches = self.fetches();
+        let extra = usize::try_from(span.as_nanos() / period.as_nanos()).unwrap();
+        assert!(
+            (expected..=expected + extra).contains(&fetches),
+            "{what}: {fetches} fetches, expected {expected} (calls took {span:?})"
+        );
+    }
+}
+
+/// Sleeps until `period` has passed since `since`.
+async fn sleep_past(since: Instant, period: Duration) {
+    actix_web::rt::time::sleep((since + period).saturating_duration_since(Instant::now())).await;
 }
 
 fn serve(max_age: &'static str) -> Mode {
@@ -105,7 +129,8 @@ fn options() -> JwksCacheOptions {
     JwksCacheOptions {
         min_max_age: Duration::ZERO,
         cooldown: Duration::from_millis(500),
-        timeout: Duration::from_secs(2),
+        // Far beyond any answer of the local server, even on a loaded machine.
+        timeout: Duration::from_secs(10),
         ..JwksCacheOptions::default()
     }
 }
@@ -116,21 +141,35 @@ fn run<F: std::future::Future>(f: F) -> F::Output {
 
 #[test]
 fn max_age_is_honoured() {
+    let max_age = Duration::from_secs(1);
     let server = JwksServer::start(serve("public, max-age=1"));
     let cache = JwksCache::new(&server.url, options()).unwrap();
     run(async {
         let kid = &server.kids[0];
+        let start = Instant::now();
         cache.key(kid).await.unwrap();
         assert_eq!(server.fetches(), 1);
         for _ in 0..20 {
             cache.key(kid).await.unwrap();
         }
-        assert_eq!(server.fetches(), 1, "fresh for max-age");
-        actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
+        let end = Instant::now();
+        server.assert_fetches(1, end - start, max_age, "fresh for max-age");
+        let before = server.fetches();
+        sleep_past(end, max_age).await;
         cache.key(kid).await.unwrap();
-        assert_eq!(server.fetches(), 2, "refetched once stale");
+        assert_eq!(server.fetches(), before + 1, "refetched once stale");
+        // The refetched set holds the issuer's keys: each verifies its signatures.
+        for key in server.keys.keys() {
+            let cached = cache.key(key.kid()).await.unwrap();
+            assert_eq!(cached.alg(), key.alg());
+            let signature = key.sign(b"signed by the issuer").unwrap();
+            assert!(
+                cached.verify(b"signed by the issuer", &signature),
+                "{} does not verify its key's signature",
+                key.kid()
+            );
+        }
     });
-    assert!(!server.body.is_empty());
 }
 
 #[test]
@@ -150,14 +189,15 @@ fn max_age_is_clamped_by_floor_and_ceiling() {
     assert_eq!(server.fetches(), 1, "max-age=0 is raised to the 60 s floor");
 
     let server = JwksServer::start(serve("max-age=86400"));
+    let ceiling = Duration::from_millis(300);
     let opts = JwksCacheOptions {
-        max_max_age: Duration::from_millis(300),
+        max_max_age: ceiling,
         ..options()
     };
     let cache = JwksCache::new(&server.url, opts).unwrap();
     run(async {
         cache.key(&server.kids[0]).await.unwrap();
-        actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+        sleep_past(Instant::now(), ceiling).await;
         cache.key(&server.kids[0]).await.unwrap();
     });
     assert_eq!(
@@ -170,24 +210,33 @@ fn max_age_is_clamped_by_floor_and_ceiling() {
 #[test]
 fn unknown_kids_refetch_at_most_once_per_cooldown() {
     let server = JwksServer::start(serve("max-age=3600"));
+    let cooldown = options().cooldown;
     let cache = JwksCache::new(&server.url, options()).unwrap();
     run(async {
+        let start = Instant::now();
         cache.key(&server.kids[0]).await.unwrap();
         for i in 0..50 {
             let err = cache.key(&format!("random-kid-{i}")).await.unwrap_err();
             assert_eq!(err, VerifyError::UnknownKey);
         }
-        assert_eq!(server.fetches(), 1, "no fetch storm from random kids");
-        actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+        let end = Instant::now();
+        server.assert_fetches(1, end - start, cooldown, "no fetch storm from random kids");
+        let before = server.fetches();
+        sleep_past(end, cooldown).await;
+        let start = Instant::now();
         assert_eq!(
             cache.key("another-random-kid").await.unwrap_err(),
             VerifyError::UnknownKey
         );
-        assert_eq!(server.fetches(), 2, "one refetch after the cooldown");
+        assert_eq!(
+            server.fetches(),
+            before + 1,
+            "one refetch after the cooldown"
+        );
         for i in 0..20 {
             let _ = cache.key(&format!("more-{i}")).await;
         }
-        assert_eq!(server.fetches(), 2);
+        server.assert_fetches(before + 1, start.elapsed(), cooldown, "within the cooldown");
         // Known kids never wait for anything.
         cache.key(&server.kids[1]).await.unwrap();
     });
@@ -196,10 +245,11 @@ fn unknown_kids_refetch_at_most_once_per_cooldown() {
 #[test]
 fn a_down_or_garbage_issuer_keeps_the_last_good_key_set() {
     let server = JwksServer::start(serve("max-age=0"));
+    let cooldown = Duration::from_millis(200);
     let cache = JwksCache::new(
         &server.url,
         JwksCacheOptions {
-            cooldown: Duration::from_millis(200),
+            cooldown,
             ..options()
         },
     )
@@ -207,10 +257,12 @@ fn a_down_or_garbage_issuer_keeps_the_last_good_key_set() {
     run(async {
         let kid = &server.kids[0];
         cache.key(kid).await.unwrap();
+        let mut end = Instant::now();
         for mode in [Mode::Down, Mode::Garbage, Mode::Huge] {
             server.set(mode);
             let before = server.fetches();
-            actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+            sleep_past(end, cooldown).await;
+            let start = Instant::now();
             cache
                 .key(kid)
                 .await
@@ -220,10 +272,11 @@ fn a_down_or_garbage_issuer_keeps_the_last_good_key_set() {
             for _ in 0..10 {
                 cache.key(kid).await.unwrap();
             }
-            assert_eq!(server.fetches(), before + 1);
+            end = Instant::now();
+            server.assert_fetches(before + 1, end - start, cooldown, "within the cooldown");
         }
         server.set(serve("max-age=0"));
-        actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+        sleep_past(end, cooldown).await;
         cache.key(kid).await.unwrap();
     });
 }
@@ -232,6 +285,7 @@ fn a_down_or_garbage_issuer_keeps_the_last_good_key_set() {
 fn no_key_set_ever_fetched_is_key_set_unavailable() {
     let server = JwksServer::start(Mode::Down);
     let cache = JwksCache::new(&server.url, options()).unwrap();
+    let start = Instant::now();
     run(async {
         let err = cache.key("any").await.unwrap_err();
         assert!(
@@ -249,7 +303,7 @@ fn no_key_set_ever_fetched_is_key_set_unavailable() {
             ));
         }
     });
-    assert_eq!(server.fetches(), 1);
+    server.assert_fetches(1, start.elapsed(), options().cooldown, "hammered");
 }
 
 #[test]

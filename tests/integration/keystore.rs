@@ -370,14 +370,32 @@ fn key_files_without_a_manifest_are_adopted_newest_active() {
     let dir = tmp.path().join("keys");
     fs::create_dir(&dir).unwrap();
     let mut kids = Vec::new();
-    for name in ["old.pem", "new.pem"] {
+    let mut seen: Vec<String> = Vec::new();
+    let now = std::time::SystemTime::now();
+    // "Newest" is the file's modification time: set it, an hour and a minute ago (writes
+    // a few ms apart may share a coarse file-system timestamp).
+    for (name, age) in [("old.pem", 3600), ("new.pem", 60)] {
         let ec = p256::SecretKey::random(&mut rand_core::OsRng);
         let file = dir.join(name);
         fs::write(&file, ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
-        kids.push(KeyStore::new(&dir).load().unwrap().keys().len());
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(now - std::time::Duration::from_secs(age))
+            .unwrap();
+        let loaded = KeyStore::new(&dir).load().unwrap();
+        kids.push(loaded.keys().len());
+        let kid = loaded
+            .keys()
+            .iter()
+            .map(|k| k.kid().to_owned())
+            .find(|kid| !seen.contains(kid))
+            .expect("the new file's key is read");
+        seen.push(kid);
     }
+    let [old_kid, new_kid] = [&seen[0], &seen[1]];
     let (keys, generated) = KeyStore::new(&dir).load_or_init().unwrap();
     assert!(
         generated.is_empty(),
@@ -385,6 +403,11 @@ fn key_files_without_a_manifest_are_adopted_newest_active() {
     );
     assert_eq!(keys.keys().len(), 2);
     let active = keys.active(SigningAlg::Es256).unwrap();
+    assert_eq!(active.kid(), new_kid, "the newest file's key signs");
+    assert!(
+        keys.find(old_kid).is_some(),
+        "the older key stays published"
+    );
     assert!(
         active
             .location()

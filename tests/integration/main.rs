@@ -12,6 +12,8 @@ mod interop;
 mod jwks;
 mod jwks_cache;
 mod keystore;
+mod operator_cli;
+mod readme;
 mod rotation;
 mod token;
 mod token_endpoint;

@@ -210,12 +210,43 @@ fn tampered_or_misdirected_tokens_fail_verification() {
 }
 
 #[test]
-fn token_issue_on_an_empty_dir_generates_keys_first() {
+fn commands_run_outside_a_key_store_refuse_and_create_nothing() {
+    // Run in the wrong directory, a command must not make a store no server reads, nor
+    // sign with keys no verifier knows: only serve and keys generate/import create one.
     let tmp = tempfile::TempDir::new().unwrap();
     let dir = tmp.path().join("keys");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for store in [&dir, &empty] {
+        for args in [
+            vec!["token", "issue", "--sub", "grace"],
+            vec!["clients", "add", "svc"],
+            vec!["clients", "list"],
+            vec!["clients", "remove", "svc"],
+            vec!["clients", "rotate-secret", "svc"],
+            vec!["keys", "list"],
+            vec!["keys", "rotate"],
+            vec!["keys", "revoke", "-okABRI3w9W9I9ilMWfoMn0obIu1-aa"],
+            vec!["jwks"],
+        ] {
+            let out = helpers::run_cli(store, &args);
+            assert_ne!(out.code, Some(0), "{args:?}");
+            assert_eq!(out.stdout, "", "{args:?}");
+            assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+            assert!(
+                out.stderr.contains(&store.display().to_string())
+                    && out.stderr.contains("--keys-dir"),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+    }
+    assert!(!dir.exists(), "a refused command created {}", dir.display());
+    assert!(helpers::list_dir(&empty).is_empty());
+    // keys generate creates one, and then the others work.
+    assert_eq!(helpers::run_cli(&dir, &["keys", "generate"]).code, Some(0));
     let token = issue_token(&dir, &["--sub", "grace"]);
     assert_eq!(token.split('.').count(), 3);
-    assert_eq!(helpers::list_dir(&dir).len(), 4);
 }
 
 #[test]

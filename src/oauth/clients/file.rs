@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Client, ClientBackend, ClientStoreError, check_clients};
+use super::{Client, ClientBackend, ClientStoreError, SkippedClient};
 use crate::files;
 use crate::store::StoreVersion;
 
@@ -21,10 +21,12 @@ pub struct ClientsFile {
     dir: PathBuf,
 }
 
+/// The file: entries are read one by one, so one that does not parse (an edit by hand,
+/// a newer format) is reported and kept, and never takes the others down.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct RegistryFile {
     version: u32,
-    clients: Vec<Client>,
+    clients: Vec<serde_json::Value>,
 }
 
 impl ClientsFile {
@@ -38,8 +40,8 @@ impl ClientsFile {
         self.dir.join(CLIENTS_FILE)
     }
 
-    /// The file's clients; `None` when it does not exist.
-    fn read(&self) -> Result<Option<Vec<Client>>, ClientStoreError> {
+    /// The file's entries, each parsed or not; `None` when the file does not exist.
+    fn read(&self) -> Result<Option<Vec<(serde_json::Value, Entry)>>, ClientStoreError> {
         let path = self.path();
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -59,8 +61,22 @@ impl ClientsFile {
         if file.version != 1 {
             return Err(invalid(format!("unsupported version {}", file.version)));
         }
-        check_clients(&file.clients).map_err(invalid)?;
-        Ok(Some(file.clients))
+        let entries = file
+            .clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                let parsed = serde_json::from_value::<Client>(raw.clone()).map_err(|e| {
+                    let id = raw.get("client_id").and_then(|v| v.as_str());
+                    SkippedClient {
+                        client_id: id.map_or_else(|| format!("#{}", i + 1), str::to_owned),
+                        reason: format!("entry does not parse: {e}"),
+                    }
+                });
+                (raw, parsed)
+            })
+            .collect();
+        Ok(Some(entries))
     }
 
     fn lock(&self) -> Result<File, ClientStoreError> {
@@ -68,6 +84,8 @@ impl ClientsFile {
         files::lock(&path).map_err(|source| io_error(&path, source))
     }
 }
+
+type Entry = Result<Client, SkippedClient>;
 
 impl ClientBackend for ClientsFile {
     fn describe(&self) -> String {
@@ -78,8 +96,13 @@ impl ClientBackend for ClientsFile {
         files::version_of(&self.path())
     }
 
-    fn load(&self) -> Result<Vec<Client>, ClientStoreError> {
-        Ok(self.read()?.unwrap_or_default())
+    fn load(&self) -> Result<Vec<Entry>, ClientStoreError> {
+        Ok(self
+            .read()?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, entry)| entry)
+            .collect())
     }
 
     fn update(
@@ -90,14 +113,33 @@ impl ClientBackend for ClientsFile {
     ) -> Result<(), ClientStoreError> {
         files::create_private_dir(&self.dir).map_err(|source| io_error(&self.dir, source))?;
         let _lock = self.lock()?;
-        let Some(clients) = change(self.read()?)? else {
+        let current = self.read()?;
+        let mut unparsed = Vec::new();
+        let parsed = current.map(|entries| {
+            entries
+                .into_iter()
+                .filter_map(|(raw, entry)| match entry {
+                    Ok(client) => Some(client),
+                    Err(_) => {
+                        unparsed.push(raw);
+                        None
+                    }
+                })
+                .collect()
+        });
+        let Some(clients) = change(parsed)? else {
             return Ok(());
         };
+        let mut entries = Vec::with_capacity(clients.len() + unparsed.len());
+        for client in clients {
+            // A struct of strings, numbers and enums always serializes.
+            entries.push(serde_json::to_value(client).unwrap_or_default());
+        }
+        entries.extend(unparsed);
         let body = RegistryFile {
             version: 1,
-            clients,
+            clients: entries,
         };
-        // Strings and numbers always serialize.
         let json = serde_json::to_vec_pretty(&body).unwrap_or_default();
         files::write_atomic(&self.dir, CLIENTS_FILE, &json, true)
             .map_err(|source| io_error(&self.path(), source))?;

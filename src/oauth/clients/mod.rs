@@ -116,15 +116,19 @@ pub trait ClientBackend: Send + Sync + fmt::Debug {
     /// Changes whenever the registry changes; `None` while there is none.
     fn version(&self) -> Option<StoreVersion>;
 
-    /// Every client; an empty list when there is no registry yet.
+    /// Every entry, each parsed on its own: one that does not parse is reported as a
+    /// [`SkippedClient`], never a reason to drop the others. An empty list when there is no
+    /// registry yet.
     ///
     /// # Errors
-    /// Unreadable or invalid registry.
-    fn load(&self) -> Result<Vec<Client>, ClientStoreError>;
+    /// An unreadable registry, or one whose container does not parse (not the registry
+    /// format at all, an unknown version).
+    fn load(&self) -> Result<Vec<Result<Client, SkippedClient>>, ClientStoreError>;
 
-    /// One exclusive read-modify-write: `change` gets the current clients (`None` when
-    /// there is no registry yet) and returns the list to store (`None`: store nothing).
-    /// Concurrent changes never lose one another's update.
+    /// One exclusive read-modify-write: `change` gets the current clients that parse
+    /// (`None` when there is no registry yet) and returns the list to store (`None`: store
+    /// nothing). Entries that do not parse are kept as they are. Concurrent changes never
+    /// lose one another's update.
     ///
     /// # Errors
     /// What `change` returned, or a lock, read or write failure (nothing is stored then).
@@ -189,13 +193,55 @@ pub enum ClientStoreError {
     },
 }
 
+/// A registry entry that is not served, and why: the entry is left as it is, reported,
+/// and every other client keeps working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedClient {
+    /// The entry's client id, or its position (`#3`) when it has none.
+    pub client_id: String,
+    /// Why it is skipped.
+    pub reason: String,
+}
+
+impl fmt::Display for SkippedClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client {:?} skipped: {}", self.client_id, self.reason)
+    }
+}
+
 /// An immutable snapshot of the registry, for lookups on the request path.
 #[derive(Debug, Default, Clone)]
 pub struct ClientRegistry {
     clients: HashMap<String, Client>,
+    skipped: Vec<SkippedClient>,
 }
 
 impl ClientRegistry {
+    /// The entries that are not served, and why.
+    pub fn skipped(&self) -> &[SkippedClient] {
+        &self.skipped
+    }
+
+    /// Stops serving the clients `reject` gives a reason for (a server that cannot sign
+    /// a client's algorithm, say); they join [`ClientRegistry::skipped`].
+    pub fn skip_if(&mut self, reject: impl Fn(&Client) -> Option<String>) {
+        let mut rejected: Vec<SkippedClient> = self
+            .clients
+            .values()
+            .filter_map(|c| {
+                reject(c).map(|reason| SkippedClient {
+                    client_id: c.client_id.clone(),
+                    reason,
+                })
+            })
+            .collect();
+        rejected.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        for skipped in &rejected {
+            self.clients.remove(&skipped.client_id);
+        }
+        self.skipped.extend(rejected);
+    }
+
     /// The client whose id and secret match, in constant time in the secret; an unknown id
     /// takes the same path (a compare against a dummy hash), so timing does not tell
     /// which ids exist.
@@ -273,18 +319,37 @@ impl ClientStore {
     /// # Errors
     /// Unreadable, too open or invalid registry.
     pub fn load(&self) -> Result<ClientRegistry, ClientStoreError> {
-        let clients = self.backend.load()?;
-        // Whatever the backend, what it holds is checked the same way.
-        check_clients(&clients).map_err(|reason| ClientStoreError::Invalid {
-            path: self.describe().into(),
-            reason,
-        })?;
-        Ok(ClientRegistry {
-            clients: clients
-                .into_iter()
-                .map(|c| (c.client_id.clone(), c))
-                .collect(),
-        })
+        let mut registry = ClientRegistry::default();
+        let mut entries = Vec::new();
+        for entry in self.backend.load()? {
+            match entry {
+                Ok(client) => entries.push(client),
+                Err(skipped) => registry.skipped.push(skipped),
+            }
+        }
+        // Whatever the backend, each entry is checked the same way. An id listed twice is
+        // served for neither entry: which secret is meant cannot be told.
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for client in &entries {
+            *count.entry(client.client_id.clone()).or_default() += 1;
+        }
+        for client in entries {
+            let reason = if count[&client.client_id] > 1 {
+                Some("the id is listed more than once".to_owned())
+            } else {
+                check_client(&client).err()
+            };
+            match reason {
+                Some(reason) => registry.skipped.push(SkippedClient {
+                    client_id: client.client_id,
+                    reason,
+                }),
+                None => {
+                    registry.clients.insert(client.client_id.clone(), client);
+                }
+            }
+        }
+        Ok(registry)
     }
 
     /// The registry's current version, `None` when there is none.
@@ -389,28 +454,16 @@ impl ClientStore {
 /// Same length and alphabet as a real hash, equal to no secret's hash.
 const DUMMY_HASH: &str = "sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
-/// What a stored registry must hold: valid, unique ids and credentials this code can
+/// What a stored entry must hold to be served: a valid id and a credential this code can
 /// check.
-fn check_clients(clients: &[Client]) -> Result<(), String> {
-    let mut seen = std::collections::HashSet::new();
-    for client in clients {
-        if !is_valid_client_id(&client.client_id) {
-            return Err(format!("invalid client id {:?}", client.client_id));
-        }
-        if !seen.insert(client.client_id.as_str()) {
-            return Err(format!("client {:?} is listed twice", client.client_id));
-        }
-        match &client.credential {
-            Credential::Secret { secret_hash } if secret_hash.starts_with(HASH_PREFIX) => {}
-            Credential::Secret { .. } => {
-                return Err(format!(
-                    "client {:?} has an unknown secret hash scheme",
-                    client.client_id
-                ));
-            }
-        }
+fn check_client(client: &Client) -> Result<(), String> {
+    if !is_valid_client_id(&client.client_id) {
+        return Err("invalid client id".to_owned());
     }
-    Ok(())
+    match &client.credential {
+        Credential::Secret { secret_hash } if secret_hash.starts_with(HASH_PREFIX) => Ok(()),
+        Credential::Secret { .. } => Err("unknown secret hash scheme".to_owned()),
+    }
 }
 
 fn hash_secret(secret: &ClientSecret) -> String {
@@ -530,5 +583,46 @@ mod tests {
         for bad in ["", "a b", "a\"b", "a\\b", "é"] {
             assert!(!is_scope_token(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn entries_that_cannot_be_served_are_skipped_one_by_one_and_kept_on_disk() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = ClientStore::new(dir.path());
+        let good = NewClient {
+            client_id: "good".into(),
+            ..Default::default()
+        };
+        let secret = store.add(good).unwrap();
+        let path = dir.path().join(CLIENTS_FILE);
+        let mut file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let entries = file["clients"].as_array_mut().unwrap();
+        let mut twice = entries[0].clone();
+        twice["client_id"] = "twice".into();
+        let mut md5 = entries[0].clone();
+        md5["client_id"] = "md5".into();
+        md5["secret_hash"] = "md5:abc".into();
+        entries.extend([twice.clone(), twice, md5, serde_json::json!({"scopes": 1})]);
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+
+        let registry = store.load().unwrap();
+        assert!(
+            registry
+                .authenticate("good", &Proof::Secret(secret))
+                .is_some()
+        );
+        let mut skipped: Vec<&str> = registry
+            .skipped()
+            .iter()
+            .map(|s| s.client_id.as_str())
+            .collect();
+        skipped.sort_unstable();
+        assert_eq!(skipped, ["#5", "md5", "twice", "twice"]);
+        // A change rewrites the parsed entries and keeps the one that does not parse.
+        store.remove("good").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"scopes\": 1"), "{text}");
+        assert!(!text.contains("\"good\""), "{text}");
     }
 }
