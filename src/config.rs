@@ -38,6 +38,9 @@ pub struct Config {
     pub token_ttl: Duration,
     /// Brute-force limits of client authentication.
     pub auth_limits: AuthLimits,
+    /// Proxies whose `X-Forwarded-For` names the client's address (default: none; the
+    /// TCP peer is the client). Only these peers are believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             token_ttl: DEFAULT_TOKEN_TTL,
             auth_limits: AuthLimits::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

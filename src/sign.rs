@@ -222,7 +222,7 @@ impl Signer {
     /// here, at start, and not on the first request.
     ///
     /// # Errors
-    /// No key for the default algorithm, or a failed self-check.
+    /// A failed self-check.
     pub fn new(
         config: SignerConfig,
         keys: Arc<KeySet>,
@@ -256,7 +256,8 @@ impl Signer {
             hmac,
             headers,
         };
-        signer.key_for(signer.config.default_alg)?;
+        // No key for an algorithm (its active key broken) is not an error here: requests
+        // for it are refused when they come, and the other algorithms keep signing.
         signer.self_check(secret)?;
         Ok(signer)
     }
@@ -665,17 +666,21 @@ mod tests {
     }
 
     #[test]
-    fn signer_refuses_to_start_without_a_key_for_its_default_algorithm() {
+    fn without_a_key_for_its_default_algorithm_the_signer_refuses_each_token() {
+        // Built anyway (the other algorithms keep signing); each request for the missing
+        // one is refused, never signed with another key.
         let hs256 = SignerConfig {
             default_alg: SigningAlg::Hs256,
             ..config()
         };
+        let signer = Signer::new(hs256, keys(), None).unwrap();
         assert!(matches!(
-            Signer::new(hs256, keys(), None),
+            signer.issue(&request("alice")),
             Err(SignError::NoActiveKey(SigningAlg::Hs256))
         ));
+        let empty = Signer::new(config(), Arc::new(KeySet::default()), None).unwrap();
         assert!(matches!(
-            Signer::new(config(), Arc::new(KeySet::default()), None),
+            empty.issue(&request("alice")),
             Err(SignError::NoActiveKey(SigningAlg::Es256))
         ));
     }

@@ -56,6 +56,15 @@ pub(super) struct ServeArgs {
     /// Brute-force window: a locked client id or address waits until it ends
     #[arg(long, env = "JWT_ISSUER_AUTH_FAILURE_WINDOW", value_parser = parse_seconds)]
     auth_failure_window: Option<Duration>,
+
+    /// A proxy (load balancer) whose X-Forwarded-For names the client's address for the
+    /// brute-force limits; repeat for several [default: none, the TCP peer is the client]
+    #[arg(
+        long = "trusted-proxy",
+        env = "JWT_ISSUER_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl ServeArgs {
@@ -75,6 +84,7 @@ impl ServeArgs {
         overlay(&mut config.auth_limits.max_failures, self.auth_max_failures);
         overlay(&mut config.auth_limits.window, self.auth_failure_window);
         config.rotate_every = self.rotate_every;
+        config.trusted_proxies = self.trusted_proxies;
         config.hmac_secret = HmacSecret::from_env(HMAC_SECRET_ENV)?;
         config.validate().map_err(explain)?;
         if config.issuer.is_none() && binds_every_interface(&config.bind) {
@@ -100,9 +110,27 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
         tracing::warn!("{notice}");
     }
     let keys = load_keys(&store)?;
-    let bootstrap = ClientStore::new(&config.keys_dir)
-        .init_if_missing()
-        .context("cannot create the first client")?;
+    if config.alg.is_asymmetric() && keys.active(config.alg).is_none() {
+        let why = keys
+            .broken()
+            .iter()
+            .find(|k| k.alg == config.alg && k.state == jwt_issuer::keys::KeyState::Active)
+            .map_or_else(
+                || format!("no {} key in {}", config.alg, store.describe()),
+                |k| format!("its active key {} cannot be loaded: {}", k.kid, k.reason),
+            );
+        bail!("cannot sign {} (the default --alg): {why}", config.alg);
+    }
+    // The demo client's secret goes to stderr, which a deployment ships to its log
+    // stream: only a server on loopback (a developer's machine) gets one.
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let bootstrap = if loopback {
+        ClientStore::new(&config.keys_dir)
+            .init_if_missing()
+            .context("cannot create the first client")?
+    } else {
+        None
+    };
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&config, listener, keys).context("cannot start")?;
         let stop = stop_on_signal(app.handle());

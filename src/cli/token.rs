@@ -90,6 +90,12 @@ pub(super) struct VerifyArgs {
     #[arg(long, conflicts_with = "aud")]
     any_audience: bool,
 
+    /// Accept any issuer, or none (tokens made without `iss`, as HS256 libraries do by
+    /// default); needs --jwks-uri, --jwks-file or --secret-env, since discovery starts
+    /// from the issuer
+    #[arg(long, conflicts_with = "issuer")]
+    any_issuer: bool,
+
     /// Expected `typ` header, e.g. at+jwt for access tokens
     #[arg(long)]
     typ: Option<String>,
@@ -198,8 +204,15 @@ fn verify(args: VerifyArgs) -> Result<()> {
     if args.aud.is_empty() && !args.any_audience {
         bail!("--aud is required (or --any-audience to skip the audience check)");
     }
-    let Some(issuer) = args.issuer else {
-        bail!("--issuer is required");
+    let keys_named =
+        args.jwks_uri.is_some() || args.jwks_file.is_some() || args.secret_env.is_some();
+    let issuer = match (args.issuer, args.any_issuer) {
+        (Some(issuer), _) => issuer,
+        (None, true) if keys_named => String::new(),
+        (None, true) => bail!(
+            "--any-issuer needs the keys named: --jwks-uri URL, --jwks-file FILE or --secret-env NAME"
+        ),
+        (None, false) => bail!("--issuer is required (or --any-issuer to skip the issuer check)"),
     };
     let ring = match (&args.secret_env, &args.jwks_file) {
         (Some(var), _) => {
@@ -215,6 +228,9 @@ fn verify(args: VerifyArgs) -> Result<()> {
     let mut validation = Validation::new(issuer.clone(), args.aud);
     if args.any_audience {
         validation = validation.insecure_any_audience();
+    }
+    if args.any_issuer {
+        validation = validation.insecure_any_issuer();
     }
     if let Some(typ) = args.typ {
         validation = validation.with_typ(typ);

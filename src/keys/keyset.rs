@@ -15,6 +15,22 @@ pub struct KeySet {
     keys: Vec<Arc<SigningKey>>,
     manifest: Manifest,
     loaded_at: Millis,
+    broken: Vec<BrokenKey>,
+}
+
+/// A key the manifest publishes that could not be loaded (an unreadable or too-open file,
+/// material the backend no longer has): left out of the set, neither published nor
+/// signing, and reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenKey {
+    /// Its kid.
+    pub kid: String,
+    /// Its algorithm.
+    pub alg: SigningAlg,
+    /// Its state in the manifest.
+    pub state: KeyState,
+    /// Why it could not be loaded.
+    pub reason: String,
 }
 
 impl KeySet {
@@ -39,7 +55,18 @@ impl KeySet {
             keys,
             manifest,
             loaded_at,
+            broken: Vec::new(),
         }
+    }
+
+    pub(crate) fn with_broken(mut self, broken: Vec<BrokenKey>) -> Self {
+        self.broken = broken;
+        self
+    }
+
+    /// The keys the manifest publishes that could not be loaded, and why.
+    pub fn broken(&self) -> &[BrokenKey] {
+        &self.broken
     }
 
     /// True when no key is published.

@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use backend::{KeyBackend, NewKey};
 pub use dir::{KeysDir, MANIFEST_FILE};
 pub use error::KeyStoreError;
-pub use keyset::KeySet;
+pub use keyset::{BrokenKey, KeySet};
 pub use lifecycle::{
     KeyRecord, KeyState, LifecycleError, Maintenance, Manifest, Millis, Rotated, RotationPolicy,
 };
@@ -113,22 +113,28 @@ impl KeyStore {
     /// Any unreadable or invalid key, or an inconsistent manifest: a key set is used whole
     /// or not at all.
     pub fn load(&self) -> Result<KeySet, KeyStoreError> {
-        match self.load_once() {
+        match self.load_once(true) {
             // A change between reading the manifest and its keys (a revoked key's material
-            // destroyed after the new manifest was written): read again, once.
-            Err(KeyStoreError::KeyMissing { .. }) => self.load_once(),
+            // destroyed after the new manifest was written): read again, once; then a key
+            // still missing is reported as broken like any other.
+            Err(KeyStoreError::KeyMissing { .. }) => self.load_once(false),
             other => other,
         }
     }
 
-    fn load_once(&self) -> Result<KeySet, KeyStoreError> {
+    /// One read of the manifest and its keys. The manifest decides: a key it does not
+    /// publish is never loaded. A key that cannot be used is left out and reported in
+    /// [`KeySet::broken`]; it never takes the others down. With `retry_missing`, a missing
+    /// key ends the read instead, so the caller reads again.
+    fn load_once(&self, retry_missing: bool) -> Result<KeySet, KeyStoreError> {
         let now = now_ms();
         let manifest = self.manifest_at(now)?;
         let mut keys = Vec::new();
+        let mut broken = Vec::new();
         for record in manifest.keys.iter().filter(|r| r.is_published(now)) {
-            match self.backend.load_key(record) {
+            let loaded = self.backend.load_key(record).and_then(|key| {
                 // Whatever the backend, the key published is the one the manifest names.
-                Ok(key) if key.kid() != record.kid || key.alg() != record.alg => {
+                if key.kid() != record.kid || key.alg() != record.alg {
                     return Err(KeyStoreError::Inconsistent {
                         path: key.location().into(),
                         reason: format!(
@@ -140,14 +146,23 @@ impl KeyStore {
                         ),
                     });
                 }
+                Ok(key)
+            });
+            match loaded {
                 Ok(key) => keys.push(Arc::new(key)),
                 // A retired key may be gone already (removed by a change that is recording
                 // it now): it is about to leave the JWKS anyway.
                 Err(KeyStoreError::KeyMissing { .. }) if record.state == KeyState::Retired => {}
-                Err(e) => return Err(e),
+                Err(e @ KeyStoreError::KeyMissing { .. }) if retry_missing => return Err(e),
+                Err(e) => broken.push(BrokenKey {
+                    kid: record.kid.clone(),
+                    alg: record.alg,
+                    state: record.state,
+                    reason: crate::report::Report(&e).to_string(),
+                }),
             }
         }
-        Ok(KeySet::new(keys, manifest, now))
+        Ok(KeySet::new(keys, manifest, now).with_broken(broken))
     }
 
     /// Loads the store; on first start (no key at all) generates one ES256 and one RS256
@@ -857,14 +872,15 @@ mod tests {
                 PrivateKey::generate(SigningAlg::Es256, 0).unwrap(),
             );
         }
-        match store.load() {
-            Err(KeyStoreError::Inconsistent { reason, .. }) => {
-                assert!(
-                    reason.contains(&active.kid) || reason.contains(&next.kid),
-                    "{reason}"
-                );
-            }
-            other => panic!("expected Inconsistent, got {other:?}"),
-        }
+        // Neither key is the one its record names: both are left out and named, never
+        // published.
+        let keys = store.load().unwrap();
+        assert!(keys.is_empty(), "{keys:?}");
+        let mut broken: Vec<&str> = keys.broken().iter().map(|b| b.kid.as_str()).collect();
+        broken.sort_unstable();
+        let mut expected = [active.kid.as_str(), next.kid.as_str()];
+        expected.sort_unstable();
+        assert_eq!(broken, expected);
+        assert!(keys.broken()[0].reason.contains("the manifest says"));
     }
 }

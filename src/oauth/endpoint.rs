@@ -15,7 +15,7 @@ use super::clients::{ClientRegistry, is_valid_client_id};
 use super::grant::{ClientCredentials, GrantContext, GrantHandler};
 use super::limiter::{AuthLimiter, AuthLimits};
 use super::request::{Form, printable};
-use crate::sign::{IssuedToken, Signer};
+use crate::sign::{IssuedToken, SignError, Signer};
 
 /// Lifetime of access tokens for clients without their own, by default (15 min).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -58,7 +58,8 @@ pub struct TokenResponse<'a> {
     pub token_type: &'static str,
     /// Seconds until `exp`.
     pub expires_in: u64,
-    /// The granted scopes.
+    /// The granted scopes; omitted when none was granted.
+    #[serde(skip_serializing_if = "str::is_empty")]
     pub scope: &'a str,
 }
 
@@ -163,10 +164,13 @@ impl TokenEndpoint {
         if !is_valid_client_id(&presented.client_id) {
             return Err(OAuthError::InvalidClient { basic });
         }
-        self.limiter
-            .check(&presented.client_id, call.peer)
-            .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
+        // The right credentials always get their token: a lockout anyone can trigger by
+        // sending wrong secrets for a known id must not lock the real client out. Secrets
+        // are 256 random bits, so the limits only slow down further failures.
         let Some(client) = clients.authenticate(&presented.client_id, &presented.proof) else {
+            self.limiter
+                .check(&presented.client_id, call.peer)
+                .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
             self.limiter.record_failure(&presented.client_id, call.peer);
             return Err(OAuthError::InvalidClient { basic });
         };
@@ -175,9 +179,15 @@ impl TokenEndpoint {
             default_ttl: self.default_ttl,
         };
         let granted = handler.grant(context, client, &form)?;
-        let token = signer
-            .issue(&granted.request)
-            .map_err(|e| OAuthError::Internal(crate::report::Report(&e).to_string()))?;
+        let token = signer.issue(&granted.request).map_err(|e| {
+            let cause = crate::report::Report(&e).to_string();
+            match e {
+                SignError::NoActiveKey(_) | SignError::Backend { .. } => {
+                    OAuthError::TemporarilyUnavailable(cause)
+                }
+                _ => OAuthError::Internal(cause),
+            }
+        })?;
         Ok(Issued {
             token,
             scope: granted.scope,

@@ -60,6 +60,10 @@ pub enum OAuthError {
     /// A body over the size limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The algorithm this client's tokens use cannot sign now (its active key is broken
+    /// or revoked without a successor loaded): refused, never signed by another key.
+    #[error("tokens of this client cannot be signed right now; retry later")]
+    TemporarilyUnavailable(String),
     /// A failure on our side; the cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -75,6 +79,7 @@ impl OAuthError {
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
             Self::TooManyAttempts { .. } => "slow_down",
+            Self::TemporarilyUnavailable(_) => "temporarily_unavailable",
             Self::Internal(_) => "server_error",
         }
     }
@@ -86,14 +91,19 @@ impl ResponseError for OAuthError {
             Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let Self::Internal(cause) = self {
-            tracing::error!(cause = %cause, "token endpoint failed");
+        match self {
+            Self::Internal(cause) => tracing::error!(cause = %cause, "token endpoint failed"),
+            Self::TemporarilyUnavailable(cause) => {
+                tracing::error!(cause = %cause, "token refused: its key cannot sign");
+            }
+            _ => {}
         }
         let mut res = HttpResponse::build(self.status_code());
         // RFC 6749 section 5.1: token responses, errors included, are never cached.

@@ -15,6 +15,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     jwks: IntCounterVec,
     keys_loaded: IntGaugeVec,
+    keys_broken: IntGaugeVec,
     clients: IntGaugeVec,
     tokens: IntCounterVec,
 }
@@ -47,6 +48,13 @@ impl Metrics {
             ),
             &["alg"],
         )?;
+        let keys_broken = IntGaugeVec::new(
+            Opts::new(
+                "jwt_issuer_keys_broken",
+                "Published keys that cannot be loaded (left out, not signing), by algorithm",
+            ),
+            &["alg"],
+        )?;
         let clients = IntGaugeVec::new(
             Opts::new(
                 "jwt_issuer_clients",
@@ -66,11 +74,13 @@ impl Metrics {
         registry.register(Box::new(jwks.clone()))?;
         registry.register(Box::new(keys_loaded.clone()))?;
         registry.register(Box::new(clients.clone()))?;
+        registry.register(Box::new(keys_broken.clone()))?;
         Ok(Self {
             registry,
             requests,
             jwks,
             keys_loaded,
+            keys_broken,
             clients,
             tokens,
         })
@@ -112,6 +122,12 @@ impl Metrics {
 
     /// Sets the keys-loaded gauge from a key set.
     pub fn set_keys(&self, keys: &KeySet) {
+        self.keys_broken.reset();
+        for key in keys.broken() {
+            self.keys_broken
+                .with_label_values(&[key.alg.as_str()])
+                .inc();
+        }
         self.keys_loaded.reset();
         for key in keys.keys() {
             self.keys_loaded

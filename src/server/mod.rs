@@ -87,7 +87,10 @@ impl Application {
                 if forced {
                     tracing::info!("SIGHUP: reloading keys and clients");
                 }
-                background.tick(forced);
+                // Key generation (RSA) and the signer's self-check take milliseconds to
+                // seconds: off the system thread, which also runs the signal handling.
+                let state = background.clone();
+                let _ = actix_web::rt::task::spawn_blocking(move || state.tick(forced)).await;
             }
         });
         let server = HttpServer::new(move || {
@@ -227,9 +230,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// `GET /healthz`: 200 once the keys are loaded and the self-check passed (the server
-/// does not listen before that).
-async fn healthz() -> HttpResponse {
+/// does not listen before that). `degraded` names the published keys left out because
+/// they cannot be loaded (their algorithm may not sign; the reasons are in the log).
+async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    let published = state.published.load();
+    let broken: Vec<serde_json::Value> = published
+        .signer
+        .keys()
+        .broken()
+        .iter()
+        .map(|k| serde_json::json!({"kid": k.kid, "alg": k.alg, "state": k.state.as_str()}))
+        .collect();
+    let status = if broken.is_empty() { "ok" } else { "degraded" };
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(serde_json::json!({"status": "ok"}))
+        .json(serde_json::json!({"status": status, "broken_keys": broken}))
 }

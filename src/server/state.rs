@@ -83,6 +83,7 @@ pub struct AppState {
     pub client_store: ClientStore,
     client_version: Mutex<Option<StoreVersion>>,
     last_client_error: Mutex<Option<String>>,
+    last_key_error: Mutex<Option<String>>,
     /// The token endpoint: grants, client authentication, brute-force limits.
     pub token_endpoint: TokenEndpoint,
     last_maintenance_error: Mutex<Option<(String, std::time::Instant)>>,
@@ -96,6 +97,8 @@ pub struct StateConfig {
     pub rotate_every: Option<Duration>,
     /// The HS256 secret (JWT_SECRET / JWT_SECRET_FILE), if configured.
     pub hmac_secret: Option<HmacSecret>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl AppState {
@@ -121,6 +124,7 @@ impl AppState {
                 },
                 rotate_every: config.rotate_every,
                 hmac_secret: config.hmac_secret.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             TokenEndpoint::new(config.token_ttl, config.auth_limits),
             Metrics::new()?,
@@ -141,6 +145,9 @@ impl AppState {
     ) -> Result<Self, super::ServerError> {
         let version = key_store.version();
         let published = Published::build(&config, keys, version)?;
+        if !published.signer.keys().broken().is_empty() {
+            report_broken(published.signer.keys());
+        }
         metrics.set_keys(published.signer.keys());
         let client_version = client_store.version();
         let policy = *key_store.policy();
@@ -167,10 +174,16 @@ impl AppState {
             client_store,
             client_version: Mutex::new(client_version),
             last_client_error: Mutex::new(None),
+            last_key_error: Mutex::new(None),
             token_endpoint,
             settings: config,
             last_maintenance_error: Mutex::new(None),
         })
+    }
+
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> &[std::net::IpAddr] {
+        &self.settings.trusted_proxies
     }
 
     /// `public, max-age=N`, where N is the configured max-age or the time left until the
@@ -239,9 +252,16 @@ impl AppState {
         let version = self.key_store.version();
         let now = crate::time::now_ms();
         let due = current.next_change.is_some_and(|t| now >= t);
-        if !force && !due && version == current.version {
+        // A broken key may be fixed without a change to the manifest (chmod 600): try
+        // again every tick while one is reported.
+        let retry_broken = !current.signer.keys().broken().is_empty();
+        if !force && !due && !retry_broken && version == current.version {
             return;
         }
+        let mut last_error = self
+            .last_key_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let built = self
             .key_store
             .load()
@@ -252,7 +272,11 @@ impl AppState {
             });
         match built {
             Ok(next) => {
+                *last_error = None;
                 let changed = next.jwks.etag() != current.jwks.etag();
+                if next.signer.keys().broken() != current.signer.keys().broken() {
+                    report_broken(next.signer.keys());
+                }
                 self.metrics.set_keys(next.signer.keys());
                 self.published.store(Arc::new(next));
                 self.refresh_discovery();
@@ -261,17 +285,12 @@ impl AppState {
                 }
             }
             Err(err) => {
-                tracing::error!(error = %err, "KEY SET FAILED TO LOAD; still serving the previous key set");
-                // Remember the stamp so a broken store is not re-read every tick; any new
-                // change to it triggers a new attempt.
-                self.published.store(Arc::new(Published {
-                    signer: current.signer.clone(),
-                    jwks: current.jwks.clone(),
-                    jwks_etag: current.jwks_etag.clone(),
-                    // No scheduled change either: only a new change to the store retries.
-                    next_change: None,
-                    version,
-                }));
+                // The version is not recorded, so the next tick tries again; the error is
+                // logged once until it changes.
+                if last_error.as_deref() != Some(err.as_str()) {
+                    tracing::error!(error = %err, "KEY SET FAILED TO LOAD; still serving the previous key set");
+                }
+                *last_error = Some(err);
             }
         }
     }
@@ -348,6 +367,17 @@ fn discovery_document(
     Metadata::new(&settings.signer.issuer, algs, endpoint).to_bytes()
 }
 
+/// One error line per key the manifest publishes that could not be loaded (left out: not
+/// published, not signing); one line when every key loads again.
+fn report_broken(keys: &KeySet) {
+    if keys.broken().is_empty() {
+        tracing::info!("every published key loads");
+    }
+    for key in keys.broken() {
+        tracing::error!(kid = %key.kid, alg = %key.alg, state = key.state.as_str(), reason = %key.reason, "KEY LEFT OUT: it cannot be loaded; the other keys are served");
+    }
+}
+
 /// One error line per client the server does not serve.
 fn report_skipped(registry: &ClientRegistry) {
     for skipped in registry.skipped() {
@@ -365,9 +395,6 @@ fn load_clients(
     registry.skip_if(|client| match client.alg {
         Some(SigningAlg::Hs256) if !have_secret => {
             Some("uses HS256, but this server has no JWT_SECRET or JWT_SECRET_FILE".into())
-        }
-        Some(alg) if alg != SigningAlg::Hs256 && !signer.supports(alg) => {
-            Some(format!("uses {alg}, but no {alg} key is active"))
         }
         _ => client.ttl_secs.and_then(|ttl| {
             check_ttl(Duration::from_secs(ttl), signer.max_ttl())

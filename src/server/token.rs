@@ -1,6 +1,8 @@
 //! `POST /oauth2/token`: HTTP in, [`TokenEndpoint`](crate::oauth::TokenEndpoint) call, HTTP
 //! out. The OAuth flow itself lives in `oauth/`.
 
+use std::net::IpAddr;
+
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -15,7 +17,7 @@ pub async fn token(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, OAuthError> {
-    let peer = req.peer_addr().map(|a| a.ip());
+    let peer = client_address(&req, state.trusted_proxies());
     let result = match read_form_body(&req, payload).await {
         Ok(body) => {
             let call = TokenCall {
@@ -39,6 +41,32 @@ pub async fn token(
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"))
         .json(issued.response()))
+}
+
+/// The client's address, for the per-address limit: the TCP peer, unless the peer is a
+/// trusted proxy; then the right-most address in `X-Forwarded-For` that is not itself a
+/// trusted proxy (entries left of it could be written by the client).
+fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req.peer_addr().map(|a| a.ip())?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for entry in forwarded.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return Some(ip),
+            // Garbage where an address should be: the proxy's own address counts.
+            Err(_) => return Some(peer),
+        }
+    }
+    Some(peer)
 }
 
 /// The body of a form post: the right content type, at most [`MAX_BODY_BYTES`].

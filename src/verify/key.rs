@@ -1,6 +1,6 @@
 //! A public key ready to verify: parsed once from its JWK, bound to one algorithm.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey, RSA_PKCS1_2
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use super::VerifyError;
 use crate::SigningAlg;
 use crate::jwks::{Jwk, JwkSet, PublicKeyParams};
 
@@ -46,6 +47,23 @@ pub enum KeyRejected {
         kid: String,
         /// alg.
         alg: SigningAlg,
+    },
+    /// A JWKS member jwt-issuer does not verify with: another key type, `use` other than
+    /// "sig", no kid, no `alg` it can use.
+    #[error("key {kid}: not a usable signing key: {reason}")]
+    Unsupported {
+        /// kid of the member (empty when it has none).
+        kid: String,
+        /// Why.
+        reason: String,
+    },
+    /// Several signing keys of one set share this kid. A token names its key by kid alone,
+    /// so no key is chosen: the first one winning would let whoever adds a key to the set
+    /// (a compromised mirror, a bad merge) take over a kid (jose refuses several matches).
+    #[error("key {kid}: kid appears more than once in the key set")]
+    DuplicateKid {
+        /// The kid.
+        kid: String,
     },
 }
 
@@ -147,33 +165,26 @@ pub struct KeyRing {
     keys: HashMap<String, Arc<VerifyingKey>>,
     /// kids of shared-secret keys, current first.
     order: Vec<String>,
+    /// kids that several signing keys of the set share: no key is used for them.
+    ambiguous: HashSet<String>,
+    /// The keys skipped when the ring was built, with why.
+    rejected: Vec<KeyRejected>,
 }
 
 impl KeyRing {
     /// Every usable signing key of `set`; keys that cannot be used (an unsupported type,
-    /// `use` other than "sig", a weak RSA key) are skipped and returned as reasons.
+    /// `use` other than "sig", a weak RSA key, a kid that several signing keys share) are
+    /// skipped and returned as reasons (also kept: [`KeyRing::rejected`]).
     pub fn from_jwk_set(set: &JwkSet) -> (Self, Vec<KeyRejected>) {
-        let mut keys = HashMap::new();
-        let mut rejected = Vec::new();
-        for jwk in &set.keys {
-            match VerifyingKey::from_jwk(jwk) {
-                Ok(key) => {
-                    keys.entry(jwk.kid.clone()).or_insert_with(|| Arc::new(key));
-                }
-                Err(e) => rejected.push(e),
-            }
-        }
-        (
-            Self {
-                keys,
-                order: Vec::new(),
-            },
-            rejected,
-        )
+        let ring = Self::from_members(set.keys.iter().map(Ok));
+        let rejected = ring.rejected.clone();
+        (ring, rejected)
     }
 
     /// Parses a JWKS document leniently: members jwt-issuer does not understand (other key
-    /// types, `use: enc`, keys without a usable `alg`) are skipped, never guessed.
+    /// types, `use: enc`, keys without a usable `alg`) are skipped, never guessed, and kept
+    /// with their reason in [`KeyRing::rejected`]; a kid that several signing keys share
+    /// is refused ([`KeyRejected::DuplicateKid`]).
     ///
     /// # Errors
     /// When the document is not a JSON object with a `keys` array.
@@ -184,9 +195,18 @@ impl KeyRing {
             .get("keys")
             .and_then(|k| k.as_array())
             .ok_or_else(|| "JWKS has no \"keys\" array".to_owned())?;
-        let mut set = JwkSet::default();
+        let mut members = Vec::with_capacity(entries.len());
         for entry in entries {
-            if entry.get("use").is_some_and(|u| u != "sig") {
+            let unsupported = |reason: String| KeyRejected::Unsupported {
+                kid: entry
+                    .get("kid")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                reason,
+            };
+            if let Some(use_) = entry.get("use").filter(|u| *u != "sig") {
+                members.push(Err(unsupported(format!("use is {use_}, not \"sig\""))));
                 continue;
             }
             let mut entry = entry.clone();
@@ -209,11 +229,10 @@ impl KeyRing {
                     }
                 }
             }
-            if let Ok(jwk) = serde_json::from_value::<Jwk>(entry) {
-                set.keys.push(jwk);
-            }
+            members
+                .push(serde_json::from_value::<Jwk>(entry).map_err(|e| unsupported(e.to_string())));
         }
-        Ok(Self::from_jwk_set(&set).0)
+        Ok(Self::from_members(members.iter().map(|m| m.as_ref())))
     }
 
     /// A ring of HS256 keys from shared secrets (current first, then previous ones).
@@ -231,9 +250,66 @@ impl KeyRing {
         ring
     }
 
-    /// The key with this kid.
+    /// The key with this kid (none for a kid that several keys share).
     pub fn get(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {
         self.keys.get(kid)
+    }
+
+    /// True when several signing keys of the set had this kid, so none is used for it.
+    pub fn is_ambiguous(&self, kid: &str) -> bool {
+        self.ambiguous.contains(kid)
+    }
+
+    /// The keys skipped when this ring was built, with why, in the set's order.
+    pub fn rejected(&self) -> &[KeyRejected] {
+        &self.rejected
+    }
+
+    /// The ring of a set's members, in order: each a JWK, or the reason it was already
+    /// skipped. Reasons are kept in the same order.
+    fn from_members<'a>(
+        members: impl Iterator<Item = Result<&'a Jwk, &'a KeyRejected>> + Clone,
+    ) -> Self {
+        // Only signing keys compete for a kid: an encryption key may share its kid with
+        // the signing key it pairs with (jose selects by `use` before it counts matches).
+        let mut signing_kids: HashMap<&str, usize> = HashMap::new();
+        for jwk in members.clone().flatten().filter(|k| k.use_ == "sig") {
+            *signing_kids.entry(jwk.kid.as_str()).or_default() += 1;
+        }
+        let mut ring = Self::default();
+        for member in members {
+            let jwk = match member {
+                Ok(jwk) => jwk,
+                Err(skipped) => {
+                    ring.rejected.push(skipped.clone());
+                    continue;
+                }
+            };
+            if signing_kids.get(jwk.kid.as_str()).is_some_and(|&n| n > 1) {
+                if ring.ambiguous.insert(jwk.kid.clone()) {
+                    ring.rejected.push(KeyRejected::DuplicateKid {
+                        kid: jwk.kid.clone(),
+                    });
+                }
+                continue;
+            }
+            match VerifyingKey::from_jwk(jwk) {
+                Ok(key) => {
+                    ring.keys.insert(jwk.kid.clone(), Arc::new(key));
+                }
+                Err(e) => ring.rejected.push(e),
+            }
+        }
+        ring
+    }
+
+    /// The key for a token's kid, or why there is none.
+    pub(crate) fn find(&self, kid: &str) -> Result<&Arc<VerifyingKey>, VerifyError> {
+        self.keys.get(kid).ok_or(if self.is_ambiguous(kid) {
+            VerifyError::AmbiguousKey
+        } else {
+            VerifyError::UnknownKey
+        })
     }
 
     /// HS256 keys in order, for tokens without a kid (other libraries do not set one).
@@ -310,5 +386,95 @@ mod tests {
         assert!(rsa_public_key_der(&[0, 0], &[3]).is_err());
         let long = rsa_public_key_der(&[0x7F; 256], &[3]).unwrap();
         assert_eq!(&long[..8], [0x30, 0x82, 0x01, 0x07, 0x02, 0x82, 0x01, 0x00]);
+    }
+
+    /// A P-256 JWK of a fresh key.
+    fn ec_jwk() -> Jwk {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let point = pair.public_key().as_ref();
+        Jwk::new(
+            PublicKeyParams::p256(&point[1..33], &point[33..65]),
+            SigningAlg::Es256,
+        )
+    }
+
+    #[test]
+    fn a_kid_shared_by_two_signing_keys_names_no_key() {
+        let (a, b, c) = (ec_jwk(), ec_jwk(), ec_jwk());
+        let twin = Jwk {
+            kid: a.kid.clone(),
+            ..b
+        };
+        for keys in [
+            vec![a.clone(), twin.clone(), c.clone()],
+            vec![twin.clone(), c.clone(), a.clone()],
+        ] {
+            let (ring, rejected) = KeyRing::from_jwk_set(&JwkSet { keys });
+            assert!(ring.get(&a.kid).is_none(), "neither twin wins");
+            assert!(ring.is_ambiguous(&a.kid));
+            assert_eq!(ring.find(&a.kid).unwrap_err(), VerifyError::AmbiguousKey);
+            assert_eq!(ring.find("other").unwrap_err(), VerifyError::UnknownKey);
+            assert!(ring.get(&c.kid).is_some(), "other kids are unaffected");
+            assert_eq!(
+                rejected,
+                [KeyRejected::DuplicateKid { kid: a.kid.clone() }],
+                "reported once"
+            );
+            assert_eq!(ring.rejected(), rejected);
+        }
+    }
+
+    #[test]
+    fn an_encryption_key_may_share_the_kid_of_a_signing_key() {
+        let sig = ec_jwk();
+        let mut doc = serde_json::to_value(JwkSet {
+            keys: vec![sig.clone(), sig.clone()],
+        })
+        .unwrap();
+        doc["keys"][1]["use"] = "enc".into();
+        let ring = KeyRing::from_json(doc.to_string().as_bytes()).unwrap();
+        assert!(ring.get(&sig.kid).is_some());
+        assert!(matches!(
+            ring.rejected(),
+            [KeyRejected::Unsupported { kid, reason }] if *kid == sig.kid && reason.contains("enc")
+        ));
+        // Twice with `use: sig` (or without `use`, which means it may sign): refused.
+        doc["keys"][1].as_object_mut().unwrap().remove("use");
+        let ring = KeyRing::from_json(doc.to_string().as_bytes()).unwrap();
+        assert!(ring.is_empty());
+        assert_eq!(
+            ring.rejected(),
+            [KeyRejected::DuplicateKid { kid: sig.kid }]
+        );
+    }
+
+    #[test]
+    fn skipped_members_keep_their_reasons_in_order() {
+        let good = ec_jwk();
+        let mut mismatched = serde_json::to_value(ec_jwk()).unwrap();
+        mismatched["alg"] = "RS256".into();
+        let mut short = serde_json::to_value(ec_jwk()).unwrap();
+        short["x"] = "AAAA".into();
+        let doc = serde_json::json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "x": "AAAA", "kid": "okp"},
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac", "alg": "HS256"},
+            good,
+            mismatched,
+            short,
+            "not an object",
+        ]});
+        let ring = KeyRing::from_json(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(ring.len(), 1);
+        let rejected = ring.rejected();
+        assert_eq!(rejected.len(), 5, "{rejected:?}");
+        assert!(
+            matches!(&rejected[0], KeyRejected::Unsupported { kid, .. } if kid == "okp"),
+            "{rejected:?}"
+        );
+        assert!(matches!(&rejected[1], KeyRejected::Unsupported { kid, .. } if kid == "hmac"));
+        assert!(matches!(&rejected[2], KeyRejected::AlgMismatch { .. }));
+        assert!(matches!(&rejected[3], KeyRejected::Invalid { .. }));
+        assert!(matches!(&rejected[4], KeyRejected::Unsupported { kid, .. } if kid.is_empty()));
     }
 }

@@ -46,6 +46,9 @@ pub enum VerifyError {
     /// No published key has this kid.
     #[error("unknown signing key")]
     UnknownKey,
+    /// Several published keys have this kid, so none is used ([`KeyRejected::DuplicateKid`]).
+    #[error("ambiguous signing key: several published keys have this kid")]
+    AmbiguousKey,
     /// The signature does not verify.
     #[error("invalid signature")]
     BadSignature,
@@ -74,6 +77,9 @@ pub enum VerifyError {
 
 /// Why a key set could not be fetched or read: one fact per variant, so a service can tell
 /// a down issuer from a hostile answer.
+///
+/// Text taken from the answer (a `Location`, a Content-Type, a `jwks_uri`, key ids) is cut
+/// short and has its control characters replaced before it is put in a variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeySetError {
@@ -97,13 +103,37 @@ pub enum KeySetError {
         /// What the HTTP client said.
         reason: String,
     },
-    /// An answer other than 2xx.
+    /// An answer other than 200 and not a redirect: only a 200 carries a key set or a
+    /// discovery document (a 204 or a 206 does not).
     #[error("{url}: HTTP {status}")]
     Status {
         /// The URL.
         url: String,
         /// The status code.
         status: u16,
+    },
+    /// A redirect (3xx). Redirects are never followed (jose fetches with `redirect:
+    /// 'manual'` too): an open redirect on the issuer's host would otherwise let anyone
+    /// serve the keys.
+    #[error("{url}: HTTP {status} redirect to {location:?} (redirects are not followed)")]
+    Redirected {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// The `Location` header (empty when there is none).
+        location: String,
+    },
+    /// A 200 whose Content-Type is not JSON: `application/json` or `application/*+json`
+    /// (`application/jwk-set+json`, RFC 7517 section 8.5), parameters allowed. A missing
+    /// Content-Type is refused too: an HTML page or an uploaded file on the issuer's host
+    /// is not a key set, and issuers (this one included) label their JWKS.
+    #[error("{url}: Content-Type {} is not JSON", shown_content_type(.content_type.as_deref()))]
+    NotJson {
+        /// The URL.
+        url: String,
+        /// The Content-Type received, if any.
+        content_type: Option<String>,
     },
     /// An answer over the size limit.
     #[error("{url}: response larger than {limit} bytes")]
@@ -122,6 +152,18 @@ pub enum KeySetError {
         /// What is wrong.
         reason: String,
     },
+    /// A discovery document whose `jwks_uri` may not be used: not an absolute URL, not
+    /// https (plain http only from a loopback issuer to a loopback host), or not on the
+    /// issuer's origin unless [`JwksCacheOptions::allow_foreign_jwks_uri`] says so.
+    #[error("{url}: jwks_uri {jwks_uri:?} refused: {reason}")]
+    JwksUriRefused {
+        /// The document's URL.
+        url: String,
+        /// The `jwks_uri` it names.
+        jwks_uri: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
     /// A discovery document for another issuer (RFC 8414 section 3.3).
     #[error("{url}: issuer {published:?} does not match the expected {expected:?}")]
     IssuerMismatch {
@@ -132,4 +174,9 @@ pub enum KeySetError {
         /// The issuer the document names (empty when it names none).
         published: String,
     },
+}
+
+/// A Content-Type for an error message: quoted, or "(none)".
+fn shown_content_type(content_type: Option<&str>) -> String {
+    content_type.map_or_else(|| "(none)".to_owned(), |t| format!("{t:?}"))
 }

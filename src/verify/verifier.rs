@@ -214,11 +214,7 @@ impl Verifier {
     ) -> Result<T, VerifyError> {
         let parsed = parse(token, validation)?;
         match parsed.kid.clone() {
-            Some(kid) => finish(
-                parsed,
-                keys.get(&kid).ok_or(VerifyError::UnknownKey)?,
-                validation,
-            ),
+            Some(kid) => finish(parsed, keys.find(&kid)?, validation),
             // Tokens from other HS256 libraries carry no kid: try the shared secrets in order
             // (current, then previous), never a public key.
             None => {

@@ -7,16 +7,26 @@
 //! more while they took less than the period (the usual case), one more per whole period
 //! on a machine so loaded that they took longer.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpResponse, web};
-use jwt_issuer::verify::{JwksCache, JwksCacheOptions, KeySetError, VerifyError};
-use jwt_issuer::{KeySet, KeyStore};
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, web};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jwt_issuer::jwks::PublicKeyParams;
+use jwt_issuer::verify::{
+    JwksCache, JwksCacheOptions, KeySetError, Validation, Verifier, VerifyError,
+};
+use jwt_issuer::{Jwk, JwkSet, KeySet, KeyStore, SigningAlg};
+use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestServer, keys_dir_with_template};
+use crate::helpers::{TestApp, TestServer, keys_dir_with_template, request, run_cli, unix_now};
 
 /// What the fake issuer answers.
 #[derive(Clone)]
@@ -378,4 +388,501 @@ fn discovery_finds_the_jwks_and_checks_the_issuer() {
             "{err:?}"
         );
     });
+}
+
+// Where keys may come from (issue 10): only the configured URL, answering 200 with JSON;
+// never a redirect; a discovered jwks_uri on the issuer's origin; a kid named once.
+
+/// One canned answer of a [`Canned`] server.
+#[derive(Clone)]
+struct Answer {
+    status: u16,
+    content_type: Option<&'static str>,
+    location: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    /// 200, `application/json`, this body.
+    fn json(body: impl Into<String>) -> Self {
+        Self::typed(200, Some("application/json"), body)
+    }
+
+    /// This status and Content-Type (none when `None`), this body.
+    fn typed(status: u16, content_type: Option<&'static str>, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type,
+            location: None,
+            body: body.into(),
+        }
+    }
+
+    /// A redirect to `to`.
+    fn redirect(status: u16, to: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: None,
+            location: Some(to.into()),
+            body: String::new(),
+        }
+    }
+}
+
+/// A server answering each path it was given with its canned answer (404 otherwise),
+/// counting every request it gets.
+struct Canned {
+    url: String,
+    answers: Arc<Mutex<HashMap<String, Answer>>>,
+    hits: Arc<AtomicUsize>,
+    _server: TestServer,
+}
+
+impl Canned {
+    fn start() -> Self {
+        let answers: Arc<Mutex<HashMap<String, Answer>>> = Arc::default();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (a, h) = (answers.clone(), hits.clone());
+        let server = TestServer::start(move || {
+            let (a, h) = (a.clone(), h.clone());
+            App::new().default_service(web::to(move |req: HttpRequest| {
+                let (a, h) = (a.clone(), h.clone());
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let answer = a.lock().unwrap().get(req.path()).cloned();
+                    let Some(answer) = answer else {
+                        return HttpResponse::NotFound().finish();
+                    };
+                    let mut res = HttpResponse::build(StatusCode::from_u16(answer.status).unwrap());
+                    if let Some(content_type) = answer.content_type {
+                        res.insert_header(("Content-Type", content_type));
+                    }
+                    if let Some(location) = answer.location {
+                        res.insert_header(("Location", location));
+                    }
+                    res.body(answer.body)
+                }
+            }))
+        });
+        Self {
+            url: server.url.clone(),
+            answers,
+            hits,
+            _server: server,
+        }
+    }
+
+    /// Answers `path` with `answer` from now on.
+    fn answer(&self, path: &str, answer: Answer) {
+        self.answers.lock().unwrap().insert(path.to_owned(), answer);
+    }
+
+    /// The URL of `path` on this server.
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// An ES256 key made by the test, not by the issuer: an attacker's, or one a fake issuer
+/// publishes.
+struct EcKey {
+    pair: EcdsaKeyPair,
+    jwk: Jwk,
+}
+
+impl EcKey {
+    fn generate() -> Self {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let jwk = Jwk::new(
+            PublicKeyParams::p256(&point[1..33], &point[33..65]),
+            SigningAlg::Es256,
+        );
+        Self { pair, jwk }
+    }
+
+    /// A JWKS document of this key alone.
+    fn jwks(&self) -> String {
+        jwks_of(std::slice::from_ref(&self.jwk))
+    }
+
+    /// Its JWK published under another kid.
+    fn jwk_as(&self, kid: &str) -> Jwk {
+        Jwk {
+            kid: kid.to_owned(),
+            ..self.jwk.clone()
+        }
+    }
+
+    /// A token valid for `iss` and audience `api`, with `kid` in its header, signed by
+    /// this key.
+    fn token(&self, kid: &str, iss: &str) -> String {
+        let now = unix_now();
+        let header = json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
+        let claims =
+            json!({"iss": iss, "sub": "attacker", "aud": "api", "iat": now, "exp": now + 300});
+        let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let input = format!("{}.{}", b64(&header), b64(&claims));
+        let sig = self
+            .pair
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+}
+
+/// A JWKS document of these keys.
+fn jwks_of(keys: &[Jwk]) -> String {
+    serde_json::to_string(&JwkSet {
+        keys: keys.to_vec(),
+    })
+    .unwrap()
+}
+
+/// Verifies `token` as a service trusting `jwks_uri` for `issuer` would.
+fn verify_remote(jwks_uri: &str, issuer: &str, token: &str) -> Result<Value, VerifyError> {
+    let cache = JwksCache::new(jwks_uri, options()).unwrap();
+    let verifier = Verifier::remote(cache, Validation::new(issuer, ["api"]));
+    run(verifier.verify(token))
+}
+
+/// The issue's attack: the issuer's host redirects its JWKS URL (an open redirect) to a
+/// server holding the attacker's key.
+struct RedirectAttack {
+    evil: Canned,
+    issuer: Canned,
+    token: String,
+}
+
+impl RedirectAttack {
+    fn start(status: u16) -> Self {
+        let attacker = EcKey::generate();
+        let evil = Canned::start();
+        evil.answer("/evil.json", Answer::json(attacker.jwks()));
+        let issuer = Canned::start();
+        issuer.answer(
+            "/jwks.json",
+            Answer::redirect(status, evil.at("/evil.json")),
+        );
+        let token = attacker.token(&attacker.jwk.kid, &issuer.url);
+        Self {
+            evil,
+            issuer,
+            token,
+        }
+    }
+}
+
+#[test]
+fn a_redirected_jwks_uri_is_refused_not_followed() {
+    for status in [301, 302, 303, 307, 308] {
+        let attack = RedirectAttack::start(status);
+        let jwks_uri = attack.issuer.at("/jwks.json");
+        let err = verify_remote(&jwks_uri, &attack.issuer.url, &attack.token)
+            .expect_err("the attacker's token was accepted");
+        let evil = attack.evil.at("/evil.json");
+        assert!(
+            matches!(
+                &err,
+                VerifyError::KeySetUnavailable(KeySetError::Redirected { url, status: s, location })
+                    if *url == jwks_uri && *s == status && *location == evil
+            ),
+            "{status}: {err:?}"
+        );
+        assert_eq!(attack.evil.hits(), 0, "{status}: the redirect was followed");
+    }
+}
+
+#[test]
+fn token_verify_exits_1_on_a_redirected_jwks_uri() {
+    let attack = RedirectAttack::start(302);
+    let tmp = tempfile::TempDir::new().unwrap();
+    let out = run_cli(
+        tmp.path(),
+        &[
+            "token",
+            "verify",
+            "--jwks-uri",
+            &attack.issuer.at("/jwks.json"),
+            "--issuer",
+            &attack.issuer.url,
+            "--aud",
+            "api",
+            &attack.token,
+        ],
+    );
+    assert_eq!(
+        out.code,
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "claims printed: {}", out.stdout);
+    assert!(
+        out.stderr.contains("HTTP 302 redirect") && out.stderr.contains("not followed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(attack.evil.hits(), 0, "the redirect was followed");
+}
+
+/// A fake issuer whose discovery document names `jwks_uri`.
+fn issuer_naming(jwks_uri: &str) -> Canned {
+    let issuer = Canned::start();
+    let doc = json!({"issuer": issuer.url, "jwks_uri": jwks_uri});
+    issuer.answer(
+        "/.well-known/openid-configuration",
+        Answer::json(doc.to_string()),
+    );
+    issuer
+}
+
+#[test]
+fn discovery_refuses_a_jwks_uri_on_another_origin_unless_allowed() {
+    let key = EcKey::generate();
+    let cdn = Canned::start();
+    cdn.answer("/keys.json", Answer::json(key.jwks()));
+    let jwks_uri = cdn.at("/keys.json");
+    let issuer = issuer_naming(&jwks_uri);
+    let err = run(JwksCache::discover(&issuer.url, options())).expect_err("foreign jwks_uri");
+    assert!(
+        matches!(
+            &err,
+            VerifyError::KeySetUnavailable(KeySetError::JwksUriRefused { jwks_uri: named, reason, .. })
+                if *named == jwks_uri && reason.contains("origin")
+        ),
+        "{err:?}"
+    );
+    assert_eq!(cdn.hits(), 0, "nothing fetched from the foreign origin");
+
+    // The opt-out, for issuers that publish their keys on a CDN.
+    let allowed = JwksCacheOptions {
+        allow_foreign_jwks_uri: true,
+        ..options()
+    };
+    run(async {
+        let cache = JwksCache::discover(&issuer.url, allowed.clone())
+            .await
+            .unwrap();
+        assert_eq!(cache.jwks_uri(), jwks_uri);
+        let verifier = Verifier::remote(cache, Validation::new(&issuer.url, ["api"]));
+        let claims: Value = verifier
+            .verify(&key.token(&key.jwk.kid, &issuer.url))
+            .await
+            .unwrap();
+        assert_eq!(claims["sub"], "attacker");
+    });
+
+    // Even then, plain http is for loopback hosts only, and a relative URL is no URL.
+    for (named, why) in [
+        ("http://jwks.example/keys.json", "not https"),
+        ("/keys.json", "not an absolute URL"),
+    ] {
+        let issuer = issuer_naming(named);
+        let err = run(JwksCache::discover(&issuer.url, allowed.clone())).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                VerifyError::KeySetUnavailable(KeySetError::JwksUriRefused { reason, .. })
+                    if *reason == why
+            ),
+            "{named}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_redirected_discovery_document_is_refused_not_followed() {
+    let key = EcKey::generate();
+    let evil = Canned::start();
+    let issuer = Canned::start();
+    // The attacker's document names the real issuer, and keys on the attacker's origin.
+    let doc = json!({"issuer": issuer.url, "jwks_uri": evil.at("/keys.json")});
+    evil.answer("/openid-configuration", Answer::json(doc.to_string()));
+    evil.answer("/keys.json", Answer::json(key.jwks()));
+    issuer.answer(
+        "/.well-known/openid-configuration",
+        Answer::redirect(302, evil.at("/openid-configuration")),
+    );
+    for allow_foreign_jwks_uri in [false, true] {
+        let opts = JwksCacheOptions {
+            allow_foreign_jwks_uri,
+            ..options()
+        };
+        let err = run(JwksCache::discover(&issuer.url, opts)).unwrap_err();
+        // The fallback path answers 404; the redirect is what is reported.
+        assert!(
+            matches!(
+                &err,
+                VerifyError::KeySetUnavailable(KeySetError::Redirected { status: 302, .. })
+            ),
+            "{err:?}"
+        );
+    }
+    assert_eq!(evil.hits(), 0, "the redirect was followed");
+}
+
+#[test]
+fn only_a_200_with_a_json_content_type_is_a_key_set() {
+    let key = EcKey::generate();
+    let body = key.jwks();
+    let server = Canned::start();
+    let token = key.token(&key.jwk.kid, &server.url);
+    let mut paths = 0;
+    let mut check = |answer: Answer| {
+        paths += 1;
+        let path = format!("/answer-{paths}");
+        server.answer(&path, answer);
+        (
+            path.clone(),
+            verify_remote(&server.at(&path), &server.url, &token),
+        )
+    };
+    for status in [204, 203, 206] {
+        // 204 has no body; 203 and 206 carry a whole key set, which is not read.
+        let body = if status == 204 { "" } else { body.as_str() };
+        let (_, result) = check(Answer::typed(status, Some("application/json"), body));
+        let err = result.expect_err("accepted");
+        assert!(
+            matches!(
+                &err,
+                VerifyError::KeySetUnavailable(KeySetError::Status { status: s, .. }) if *s == status
+            ),
+            "{status}: {err:?}"
+        );
+    }
+    for content_type in [
+        Some("text/html"),
+        Some("text/plain; charset=utf-8"),
+        Some("application/octet-stream"),
+        Some("application/jsonp"),
+        None,
+    ] {
+        let (path, result) = check(Answer::typed(200, content_type, body.clone()));
+        let err = result.expect_err("accepted");
+        assert!(
+            matches!(
+                &err,
+                VerifyError::KeySetUnavailable(KeySetError::NotJson { content_type: got, .. })
+                    if got.as_deref() == content_type
+            ),
+            "{content_type:?}: {err:?}"
+        );
+        if content_type.is_none() {
+            // The server really sent none (actix adds none to a bare body).
+            let res = request("GET", &server.at(&path), &[]);
+            assert_eq!(res.status, 200);
+            assert_eq!(res.header("content-type"), None);
+        }
+    }
+    for content_type in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/jwk-set+json",
+        "application/jwk-set+json;charset=UTF-8",
+    ] {
+        let (_, result) = check(Answer::typed(200, Some(content_type), body.clone()));
+        let claims = result.unwrap_or_else(|e| panic!("{content_type}: {e:?}"));
+        assert_eq!(claims["sub"], "attacker");
+    }
+}
+
+#[test]
+fn a_kid_published_twice_is_refused() {
+    let genuine = EcKey::generate();
+    let attacker = EcKey::generate();
+    let other = EcKey::generate();
+    let server = Canned::start();
+    let kid = genuine.jwk.kid.clone();
+    // The attacker's key first: before issue 10 the first of two keys with one kid won.
+    server.answer(
+        "/jwks.json",
+        Answer::json(jwks_of(&[
+            attacker.jwk_as(&kid),
+            genuine.jwk.clone(),
+            other.jwk.clone(),
+        ])),
+    );
+    let uri = server.at("/jwks.json");
+    assert_eq!(
+        verify_remote(&uri, &server.url, &attacker.token(&kid, &server.url)),
+        Err(VerifyError::AmbiguousKey),
+        "the first of two keys with one kid won"
+    );
+    assert_eq!(
+        verify_remote(&uri, &server.url, &genuine.token(&kid, &server.url)),
+        Err(VerifyError::AmbiguousKey),
+        "the second of two keys with one kid won"
+    );
+    let claims = verify_remote(&uri, &server.url, &other.token(&other.jwk.kid, &server.url))
+        .expect("a kid named once still verifies");
+    assert_eq!(claims["sub"], "attacker");
+
+    // A set whose only kid is shared has no usable key, and says so.
+    server.answer(
+        "/twins.json",
+        Answer::json(jwks_of(&[genuine.jwk.clone(), attacker.jwk_as(&kid)])),
+    );
+    let err = verify_remote(
+        &server.at("/twins.json"),
+        &server.url,
+        &genuine.token(&kid, &server.url),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            VerifyError::KeySetUnavailable(KeySetError::Invalid { reason, .. })
+                if reason.contains("no usable signing key") && reason.contains(&kid)
+                    && reason.contains("more than once")
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_set_without_usable_keys_says_why_each_was_skipped_within_bounds() {
+    let key = EcKey::generate();
+    let mut mismatched = serde_json::to_value(&key.jwk).unwrap();
+    mismatched["alg"] = "RS256".into();
+    let mut keys = vec![
+        json!({"kty": "OKP", "crv": "Ed25519", "x": "AAAA", "kid": "okp-key"}),
+        json!({"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA", "kid": "short-key", "alg": "ES256"}),
+        mismatched,
+        json!({"kty": "RSA", "n": "AQAB", "e": "AQAB", "kid": "enc-key", "use": "enc"}),
+    ];
+    // Many more, with long kids (within the 256 KiB limit): the message stays short.
+    let long = "k".repeat(3000);
+    keys.extend((0..40).map(|i| json!({"kty": "OKP", "kid": format!("{long}{i}")})));
+    let server = Canned::start();
+    server.answer(
+        "/jwks.json",
+        Answer::json(json!({ "keys": keys }).to_string()),
+    );
+    let err = verify_remote(
+        &server.at("/jwks.json"),
+        &server.url,
+        &key.token(&key.jwk.kid, &server.url),
+    )
+    .unwrap_err();
+    let VerifyError::KeySetUnavailable(KeySetError::Invalid { reason, .. }) = &err else {
+        panic!("{err:?}");
+    };
+    for why in [
+        "no usable signing key: ",
+        "key okp-key: not a usable signing key",
+        "key short-key: invalid public key",
+        "does not fit the key type",
+        "key enc-key: not a usable signing key: use is \"enc\"",
+        "; and 39 more",
+    ] {
+        assert!(reason.contains(why), "{why:?} missing from {reason}");
+    }
+    assert!(reason.len() < 2000, "{} bytes: {reason}", reason.len());
 }

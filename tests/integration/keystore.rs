@@ -110,12 +110,10 @@ fn restarted_binary_publishes_the_same_jwks() {
 fn group_or_world_accessible_key_refuses_start_and_says_how_to_fix() {
     for bad_mode in [0o640, 0o604, 0o620, 0o644] {
         let (_tmp, dir) = keys_dir_with_template();
-        let victim = dir.join(
-            list_dir(&dir)
-                .into_iter()
-                .find(|n| n.ends_with(".pem"))
-                .unwrap(),
-        );
+        // The default algorithm's active key: the server cannot sign what it is asked
+        // to by default, so it does not start.
+        let kid = active_kid(&dir, SigningAlg::Es256);
+        let victim = dir.join(format!("{kid}.pem"));
         fs::set_permissions(&victim, fs::Permissions::from_mode(bad_mode)).unwrap();
         let out = run_cli(&dir, &["serve", "--bind", "127.0.0.1:0"]);
         assert_ne!(out.code, Some(0));
@@ -123,8 +121,10 @@ fn group_or_world_accessible_key_refuses_start_and_says_how_to_fix() {
         assert!(last.contains(&victim.display().to_string()), "{last}");
         assert!(last.contains("too open"), "{last}");
         assert!(last.contains("chmod 600"), "{last}");
-        // The library refuses too, whoever calls it.
-        assert!(KeyStore::new(&dir).load().is_err());
+        // The library never uses the key, whoever calls it, and says why.
+        let keys = KeyStore::new(&dir).load().unwrap();
+        assert!(keys.find(&kid).is_none());
+        assert!(keys.broken()[0].reason.contains("too open"));
     }
 }
 
@@ -444,21 +444,28 @@ fn a_key_file_dropped_into_a_managed_store_is_adopted_as_next_by_the_next_change
 }
 
 #[test]
-fn corrupt_key_in_the_store_fails_the_whole_load_naming_the_file() {
+fn a_corrupt_key_is_left_out_named_and_the_others_load() {
     let (_tmp, dir) = keys_dir_with_template();
-    let victim = dir.join(
-        list_dir(&dir)
-            .into_iter()
-            .find(|n| n.ends_with(".pem"))
-            .unwrap(),
-    );
+    let kid = active_kid(&dir, SigningAlg::Rs256);
+    let victim = dir.join(format!("{kid}.pem"));
     fs::write(
         &victim,
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
-    let err = KeyStore::new(&dir).load().unwrap_err().to_string();
-    assert!(err.contains(&victim.display().to_string()), "{err}");
+    let keys = KeyStore::new(&dir).load().unwrap();
+    assert!(keys.find(&kid).is_none() && keys.active(SigningAlg::Rs256).is_none());
+    assert!(
+        keys.active(SigningAlg::Es256).is_some(),
+        "the good key loads"
+    );
+    let broken = keys.broken();
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert_eq!(broken[0].kid, kid);
+    assert!(
+        broken[0].reason.contains(&victim.display().to_string()),
+        "{broken:?}"
+    );
 }
 
 #[test]

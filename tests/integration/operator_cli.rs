@@ -317,3 +317,88 @@ fn token_verify_explains_an_hs256_token_and_an_empty_stdin() {
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("no token"), "{stderr}");
 }
+
+#[test]
+fn no_demo_client_on_a_bind_other_clients_can_reach() {
+    use std::io::{BufRead, BufReader};
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("keys");
+    let mut child = helpers::cli(&dir)
+        .args([
+            "serve",
+            "--bind",
+            "0.0.0.0:0",
+            "--issuer",
+            "http://auth.example",
+        ])
+        .args(["--workers", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.iter().any(|l| l.contains("listening")), "{seen:#?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("client_secret") || l.contains("demo")),
+        "{seen:#?}"
+    );
+    assert!(!dir.join("clients.json").exists());
+}
+
+#[test]
+fn token_verify_checks_hs256_tokens_without_iss_or_aud_when_told_to() {
+    // As node's jsonwebtoken makes them by default: `jwt.sign({ sub }, secret,
+    // { expiresIn: '1h' })`, no iss, no aud.
+    let secret = "kR3v9Qw2Lx7Zp4Ty8Nc1Hb6Mf5Jd0Gs-Ve4Ua8";
+    let exp = helpers::unix_now() + 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "node-svc", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let tmp = TempDir::new().unwrap();
+    let env = [("NODE_SECRET", secret)];
+    let verify = |token: &str, extra: &[&str]| {
+        let mut args = vec![
+            "token",
+            "verify",
+            "--secret-env",
+            "NODE_SECRET",
+            "--any-audience",
+        ];
+        args.extend_from_slice(extra);
+        args.push(token);
+        run_cli_with_env(tmp.path(), &args, &env)
+    };
+    let ok = verify(&token, &["--any-issuer"]);
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    assert!(ok.stdout.contains("node-svc"));
+    let tampered = verify(&helpers::flip_signature(&token), &["--any-issuer"]);
+    assert_eq!(tampered.code, Some(1));
+    assert!(
+        tampered.stderr.contains("invalid signature"),
+        "{}",
+        tampered.stderr
+    );
+    // Strict by default: without the opt-out the missing iss is refused.
+    let strict = verify(&token, &["--issuer", "https://auth.example"]);
+    assert_eq!(strict.code, Some(1));
+    assert!(strict.stderr.contains("iss"), "{}", strict.stderr);
+    let no_keys = run_cli(
+        tmp.path(),
+        &["token", "verify", "--any-issuer", "--any-audience", &token],
+    );
+    assert!(no_keys.stderr.contains("--jwks-uri"), "{}", no_keys.stderr);
+}

@@ -782,3 +782,47 @@ fn token_lifetimes_beyond_the_maximum_are_refused_where_configured() {
         })
     });
 }
+
+#[test]
+fn a_revoked_key_never_signs_again_though_another_key_file_is_broken() {
+    use std::os::unix::fs::PermissionsExt;
+    let (app, [es, rs]) = TestApp::spawn_with_clients(clients(), |_| {});
+    let revoked = helpers::segment_json(&app.token_for(&es), 0)["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // An unrelated key file becomes unusable, then the ES256 key is revoked.
+    let rs_kid = active_kid(&app.keys_dir, SigningAlg::Rs256);
+    let rs_file = app.keys_dir.join(format!("{rs_kid}.pem"));
+    std::fs::set_permissions(&rs_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_cli(&app.keys_dir, &["keys", "revoke", &revoked]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // The revocation takes effect: the key leaves the JWKS and its successor signs.
+    wait_for(PATIENCE, "the revoked key to leave the JWKS", || {
+        let kids = published_kids(&app);
+        if kids.contains(&revoked) {
+            Err(kids)
+        } else {
+            Ok(())
+        }
+    });
+    for _ in 0..5 {
+        let token = app.token_for(&es);
+        assert_ne!(helpers::segment_json(&token, 0)["kid"], revoked.as_str());
+    }
+    // The broken key is left out and named; its algorithm is refused with 503, never
+    // signed by another key.
+    assert!(!published_kids(&app).contains(&rs_kid));
+    let health = app.get("/healthz").json();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["broken_keys"][0]["kid"], rs_kid.as_str(), "{health}");
+    let refused = app.token_response(&rs, &[]);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "temporarily_unavailable");
+    // Fixed without a change to the manifest, it comes back by itself.
+    std::fs::set_permissions(&rs_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    wait_until(PATIENCE, "the fixed key to sign again", || {
+        app.token_response(&rs, &[]).status == 200
+    });
+    assert_eq!(app.get("/healthz").json()["status"], "ok");
+}

@@ -122,6 +122,14 @@ fn scope_requests_must_be_subsets_and_default_to_all() {
 
     assert_error(&get("read admin"), 400, "invalid_scope");
     assert_error(&get("\"read\""), 400, "invalid_scope");
+
+    // A client with no scopes gets none, and the response says nothing of scope
+    // (RFC 6749 section 5.1 has it optional), rather than an empty one.
+    let (app, [bare]) = TestApp::spawn_with_clients([new_client("bare", &[], &["api"])], |_| {});
+    let res = app.token_response(&bare, &[]);
+    assert_eq!(res.status, 200);
+    assert!(res.json().get("scope").is_none(), "{}", res.body);
+    assert!(segment_json(&res.access_token(), 1).get("scope").is_none());
 }
 
 #[test]
@@ -373,7 +381,7 @@ fn get_on_the_token_endpoint_is_405() {
 }
 
 #[test]
-fn repeated_failures_lock_that_client_with_429_then_recover_after_the_window() {
+fn repeated_failures_slow_down_more_failures_but_never_the_right_secret() {
     let window = Duration::from_secs(2);
     let (app, [victim, spare, bystander]) = TestApp::spawn_with_clients(
         [
@@ -394,20 +402,21 @@ fn repeated_failures_lock_that_client_with_429_then_recover_after_the_window() {
         for _ in 0..3 {
             assert_eq!(app.token_response(&wrong, &[]).status, 401);
         }
-        let locked = app.token_response(victim, &[]);
+        let locked = app.token_response(&wrong, &[]);
         if locked.status != 429 && start.elapsed() >= window {
             continue;
         }
         assert_error(&locked, 429, "slow_down");
         let retry: u64 = locked.header("retry-after").unwrap().parse().unwrap();
         assert!((1..=2).contains(&retry), "{retry}");
-        // Other clients, even from the same address, are unaffected.
+        // Anyone can send wrong secrets for a known id: the real client, with the right
+        // one, still gets its token during the lock. So do other clients.
+        assert_eq!(app.token_response(victim, &[]).status, 200);
         assert_eq!(app.token_response(&bystander, &[]).status, 200);
-
-        // Locked until the window ends (it began after `start`), then let in.
+        // Wrong secrets are slowed down until the window ends, then answered again.
         wait_for(PATIENCE, "the lock to end", || {
-            let res = app.token_response(victim, &[]);
-            if res.status == 200 {
+            let res = app.token_response(&wrong, &[]);
+            if res.status == 401 {
                 return Ok(());
             }
             assert_error(&res, 429, "slow_down");
@@ -415,7 +424,7 @@ fn repeated_failures_lock_that_client_with_429_then_recover_after_the_window() {
         });
         assert!(
             start.elapsed() >= window,
-            "let in {:?} after the first failure, before the {window:?} window ended",
+            "answered {:?} after the first failure, before the {window:?} window ended",
             start.elapsed()
         );
         return;
@@ -424,7 +433,7 @@ fn repeated_failures_lock_that_client_with_429_then_recover_after_the_window() {
 }
 
 #[test]
-fn failures_across_many_ids_lock_the_address() {
+fn failures_across_many_ids_slow_down_the_address_but_not_the_right_secret() {
     let (app, [real]) = TestApp::spawn_with_clients([new_client("real", &[], &["api"])], |c| {
         c.auth_limits.max_failures = 2;
         c.auth_limits.window = Duration::from_secs(30);
@@ -434,7 +443,9 @@ fn failures_across_many_ids_lock_the_address() {
         let guess = TestClient::new(&format!("id-{i}"), "guess");
         assert_eq!(app.token_response(&guess, &[]).status, 401);
     }
-    assert_error(&app.token_response(&real, &[]), 429, "slow_down");
+    let wrong = TestClient::new("real", "guess");
+    assert_error(&app.token_response(&wrong, &[]), 429, "slow_down");
+    assert_eq!(app.token_response(&real, &[]).status, 200);
 }
 
 #[test]
@@ -513,4 +524,56 @@ fn metrics_count_issued_and_refused_token_requests() {
         "{text}"
     );
     assert!(text.contains(r#"jwt_issuer_token_requests_total{detail="unsupported_grant_type",outcome="refused"} 1"#), "{text}");
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_forwarded_address_is_the_one_counted() {
+    let (app, [real]) = TestApp::spawn_with_clients([new_client("real", &[], &["api"])], |c| {
+        c.auth_limits.max_failures = 2;
+        c.auth_limits.window = Duration::from_secs(30);
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    });
+    let from = |client: &TestClient, xff: &str| {
+        let body = "grant_type=client_credentials";
+        app.token_request(
+            body.as_bytes(),
+            &[
+                ("Authorization", &client.basic_auth()),
+                ("X-Forwarded-For", xff),
+            ],
+        )
+    };
+    // Ten failures from one forwarded address (5x the per-id limit) lock that address;
+    // a client-written entry left of it changes nothing.
+    for i in 0..10 {
+        let guess = TestClient::new(&format!("id-{i}"), "guess");
+        assert_eq!(from(&guess, &format!("6.6.6.{i}, 10.0.0.1")).status, 401);
+    }
+    let wrong = TestClient::new("real", "guess");
+    assert_error(&from(&wrong, "10.0.0.1"), 429, "slow_down");
+    // Another client behind the same proxy is not slowed down; the right secret never is.
+    assert_eq!(from(&wrong, "10.0.0.2").status, 401);
+    assert_eq!(from(&real, "10.0.0.1").status, 200);
+}
+
+#[test]
+fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let (app, _) = TestApp::spawn_with_clients([new_client("real", &[], &["api"])], |c| {
+        c.auth_limits.max_failures = 2;
+        c.auth_limits.window = Duration::from_secs(30);
+    });
+    // Each failure claims another forwarded address: all count for the real peer.
+    for i in 0..10 {
+        let guess = TestClient::new(&format!("id-{i}"), "guess");
+        let res = app.token_request(
+            b"grant_type=client_credentials",
+            &[
+                ("Authorization", &guess.basic_auth()),
+                ("X-Forwarded-For", &format!("10.0.0.{i}")),
+            ],
+        );
+        assert_eq!(res.status, 401);
+    }
+    let wrong = TestClient::new("real", "guess");
+    assert_error(&app.token_response(&wrong, &[]), 429, "slow_down");
 }

@@ -488,8 +488,13 @@ fn build_client(new: NewClient) -> Result<(Client, ClientSecret), ClientStoreErr
     if let Some(ttl) = new.ttl {
         check_ttl(ttl, TOKEN_TTL_CEILING)?;
     }
-    let mut scopes = new.scopes;
-    scopes.dedup();
+    // Each scope once, in the order first given.
+    let mut scopes: Vec<String> = Vec::with_capacity(new.scopes.len());
+    for scope in new.scopes {
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
     let secret = ClientSecret::generate();
     let client = Client {
         client_id: new.client_id,
@@ -624,5 +629,18 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"scopes\": 1"), "{text}");
         assert!(!text.contains("\"good\""), "{text}");
+    }
+
+    #[test]
+    fn scopes_are_stored_once_in_the_order_first_given() {
+        let (client, _) = build_client(NewClient {
+            client_id: "svc".into(),
+            scopes: ["read", "write", "read", "admin", "write"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(client.scopes, ["read", "write", "admin"]);
     }
 }
