@@ -175,7 +175,9 @@ impl KeysDir {
 
 impl KeyBackend for KeysDir {
     fn describe(&self) -> String {
-        format!("keys dir {}", self.dir.display())
+        // Absolute, so a message read elsewhere still says where it looked.
+        let dir = std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        format!("the keys dir {}", dir.display())
     }
 
     fn version(&self) -> Option<StoreVersion> {
