@@ -115,8 +115,14 @@ impl TokenEndpoint {
     ) -> Result<Issued, OAuthError> {
         let mut client_id = None;
         let result = self.issue(call, clients, signer, &mut client_id);
-        // Ids come from the network: bounded, and escaped so they cannot forge log lines.
-        let client = client_id.as_deref().unwrap_or("-");
+        // Ids come from the network: only a registered id is logged (a caller who swapped
+        // id and secret must not put the secret in the log), bounded, and escaped so it
+        // cannot forge log lines.
+        let client = match client_id.as_deref() {
+            Some(id) if clients.get(id).is_some() => id,
+            Some(_) => "(unregistered)",
+            None => "-",
+        };
         let client = client[..client.floor_char_boundary(128)].escape_debug();
         match &result {
             Ok(issued) => {

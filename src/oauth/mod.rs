@@ -60,6 +60,9 @@ pub enum OAuthError {
     /// A body over the size limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// A body that did not arrive in time.
+    #[error("the request body did not arrive within {}s", .0.as_secs())]
+    BodyTimeout(Duration),
     /// The algorithm this client's tokens use cannot sign now (its active key is broken
     /// or revoked without a successor loaded): refused, never signed by another key.
     #[error("tokens of this client cannot be signed right now; retry later")]
@@ -73,7 +76,9 @@ impl OAuthError {
     /// The RFC 6749 `error` code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) | Self::PayloadTooLarge(_) => "invalid_request",
+            Self::InvalidRequest(_) | Self::PayloadTooLarge(_) | Self::BodyTimeout(_) => {
+                "invalid_request"
+            }
             Self::InvalidClient { .. } => "invalid_client",
             Self::UnsupportedGrantType { .. } => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
@@ -91,6 +96,7 @@ impl ResponseError for OAuthError {
             Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,

@@ -11,6 +11,10 @@ use crate::oauth::OAuthError;
 use crate::oauth::TokenCall;
 use crate::oauth::request::MAX_BODY_BYTES;
 
+/// How long a token request's whole body may take to arrive (the head has actix's own
+/// 5 s limit).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Handles one token request.
 pub async fn token(
     req: HttpRequest,
@@ -94,9 +98,11 @@ async fn read_form_body(
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return Err(OAuthError::PayloadTooLarge(MAX_BODY_BYTES));
     }
-    payload
-        .to_bytes_limited(MAX_BODY_BYTES)
+    // The whole body within a deadline: a client that announces a body and sends it a
+    // byte at a time (or never) must not hold a connection and a worker for ever.
+    actix_web::rt::time::timeout(BODY_TIMEOUT, payload.to_bytes_limited(MAX_BODY_BYTES))
         .await
+        .map_err(|_| OAuthError::BodyTimeout(BODY_TIMEOUT))?
         .map_err(|_| OAuthError::PayloadTooLarge(MAX_BODY_BYTES))?
         .map_err(|_| OAuthError::InvalidRequest("the request body could not be read".into()))
 }

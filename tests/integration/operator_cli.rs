@@ -402,3 +402,22 @@ fn token_verify_checks_hs256_tokens_without_iss_or_aud_when_told_to() {
     );
     assert!(no_keys.stderr.contains("--jwks-uri"), "{}", no_keys.stderr);
 }
+
+#[test]
+fn a_secret_sent_as_the_client_id_is_not_logged() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let add = run_cli(&dir, &["clients", "add", "svc"]);
+    let secret = add.stdout.trim().to_owned();
+    let server = ServeProcess::start(&dir, &[]);
+    // The classic mistake: id and secret swapped.
+    let swapped = TestClient::new(&secret, "svc");
+    assert_eq!(server.token_response(&swapped, &[]).status, 401);
+    let mut log = Vec::new();
+    server.read_log_to_now(&mut log);
+    let joined = log.join("\n");
+    assert!(joined.contains("(unregistered)"), "{joined}");
+    assert!(
+        !joined.contains(&secret[..16]),
+        "the secret reached the log"
+    );
+}
