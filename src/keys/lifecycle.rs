@@ -259,6 +259,14 @@ impl Manifest {
         if manifest.version != Self::VERSION {
             return Err(format!("unsupported version {}", manifest.version));
         }
+        // Kids name files: only an RFC 7638 thumbprint (43 base64url characters) is one,
+        // so no entry can point outside the store ("../victim").
+        if let Some(bad) = manifest.keys.iter().find(|k| !is_thumbprint(&k.kid)) {
+            return Err(format!(
+                "kid {:?} is not an RFC 7638 thumbprint",
+                bad.kid.chars().take(64).collect::<String>()
+            ));
+        }
         for alg in SigningAlg::ASYMMETRIC {
             let active = manifest
                 .keys
@@ -597,6 +605,14 @@ impl Manifest {
     }
 }
 
+/// Whether `kid` has the form of an RFC 7638 SHA-256 thumbprint: 43 base64url characters.
+pub fn is_thumbprint(kid: &str) -> bool {
+    kid.len() == 43
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A duration in milliseconds.
 pub fn millis(d: Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -808,10 +824,12 @@ mod tests {
 
     #[test]
     fn stored_manifests_are_checked_beyond_their_types() {
-        let mut m = store();
+        let kid = |c: char| c.to_string().repeat(43);
+        let mut m = Manifest::default();
+        m.add(kid('a'), SigningAlg::Es256, 0);
         assert_eq!(Manifest::from_json(&m.to_json()).unwrap().keys, m.keys);
         m.keys.push(KeyRecord::new(
-            "a2".into(),
+            kid('b'),
             SigningAlg::Es256,
             KeyState::Active,
             0,
@@ -820,6 +838,17 @@ mod tests {
         assert!(err.contains("more than one active ES256"), "{err}");
         let err = Manifest::from_json(br#"{"version":2,"keys":[]}"#).unwrap_err();
         assert!(err.contains("unsupported version 2"), "{err}");
+        // A kid names a file: anything but a thumbprint is refused, a path above all.
+        for bad in [
+            "../victim",
+            "a1",
+            &format!("{}/", kid('c')[..42].to_owned()),
+        ] {
+            let mut m = Manifest::default();
+            m.add(bad.to_owned(), SigningAlg::Es256, 0);
+            let err = Manifest::from_json(&m.to_json()).unwrap_err();
+            assert!(err.contains("not an RFC 7638 thumbprint"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -56,6 +56,12 @@ impl ClientAuthMethod for ClientSecretBasic {
         _: &mut Form,
     ) -> Option<Result<Presented, OAuthError>> {
         let value = headers.get(header::AUTHORIZATION)?;
+        // Several Authorization headers: which one counts cannot be told; refused.
+        if headers.get_all(header::AUTHORIZATION).nth(1).is_some() {
+            return Some(Err(OAuthError::InvalidRequest(
+                "send one Authorization header".into(),
+            )));
+        }
         Some(
             value
                 .to_str()
@@ -213,5 +219,15 @@ mod tests {
         assert_eq!(code(&HeaderMap::new(), no_secret), "invalid_client");
         assert_eq!(code(&basic("nocolon"), Form::default()), "invalid_request");
         assert_eq!(code(&basic(":secret"), Form::default()), "invalid_client");
+    }
+
+    #[test]
+    fn several_authorization_headers_are_refused() {
+        let mut headers = basic("a:b");
+        headers.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic Ym9ndXM="),
+        );
+        assert_eq!(code(&headers, Form::default()), "invalid_request");
     }
 }

@@ -96,7 +96,17 @@ fn hex_value(b: u8) -> Option<u8> {
 /// A value from the network made safe to echo in an error or a log line: bounded, without
 /// control characters (no forged log lines).
 pub(crate) fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
+    // Printable ASCII as is; everything else (controls, line and paragraph separators,
+    // bidi overrides) escaped, so nothing from a request can shape a log line.
+    let mut out = String::new();
+    for c in s.chars().take(64) {
+        if (' '..='~').contains(&c) {
+            out.push(c);
+        } else {
+            out.extend(c.escape_unicode());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -124,5 +134,17 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn values_echoed_from_a_request_cannot_shape_a_log_line() {
+        let forged = "x\n2026-11-26T00:00:00Z  INFO forged\u{2028}\u{202e}\u{1b}[31m";
+        let shown = printable(forged);
+        assert!(shown.bytes().all(|b| (0x20..0x7f).contains(&b)), "{shown}");
+        assert!(
+            shown.contains("\\u{a}") && shown.contains("\\u{202e}"),
+            "{shown}"
+        );
+        assert_eq!(printable(&"a".repeat(100)).len(), 64);
     }
 }
