@@ -50,7 +50,8 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`KeyStoreError::KeyMissing`] when the material is gone (the store tells this race
-    /// from damage); unreadable or invalid key; a key that is not the one the record names.
+    /// from damage); unreadable or invalid key. The store itself refuses a key that is not
+    /// the one the record names.
     fn load_key(&self, record: &KeyRecord) -> Result<SigningKey, KeyStoreError>;
 
     /// A new key for `alg` (RSA of `rsa_bits` for RS256), not yet stored. The default

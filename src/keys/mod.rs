@@ -174,17 +174,13 @@ impl KeyStore {
     pub fn load_or_init(&self) -> Result<(KeySet, Vec<KeyInfo>), KeyStoreError> {
         let now = now_ms();
         let published = |m: &Manifest| m.keys.iter().any(|k| k.is_published(now));
-        if self
-            .backend
-            .read_manifest()?
-            .as_ref()
-            .is_some_and(published)
-        {
+        let stored = self.backend.read_manifest()?;
+        if stored.as_ref().is_some_and(published) {
             return Ok((self.load()?, Vec::new()));
         }
         // Keys an operator dropped in are adopted by the change below; only a store
         // without any key gets fresh ones.
-        let fresh = if published(&self.manifest_at(now)?) {
+        let fresh = if published(&self.stored_or_adopted(stored, now)?) {
             Vec::new()
         } else {
             SigningAlg::ASYMMETRIC
@@ -358,7 +354,17 @@ impl KeyStore {
     }
 
     fn manifest_at(&self, now: Millis) -> Result<Manifest, KeyStoreError> {
-        match self.backend.read_manifest()? {
+        let stored = self.backend.read_manifest()?;
+        self.stored_or_adopted(stored, now)
+    }
+
+    /// The stored manifest, or, where there is none, what a first change would adopt.
+    fn stored_or_adopted(
+        &self,
+        stored: Option<Manifest>,
+        now: Millis,
+    ) -> Result<Manifest, KeyStoreError> {
+        match stored {
             Some(m) => Ok(m),
             None => self.backend.with_unrecorded(Manifest::default(), now),
         }

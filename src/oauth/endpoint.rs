@@ -97,11 +97,6 @@ impl TokenEndpoint {
         self.methods.iter().map(|m| m.name()).collect()
     }
 
-    /// The brute-force limiter.
-    pub fn limiter(&self) -> &AuthLimiter {
-        &self.limiter
-    }
-
     /// Handles one token request against a registry and a signer snapshot. Every outcome
     /// is logged (client id, outcome, jti or error), never a secret or a token.
     ///

@@ -82,8 +82,8 @@ pub struct AppState {
     /// Where the registry comes from.
     pub client_store: ClientStore,
     client_version: Mutex<Option<StoreVersion>>,
-    last_client_error: Mutex<Option<String>>,
-    last_key_error: Mutex<Option<String>>,
+    last_client_error: LastError,
+    last_key_error: LastError,
     /// The token endpoint: grants, client authentication, brute-force limits.
     pub token_endpoint: TokenEndpoint,
     last_maintenance_error: Mutex<Option<(String, std::time::Instant)>>,
@@ -173,8 +173,8 @@ impl AppState {
             clients: ArcSwap::from_pointee(clients),
             client_store,
             client_version: Mutex::new(client_version),
-            last_client_error: Mutex::new(None),
-            last_key_error: Mutex::new(None),
+            last_client_error: LastError::default(),
+            last_key_error: LastError::default(),
             token_endpoint,
             settings: config,
             last_maintenance_error: Mutex::new(None),
@@ -258,10 +258,6 @@ impl AppState {
         if !force && !due && !retry_broken && version == current.version {
             return;
         }
-        let mut last_error = self
-            .last_key_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         let built = self
             .key_store
             .load()
@@ -272,7 +268,7 @@ impl AppState {
             });
         match built {
             Ok(next) => {
-                *last_error = None;
+                self.last_key_error.clear();
                 let changed = next.jwks.etag() != current.jwks.etag();
                 if next.signer.keys().broken() != current.signer.keys().broken() {
                     report_broken(next.signer.keys());
@@ -285,12 +281,10 @@ impl AppState {
                 }
             }
             Err(err) => {
-                // The version is not recorded, so the next tick tries again; the error is
-                // logged once until it changes.
-                if last_error.as_deref() != Some(err.as_str()) {
+                // The version is not recorded, so the next tick tries again.
+                if self.last_key_error.is_new(&err) {
                     tracing::error!(error = %err, "KEY SET FAILED TO LOAD; still serving the previous key set");
                 }
-                *last_error = Some(err);
             }
         }
     }
@@ -315,10 +309,6 @@ impl AppState {
         if !force && version == *last {
             return;
         }
-        let mut last_error = self
-            .last_client_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         match load_clients(
             &self.client_store,
             self.settings.hmac_secret.is_some(),
@@ -327,7 +317,7 @@ impl AppState {
             Ok(registry) => {
                 // Recorded only now: a load that failed is tried again at the next tick.
                 *last = version;
-                *last_error = None;
+                self.last_client_error.clear();
                 tracing::info!(
                     clients = registry.len(),
                     skipped = registry.skipped().len(),
@@ -339,12 +329,10 @@ impl AppState {
                 self.refresh_discovery();
             }
             Err(err) => {
-                // Once per distinct error: a broken file is retried every tick.
                 let text = Report(&err).to_string();
-                if last_error.as_deref() != Some(text.as_str()) {
+                if self.last_client_error.is_new(&text) {
                     tracing::error!(error = %text, "client registry failed to load; keeping the previous one");
                 }
-                *last_error = Some(text);
             }
         }
     }
@@ -365,6 +353,26 @@ fn discovery_document(
         algs.push(SigningAlg::Hs256);
     }
     Metadata::new(&settings.signer.issuer, algs, endpoint).to_bytes()
+}
+
+/// The last error of a reload that is retried every tick, so that a lasting failure is
+/// logged once, and again only when it changes.
+#[derive(Default)]
+struct LastError(Mutex<Option<String>>);
+
+impl LastError {
+    /// Records `text`; true when it differs from the last one (log it).
+    fn is_new(&self, text: &str) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let new = last.as_deref() != Some(text);
+        *last = Some(text.to_owned());
+        new
+    }
+
+    /// The reload succeeded.
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 /// One error line per key the manifest publishes that could not be loaded (left out: not
