@@ -36,6 +36,7 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], replace: bool) -> i
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempfile_in(dir)?;
+    inject_disk_full()?;
     tmp.write_all(contents)?;
     tmp.as_file().sync_all()?;
     if replace {
@@ -45,6 +46,18 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], replace: bool) -> i
     }
     File::open(dir)?.sync_all()?;
     Ok(target)
+}
+
+/// Test hook: with `JWT_ISSUER_DISK_FULL_IF=<path>`, every atomic write fails as on a full
+/// disk (ENOSPC, after the temp file exists) while `<path>` exists, so tests can fill the
+/// disk under a running process and empty it again.
+const DISK_FULL_ENV: &str = "JWT_ISSUER_DISK_FULL_IF";
+
+fn inject_disk_full() -> io::Result<()> {
+    match std::env::var_os(DISK_FULL_ENV) {
+        Some(flag) if Path::new(&flag).exists() => Err(io::Error::from_raw_os_error(28)),
+        _ => Ok(()),
+    }
 }
 
 /// The permission bits of `path` when group or others may read or write it (ssh's rule
