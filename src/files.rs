@@ -1,5 +1,12 @@
 //! Disk primitives of the file-backed stores (keys dir, client registry): the private
-//! directory, atomic writes, mode checks, the advisory lock, change stamps.
+//! directory, atomic writes, the ownership and mode rules, the advisory lock, change
+//! stamps.
+//!
+//! The rules are ssh's: a store file or directory must be owned by the server's user (or
+//! root) and not writable by group or others; a file holding secrets not readable by them
+//! either. Files are opened without following symbolic links, except a link that stays
+//! inside the store's directory (the layout of a Kubernetes Secret volume); a store on a
+//! read-only filesystem cannot be written by anyone, so its write bits do not matter.
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Write};
@@ -8,6 +15,205 @@ use std::path::{Path, PathBuf};
 
 /// Prefix of in-flight temporary files; the loader skips every dot file.
 pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// What a store file holds, for the mode rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    /// Secrets (private keys, client secret hashes): no access at all for group or others.
+    Secrets,
+    /// Records (the key manifest): readable by all, writable by the owner only.
+    Records,
+}
+
+/// Why a store file or directory is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum Unsafe {
+    /// Group or others may use it in a way the rule forbids.
+    #[error(
+        "{path}: permissions {mode:04o} are too open; {what} must not be {access} by group or others (fix: chmod {fix:o} {path})"
+    )]
+    TooOpen {
+        /// Its permission bits.
+        mode: u32,
+        /// What it is, for the message.
+        what: &'static str,
+        /// "accessible" or "writable".
+        access: &'static str,
+        /// The mode that fixes it.
+        fix: u32,
+        /// The path, for the fix.
+        path: String,
+    },
+    /// Owned by a user other than the server's and root.
+    #[error(
+        "{path}: owned by uid {owner}, not by this server's user (uid {uid}) or root; another user could change it (fix: chown {uid} {path})"
+    )]
+    Owner {
+        /// The file's owner.
+        owner: u32,
+        /// The server's effective uid.
+        uid: u32,
+        /// The path, for the fix.
+        path: String,
+    },
+    /// A symbolic link that leads out of the store's directory.
+    #[error(
+        "{path}: a symbolic link to {target}, outside {dir}; store files are never followed out of their directory (fix: replace the link with the file)"
+    )]
+    Symlink {
+        /// The link.
+        path: String,
+        /// Where it leads.
+        target: String,
+        /// The store's directory.
+        dir: String,
+    },
+    /// Not a regular file (a directory, a device, a fifo).
+    #[error("{0}: not a regular file")]
+    NotAFile(String),
+}
+
+/// A store file could not be read: the OS error, or a rule it breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The OS refused.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The file breaks the ownership, mode or link rule.
+    #[error(transparent)]
+    Unsafe(#[from] Unsafe),
+}
+
+/// Test hook: with `JWT_ISSUER_READ_FAULT_IF=<path>`, reading any store file fails with an
+/// I/O error (EIO) while `<path>` exists, as on a failing disk or a network filesystem.
+const READ_FAULT_ENV: &str = "JWT_ISSUER_READ_FAULT_IF";
+
+/// Reads `dir/name` under the store rules: `Ok(None)` when it does not exist.
+///
+/// # Errors
+/// The OS error, or the rule the file or `dir` breaks.
+pub fn read_store_file(dir: &Path, name: &str, holds: Holds) -> Result<Option<Vec<u8>>, ReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    if std::env::var_os(READ_FAULT_ENV).is_some_and(|flag| Path::new(&flag).exists()) {
+        return Err(io::Error::from(rustix::io::Errno::IO).into());
+    }
+    check_dir(dir)?;
+    let path = dir.join(name);
+    let mut file = match open_within(dir, &path) {
+        Ok(file) => file,
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Unsafe::NotAFile(path.display().to_string()).into());
+    }
+    check_owner(meta.uid(), &path)?;
+    let mode = meta.mode() & 0o777;
+    let (forbidden, what, access, fix) = match holds {
+        Holds::Secrets => (
+            0o077,
+            "a file holding private keys or secrets",
+            "accessible",
+            0o600,
+        ),
+        Holds::Records => (0o022, "a store file", "writable", 0o644),
+    };
+    if mode & forbidden != 0 && !(holds == Holds::Records && read_only_fs(&file)) {
+        return Err(Unsafe::TooOpen {
+            mode,
+            what,
+            access,
+            fix,
+            path: path.display().to_string(),
+        }
+        .into());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Checks the store's directory itself: owned by the server's user or root, and not
+/// writable by group or others unless its filesystem is read-only. A missing directory
+/// passes (the first change creates it 0700).
+///
+/// # Errors
+/// The rule it breaks, or the OS error of looking at it.
+pub fn check_dir(dir: &Path) -> Result<(), ReadError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    check_owner(meta.uid(), dir)?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o022 != 0 && !File::open(dir).is_ok_and(|d| read_only_fs(&d)) {
+        return Err(Unsafe::TooOpen {
+            mode,
+            what: "a store directory",
+            access: "writable",
+            fix: 0o700,
+            path: dir.display().to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn check_owner(owner: u32, path: &Path) -> Result<(), Unsafe> {
+    let uid = rustix::process::geteuid().as_raw();
+    if owner == uid || owner == 0 {
+        return Ok(());
+    }
+    Err(Unsafe::Owner {
+        owner,
+        uid,
+        path: path.display().to_string(),
+    })
+}
+
+/// Opens `path` (in `dir`) for reading without following a symbolic link, except one
+/// whose target lies inside `dir`.
+fn open_within(dir: &Path, path: &Path) -> Result<File, ReadError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |p: &Path| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(no_follow())
+            .open(p)
+    };
+    match open(path) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            let target = fs::canonicalize(path)?;
+            let inside = fs::canonicalize(dir)?;
+            if !target.starts_with(&inside) {
+                return Err(Unsafe::Symlink {
+                    path: path.display().to_string(),
+                    target: target.display().to_string(),
+                    dir: inside.display().to_string(),
+                }
+                .into());
+            }
+            Ok(open(&target)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Whether `file` lives on a read-only filesystem.
+fn read_only_fs(file: &File) -> bool {
+    rustix::fs::fstatvfs(file)
+        .is_ok_and(|stat| stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+}
+
+/// `O_NOFOLLOW | O_CLOEXEC`, for `OpenOptionsExt::custom_flags`.
+fn no_follow() -> i32 {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC;
+    i32::try_from(flags.bits()).unwrap_or(0)
+}
 
 /// Creates `dir` (and missing parents) with mode 0700 if it does not exist.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -55,16 +261,9 @@ const DISK_FULL_ENV: &str = "JWT_ISSUER_DISK_FULL_IF";
 
 fn inject_disk_full() -> io::Result<()> {
     match std::env::var_os(DISK_FULL_ENV) {
-        Some(flag) if Path::new(&flag).exists() => Err(io::Error::from_raw_os_error(28)),
+        Some(flag) if Path::new(&flag).exists() => Err(io::Error::from(rustix::io::Errno::NOSPC)),
         _ => Ok(()),
     }
-}
-
-/// The permission bits of `path` when group or others may read or write it (ssh's rule
-/// for private keys), `None` when it is private.
-pub fn too_open_mode(meta: &fs::Metadata) -> Option<u32> {
-    let mode = meta.permissions().mode() & 0o777;
-    (mode & 0o066 != 0).then_some(mode)
 }
 
 /// Takes the exclusive advisory lock on `path` (created 0600), held until the file drops.
@@ -75,6 +274,9 @@ pub fn lock(path: &Path) -> io::Result<File> {
         .truncate(false)
         .write(true)
         .mode(0o600)
+        // A link planted as the lock file must not make the server create or lock a
+        // file elsewhere.
+        .custom_flags(no_follow())
         .open(path)?;
     file.lock()?;
     Ok(file)

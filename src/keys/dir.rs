@@ -202,10 +202,13 @@ impl KeyBackend for KeysDir {
 
     fn read_manifest(&self) -> Result<Option<Manifest>, KeyStoreError> {
         let path = self.dir.join(MANIFEST_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(KeyStoreError::FileUnreadable { path, source }),
+        let bytes = match files::read_store_file(&self.dir, MANIFEST_FILE, files::Holds::Records) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(files::ReadError::Io(source)) => {
+                return Err(KeyStoreError::FileUnreadable { path, source });
+            }
+            Err(files::ReadError::Unsafe(problem)) => return Err(problem.into()),
         };
         Manifest::from_json(&bytes)
             .map(Some)
@@ -336,14 +339,19 @@ fn load_key_file(path: &Path) -> Result<SigningKey, KeyStoreError> {
         path: path.to_owned(),
         source,
     };
-    let meta = fs::metadata(path).map_err(unreadable)?;
-    if let Some(mode) = files::too_open_mode(&meta) {
-        return Err(KeyStoreError::PermissionsTooOpen {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let key = read_pem_file(path)?;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(unreadable(io::ErrorKind::InvalidInput.into()));
+    };
+    let text = match files::read_store_file(dir, name, files::Holds::Secrets) {
+        Ok(Some(bytes)) => zeroize::Zeroizing::new(bytes),
+        Ok(None) => return Err(unreadable(io::ErrorKind::NotFound.into())),
+        Err(files::ReadError::Io(source)) => return Err(unreadable(source)),
+        Err(files::ReadError::Unsafe(problem)) => return Err(problem.into()),
+    };
+    let key = PrivateKey::from_pem(&text).map_err(|source| KeyStoreError::InvalidKey {
+        path: path.to_owned(),
+        source,
+    })?;
     SigningKey::in_process(&key, path.display().to_string()).map_err(|source| {
         KeyStoreError::InvalidKey {
             path: path.to_owned(),

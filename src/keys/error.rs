@@ -46,16 +46,10 @@ pub enum KeyStoreError {
         /// Where it was kept.
         location: String,
     },
-    /// A private key file that group or others may access.
-    #[error(
-        "{path}: permissions {mode:04o} are too open; a private key must not be accessible by group or others (fix: chmod 600 {path})"
-    )]
-    PermissionsTooOpen {
-        /// The key file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
+    /// A store file or its directory breaks the ownership, mode or link rule (the
+    /// message names the path and the fix).
+    #[error(transparent)]
+    Unsafe(#[from] crate::files::Unsafe),
     /// A file that does not hold a usable private key.
     #[error("{path}")]
     InvalidKey {

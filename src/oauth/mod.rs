@@ -67,6 +67,10 @@ pub enum OAuthError {
     /// or revoked without a successor loaded): refused, never signed by another key.
     #[error("tokens of this client cannot be signed right now; retry later")]
     TemporarilyUnavailable(String),
+    /// The key store or the client registry holds a change the server could not read yet;
+    /// it may revoke a key or a secret, so nothing is issued until it is read.
+    #[error("{0}; no token is issued until it can be read; retry later")]
+    ChangeUnread(&'static str),
     /// A failure on our side; the cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -84,7 +88,7 @@ impl OAuthError {
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
             Self::TooManyAttempts { .. } => "slow_down",
-            Self::TemporarilyUnavailable(_) => "temporarily_unavailable",
+            Self::TemporarilyUnavailable(_) | Self::ChangeUnread(_) => "temporarily_unavailable",
             Self::Internal(_) => "server_error",
         }
     }
@@ -97,7 +101,9 @@ impl ResponseError for OAuthError {
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TemporarilyUnavailable(_) | Self::ChangeUnread(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -126,6 +132,10 @@ impl ResponseError for OAuthError {
                 // Round up so a client that waits exactly this long is let in.
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 res.insert_header((header::RETRY_AFTER, secs.max(1)));
+            }
+            // The store is read again every second.
+            Self::ChangeUnread(_) => {
+                res.insert_header((header::RETRY_AFTER, 1));
             }
             _ => {}
         }

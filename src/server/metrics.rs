@@ -18,6 +18,8 @@ pub struct Metrics {
     keys_broken: IntGaugeVec,
     clients: IntGaugeVec,
     tokens: IntCounterVec,
+    reload_failures: IntCounterVec,
+    unapplied: IntGaugeVec,
 }
 
 impl Metrics {
@@ -69,6 +71,26 @@ impl Metrics {
             ),
             &["outcome", "detail"],
         )?;
+        let reload_failures = IntCounterVec::new(
+            Opts::new(
+                "jwt_issuer_reload_failures_total",
+                "Failed reloads of the key store or the client registry (retried every second)",
+            ),
+            &["store"],
+        )?;
+        let unapplied = IntGaugeVec::new(
+            Opts::new(
+                "jwt_issuer_store_change_unread",
+                "1 while the store holds a change that cannot be read (no token is issued)",
+            ),
+            &["store"],
+        )?;
+        for store in ["keys", "clients"] {
+            reload_failures.with_label_values(&[store]);
+            unapplied.with_label_values(&[store]);
+        }
+        registry.register(Box::new(reload_failures.clone()))?;
+        registry.register(Box::new(unapplied.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(jwks.clone()))?;
@@ -83,6 +105,8 @@ impl Metrics {
             keys_broken,
             clients,
             tokens,
+            reload_failures,
+            unapplied,
         })
     }
 
@@ -107,6 +131,22 @@ impl Metrics {
             Err(code) => ["refused", code],
         };
         self.tokens.with_label_values(&labels).inc();
+    }
+
+    /// Counts one failed reload of `store` (`keys` or `clients`); `changed` when the store
+    /// holds a change that could not be read.
+    pub fn reload_failed(&self, store: &str, changed: bool) {
+        self.reload_failures.with_label_values(&[store]).inc();
+        if changed {
+            self.set_unapplied(store, true);
+        }
+    }
+
+    /// Sets whether `store` holds a change that could not be read.
+    pub fn set_unapplied(&self, store: &str, unread: bool) {
+        self.unapplied
+            .with_label_values(&[store])
+            .set(i64::from(unread));
     }
 
     /// Sets the clients gauges from a registry.

@@ -180,12 +180,13 @@ pub fn stop_on_signal(handle: ServerHandle) -> impl std::future::Future<Output =
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The paths the service serves.
-const ROUTES: [&str; 6] = [
+const ROUTES: [&str; 7] = [
     JWKS_PATH,
     "/.well-known/openid-configuration",
     "/.well-known/oauth-authorization-server",
     TOKEN_PATH,
     "/healthz",
+    "/readyz",
     "/metrics",
 ];
 
@@ -221,6 +222,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(get_only()),
     );
     cfg.service(
+        web::resource("/readyz")
+            .route(web::get().to(readyz))
+            .route(web::head().to(readyz))
+            .default_service(get_only()),
+    );
+    cfg.service(
         web::resource("/metrics")
             .route(web::get().to(metrics::metrics))
             .route(web::head().to(metrics::metrics))
@@ -229,9 +236,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(error::not_found));
 }
 
-/// `GET /healthz`: 200 once the keys are loaded and the self-check passed (the server
-/// does not listen before that). `degraded` names the published keys left out because
-/// they cannot be loaded (their algorithm may not sign; the reasons are in the log).
+/// `GET /healthz` (liveness): 200 while the process serves; the server listens only once
+/// the keys are loaded and self-checked. `degraded` names the published keys left out
+/// because they cannot be loaded and the stores holding a change that cannot be read; the
+/// reasons are in the log.
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let published = state.published.load();
     let broken: Vec<serde_json::Value> = published
@@ -241,8 +249,51 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
         .iter()
         .map(|k| serde_json::json!({"kid": k.kid, "alg": k.alg, "state": k.state.as_str()}))
         .collect();
-    let status = if broken.is_empty() { "ok" } else { "degraded" };
+    let unread = unread_stores(&state);
+    let status = if broken.is_empty() && unread.is_empty() {
+        "ok"
+    } else {
+        "degraded"
+    };
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(serde_json::json!({"status": status, "broken_keys": broken}))
+        .json(
+            serde_json::json!({"status": status, "broken_keys": broken, "unread_changes": unread}),
+        )
+}
+
+/// `GET /readyz` (readiness): 200 when the server can issue tokens with its default
+/// algorithm; 503 with the reasons while it cannot (no usable active key for it, or a store
+/// change that cannot be read, during which no token is issued). The JWKS and discovery are
+/// served either way.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let published = state.published.load();
+    let mut reasons = Vec::new();
+    let alg = published.signer.default_alg();
+    if !published.signer.supports(alg) {
+        reasons.push(format!(
+            "no usable active {alg} key (the default algorithm)"
+        ));
+    }
+    if let Some(why) = state.unapplied_change() {
+        reasons.push(why.to_owned());
+    }
+    let (mut res, status) = if reasons.is_empty() {
+        (HttpResponse::Ok(), "ready")
+    } else {
+        (HttpResponse::ServiceUnavailable(), "not_ready")
+    };
+    res.insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({"status": status, "reasons": reasons}))
+}
+
+/// The stores (`keys`, `clients`) holding a change the server cannot read.
+fn unread_stores(state: &AppState) -> Vec<&'static str> {
+    [
+        ("keys", state.key_reload.unapplied()),
+        ("clients", state.client_reload.unapplied()),
+    ]
+    .into_iter()
+    .filter_map(|(name, unread)| unread.then_some(name))
+    .collect()
 }

@@ -82,8 +82,10 @@ pub struct AppState {
     /// Where the registry comes from.
     pub client_store: ClientStore,
     client_version: Mutex<Option<StoreVersion>>,
-    last_client_error: LastError,
-    last_key_error: LastError,
+    /// How the client registry's reloads are going.
+    pub client_reload: ReloadStatus,
+    /// How the key set's reloads are going.
+    pub key_reload: ReloadStatus,
     /// The token endpoint: grants, client authentication, brute-force limits.
     pub token_endpoint: TokenEndpoint,
     last_maintenance_error: Mutex<Option<(String, std::time::Instant)>>,
@@ -173,12 +175,24 @@ impl AppState {
             clients: ArcSwap::from_pointee(clients),
             client_store,
             client_version: Mutex::new(client_version),
-            last_client_error: LastError::default(),
-            last_key_error: LastError::default(),
+            client_reload: ReloadStatus::default(),
+            key_reload: ReloadStatus::default(),
             token_endpoint,
             settings: config,
             last_maintenance_error: Mutex::new(None),
         })
+    }
+
+    /// Why no token may be issued now: the key store or the client registry holds a
+    /// change that could not be read yet (it may revoke a key or a secret).
+    pub fn unapplied_change(&self) -> Option<&'static str> {
+        if self.key_reload.unapplied() {
+            Some("the key store changed and cannot be read yet")
+        } else if self.client_reload.unapplied() {
+            Some("the client registry changed and cannot be read yet")
+        } else {
+            None
+        }
     }
 
     /// Proxies whose `X-Forwarded-For` is believed.
@@ -268,7 +282,11 @@ impl AppState {
             });
         match built {
             Ok(next) => {
-                self.last_key_error.clear();
+                if self.key_reload.unapplied() {
+                    tracing::info!("the key store's change is applied; tokens are issued again");
+                }
+                self.key_reload.succeeded();
+                self.metrics.set_unapplied("keys", false);
                 let changed = next.jwks.etag() != current.jwks.etag();
                 if next.signer.keys().broken() != current.signer.keys().broken() {
                     report_broken(next.signer.keys());
@@ -281,9 +299,16 @@ impl AppState {
                 }
             }
             Err(err) => {
-                // The version is not recorded, so the next tick tries again.
-                if self.last_key_error.is_new(&err) {
-                    tracing::error!(error = %err, "KEY SET FAILED TO LOAD; still serving the previous key set");
+                // The version is not recorded, so the next tick tries again. A change that
+                // cannot be read may revoke a key: no token is signed until it is read.
+                let changed = version != current.version;
+                self.metrics.reload_failed("keys", changed);
+                if self.key_reload.failed(&err, changed) {
+                    if changed {
+                        tracing::error!(error = %err, "KEY STORE CHANGED BUT CANNOT BE READ: no token is issued until it is (it may revoke a key); the JWKS stays as it was; retrying every second");
+                    } else {
+                        tracing::error!(error = %err, "KEY SET FAILED TO LOAD; still serving the previous key set; retrying every second");
+                    }
                 }
             }
         }
@@ -317,7 +342,13 @@ impl AppState {
             Ok(registry) => {
                 // Recorded only now: a load that failed is tried again at the next tick.
                 *last = version;
-                self.last_client_error.clear();
+                if self.client_reload.unapplied() {
+                    tracing::info!(
+                        "the client registry's change is applied; tokens are issued again"
+                    );
+                }
+                self.client_reload.succeeded();
+                self.metrics.set_unapplied("clients", false);
                 tracing::info!(
                     clients = registry.len(),
                     skipped = registry.skipped().len(),
@@ -329,9 +360,13 @@ impl AppState {
                 self.refresh_discovery();
             }
             Err(err) => {
+                // A change that cannot be read may rotate a secret or remove a client: no
+                // token is issued until it is read.
                 let text = Report(&err).to_string();
-                if self.last_client_error.is_new(&text) {
-                    tracing::error!(error = %text, "client registry failed to load; keeping the previous one");
+                let changed = version != *last;
+                self.metrics.reload_failed("clients", changed);
+                if self.client_reload.failed(&text, changed) {
+                    tracing::error!(error = %text, "CLIENT REGISTRY CHANGED BUT CANNOT BE READ: no token is issued until it is (it may remove a client or rotate a secret); retrying every second");
                 }
             }
         }
@@ -355,23 +390,48 @@ fn discovery_document(
     Metadata::new(&settings.signer.issuer, algs, endpoint).to_bytes()
 }
 
-/// The last error of a reload that is retried every tick, so that a lasting failure is
-/// logged once, and again only when it changes.
+/// How the reloads of one store are going: the last error (so that a lasting failure is
+/// logged once, and again only when it changes) and whether the store holds a change that
+/// could not be read yet. Such a change may be a revocation or a secret rotation, so while
+/// it is unread no token is issued (fail closed), and the server reports itself not ready.
 #[derive(Default)]
-struct LastError(Mutex<Option<String>>);
+pub struct ReloadStatus {
+    last_error: Mutex<Option<String>>,
+    unapplied: std::sync::atomic::AtomicBool,
+}
 
-impl LastError {
-    /// Records `text`; true when it differs from the last one (log it).
-    fn is_new(&self, text: &str) -> bool {
-        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+impl ReloadStatus {
+    /// Records a failed reload; `changed` when the store's version differs from the one
+    /// being served (a change is waiting). True when the error is new (log it).
+    fn failed(&self, text: &str, changed: bool) -> bool {
+        if changed {
+            self.unapplied
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         let new = last.as_deref() != Some(text);
         *last = Some(text.to_owned());
         new
     }
 
     /// The reload succeeded.
-    fn clear(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    fn succeeded(&self) {
+        self.unapplied
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// True while the store holds a change that could not be loaded.
+    pub fn unapplied(&self) -> bool {
+        self.unapplied.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The error of the last reload, while reloads fail.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

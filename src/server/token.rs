@@ -22,7 +22,12 @@ pub async fn token(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, OAuthError> {
     let peer = client_address(&req, state.trusted_proxies());
-    let result = match read_form_body(&req, payload).await {
+    let body = match state.unapplied_change() {
+        // Fail closed: the unread change may revoke the key or the secret this would use.
+        Some(why) => Err(OAuthError::ChangeUnread(why)),
+        None => read_form_body(&req, payload).await,
+    };
+    let result = match body {
         Ok(body) => {
             let call = TokenCall {
                 headers: req.headers(),

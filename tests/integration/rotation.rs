@@ -709,7 +709,9 @@ fn a_store_that_fails_to_load_keeps_the_last_good_key_set() {
     std::fs::write(&manifest, b"{ not json").unwrap();
     let mut log = Vec::new();
     server.read_log_until(&mut log, PATIENCE, "the failed reload", |lines| {
-        lines.iter().any(|l| l.contains("KEY SET FAILED TO LOAD"))
+        lines
+            .iter()
+            .any(|l| l.contains("KEY STORE CHANGED BUT CANNOT BE READ"))
     });
     let during = server.get("/.well-known/jwks.json");
     assert_eq!(during.status, 200);

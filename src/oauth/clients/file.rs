@@ -1,7 +1,7 @@
 //! [`ClientsFile`]: the default [`ClientBackend`], `clients.json` in the keys directory
 //! (mode 0600), changed under its own advisory lock with atomic writes.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -43,15 +43,12 @@ impl ClientsFile {
     /// The file's entries, each parsed or not; `None` when the file does not exist.
     fn read(&self) -> Result<Option<Vec<(serde_json::Value, Entry)>>, ClientStoreError> {
         let path = self.path();
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(io_error(&path, source)),
+        let bytes = match files::read_store_file(&self.dir, CLIENTS_FILE, files::Holds::Secrets) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(files::ReadError::Io(source)) => return Err(io_error(&path, source)),
+            Err(files::ReadError::Unsafe(problem)) => return Err(problem.into()),
         };
-        let meta = fs::metadata(&path).map_err(|source| io_error(&path, source))?;
-        if let Some(mode) = files::too_open_mode(&meta) {
-            return Err(ClientStoreError::PermissionsTooOpen { path, mode });
-        }
         let invalid = |reason: String| ClientStoreError::Invalid {
             path: path.clone(),
             reason,

@@ -165,16 +165,10 @@ pub enum ClientStoreError {
     /// No such client.
     #[error("no client {0:?}")]
     Unknown(String),
-    /// The registry file is too open.
-    #[error(
-        "{path}: permissions {mode:04o} are too open; the client registry must not be accessible by group or others (fix: chmod 600 {path})"
-    )]
-    PermissionsTooOpen {
-        /// The file.
-        path: PathBuf,
-        /// Its mode.
-        mode: u32,
-    },
+    /// A store file or its directory breaks the ownership, mode or link rule (the
+    /// message names the path and the fix).
+    #[error(transparent)]
+    Unsafe(#[from] crate::files::Unsafe),
     /// The registry does not parse, or holds what this server cannot serve.
     #[error("{path}: invalid client registry: {reason}")]
     Invalid {
