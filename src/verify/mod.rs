@@ -52,6 +52,13 @@ pub enum VerifyError {
     /// The signature does not verify.
     #[error("invalid signature")]
     BadSignature,
+    /// An ES256 signature that verifies but whose `s` is above n/2 (high-S): the other
+    /// encoding (r, n - s) of a valid signature. jwt-issuer always signs low-S, so a high-S
+    /// copy of one of its tokens was made by someone else. Refused by default so that one
+    /// token has one encoding; [`Verifier::allow_high_s`] accepts it, for issuers whose
+    /// library does not normalize.
+    #[error("non-canonical ES256 signature: high-S (s > n/2)")]
+    HighS,
     /// `exp` has passed (beyond the leeway).
     #[error("token expired")]
     Expired,

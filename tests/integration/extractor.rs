@@ -7,7 +7,7 @@ use actix_web::{App, HttpResponse, web};
 use jwt_issuer::verify::{BearerClaims, JwksCache, JwksCacheOptions, Validation, Verifier};
 
 use crate::helpers::{
-    self, TestApp, TestClient, TestServer, flip_signature, issue_token, new_client,
+    self, TestApp, TestClient, TestServer, flip_signature, issue_token, new_client, with_negated_s,
 };
 
 /// A downstream API: `/protected` needs a valid access token for `orders-api`.
@@ -137,6 +137,15 @@ fn each_verification_failure_is_401_invalid_token_with_its_reason() {
         401,
         "invalid_token",
         "invalid signature",
+    );
+
+    // The same signature with s replaced by n - s: valid ECDSA, but not the issuer's encoding.
+    let twin = with_negated_s(&good);
+    assert_challenge(
+        &get_protected(&downstream, Some(&format!("Bearer {twin}"))),
+        401,
+        "invalid_token",
+        "non-canonical ES256 signature: high-S (s > n/2)",
     );
 
     // A token from `token issue` has typ JWT, not at+jwt: not an access token.

@@ -710,6 +710,57 @@ pub fn flip_signature(token: &str) -> String {
     format!("{input}.{first}{}", &sig[1..])
 }
 
+/// True when the `s` of a 64-byte ES256 signature (r||s) is above n/2: the high-S form
+/// that jwt-issuer never signs and its verifier refuses by default.
+pub fn is_high_s(signature: &[u8]) -> bool {
+    p256::ecdsa::Signature::from_slice(signature)
+        .expect("a 64-byte ES256 signature")
+        .normalize_s()
+        .is_some()
+}
+
+/// `signature` (64-byte ES256 r||s) with s replaced by n - s: the other valid encoding of
+/// the same signature (ECDSA malleability).
+pub fn negate_s(signature: &[u8]) -> Vec<u8> {
+    let (r, s) = p256::ecdsa::Signature::from_slice(signature)
+        .expect("a 64-byte ES256 signature")
+        .split_scalars();
+    p256::ecdsa::Signature::from_scalars(r, -s)
+        .expect("n - s is a valid scalar")
+        .to_bytes()
+        .to_vec()
+}
+
+/// `signature` in its low-S form: what a signer that normalizes (as jwt-issuer does) sends.
+pub fn low_s(signature: &[u8]) -> Vec<u8> {
+    if is_high_s(signature) {
+        negate_s(signature)
+    } else {
+        signature.to_vec()
+    }
+}
+
+/// The decoded signature of a compact JWS.
+pub fn signature_of(token: &str) -> Vec<u8> {
+    use base64::Engine;
+    let (_, sig) = token.rsplit_once('.').expect("three segments");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .expect("base64url signature")
+}
+
+/// The ES256 token with s replaced by n - s: same header, payload and signer, a second
+/// encoding that verifies wherever high-S is accepted.
+pub fn with_negated_s(token: &str) -> String {
+    use base64::Engine;
+    let (input, _) = token.rsplit_once('.').expect("three segments");
+    let twin = negate_s(&signature_of(token));
+    format!(
+        "{input}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(twin)
+    )
+}
+
 /// The folder of the third-party verifier scripts (tests/interop).
 pub fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")

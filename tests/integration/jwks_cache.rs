@@ -26,7 +26,9 @@ use jwt_issuer::verify::{
 use jwt_issuer::{Jwk, JwkSet, KeySet, KeyStore, SigningAlg};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestServer, keys_dir_with_template, request, run_cli, unix_now};
+use crate::helpers::{
+    TestApp, TestServer, keys_dir_with_template, low_s, request, run_cli, unix_now,
+};
 
 /// What the fake issuer answers.
 #[derive(Clone)]
@@ -519,7 +521,8 @@ impl EcKey {
     }
 
     /// A token valid for `iss` and audience `api`, with `kid` in its header, signed by
-    /// this key.
+    /// this key, low-S as jwt-issuer signs (aws-lc alone leaves s high half of the time,
+    /// which the verifier refuses by default).
     fn token(&self, kid: &str, iss: &str) -> String {
         let now = unix_now();
         let header = json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
@@ -531,7 +534,7 @@ impl EcKey {
             .pair
             .sign(&SystemRandom::new(), input.as_bytes())
             .unwrap();
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(low_s(sig.as_ref())))
     }
 }
 
