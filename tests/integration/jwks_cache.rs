@@ -23,118 +23,16 @@ use jwt_issuer::jwks::PublicKeyParams;
 use jwt_issuer::verify::{
     JwksCache, JwksCacheOptions, KeySetError, Validation, Verifier, VerifyError,
 };
-use jwt_issuer::{Jwk, JwkSet, KeySet, KeyStore, SigningAlg};
+use jwt_issuer::{Jwk, JwkSet, SigningAlg};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, TestServer, keys_dir_with_template, low_s, request, run_cli, unix_now,
+    JwksServer, Mode, TestApp, TestServer, low_s, request, run_cli, serve, unix_now,
 };
-
-/// What the fake issuer answers.
-#[derive(Clone)]
-enum Mode {
-    Serve {
-        cache_control: &'static str,
-        delay: Duration,
-    },
-    Down,
-    Garbage,
-    Huge,
-}
-
-/// A fake issuer serving the template key set at `/jwks.json` as `mode` says, counting
-/// fetches.
-struct JwksServer {
-    url: String,
-    fetches: Arc<AtomicUsize>,
-    mode: Arc<Mutex<Mode>>,
-    /// The key set it serves, private keys included (to sign with).
-    keys: KeySet,
-    kids: Vec<String>,
-    _server: TestServer,
-}
-
-impl JwksServer {
-    fn start(mode: Mode) -> Self {
-        let (_tmp, dir) = keys_dir_with_template();
-        let keys = KeyStore::new(&dir).load().unwrap();
-        let body = serde_json::to_string(&keys.jwk_set()).unwrap();
-        let kids = keys.keys().iter().map(|k| k.kid().to_owned()).collect();
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let mode = Arc::new(Mutex::new(mode));
-        let (f, m, b) = (fetches.clone(), mode.clone(), body.clone());
-        let server = TestServer::start(move || {
-            let (f, m, b) = (f.clone(), m.clone(), b.clone());
-            App::new().route(
-                "/jwks.json",
-                web::get().to(move || {
-                    let (f, m, b) = (f.clone(), m.clone(), b.clone());
-                    async move {
-                        f.fetch_add(1, Ordering::SeqCst);
-                        let mode = m.lock().unwrap().clone();
-                        match mode {
-                            Mode::Serve {
-                                cache_control,
-                                delay,
-                            } => {
-                                actix_web::rt::time::sleep(delay).await;
-                                HttpResponse::Ok()
-                                    .insert_header(("Cache-Control", cache_control))
-                                    .content_type("application/json")
-                                    .body(b)
-                            }
-                            Mode::Down => HttpResponse::ServiceUnavailable().finish(),
-                            Mode::Garbage => HttpResponse::Ok().body("<html>oops</html>"),
-                            Mode::Huge => HttpResponse::Ok().body(format!(
-                                "{{\"keys\":[],\"pad\":\"{}\"}}",
-                                "x".repeat(2 * 1024 * 1024)
-                            )),
-                        }
-                    }
-                }),
-            )
-        });
-        Self {
-            url: format!("{}/jwks.json", server.url),
-            fetches,
-            mode,
-            keys,
-            kids,
-            _server: server,
-        }
-    }
-
-    fn fetches(&self) -> usize {
-        self.fetches.load(Ordering::SeqCst)
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
-    }
-
-    /// Asserts that the server was asked `expected` times, or at most one time more per
-    /// whole `period` in `span` (the time the calls since the last expected fetch took).
-    #[track_caller]
-    fn assert_fetches(&self, expected: usize, span: Duration, period: Duration, what: &str) {
-        let fetches = self.fetches();
-        let extra = usize::try_from(span.as_nanos() / period.as_nanos()).unwrap();
-        assert!(
-            (expected..=expected + extra).contains(&fetches),
-            "{what}: {fetches} fetches, expected {expected} (calls took {span:?})"
-        );
-    }
-}
 
 /// Sleeps until `period` has passed since `since`.
 async fn sleep_past(since: Instant, period: Duration) {
     actix_web::rt::time::sleep((since + period).saturating_duration_since(Instant::now())).await;
-}
-
-fn serve(max_age: &'static str) -> Mode {
-    Mode::Serve {
-        cache_control: max_age,
-        delay: Duration::ZERO,
-    }
 }
 
 fn options() -> JwksCacheOptions {
