@@ -12,6 +12,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::time::Duration;
+
 #[cfg(feature = "actix")]
 mod extractor;
 mod jwks_cache;
@@ -170,6 +172,22 @@ pub enum KeySetError {
         jwks_uri: String,
         /// Which rule it breaks.
         reason: &'static str,
+    },
+    /// The last good key set is stale (past its max-age) for longer than
+    /// [`JwksCacheOptions::max_stale`] and no fetch has succeeded since: its keys are no
+    /// longer used, since the issuer may have revoked one of them meanwhile.
+    #[error(
+        "stale for {} s (max_stale {} s); last fetch error: {last_error}",
+        .stale_for.as_secs(),
+        .max_stale.as_secs()
+    )]
+    Stale {
+        /// How long past its max-age the set is.
+        stale_for: Duration,
+        /// The limit it passed.
+        max_stale: Duration,
+        /// Why the last fetch failed.
+        last_error: Box<KeySetError>,
     },
     /// A discovery document for another issuer (RFC 8414 section 3.3).
     #[error("{url}: issuer {published:?} does not match the expected {expected:?}")]

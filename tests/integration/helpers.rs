@@ -21,7 +21,10 @@ use jwt_issuer::keys::KeyState;
 use jwt_issuer::oauth::{ClientStore, NewClient};
 use jwt_issuer::secret::ClientSecret;
 use jwt_issuer::server::Application;
-use jwt_issuer::{Config, JwkSet, KeySet, KeyStore, SigningAlg};
+use jwt_issuer::{
+    Config, Issuer, JwkSet, KeySet, KeyStore, Signer, SignerConfig, SigningAlg, TokenRequest,
+    TokenType,
+};
 use tempfile::TempDir;
 
 /// A keys dir generated once per test binary (RSA generation is the slow part); tests
@@ -251,6 +254,17 @@ impl JwksServer {
             kids,
             _server: server,
         }
+    }
+
+    /// A token from `issuer` for `aud`, of type `typ`, signed by the served ES256 key.
+    pub fn token(&self, issuer: &str, aud: &str, typ: TokenType) -> String {
+        let config = SignerConfig::new(Issuer::parse(issuer).expect("issuer URL"));
+        let signer = Signer::new(config, self.keys.clone(), None).expect("signer");
+        let mut request = TokenRequest::new("svc", Duration::from_secs(300));
+        request.aud = vec![aud.to_owned()];
+        request.alg = Some(SigningAlg::Es256);
+        request.typ = typ;
+        signer.issue(&request).expect("issue").token
     }
 
     /// How many times the key set was asked for.

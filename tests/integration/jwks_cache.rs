@@ -23,7 +23,7 @@ use jwt_issuer::jwks::PublicKeyParams;
 use jwt_issuer::verify::{
     JwksCache, JwksCacheOptions, KeySetError, Validation, Verifier, VerifyError,
 };
-use jwt_issuer::{Jwk, JwkSet, SigningAlg};
+use jwt_issuer::{Jwk, JwkSet, SigningAlg, TokenType};
 use serde_json::{Value, json};
 
 use crate::helpers::{
@@ -188,6 +188,79 @@ fn a_down_or_garbage_issuer_keeps_the_last_good_key_set() {
         server.set(serve("max-age=0"));
         sleep_past(end, cooldown).await;
         cache.key(kid).await.unwrap();
+    });
+}
+
+#[test]
+fn a_key_set_stale_beyond_max_stale_fails_closed_until_a_fetch_succeeds() {
+    // Issue 18 item 8: a verifier that cannot reach the issuer must not trust the keys it
+    // last saw forever; one of them may have been revoked since.
+    assert_eq!(
+        JwksCacheOptions::default().max_stale,
+        Duration::from_secs(3600)
+    );
+    let server = JwksServer::start(serve("max-age=0"));
+    let (cooldown, max_stale) = (Duration::from_millis(200), Duration::from_secs(1));
+    let opts = JwksCacheOptions {
+        cooldown,
+        max_stale,
+        ..options()
+    };
+    let issuer = "https://issuer.example";
+    let cache = JwksCache::new(&server.url, opts).unwrap();
+    let verifier = Verifier::remote(cache, Validation::new(issuer, ["api"]));
+    let token = server.token(issuer, "api", TokenType::Jwt);
+    run(async {
+        let start = Instant::now();
+        verifier.verify::<Value>(&token).await.expect("fresh keys");
+        let fetched = Instant::now();
+        server.set(Mode::Down);
+        // Within max_stale the last good set serves while the issuer is down (the set is
+        // stale from its fetch on: max-age 0, no floor).
+        sleep_past(fetched, cooldown).await;
+        let before = server.fetches();
+        let within = verifier.verify::<Value>(&token).await;
+        assert_eq!(server.fetches(), before + 1, "it did try");
+        // Past the limit only if the machine was too loaded to call within it.
+        if start.elapsed() < max_stale {
+            within.expect("within max_stale the last good key set serves");
+        }
+        // After it: fail closed, saying how stale and why.
+        sleep_past(fetched, max_stale).await;
+        let err = verifier.verify::<Value>(&token).await.unwrap_err();
+        let VerifyError::KeySetUnavailable(KeySetError::Stale {
+            stale_for,
+            max_stale: limit,
+            last_error,
+        }) = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert!(*stale_for >= max_stale, "{stale_for:?}");
+        assert_eq!(*limit, max_stale);
+        assert_eq!(
+            **last_error,
+            KeySetError::Status {
+                url: server.url.clone(),
+                status: 503
+            }
+        );
+        let VerifyError::KeySetUnavailable(cause) = &err else {
+            unreachable!()
+        };
+        assert!(
+            cause.to_string().starts_with("stale for ")
+                && cause.to_string().ends_with(&format!(
+                    "(max_stale 1 s); last fetch error: {}: HTTP 503",
+                    server.url
+                )),
+            "{cause}"
+        );
+        // The issuer is back: the next fetch (after the cooldown) succeeds and resets it.
+        server.set(serve("max-age=0"));
+        sleep_past(Instant::now(), cooldown).await;
+        let claims: Value = verifier.verify(&token).await.expect("a fetch succeeded");
+        assert_eq!(claims["sub"], "svc");
     });
 }
 
