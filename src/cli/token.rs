@@ -104,6 +104,12 @@ pub(super) struct VerifyArgs {
     #[arg(long, value_parser = parse_seconds)]
     leeway: Option<Duration>,
 
+    /// Accept ES256 signatures with a high S (s > n/2), which jwt-issuer never makes but
+    /// other libraries (node jose, PyJWT, Go) do half the time; such a token has a second
+    /// valid encoding, so anything that remembers tokens must key on jti
+    #[arg(long)]
+    allow_high_s: bool,
+
     /// The token [default: read from stdin]
     #[arg(allow_hyphen_values = true)]
     token: Option<String>,
@@ -251,21 +257,33 @@ fn verify(args: VerifyArgs) -> Result<()> {
                     Verifier::remote(cache, validation)
                 }
             };
+            let verifier = if args.allow_high_s {
+                verifier.allow_high_s()
+            } else {
+                verifier
+            };
             verifier.verify(token).await
         })
-        .map_err(|err| hint_shared_secret(err, token, args.secret_env.is_some()))?;
+        .map_err(|err| with_verify_hint(err, token, args.secret_env.is_some()))?;
     outln!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }
 
-/// An HS256 token checked against public keys finds no key: say where its key is.
-fn hint_shared_secret(err: VerifyError, token: &str, had_secret: bool) -> anyhow::Error {
+/// What to do about a refusal that has a likely cause: an HS256 token checked against
+/// public keys finds no key (say where its key is); a high-S ES256 signature comes from a
+/// library that does not normalize (say which flag accepts it, and at what price).
+fn with_verify_hint(err: VerifyError, token: &str, had_secret: bool) -> anyhow::Error {
     if err == VerifyError::UnknownKey
         && !had_secret
         && unverified_header_alg(token) == Some("HS256")
     {
         return anyhow::anyhow!(
             "{err}: the token is HS256, signed with a shared secret, never in a JWKS; verify it with --secret-env NAME"
+        );
+    }
+    if err == VerifyError::HighS {
+        return anyhow::anyhow!(
+            "{err}; jwt-issuer never signs so, but other libraries (node jose, PyJWT, Go) do: --allow-high-s accepts it for such an issuer (then key replay checks on jti, not on the token)"
         );
     }
     err.into()

@@ -250,7 +250,7 @@ impl PrivateKey {
 /// out key material.
 pub trait SignatureBackend: Send + Sync {
     /// The raw JWS signature over `message`: PKCS#1 v1.5 for RS256, the 64-byte r||s form
-    /// of RFC 7518 section 3.4 for ES256.
+    /// of RFC 7518 section 3.4 for ES256 (high or low S: [`SigningKey::sign`] normalizes).
     ///
     /// # Errors
     /// [`SignatureFailed`] when the backend cannot sign now (a token logged out, a KMS
@@ -322,12 +322,18 @@ impl SigningKey {
         }
     }
 
-    /// Signs `message` (the JWS signing input) and returns the raw JWS signature.
+    /// Signs `message` (the JWS signing input) and returns the raw JWS signature. An ES256
+    /// signature is always in its low-S form (s at most n/2), whatever the backend made.
     ///
     /// # Errors
-    /// [`SignatureFailed`] when the backend fails.
+    /// [`SignatureFailed`] when the backend fails, or returns an ES256 signature that is
+    /// not 64 bytes of r||s with both in range.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
-        self.backend.sign(message)
+        let signature = self.backend.sign(message)?;
+        match self.jwk.alg {
+            SigningAlg::Es256 => low_s(signature),
+            SigningAlg::Rs256 | SigningAlg::Hs256 => Ok(signature),
+        }
     }
 
     /// An in-process key pair parsed once from `key`.
@@ -391,6 +397,23 @@ impl SignatureBackend for KeyPair {
     }
 }
 
+/// An ES256 signature with s replaced by n - s when s is above n/2. (r, s) and (r, n - s)
+/// both verify, so without this one token would have two encodings, and a replay cache
+/// keyed on its bytes could be passed by the other one. aws-lc, like most ECDSA signers
+/// (and HSMs), leaves s high half of the time; verifiers here refuse high-S by default.
+fn low_s(signature: Vec<u8>) -> Result<Vec<u8>, SignatureFailed> {
+    let parsed = p256::ecdsa::Signature::from_slice(&signature).map_err(|_| {
+        SignatureFailed(format!(
+            "the backend returned {} bytes that are not an ES256 signature (64 bytes of r||s)",
+            signature.len()
+        ))
+    })?;
+    Ok(match parsed.normalize_s() {
+        Some(low) => low.to_bytes().to_vec(),
+        None => signature,
+    })
+}
+
 fn check_curve(curve: ObjectIdentifier) -> Result<(), KeyFormatError> {
     if curve == OID_P256 {
         return Ok(());
@@ -412,5 +435,72 @@ fn key_type_name(oid: ObjectIdentifier) -> String {
         "1.2.840.113549.1.1.10" => "RSASSA-PSS".to_owned(),
         "1.2.840.10040.4.1" => "DSA".to_owned(),
         other => other.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::VerifyingKey;
+
+    /// A backend that always answers with the high-S form, as an HSM that does not
+    /// normalize does half of the time.
+    struct HighS(EcdsaKeyPair);
+
+    impl SignatureBackend for HighS {
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
+            let sig = self.0.sign(&SystemRandom::new(), message).unwrap();
+            let sig = p256::ecdsa::Signature::from_slice(sig.as_ref()).unwrap();
+            let (r, s) = sig.split_scalars();
+            let s = if sig.normalize_s().is_some() { s } else { -s };
+            Ok(p256::ecdsa::Signature::from_scalars(r, s)
+                .unwrap()
+                .to_bytes()
+                .to_vec())
+        }
+    }
+
+    /// A backend that answers with bytes of the wrong length.
+    struct Short;
+
+    impl SignatureBackend for Short {
+        fn sign(&self, _: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
+            Ok(vec![1; 63])
+        }
+    }
+
+    fn es256_key() -> (PrivateKey, EcdsaKeyPair) {
+        let key = PrivateKey::generate(SigningAlg::Es256, 0).unwrap();
+        let PrivateKey::P256(secret) = &key else {
+            unreachable!("ES256 makes a P-256 key")
+        };
+        let der = secret.to_pkcs8_der().unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_bytes()).unwrap();
+        (key, pair)
+    }
+
+    #[test]
+    fn es256_signatures_of_any_backend_come_out_low_s() {
+        let (key, pair) = es256_key();
+        let jwk = Jwk::new(key.public_params(), SigningAlg::Es256);
+        let verifying = VerifyingKey::from_jwk(&jwk).unwrap();
+        let signing = SigningKey::from_backend(jwk, "hsm", Box::new(HighS(pair)));
+        for i in 0..20 {
+            let message = format!("message {i}");
+            let sig = signing.sign(message.as_bytes()).unwrap();
+            let parsed = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+            assert!(parsed.normalize_s().is_none(), "high-S came out");
+            assert!(verifying.verify(message.as_bytes(), &sig));
+        }
+    }
+
+    #[test]
+    fn an_es256_backend_answer_that_is_no_signature_is_an_error() {
+        let (key, _) = es256_key();
+        let jwk = Jwk::new(key.public_params(), SigningAlg::Es256);
+        let signing = SigningKey::from_backend(jwk, "hsm", Box::new(Short));
+        let err = signing.sign(b"message").unwrap_err();
+        assert!(err.0.contains("63 bytes"), "{err}");
     }
 }

@@ -40,7 +40,9 @@ pub enum BearerError {
     /// An Authorization header that is not `Bearer <token>`: 400 `invalid_request`.
     #[error("malformed Authorization header")]
     Malformed,
-    /// The token failed verification: 401 `invalid_token` (503 when keys are unavailable).
+    /// The token failed verification: 401 `invalid_token`; 503 when keys are unavailable
+    /// (never fetched, or kept past [`JwksCacheOptions::max_stale`](super::JwksCacheOptions::max_stale)
+    /// while the issuer is out of reach): not the token's fault, so no challenge.
     #[error(transparent)]
     Invalid(#[from] VerifyError),
     /// The app has no `web::Data<Verifier>`: a wiring bug, 500.

@@ -1,7 +1,8 @@
 //! [`JwksCache`]: a remote JWKS (or one found through an issuer's discovery document),
 //! cached by its `Cache-Control: max-age`, refetched on an unknown kid at most once per
 //! cooldown, with one fetch in flight, timeouts, a size limit, and the last good key set
-//! kept when the issuer is down or answers garbage.
+//! kept when the issuer is down or answers garbage, for `max_stale` past its max-age at
+//! most (then verification fails closed: a key revoked meanwhile must not stay trusted).
 //!
 //! Keys come only from the URL configured or discovered: redirects are never followed,
 //! only a 200 with a JSON Content-Type is read, and a discovered `jwks_uri` must be https
@@ -30,6 +31,15 @@ pub struct JwksCacheOptions {
     /// Least time between fetches caused by unknown kids or by failures, so random kids
     /// from an attacker or a down issuer cause no fetch storm (default 30 s).
     pub cooldown: Duration,
+    /// How long past its max-age the last good key set may still be used while refetches
+    /// fail (default 1 h): the `stale-if-error` of RFC 5861 section 4. After it every
+    /// key is refused ([`KeySetError::Stale`], 503 in the extractor) until a fetch
+    /// succeeds, so a key the issuer revoked is trusted at most max-age (clamped as
+    /// above) plus `max_stale` after the last successful fetch, however long the issuer
+    /// stays out of reach (or is kept out of reach). An hour rides out an outage twelve
+    /// times jwt-issuer's default JWKS max-age of 5 min. `Duration::ZERO`: no grace,
+    /// keys stop at the first failed refetch of a stale set; `Duration::MAX`: no limit.
+    pub max_stale: Duration,
     /// Timeout of one fetch, connect to last byte (default 5 s).
     pub timeout: Duration,
     /// Largest JWKS response accepted (default 256 KiB).
@@ -48,6 +58,7 @@ impl Default for JwksCacheOptions {
             max_max_age: Duration::from_secs(3600),
             default_max_age: Duration::from_secs(300),
             cooldown: Duration::from_secs(30),
+            max_stale: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
             max_response_bytes: 256 * 1024,
             allow_foreign_jwks_uri: false,
@@ -179,10 +190,12 @@ impl JwksCache {
     }
 
     /// The key for `kid`: from the cache while fresh; a stale or missing set is fetched;
-    /// an unknown kid triggers a fetch only after the cooldown.
+    /// an unknown kid triggers a fetch only after the cooldown. When refetches fail the
+    /// last good set serves for [`JwksCacheOptions::max_stale`] past its max-age.
     ///
     /// # Errors
-    /// `UnknownKey`, or `KeySetUnavailable` when no key set was ever fetched.
+    /// `UnknownKey`; `KeySetUnavailable` when no key set was ever fetched, or when the
+    /// last good one is stale beyond `max_stale` ([`KeySetError::Stale`]).
     pub async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, VerifyError> {
         let decided = Instant::now();
         let (fresh, missing, cooled, failed) = {
@@ -207,12 +220,30 @@ impl JwksCache {
             self.fetch(decided).await;
         }
         let st = self.read();
+        if let Some(stale) = self.too_stale(&st, Instant::now()) {
+            return Err(VerifyError::KeySetUnavailable(stale));
+        }
         match &st.ring {
             Some(ring) => ring.find(kid).cloned(),
             None => Err(VerifyError::KeySetUnavailable(
                 st.last_error.clone().unwrap_or(KeySetError::NotFetched),
             )),
         }
+    }
+
+    /// Why the kept key set may no longer be used at `now`: the last fetch failed and the
+    /// set has been stale (past its max-age) for `max_stale` or longer. A fetch that
+    /// succeeds clears the error and moves the max-age on, so it starts over.
+    fn too_stale(&self, st: &State, now: Instant) -> Option<KeySetError> {
+        let last_error = st.last_error.as_ref()?;
+        let fresh_until = st.fresh_until?;
+        // None: so far off it cannot be reached (`Duration::MAX`, no limit).
+        let limit = fresh_until.checked_add(self.options.max_stale)?;
+        (now >= limit).then(|| KeySetError::Stale {
+            stale_for: now.saturating_duration_since(fresh_until),
+            max_stale: self.options.max_stale,
+            last_error: Box::new(last_error.clone()),
+        })
     }
 
     /// Fetches now unless another caller fetched since `decided`; a failure keeps the
@@ -235,6 +266,9 @@ impl JwksCache {
             Err(e) => {
                 tracing::warn!(jwks_uri = %self.jwks_uri, error = %e, kept_previous = st.ring.is_some(), "JWKS fetch failed");
                 st.last_error = Some(e);
+                if let Some(stale) = self.too_stale(&st, now) {
+                    tracing::error!(jwks_uri = %self.jwks_uri, error = %stale, "JWKS too stale: no key is trusted until a fetch succeeds");
+                }
             }
         }
     }
@@ -443,6 +477,61 @@ fn parse_max_age(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_key_set_is_refused_from_max_stale_past_its_max_age_after_a_failure() {
+        let cache = |max_stale| {
+            JwksCache::new(
+                "http://127.0.0.1:1/jwks.json",
+                JwksCacheOptions {
+                    max_stale,
+                    ..JwksCacheOptions::default()
+                },
+            )
+            .unwrap()
+        };
+        let fresh_until = Instant::now();
+        let down = KeySetError::Status {
+            url: "http://127.0.0.1:1/jwks.json".into(),
+            status: 503,
+        };
+        let state = |last_error: Option<KeySetError>| State {
+            ring: Some(Arc::new(KeyRing::default())),
+            fresh_until: Some(fresh_until),
+            last_attempt: Some(fresh_until),
+            last_error,
+        };
+        let hour = Duration::from_secs(3600);
+        let c = cache(hour);
+        let failed = state(Some(down.clone()));
+        assert_eq!(c.too_stale(&failed, fresh_until + hour / 2), None);
+        assert_eq!(
+            c.too_stale(&failed, fresh_until + hour),
+            Some(KeySetError::Stale {
+                stale_for: hour,
+                max_stale: hour,
+                last_error: Box::new(down.clone()),
+            })
+        );
+        assert_eq!(
+            c.too_stale(&state(None), fresh_until + 2 * hour),
+            None,
+            "the last fetch succeeded"
+        );
+        assert_eq!(
+            cache(Duration::MAX).too_stale(&failed, fresh_until + 1000 * hour),
+            None,
+            "no limit, no overflow"
+        );
+        let text = c
+            .too_stale(&failed, fresh_until + hour + Duration::from_millis(1500))
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            text,
+            "stale for 3601 s (max_stale 3600 s); last fetch error: http://127.0.0.1:1/jwks.json: HTTP 503"
+        );
+    }
 
     #[test]
     fn max_age_parsing() {

@@ -140,13 +140,47 @@ impl VerifyingKey {
     }
 
     /// Checks a raw JWS signature over `message`: PKCS#1 v1.5 SHA-256 for RS256, the
-    /// 64-byte r||s form for ES256 (a DER signature, or r = 0 or s = 0, fails).
+    /// 64-byte r||s form for ES256 (a DER signature, or r = 0 or s = 0, fails), the
+    /// HMAC-SHA-256 tag for HS256.
+    ///
+    /// ES256 in its canonical form only: a signature whose `s` is above n/2 (high-S) is
+    /// refused even when it is valid, since (r, n - s) verifies wherever (r, s) does and
+    /// one token would have two encodings. [`VerifyingKey::verify_allowing_high_s`] takes
+    /// both.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        match &self.key {
+        self.check(message, signature, false).is_ok()
+    }
+
+    /// As [`VerifyingKey::verify`], but an ES256 signature with a high `s` is accepted
+    /// too: for keys of signers whose library does not normalize (node jose, PyJWT, Go
+    /// sign high-S half of the time). Whatever remembers tokens (a replay cache, a
+    /// deny-list) must then key on `jti`, never on the token's bytes.
+    pub fn verify_allowing_high_s(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.check(message, signature, true).is_ok()
+    }
+
+    /// The signature check, with why it failed: [`VerifyError::BadSignature`], or
+    /// [`VerifyError::HighS`] for a valid ES256 signature in its high-S form when
+    /// `allow_high_s` is false.
+    pub(crate) fn check(
+        &self,
+        message: &[u8],
+        signature: &[u8],
+        allow_high_s: bool,
+    ) -> Result<(), VerifyError> {
+        let valid = match &self.key {
             Material::Public(key) => key.verify_sig(message, signature).is_ok(),
             // Constant-time comparison inside aws-lc.
             Material::Hmac(key) => aws_lc_rs::hmac::verify(key, message, signature).is_ok(),
+        };
+        if !valid {
+            return Err(VerifyError::BadSignature);
         }
+        // After the signature: HighS says "valid, in the other encoding", never "forged".
+        if self.alg == SigningAlg::Es256 && !allow_high_s && is_high_s(signature) {
+            return Err(VerifyError::HighS);
+        }
+        Ok(())
     }
 }
 
@@ -328,6 +362,54 @@ impl KeyRing {
     }
 }
 
+/// floor(n / 2) for the order n of the P-256 group (SEC 2 section 2.4.2, FIPS 186-4
+/// appendix D.1.2.3: n = FFFFFFFF 00000000 FFFFFFFF FFFFFFFF BCE6FAAD A7179E84 F3B9CAC2
+/// FC632551), big-endian. Of s and n - s exactly one is at most this: the low-S form.
+/// Written out here so the verifier needs no elliptic-curve crate.
+const P256_HALF_ORDER: [u8; 32] = [
+    0x7F, 0xFF, 0xFF, 0xFF, 0x80, 0x00, 0x00, 0x00, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+    0xDE, 0x73, 0x7D, 0x56, 0xD3, 0x8B, 0xCF, 0x42, 0x79, 0xDC, 0xE5, 0x61, 0x7E, 0x31, 0x92, 0xA8,
+];
+
+/// True when the `s` half of a 64-byte r||s ES256 signature is above n/2. Equal-length
+/// big-endian byte strings compare as the numbers they encode; `s` is public, so the
+/// comparison need not be constant-time.
+fn is_high_s(signature: &[u8]) -> bool {
+    signature.len() == 64 && signature[32..] > P256_HALF_ORDER[..]
+}
+
+/// The order n of the P-256 group, big-endian (tests forge the high-S form with it).
+#[cfg(test)]
+const P256_ORDER: [u8; 32] = [
+    0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+    0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63, 0x25, 0x51,
+];
+
+/// A 64-byte r||s ES256 signature with s replaced by n - s: the other encoding of the
+/// same signature. `s` must be below n.
+#[cfg(test)]
+pub(crate) fn negate_s(signature: &[u8]) -> Vec<u8> {
+    let mut out = signature.to_vec();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(P256_ORDER[i]) - i16::from(signature[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        // In 0..=255 once the borrow is added back.
+        out[32 + i] = (d + 256 * borrow) as u8;
+    }
+    out
+}
+
+/// The low-S form of an ES256 signature, as a normalizing signer sends it.
+#[cfg(test)]
+pub(crate) fn low_s(signature: &[u8]) -> Vec<u8> {
+    if is_high_s(signature) {
+        negate_s(signature)
+    } else {
+        signature.to_vec()
+    }
+}
+
 /// DER RSAPublicKey (RFC 8017 appendix A.1.1), the form aws-lc parses: a SEQUENCE of two
 /// INTEGERs. Written out here so the verifier needs no RSA crate.
 fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Result<Vec<u8>, String> {
@@ -386,6 +468,61 @@ mod tests {
         assert!(rsa_public_key_der(&[0, 0], &[3]).is_err());
         let long = rsa_public_key_der(&[0x7F; 256], &[3]).unwrap();
         assert_eq!(&long[..8], [0x30, 0x82, 0x01, 0x07, 0x02, 0x82, 0x01, 0x00]);
+    }
+
+    #[test]
+    fn the_half_order_is_n_shifted_right_by_one() {
+        let mut half = [0u8; 32];
+        let mut carry = 0;
+        for (h, n) in half.iter_mut().zip(P256_ORDER) {
+            *h = (n >> 1) | carry;
+            carry = (n & 1) << 7;
+        }
+        assert_eq!(half, P256_HALF_ORDER);
+        assert_eq!(carry, 0x80, "n is odd, so n/2 rounds down");
+    }
+
+    #[test]
+    fn high_s_starts_just_above_half_the_order() {
+        let sig = |s: [u8; 32]| [[1u8; 32], s].concat();
+        let mut above = P256_HALF_ORDER;
+        above[31] += 1;
+        assert!(!is_high_s(&sig(P256_HALF_ORDER)), "n/2 itself is low");
+        assert!(is_high_s(&sig(above)));
+        assert!(!is_high_s(&sig([0; 32])));
+        assert!(is_high_s(&sig([0xFF; 32])), "out of range is still above");
+        assert!(!is_high_s(&[0xFF; 63]), "not the 64-byte form");
+        // Exactly one of s and n - s is high, and negating twice gives s back.
+        assert_eq!(negate_s(&sig(P256_HALF_ORDER)), sig(above));
+        let s = sig([0x5A; 32]);
+        assert!(!is_high_s(&s) && is_high_s(&negate_s(&s)));
+        assert_eq!(negate_s(&negate_s(&s)), s);
+    }
+
+    #[test]
+    fn a_valid_high_s_signature_is_refused_unless_allowed() {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let point = pair.public_key().as_ref();
+        let jwk = Jwk::new(
+            PublicKeyParams::p256(&point[1..33], &point[33..65]),
+            SigningAlg::Es256,
+        );
+        let key = VerifyingKey::from_jwk(&jwk).unwrap();
+        let raw = pair.sign(&SystemRandom::new(), b"message").unwrap();
+        let low = low_s(raw.as_ref());
+        let high = negate_s(&low);
+        assert_eq!(key.check(b"message", &low, false), Ok(()));
+        assert_eq!(key.check(b"message", &high, false), Err(VerifyError::HighS));
+        assert_eq!(key.check(b"message", &high, true), Ok(()));
+        assert!(key.verify(b"message", &low) && !key.verify(b"message", &high));
+        assert!(key.verify_allowing_high_s(b"message", &high));
+        // A high s on a signature that does not verify is a bad signature, nothing more.
+        assert_eq!(
+            key.check(b"another message", &high, false),
+            Err(VerifyError::BadSignature)
+        );
     }
 
     /// A P-256 JWK of a fresh key.

@@ -12,6 +12,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::time::Duration;
+
 #[cfg(feature = "actix")]
 mod extractor;
 mod jwks_cache;
@@ -52,6 +54,13 @@ pub enum VerifyError {
     /// The signature does not verify.
     #[error("invalid signature")]
     BadSignature,
+    /// An ES256 signature that verifies but whose `s` is above n/2 (high-S): the other
+    /// encoding (r, n - s) of a valid signature. jwt-issuer always signs low-S, so a high-S
+    /// copy of one of its tokens was made by someone else. Refused by default so that one
+    /// token has one encoding; [`Verifier::allow_high_s`] accepts it, for issuers whose
+    /// library does not normalize.
+    #[error("non-canonical ES256 signature: high-S (s > n/2)")]
+    HighS,
     /// `exp` has passed (beyond the leeway).
     #[error("token expired")]
     Expired,
@@ -163,6 +172,22 @@ pub enum KeySetError {
         jwks_uri: String,
         /// Which rule it breaks.
         reason: &'static str,
+    },
+    /// The last good key set is stale (past its max-age) for longer than
+    /// [`JwksCacheOptions::max_stale`] and no fetch has succeeded since: its keys are no
+    /// longer used, since the issuer may have revoked one of them meanwhile.
+    #[error(
+        "stale for {} s (max_stale {} s); last fetch error: {last_error}",
+        .stale_for.as_secs(),
+        .max_stale.as_secs()
+    )]
+    Stale {
+        /// How long past its max-age the set is.
+        stale_for: Duration,
+        /// The limit it passed.
+        max_stale: Duration,
+        /// Why the last fetch failed.
+        last_error: Box<KeySetError>,
     },
     /// A discovery document for another issuer (RFC 8414 section 3.3).
     #[error("{url}: issuer {published:?} does not match the expected {expected:?}")]

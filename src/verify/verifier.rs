@@ -151,11 +151,13 @@ enum KeySource {
 
 /// Verifies tokens: size, structure, `crit`, `typ`, key by kid, algorithm pinned to the
 /// key, signature, then claims. Embedded `jwk`, `jku`, `x5u` and `x5c` headers are never
-/// used: keys come only from the configured key set.
+/// used: keys come only from the configured key set. An ES256 signature must be in its
+/// low-S form unless [`Verifier::allow_high_s`] says otherwise.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     keys: KeySource,
     validation: Validation,
+    allow_high_s: bool,
 }
 
 impl Verifier {
@@ -164,6 +166,7 @@ impl Verifier {
         Self {
             keys: KeySource::Fixed(Arc::new(keys)),
             validation,
+            allow_high_s: false,
         }
     }
 
@@ -172,7 +175,29 @@ impl Verifier {
         Self {
             keys: KeySource::Remote(Arc::new(keys)),
             validation,
+            allow_high_s: false,
         }
+    }
+
+    /// Accepts ES256 signatures whose `s` is above n/2 (high-S) too. By default they are
+    /// refused with [`VerifyError::HighS`] (even when valid), since replacing `s` by
+    /// n - s in a signature gives a second valid encoding of the same token: jwt-issuer
+    /// signs low-S only, so such a copy of one of its tokens was made by someone else.
+    ///
+    /// For verifying tokens of other signers whose library does not normalize `s`
+    /// (node jose, PyJWT and Go's crypto/ecdsa sign high-S half of the time). With it, a
+    /// token may arrive in two encodings: replay caches and deny-lists must key on `jti`,
+    /// never on the token's bytes or a hash of them.
+    ///
+    /// ```
+    /// use jwt_issuer::verify::{KeyRing, Validation, Verifier};
+    /// let keys = KeyRing::from_json(br#"{"keys":[]}"#).unwrap();
+    /// let verifier = Verifier::fixed(keys, Validation::new("https://other.example", ["api"]))
+    ///     .allow_high_s();
+    /// ```
+    pub fn allow_high_s(mut self) -> Self {
+        self.allow_high_s = true;
+        self
     }
 
     /// The validation rules.
@@ -189,7 +214,7 @@ impl Verifier {
         token: &str,
     ) -> Result<T, VerifyError> {
         match &self.keys {
-            KeySource::Fixed(ring) => Self::verify_with(ring, token, &self.validation),
+            KeySource::Fixed(ring) => verify_ring(ring, token, &self.validation, self.allow_high_s),
             KeySource::Remote(cache) => {
                 let parsed = parse(token, &self.validation)?;
                 let kid = parsed
@@ -197,13 +222,14 @@ impl Verifier {
                     .as_deref()
                     .ok_or(VerifyError::Malformed("kid is missing"))?;
                 let key = cache.key(kid).await?;
-                finish(parsed, &key, &self.validation)
+                finish(parsed, &key, &self.validation, self.allow_high_s)
             }
         }
     }
 
     /// Verifies with a fixed key ring without awaiting (remote verifiers use only what
-    /// they have cached).
+    /// they have cached). High-S ES256 signatures are refused; a verifier built with
+    /// [`Verifier::fixed`] and [`Verifier::allow_high_s`] accepts them.
     ///
     /// # Errors
     /// As [`Verifier::verify`].
@@ -212,22 +238,30 @@ impl Verifier {
         token: &str,
         validation: &Validation,
     ) -> Result<T, VerifyError> {
-        let parsed = parse(token, validation)?;
-        match parsed.kid.clone() {
-            Some(kid) => finish(parsed, keys.find(&kid)?, validation),
-            // Tokens from other HS256 libraries carry no kid: try the shared secrets in order
-            // (current, then previous), never a public key.
-            None => {
-                let mut result = Err(VerifyError::Malformed("kid is missing"));
-                for key in keys.secret_keys() {
-                    result = finish(parsed.clone(), key, validation);
-                    if result.as_ref().is_ok() || !matches!(result, Err(VerifyError::BadSignature))
-                    {
-                        break;
-                    }
+        verify_ring(keys, token, validation, false)
+    }
+}
+
+fn verify_ring<T: DeserializeOwned + 'static>(
+    keys: &KeyRing,
+    token: &str,
+    validation: &Validation,
+    allow_high_s: bool,
+) -> Result<T, VerifyError> {
+    let parsed = parse(token, validation)?;
+    match parsed.kid.clone() {
+        Some(kid) => finish(parsed, keys.find(&kid)?, validation, allow_high_s),
+        // Tokens from other HS256 libraries carry no kid: try the shared secrets in order
+        // (current, then previous), never a public key.
+        None => {
+            let mut result = Err(VerifyError::Malformed("kid is missing"));
+            for key in keys.secret_keys() {
+                result = finish(parsed.clone(), key, validation, allow_high_s);
+                if result.as_ref().is_ok() || !matches!(result, Err(VerifyError::BadSignature)) {
+                    break;
                 }
-                result
             }
+            result
         }
     }
 }
@@ -303,6 +337,7 @@ fn finish<T: DeserializeOwned + 'static>(
     parsed: Parsed<'_>,
     key: &VerifyingKey,
     validation: &Validation,
+    allow_high_s: bool,
 ) -> Result<T, VerifyError> {
     // RFC 8725 section 3.1: the key decides the algorithm. `none`, HS256 with a public
     // key as secret, or RS256 against an EC key all end here.
@@ -314,9 +349,7 @@ fn finish<T: DeserializeOwned + 'static>(
     let len = URL_SAFE_NO_PAD
         .decode_slice(parsed.signature, &mut sig)
         .map_err(|_| VerifyError::Malformed("signature is not base64url"))?;
-    if !key.verify(parsed.signing_input.as_bytes(), &sig[..len]) {
-        return Err(VerifyError::BadSignature);
-    }
+    key.check(parsed.signing_input.as_bytes(), &sig[..len], allow_high_s)?;
     let claims: Map<String, Value> = decode_json(parsed.payload)
         .ok_or(VerifyError::Malformed("payload is not base64url JSON"))?;
     validation.check_claims(&claims, unix_now())?;
@@ -353,6 +386,7 @@ mod tests {
     use crate::SigningAlg;
     use crate::jwks::{Jwk, JwkSet, PublicKeyParams};
     use crate::secret::HmacSecret;
+    use crate::verify::key::{low_s, negate_s};
 
     const ISS: &str = "https://issuer.example";
 
@@ -407,10 +441,19 @@ mod tests {
         format!("{}.{}", b64(header), b64(claims))
     }
 
+    /// An ES256 token, its signature in the low-S form jwt-issuer signs (aws-lc alone
+    /// leaves s high half of the time).
     fn es256(header: &Value, claims: &Value) -> String {
         let input = signing_input(header, claims);
         let sig = ec().0.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(low_s(sig.as_ref())))
+    }
+
+    /// The token with s replaced by n - s.
+    fn high_s_twin(token: &str) -> String {
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(negate_s(&sig)))
     }
 
     fn hs256_with(key: &[u8], header: &Value, claims: &Value) -> String {
@@ -454,6 +497,26 @@ mod tests {
     fn a_token_signed_by_the_key_its_kid_names_is_accepted() {
         let claims: Value = verify(&es256(&ec_header(), &claims()), &validation()).unwrap();
         assert_eq!(claims["sub"], "alice");
+    }
+
+    #[test]
+    fn a_high_s_twin_is_refused_unless_the_verifier_allows_it() {
+        let token = es256(&ec_header(), &claims());
+        let twin = high_s_twin(&token);
+        assert_eq!(verify(&twin, &validation()), Err(VerifyError::HighS));
+        let lenient: Value = verify_ring(&ring(), &twin, &validation(), true).unwrap();
+        assert_eq!(lenient, verify(&token, &validation()).unwrap());
+        // A forged signature with a high s is still just a bad signature.
+        let (input, _) = token.rsplit_once('.').unwrap();
+        let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode([0xEE; 64]));
+        assert_eq!(
+            verify(&forged, &validation()),
+            Err(VerifyError::BadSignature)
+        );
+        // And the builder carries the choice to a fixed ring.
+        let verifier = Verifier::fixed(ring(), validation()).allow_high_s();
+        assert!(verifier.allow_high_s);
+        assert!(!Verifier::fixed(ring(), validation()).allow_high_s);
     }
 
     #[test]

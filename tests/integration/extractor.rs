@@ -2,17 +2,29 @@
 //! for everything else.
 
 use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, web};
+use jwt_issuer::TokenType;
 use jwt_issuer::verify::{BearerClaims, JwksCache, JwksCacheOptions, Validation, Verifier};
 
 use crate::helpers::{
-    self, TestApp, TestClient, TestServer, flip_signature, issue_token, new_client,
+    self, JwksServer, Mode, PATIENCE, TestApp, TestClient, TestServer, flip_signature, issue_token,
+    new_client, serve, wait_for, wait_until, with_negated_s,
 };
 
 /// A downstream API: `/protected` needs a valid access token for `orders-api`.
 fn start_downstream(jwks_uri: String, issuer: String) -> TestServer {
-    let cache = JwksCache::new(jwks_uri, JwksCacheOptions::default()).unwrap();
+    start_downstream_with(jwks_uri, issuer, JwksCacheOptions::default())
+}
+
+/// As [`start_downstream`], its JWKS cache set up by `options`.
+fn start_downstream_with(
+    jwks_uri: String,
+    issuer: String,
+    options: JwksCacheOptions,
+) -> TestServer {
+    let cache = JwksCache::new(jwks_uri, options).unwrap();
     let validation = Validation::new(issuer, ["orders-api"]).with_typ("at+jwt");
     let verifier = web::Data::new(Verifier::remote(cache, validation));
     TestServer::start(move || {
@@ -139,6 +151,15 @@ fn each_verification_failure_is_401_invalid_token_with_its_reason() {
         "invalid signature",
     );
 
+    // The same signature with s replaced by n - s: valid ECDSA, but not the issuer's encoding.
+    let twin = with_negated_s(&good);
+    assert_challenge(
+        &get_protected(&downstream, Some(&format!("Bearer {twin}"))),
+        401,
+        "invalid_token",
+        "non-canonical ES256 signature: high-S (s > n/2)",
+    );
+
     // A token from `token issue` has typ JWT, not at+jwt: not an access token.
     let id_like = issue_token(
         &app.keys_dir,
@@ -187,4 +208,50 @@ fn an_unreachable_issuer_is_503_not_401() {
         "no internal detail leaks: {}",
         res.body
     );
+}
+
+#[test]
+fn a_key_set_stale_beyond_max_stale_is_503_not_401() {
+    let server = JwksServer::start(serve("max-age=0"));
+    let max_stale = Duration::from_secs(1);
+    let options = JwksCacheOptions {
+        min_max_age: Duration::ZERO,
+        cooldown: Duration::from_millis(100),
+        max_stale,
+        ..JwksCacheOptions::default()
+    };
+    let issuer = "https://issuer.example";
+    let downstream = start_downstream_with(server.url.clone(), issuer.into(), options);
+    let token = server.token(issuer, "orders-api", TokenType::AccessToken);
+    let bearer = format!("Bearer {token}");
+    let start = Instant::now();
+    let res = get_protected(&downstream, Some(&bearer));
+    assert_eq!(res.status, 200, "{}", res.body);
+    server.set(Mode::Down);
+    // Refused as soon as the set is stale past max_stale (never before), then served again
+    // once the issuer answers.
+    let res = wait_for(PATIENCE, "a 503 once the key set is too stale", || {
+        let res = get_protected(&downstream, Some(&bearer));
+        match res.status {
+            200 => Err(res.status),
+            _ => Ok(res),
+        }
+    });
+    assert!(start.elapsed() >= max_stale, "refused within max_stale");
+    assert_eq!(res.status, 503, "{}", res.body);
+    assert_eq!(
+        res.header("www-authenticate"),
+        None,
+        "not the token's fault"
+    );
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        res.json(),
+        serde_json::json!({"error": "server_error", "error_description": "signing keys are unavailable"}),
+        "as for an issuer never reached, and no internal detail"
+    );
+    server.set(serve("max-age=0"));
+    wait_until(PATIENCE, "the token served again", || {
+        get_protected(&downstream, Some(&bearer)).status == 200
+    });
 }

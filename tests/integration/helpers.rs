@@ -9,18 +9,22 @@ use std::io::{self, BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::{App, HttpServer};
+use actix_web::{App, HttpServer, web};
 use jwt_issuer::keys::KeyState;
 use jwt_issuer::oauth::{ClientStore, NewClient};
 use jwt_issuer::secret::ClientSecret;
 use jwt_issuer::server::Application;
-use jwt_issuer::{Config, JwkSet, KeyStore, SigningAlg};
+use jwt_issuer::{
+    Config, Issuer, JwkSet, KeySet, KeyStore, Signer, SignerConfig, SigningAlg, TokenRequest,
+    TokenType,
+};
 use tempfile::TempDir;
 
 /// A keys dir generated once per test binary (RSA generation is the slow part); tests
@@ -167,6 +171,130 @@ impl Drop for TestServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// What the fake issuer answers.
+#[derive(Clone)]
+pub enum Mode {
+    /// 200 with the key set, this Cache-Control, after this delay.
+    Serve {
+        cache_control: &'static str,
+        delay: Duration,
+    },
+    /// 503: the issuer is down.
+    Down,
+    /// 200 with an HTML page.
+    Garbage,
+    /// 200 with 2 MiB of JSON.
+    Huge,
+}
+
+/// A fake issuer serving the template key set at `/jwks.json` as `mode` says, counting
+/// fetches.
+pub struct JwksServer {
+    /// `http://127.0.0.1:PORT/jwks.json`
+    pub url: String,
+    fetches: Arc<AtomicUsize>,
+    mode: Arc<Mutex<Mode>>,
+    /// The key set it serves, private keys included (to sign with).
+    pub keys: Arc<KeySet>,
+    /// Their kids.
+    pub kids: Vec<String>,
+    _server: TestServer,
+}
+
+impl JwksServer {
+    pub fn start(mode: Mode) -> Self {
+        let (_tmp, dir) = keys_dir_with_template();
+        let keys = Arc::new(KeyStore::new(&dir).load().unwrap());
+        let body = serde_json::to_string(&keys.jwk_set()).unwrap();
+        let kids = keys.keys().iter().map(|k| k.kid().to_owned()).collect();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let mode = Arc::new(Mutex::new(mode));
+        let (f, m, b) = (fetches.clone(), mode.clone(), body.clone());
+        let server = TestServer::start(move || {
+            let (f, m, b) = (f.clone(), m.clone(), b.clone());
+            App::new().route(
+                "/jwks.json",
+                web::get().to(move || {
+                    let (f, m, b) = (f.clone(), m.clone(), b.clone());
+                    async move {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        let mode = m.lock().unwrap().clone();
+                        match mode {
+                            Mode::Serve {
+                                cache_control,
+                                delay,
+                            } => {
+                                actix_web::rt::time::sleep(delay).await;
+                                actix_web::HttpResponse::Ok()
+                                    .insert_header(("Cache-Control", cache_control))
+                                    .content_type("application/json")
+                                    .body(b)
+                            }
+                            Mode::Down => actix_web::HttpResponse::ServiceUnavailable().finish(),
+                            Mode::Garbage => {
+                                actix_web::HttpResponse::Ok().body("<html>oops</html>")
+                            }
+                            Mode::Huge => actix_web::HttpResponse::Ok().body(format!(
+                                "{{\"keys\":[],\"pad\":\"{}\"}}",
+                                "x".repeat(2 * 1024 * 1024)
+                            )),
+                        }
+                    }
+                }),
+            )
+        });
+        Self {
+            url: format!("{}/jwks.json", server.url),
+            fetches,
+            mode,
+            keys,
+            kids,
+            _server: server,
+        }
+    }
+
+    /// A token from `issuer` for `aud`, of type `typ`, signed by the served ES256 key.
+    pub fn token(&self, issuer: &str, aud: &str, typ: TokenType) -> String {
+        let config = SignerConfig::new(Issuer::parse(issuer).expect("issuer URL"));
+        let signer = Signer::new(config, self.keys.clone(), None).expect("signer");
+        let mut request = TokenRequest::new("svc", Duration::from_secs(300));
+        request.aud = vec![aud.to_owned()];
+        request.alg = Some(SigningAlg::Es256);
+        request.typ = typ;
+        signer.issue(&request).expect("issue").token
+    }
+
+    /// How many times the key set was asked for.
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Answers as `mode` says from now on.
+    pub fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Asserts that the server was asked `expected` times, or at most one time more per
+    /// whole `period` in `span` (the time the calls since the last expected fetch took).
+    #[track_caller]
+    pub fn assert_fetches(&self, expected: usize, span: Duration, period: Duration, what: &str) {
+        let fetches = self.fetches();
+        let extra = usize::try_from(span.as_nanos() / period.as_nanos()).unwrap();
+        assert!(
+            (expected..=expected + extra).contains(&fetches),
+            "{what}: {fetches} fetches, expected {expected} (calls took {span:?})"
+        );
+    }
+}
+
+/// [`Mode::Serve`] with this Cache-Control, at once.
+pub fn serve(max_age: &'static str) -> Mode {
+    Mode::Serve {
+        cache_control: max_age,
+        delay: Duration::ZERO,
     }
 }
 
@@ -708,6 +836,57 @@ pub fn flip_signature(token: &str) -> String {
     let (input, sig) = token.rsplit_once('.').expect("three segments");
     let first = if sig.starts_with('A') { "B" } else { "A" };
     format!("{input}.{first}{}", &sig[1..])
+}
+
+/// True when the `s` of a 64-byte ES256 signature (r||s) is above n/2: the high-S form
+/// that jwt-issuer never signs and its verifier refuses by default.
+pub fn is_high_s(signature: &[u8]) -> bool {
+    p256::ecdsa::Signature::from_slice(signature)
+        .expect("a 64-byte ES256 signature")
+        .normalize_s()
+        .is_some()
+}
+
+/// `signature` (64-byte ES256 r||s) with s replaced by n - s: the other valid encoding of
+/// the same signature (ECDSA malleability).
+pub fn negate_s(signature: &[u8]) -> Vec<u8> {
+    let (r, s) = p256::ecdsa::Signature::from_slice(signature)
+        .expect("a 64-byte ES256 signature")
+        .split_scalars();
+    p256::ecdsa::Signature::from_scalars(r, -s)
+        .expect("n - s is a valid scalar")
+        .to_bytes()
+        .to_vec()
+}
+
+/// `signature` in its low-S form: what a signer that normalizes (as jwt-issuer does) sends.
+pub fn low_s(signature: &[u8]) -> Vec<u8> {
+    if is_high_s(signature) {
+        negate_s(signature)
+    } else {
+        signature.to_vec()
+    }
+}
+
+/// The decoded signature of a compact JWS.
+pub fn signature_of(token: &str) -> Vec<u8> {
+    use base64::Engine;
+    let (_, sig) = token.rsplit_once('.').expect("three segments");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .expect("base64url signature")
+}
+
+/// The ES256 token with s replaced by n - s: same header, payload and signer, a second
+/// encoding that verifies wherever high-S is accepted.
+pub fn with_negated_s(token: &str) -> String {
+    use base64::Engine;
+    let (input, _) = token.rsplit_once('.').expect("three segments");
+    let twin = negate_s(&signature_of(token));
+    format!(
+        "{input}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(twin)
+    )
 }
 
 /// The folder of the third-party verifier scripts (tests/interop).

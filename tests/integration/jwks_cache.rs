@@ -23,116 +23,16 @@ use jwt_issuer::jwks::PublicKeyParams;
 use jwt_issuer::verify::{
     JwksCache, JwksCacheOptions, KeySetError, Validation, Verifier, VerifyError,
 };
-use jwt_issuer::{Jwk, JwkSet, KeySet, KeyStore, SigningAlg};
+use jwt_issuer::{Jwk, JwkSet, SigningAlg, TokenType};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestServer, keys_dir_with_template, request, run_cli, unix_now};
-
-/// What the fake issuer answers.
-#[derive(Clone)]
-enum Mode {
-    Serve {
-        cache_control: &'static str,
-        delay: Duration,
-    },
-    Down,
-    Garbage,
-    Huge,
-}
-
-/// A fake issuer serving the template key set at `/jwks.json` as `mode` says, counting
-/// fetches.
-struct JwksServer {
-    url: String,
-    fetches: Arc<AtomicUsize>,
-    mode: Arc<Mutex<Mode>>,
-    /// The key set it serves, private keys included (to sign with).
-    keys: KeySet,
-    kids: Vec<String>,
-    _server: TestServer,
-}
-
-impl JwksServer {
-    fn start(mode: Mode) -> Self {
-        let (_tmp, dir) = keys_dir_with_template();
-        let keys = KeyStore::new(&dir).load().unwrap();
-        let body = serde_json::to_string(&keys.jwk_set()).unwrap();
-        let kids = keys.keys().iter().map(|k| k.kid().to_owned()).collect();
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let mode = Arc::new(Mutex::new(mode));
-        let (f, m, b) = (fetches.clone(), mode.clone(), body.clone());
-        let server = TestServer::start(move || {
-            let (f, m, b) = (f.clone(), m.clone(), b.clone());
-            App::new().route(
-                "/jwks.json",
-                web::get().to(move || {
-                    let (f, m, b) = (f.clone(), m.clone(), b.clone());
-                    async move {
-                        f.fetch_add(1, Ordering::SeqCst);
-                        let mode = m.lock().unwrap().clone();
-                        match mode {
-                            Mode::Serve {
-                                cache_control,
-                                delay,
-                            } => {
-                                actix_web::rt::time::sleep(delay).await;
-                                HttpResponse::Ok()
-                                    .insert_header(("Cache-Control", cache_control))
-                                    .content_type("application/json")
-                                    .body(b)
-                            }
-                            Mode::Down => HttpResponse::ServiceUnavailable().finish(),
-                            Mode::Garbage => HttpResponse::Ok().body("<html>oops</html>"),
-                            Mode::Huge => HttpResponse::Ok().body(format!(
-                                "{{\"keys\":[],\"pad\":\"{}\"}}",
-                                "x".repeat(2 * 1024 * 1024)
-                            )),
-                        }
-                    }
-                }),
-            )
-        });
-        Self {
-            url: format!("{}/jwks.json", server.url),
-            fetches,
-            mode,
-            keys,
-            kids,
-            _server: server,
-        }
-    }
-
-    fn fetches(&self) -> usize {
-        self.fetches.load(Ordering::SeqCst)
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
-    }
-
-    /// Asserts that the server was asked `expected` times, or at most one time more per
-    /// whole `period` in `span` (the time the calls since the last expected fetch took).
-    #[track_caller]
-    fn assert_fetches(&self, expected: usize, span: Duration, period: Duration, what: &str) {
-        let fetches = self.fetches();
-        let extra = usize::try_from(span.as_nanos() / period.as_nanos()).unwrap();
-        assert!(
-            (expected..=expected + extra).contains(&fetches),
-            "{what}: {fetches} fetches, expected {expected} (calls took {span:?})"
-        );
-    }
-}
+use crate::helpers::{
+    JwksServer, Mode, TestApp, TestServer, low_s, request, run_cli, serve, unix_now,
+};
 
 /// Sleeps until `period` has passed since `since`.
 async fn sleep_past(since: Instant, period: Duration) {
     actix_web::rt::time::sleep((since + period).saturating_duration_since(Instant::now())).await;
-}
-
-fn serve(max_age: &'static str) -> Mode {
-    Mode::Serve {
-        cache_control: max_age,
-        delay: Duration::ZERO,
-    }
 }
 
 fn options() -> JwksCacheOptions {
@@ -288,6 +188,79 @@ fn a_down_or_garbage_issuer_keeps_the_last_good_key_set() {
         server.set(serve("max-age=0"));
         sleep_past(end, cooldown).await;
         cache.key(kid).await.unwrap();
+    });
+}
+
+#[test]
+fn a_key_set_stale_beyond_max_stale_fails_closed_until_a_fetch_succeeds() {
+    // Issue 18 item 8: a verifier that cannot reach the issuer must not trust the keys it
+    // last saw forever; one of them may have been revoked since.
+    assert_eq!(
+        JwksCacheOptions::default().max_stale,
+        Duration::from_secs(3600)
+    );
+    let server = JwksServer::start(serve("max-age=0"));
+    let (cooldown, max_stale) = (Duration::from_millis(200), Duration::from_secs(1));
+    let opts = JwksCacheOptions {
+        cooldown,
+        max_stale,
+        ..options()
+    };
+    let issuer = "https://issuer.example";
+    let cache = JwksCache::new(&server.url, opts).unwrap();
+    let verifier = Verifier::remote(cache, Validation::new(issuer, ["api"]));
+    let token = server.token(issuer, "api", TokenType::Jwt);
+    run(async {
+        let start = Instant::now();
+        verifier.verify::<Value>(&token).await.expect("fresh keys");
+        let fetched = Instant::now();
+        server.set(Mode::Down);
+        // Within max_stale the last good set serves while the issuer is down (the set is
+        // stale from its fetch on: max-age 0, no floor).
+        sleep_past(fetched, cooldown).await;
+        let before = server.fetches();
+        let within = verifier.verify::<Value>(&token).await;
+        assert_eq!(server.fetches(), before + 1, "it did try");
+        // Past the limit only if the machine was too loaded to call within it.
+        if start.elapsed() < max_stale {
+            within.expect("within max_stale the last good key set serves");
+        }
+        // After it: fail closed, saying how stale and why.
+        sleep_past(fetched, max_stale).await;
+        let err = verifier.verify::<Value>(&token).await.unwrap_err();
+        let VerifyError::KeySetUnavailable(KeySetError::Stale {
+            stale_for,
+            max_stale: limit,
+            last_error,
+        }) = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert!(*stale_for >= max_stale, "{stale_for:?}");
+        assert_eq!(*limit, max_stale);
+        assert_eq!(
+            **last_error,
+            KeySetError::Status {
+                url: server.url.clone(),
+                status: 503
+            }
+        );
+        let VerifyError::KeySetUnavailable(cause) = &err else {
+            unreachable!()
+        };
+        assert!(
+            cause.to_string().starts_with("stale for ")
+                && cause.to_string().ends_with(&format!(
+                    "(max_stale 1 s); last fetch error: {}: HTTP 503",
+                    server.url
+                )),
+            "{cause}"
+        );
+        // The issuer is back: the next fetch (after the cooldown) succeeds and resets it.
+        server.set(serve("max-age=0"));
+        sleep_past(Instant::now(), cooldown).await;
+        let claims: Value = verifier.verify(&token).await.expect("a fetch succeeded");
+        assert_eq!(claims["sub"], "svc");
     });
 }
 
@@ -519,7 +492,8 @@ impl EcKey {
     }
 
     /// A token valid for `iss` and audience `api`, with `kid` in its header, signed by
-    /// this key.
+    /// this key, low-S as jwt-issuer signs (aws-lc alone leaves s high half of the time,
+    /// which the verifier refuses by default).
     fn token(&self, kid: &str, iss: &str) -> String {
         let now = unix_now();
         let header = json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
@@ -531,7 +505,7 @@ impl EcKey {
             .pair
             .sign(&SystemRandom::new(), input.as_bytes())
             .unwrap();
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(low_s(sig.as_ref())))
     }
 }
 

@@ -1,13 +1,16 @@
 //! `token issue`: tokens signed offline, verified through the published JWKS.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+use jwt_issuer::{Issuer, KeyStore, Signer, SignerConfig, SigningAlg, TokenRequest};
 use serde_json::Value;
 
 use crate::helpers::{
-    self, ServeProcess, TestApp, issue_token, keys_dir_with_template, run_cli, segment_json,
-    unix_now, verify_with_jwks,
+    self, ServeProcess, TestApp, is_high_s, issue_token, keys_dir_with_template, run_cli,
+    segment_json, signature_of, unix_now, verify_with_jwks, with_negated_s,
 };
 
 #[test]
@@ -103,6 +106,28 @@ fn registered_claims_have_the_right_values() {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     );
     assert!(verify_with_jwks(&app.jwks(), &token, &app.issuer, Some("b")).is_ok());
+}
+
+#[test]
+fn es256_signatures_are_always_low_s() {
+    // aws-lc leaves s as it comes, high half the time; the signer normalizes every one, so
+    // a token has exactly one encoding a strict verifier accepts.
+    let (_tmp, dir) = keys_dir_with_template();
+    let keys = Arc::new(KeyStore::new(&dir).load().unwrap());
+    let config = SignerConfig::new(Issuer::parse("https://issuer.example").unwrap());
+    let signer = Signer::new(config, keys.clone(), None).unwrap();
+    let mut request = TokenRequest::new("alice", Duration::from_secs(60));
+    request.alg = Some(SigningAlg::Es256);
+    let high = (0..200)
+        .filter(|_| is_high_s(&signature_of(&signer.issue(&request).unwrap().token)))
+        .count();
+    assert_eq!(high, 0, "{high} of 200 tokens signed high-S");
+    // The key itself, below the signer: every ES256 signature it makes.
+    let key = keys.active(SigningAlg::Es256).unwrap();
+    let high = (0..200)
+        .filter(|i| is_high_s(&key.sign(format!("message {i}").as_bytes()).unwrap()))
+        .count();
+    assert_eq!(high, 0, "{high} of 200 signatures high-S");
 }
 
 #[test]
@@ -319,6 +344,48 @@ fn token_verify_accepts_valid_tokens_from_url_issuer_file_and_stdin() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("alice"));
+}
+
+#[test]
+fn token_verify_refuses_a_high_s_token_unless_allow_high_s() {
+    let app = TestApp::spawn();
+    let token = issue_token(
+        &app.keys_dir,
+        &["--issuer", &app.issuer, "--sub", "alice", "--aud", "api"],
+    );
+    let twin = with_negated_s(&token);
+    let jwks_url = format!("{}/.well-known/jwks.json", app.url);
+    let verify = |token: &str, extra: &[&str]| {
+        let mut args = vec![
+            "token",
+            "verify",
+            "--jwks-uri",
+            &jwks_url,
+            "--issuer",
+            &app.issuer,
+            "--aud",
+            "api",
+        ];
+        args.extend_from_slice(extra);
+        args.push(token);
+        run_cli(&app.keys_dir, &args)
+    };
+    let out = verify(&twin, &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("non-canonical ES256 signature: high-S")
+            && out.stderr.contains("--allow-high-s"),
+        "{}",
+        out.stderr
+    );
+    for t in [&twin, &token] {
+        let out = verify(t, &["--allow-high-s"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let claims: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(claims["sub"], "alice");
+    }
 }
 
 #[test]

@@ -6,12 +6,15 @@ use std::sync::{Arc, OnceLock};
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jwt_issuer::verify::{KeyRing, Validation, Verifier, VerifyError};
+use jwt_issuer::verify::{JwksCache, JwksCacheOptions, KeyRing, Validation, Verifier, VerifyError};
 use jwt_issuer::{KeySet, KeyStore, SigningAlg, SigningKey};
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
 
-use crate::helpers::{keys_dir_with_template, unix_now};
+use crate::helpers::{
+    TestApp, is_high_s, keys_dir_with_template, new_client, segment_json, signature_of, unix_now,
+    with_negated_s,
+};
 
 const ISS: &str = "https://issuer.example";
 
@@ -182,6 +185,46 @@ fn der_encoded_ecdsa_signature_is_rejected() {
         der
     });
     assert_eq!(verify(&token).unwrap_err(), VerifyError::BadSignature);
+}
+
+#[test]
+fn a_server_token_with_s_replaced_by_n_minus_s_is_refused_as_high_s_unless_allowed() {
+    // ECDSA malleability: (r, n - s) verifies wherever (r, s) does. The issuer signs low-S
+    // only, so the twin of its token is high-S and refused; a replay cache keyed on the
+    // token's bytes would otherwise see two different tokens.
+    let (app, [client]) =
+        TestApp::spawn_with_clients([new_client("svc", &["read"], &["api"])], |_| {});
+    let token = app.token_for(&client);
+    assert_eq!(segment_json(&token, 0)["alg"], "ES256");
+    assert!(
+        !is_high_s(&signature_of(&token)),
+        "the issuer signed high-S"
+    );
+    let twin = with_negated_s(&token);
+    assert!(is_high_s(&signature_of(&twin)));
+    let verifier = || {
+        let cache = JwksCache::new(
+            format!("{}/.well-known/jwks.json", app.url),
+            JwksCacheOptions::default(),
+        )
+        .unwrap();
+        Verifier::remote(cache, Validation::new(&app.issuer, ["api"]))
+    };
+    actix_web::rt::System::new().block_on(async {
+        let strict = verifier();
+        let claims: Value = strict.verify(&token).await.expect("the issuer's token");
+        assert_eq!(claims["sub"], client.id.as_str());
+        let err = strict.verify::<Value>(&twin).await.unwrap_err();
+        assert_eq!(err, VerifyError::HighS);
+        assert_eq!(
+            err.to_string(),
+            "non-canonical ES256 signature: high-S (s > n/2)"
+        );
+        // The opt-out, for issuers whose library does not normalize: both encodings pass.
+        let lenient = verifier().allow_high_s();
+        assert_eq!(lenient.verify::<Value>(&twin).await.unwrap(), claims);
+        assert_eq!(lenient.verify::<Value>(&token).await.unwrap(), claims);
+    });
 }
 
 #[test]

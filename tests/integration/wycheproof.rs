@@ -1,6 +1,7 @@
 //! Project Wycheproof vectors through the verifier's own signature check
 //! (`VerifyingKey::verify`, built from a JWK as the JWKS cache builds it): every valid
-//! vector accepted, every invalid one rejected.
+//! vector accepted, every invalid one rejected; valid ECDSA vectors with a high S are
+//! refused by default and accepted with the opt-out (`verify_allowing_high_s`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -8,6 +9,8 @@ use jwt_issuer::SigningAlg;
 use jwt_issuer::jwks::{Jwk, PublicKeyParams};
 use jwt_issuer::verify::VerifyingKey;
 use wycheproof::TestResult;
+
+use crate::helpers::is_high_s;
 
 /// Left-pads a big-endian integer (Wycheproof may add a sign byte or drop zeros) to `len`.
 fn fixed(bytes: &[u8], len: usize) -> Vec<u8> {
@@ -18,8 +21,11 @@ fn fixed(bytes: &[u8], len: usize) -> Vec<u8> {
     out
 }
 
+#[derive(Default)]
 struct Tally {
     valid: usize,
+    /// Valid ECDSA signatures whose s is above n/2: refused unless high-S is allowed.
+    valid_high_s: usize,
     invalid: usize,
     acceptable: usize,
 }
@@ -34,13 +40,32 @@ fn check(
     tally: &mut Tally,
 ) {
     let accepted = key.verify(msg, sig);
+    let accepted_allowing_high_s = key.verify_allowing_high_s(msg, sig);
     match result {
+        TestResult::Valid if key.alg() == SigningAlg::Es256 && is_high_s(sig) => {
+            assert!(
+                !accepted,
+                "{name} tcId {tc_id}: valid high-S signature accepted by default"
+            );
+            assert!(
+                accepted_allowing_high_s,
+                "{name} tcId {tc_id}: valid high-S signature rejected with the opt-out"
+            );
+            tally.valid_high_s += 1;
+        }
         TestResult::Valid => {
             assert!(accepted, "{name} tcId {tc_id}: valid signature rejected");
+            assert!(
+                accepted_allowing_high_s,
+                "{name} tcId {tc_id}: valid signature rejected with the opt-out"
+            );
             tally.valid += 1;
         }
         TestResult::Invalid => {
-            assert!(!accepted, "{name} tcId {tc_id}: invalid signature accepted");
+            assert!(
+                !accepted && !accepted_allowing_high_s,
+                "{name} tcId {tc_id}: invalid signature accepted"
+            );
             tally.invalid += 1;
         }
         TestResult::Acceptable => tally.acceptable += 1,
@@ -52,11 +77,7 @@ fn ecdsa_p256_sha256_p1363_vectors() {
     let set =
         wycheproof::ecdsa::TestSet::load(wycheproof::ecdsa::TestName::EcdsaSecp256r1Sha256P1363)
             .unwrap();
-    let mut tally = Tally {
-        valid: 0,
-        invalid: 0,
-        acceptable: 0,
-    };
+    let mut tally = Tally::default();
     for group in &set.test_groups {
         let params = PublicKeyParams::p256(
             &fixed(&group.key.affine_x, 32),
@@ -77,24 +98,21 @@ fn ecdsa_p256_sha256_p1363_vectors() {
         }
     }
     assert_eq!(
-        tally.valid + tally.invalid + tally.acceptable,
+        tally.valid + tally.valid_high_s + tally.invalid + tally.acceptable,
         set.number_of_tests
     );
     assert!(
-        tally.valid > 100 && tally.invalid > 50,
-        "{} valid, {} invalid",
+        tally.valid > 100 && tally.valid_high_s > 50 && tally.invalid > 50,
+        "{} valid low-S, {} valid high-S, {} invalid",
         tally.valid,
+        tally.valid_high_s,
         tally.invalid
     );
 }
 
 fn rsa_vectors(name: wycheproof::rsa_pkcs1_verify::TestName, bits: usize) {
     let set = wycheproof::rsa_pkcs1_verify::TestSet::load(name).unwrap();
-    let mut tally = Tally {
-        valid: 0,
-        invalid: 0,
-        acceptable: 0,
-    };
+    let mut tally = Tally::default();
     for group in &set.test_groups {
         assert_eq!(group.key_size, bits);
         let params = PublicKeyParams::rsa(&group.key.n, &group.key.e);
