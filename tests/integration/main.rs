@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod clients;
 mod extractor;
+mod faults;
 mod fuzz;
 mod hostile;
 mod hs256;
