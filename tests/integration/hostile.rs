@@ -928,7 +928,7 @@ impl Snapshot {
 /// loaded and nothing else, the manifest and clients.json parse with no entry skipped.
 /// Returns the temporary files present (the loader must have ignored them).
 #[track_caller]
-fn assert_store_whole(dir: &Path, ctx: &str) -> usize {
+pub(crate) fn assert_store_whole(dir: &Path, ctx: &str) -> usize {
     let keys = KeyStore::new(dir)
         .load()
         .unwrap_or_else(|e| panic!("{ctx}: the keys do not load: {e}"));

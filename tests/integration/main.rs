@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod extractor;
 mod fail_closed;
+mod faults;
 mod fuzz;
 mod hostile;
 mod hs256;
