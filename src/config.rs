@@ -41,6 +41,53 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` names the client's address (default: none; the
     /// TCP peer is the client). Only these peers are believed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Connection and request limits of the HTTP server.
+    pub http: HttpLimits,
+}
+
+/// What one client, or all of them, may hold of the HTTP server: the bounds that keep file
+/// descriptors and workers for everyone when some clients are slow or hostile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// How long a request's head, and then its whole body, may take to arrive (default
+    /// 5 s each); a slower client gets 408 and the connection is closed.
+    pub request_timeout: Duration,
+    /// Open connections in all, across workers; past it new connections wait in the
+    /// kernel's backlog. Default: the file descriptor limit less a reserve for the store
+    /// and the log, at most 25,000.
+    pub max_connections: usize,
+    /// Open connections from one address (trusted proxies excepted; default 256); past it
+    /// a new connection from that address is closed at once.
+    pub max_connections_per_address: usize,
+    /// After SIGTERM, how long the server keeps answering (readiness says 503 and every
+    /// response closes its connection) before it stops accepting, so load balancers and
+    /// keep-alive clients move away without losing a request (default 1 s).
+    pub shutdown_drain: Duration,
+}
+
+impl HttpLimits {
+    /// Descriptors kept for everything but client connections (store files, the log,
+    /// the listener, outgoing connections).
+    pub const FD_RESERVE: usize = 64;
+    /// The largest default of `max_connections`.
+    pub const MAX_CONNECTIONS_CEILING: usize = 25_000;
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        let fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(1024);
+        Self {
+            request_timeout: Duration::from_secs(5),
+            max_connections: fds
+                .saturating_sub(Self::FD_RESERVE)
+                .clamp(16, Self::MAX_CONNECTIONS_CEILING),
+            max_connections_per_address: 256,
+            shutdown_drain: Duration::from_secs(1),
+        }
+    }
 }
 
 impl Config {
@@ -97,6 +144,7 @@ impl Default for Config {
             token_ttl: DEFAULT_TOKEN_TTL,
             auth_limits: AuthLimits::default(),
             trusted_proxies: Vec::new(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -146,6 +194,24 @@ impl Config {
         if self.auth_limits.max_failures == 0 {
             return Err(out_of_range(
                 "auth_max_failures",
+                "0".into(),
+                "at least 1".into(),
+            ));
+        }
+        if self.http.request_timeout.is_zero() {
+            return Err(out_of_range(
+                "request_timeout",
+                "0s".into(),
+                "at least 1s".into(),
+            ));
+        }
+        if self.http.max_connections == 0 || self.http.max_connections_per_address == 0 {
+            return Err(out_of_range(
+                if self.http.max_connections == 0 {
+                    "max_connections"
+                } else {
+                    "max_connections_per_address"
+                },
                 "0".into(),
                 "at least 1".into(),
             ));

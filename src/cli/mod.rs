@@ -221,6 +221,12 @@ fn defaults() -> Vec<(&'static str, String)> {
         ("auth_failure_window", human(d.auth_limits.window)),
         ("leeway", human(jwt_issuer::verify::DEFAULT_LEEWAY)),
         ("bits", jwt_issuer::keys::DEFAULT_RSA_BITS.to_string()),
+        ("request_timeout", human(d.http.request_timeout)),
+        (
+            "max_connections_per_address",
+            d.http.max_connections_per_address.to_string(),
+        ),
+        ("shutdown_drain", human(d.http.shutdown_drain)),
     ]
 }
 

@@ -65,6 +65,24 @@ pub(super) struct ServeArgs {
         value_delimiter = ','
     )]
     trusted_proxies: Vec<std::net::IpAddr>,
+
+    /// How long a request's head, and then its body, may take to arrive before 408
+    #[arg(long, env = "JWT_ISSUER_REQUEST_TIMEOUT", value_parser = parse_seconds)]
+    request_timeout: Option<Duration>,
+
+    /// Open connections in all; more wait in the kernel's backlog [default: the file
+    /// descriptor limit less 64, at most 25000]
+    #[arg(long, env = "JWT_ISSUER_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+
+    /// Open connections from one address (trusted proxies excepted); more are closed at once
+    #[arg(long, env = "JWT_ISSUER_MAX_CONNECTIONS_PER_ADDRESS")]
+    max_connections_per_address: Option<usize>,
+
+    /// After SIGTERM, keep answering this long (readiness 503, connections closed after
+    /// each response) before stopping; 0 stops at once
+    #[arg(long, env = "JWT_ISSUER_SHUTDOWN_DRAIN", value_parser = parse_seconds)]
+    shutdown_drain: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -84,6 +102,13 @@ impl ServeArgs {
         overlay(&mut config.auth_limits.max_failures, self.auth_max_failures);
         overlay(&mut config.auth_limits.window, self.auth_failure_window);
         config.rotate_every = self.rotate_every;
+        overlay(&mut config.http.request_timeout, self.request_timeout);
+        overlay(&mut config.http.max_connections, self.max_connections);
+        overlay(
+            &mut config.http.max_connections_per_address,
+            self.max_connections_per_address,
+        );
+        overlay(&mut config.http.shutdown_drain, self.shutdown_drain);
         config.trusted_proxies = self.trusted_proxies;
         config.hmac_secret = HmacSecret::from_env(HMAC_SECRET_ENV)?;
         config.validate().map_err(explain)?;
@@ -133,7 +158,7 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
     };
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&config, listener, keys).context("cannot start")?;
-        let stop = stop_on_signal(app.handle());
+        let stop = stop_on_signal(&app);
         tracing::info!(
             url = %format!("http://{}", app.addr()),
             issuer = %app.issuer(),

@@ -181,7 +181,16 @@ impl KeyBackend for KeysDir {
     }
 
     fn version(&self) -> Option<StoreVersion> {
-        files::version_of(&self.dir.join(MANIFEST_FILE))
+        // The manifest, and every key file: a key file damaged in place is noticed too.
+        let manifest = files::version_of(&self.dir.join(MANIFEST_FILE))?;
+        let mut version = manifest.to_string();
+        for path in self.pem_files().unwrap_or_default() {
+            if let Some(file) = files::version_of(&path) {
+                version.push(' ');
+                version.push_str(&file.to_string());
+            }
+        }
+        Some(StoreVersion::new(version))
     }
 
     fn secure(&self) -> Option<String> {

@@ -113,11 +113,23 @@ impl KeyStore {
     /// Any unreadable or invalid key, or an inconsistent manifest: a key set is used whole
     /// or not at all.
     pub fn load(&self) -> Result<KeySet, KeyStoreError> {
-        match self.load_once(true) {
+        self.reload(None)
+    }
+
+    /// Loads the store again while `current` serves: as [`KeyStore::load`], except that a
+    /// published key whose material cannot be read now (a damaged or missing file, a
+    /// backend error) keeps the copy `current` loaded earlier, and is still reported in
+    /// [`KeySet::broken`]. A key refused for its safety (a file others may read or write,
+    /// another owner, a link out of the store) keeps nothing: it may be exposed.
+    ///
+    /// # Errors
+    /// As [`KeyStore::load`].
+    pub fn reload(&self, current: Option<&KeySet>) -> Result<KeySet, KeyStoreError> {
+        match self.load_once(true, current) {
             // A change between reading the manifest and its keys (a revoked key's material
             // destroyed after the new manifest was written): read again, once; then a key
             // still missing is reported as broken like any other.
-            Err(KeyStoreError::KeyMissing { .. }) => self.load_once(false),
+            Err(KeyStoreError::KeyMissing { .. }) => self.load_once(false, current),
             other => other,
         }
     }
@@ -126,7 +138,11 @@ impl KeyStore {
     /// publish is never loaded. A key that cannot be used is left out and reported in
     /// [`KeySet::broken`]; it never takes the others down. With `retry_missing`, a missing
     /// key ends the read instead, so the caller reads again.
-    fn load_once(&self, retry_missing: bool) -> Result<KeySet, KeyStoreError> {
+    fn load_once(
+        &self,
+        retry_missing: bool,
+        current: Option<&KeySet>,
+    ) -> Result<KeySet, KeyStoreError> {
         let now = now_ms();
         let manifest = self.manifest_at(now)?;
         let mut keys = Vec::new();
@@ -154,12 +170,22 @@ impl KeyStore {
                 // it now): it is about to leave the JWKS anyway.
                 Err(KeyStoreError::KeyMissing { .. }) if record.state == KeyState::Retired => {}
                 Err(e @ KeyStoreError::KeyMissing { .. }) if retry_missing => return Err(e),
-                Err(e) => broken.push(BrokenKey {
-                    kid: record.kid.clone(),
-                    alg: record.alg,
-                    state: record.state,
-                    reason: crate::report::Report(&e).to_string(),
-                }),
+                Err(e) => {
+                    let mut reason = crate::report::Report(&e).to_string();
+                    let earlier = current
+                        .and_then(|set| set.find(&record.kid))
+                        .filter(|key| key.alg() == record.alg);
+                    if let Some(key) = earlier.filter(|_| !matches!(e, KeyStoreError::Unsafe(_))) {
+                        reason.push_str("; the copy loaded earlier still serves (a restart would leave the key out)");
+                        keys.push(Arc::clone(key));
+                    }
+                    broken.push(BrokenKey {
+                        kid: record.kid.clone(),
+                        alg: record.alg,
+                        state: record.state,
+                        reason,
+                    });
+                }
             }
         }
         Ok(KeySet::new(keys, manifest, now).with_broken(broken))

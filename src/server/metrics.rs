@@ -20,6 +20,7 @@ pub struct Metrics {
     tokens: IntCounterVec,
     reload_failures: IntCounterVec,
     unapplied: IntGaugeVec,
+    connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -85,6 +86,15 @@ impl Metrics {
             ),
             &["store"],
         )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "jwt_issuer_connections_refused_total",
+                "Connections closed at once: their address held its share (per_address)",
+            ),
+            &["reason"],
+        )?;
+        connections_refused.with_label_values(&["per_address"]);
+        registry.register(Box::new(connections_refused.clone()))?;
         for store in ["keys", "clients"] {
             reload_failures.with_label_values(&[store]);
             unapplied.with_label_values(&[store]);
@@ -107,6 +117,7 @@ impl Metrics {
             tokens,
             reload_failures,
             unapplied,
+            connections_refused,
         })
     }
 
@@ -131,6 +142,11 @@ impl Metrics {
             Err(code) => ["refused", code],
         };
         self.tokens.with_label_values(&labels).inc();
+    }
+
+    /// Counts one connection closed at once, for `reason`.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
     }
 
     /// Counts one failed reload of `store` (`keys` or `clients`); `changed` when the store

@@ -1,6 +1,7 @@
 //! The HTTP server: actix-web app, one file per endpoint. Handlers read prepared state
 //! (JWKS body, ETag, metadata) and never touch the disk.
 
+pub mod connections;
 pub mod discovery;
 pub mod documents;
 pub mod error;
@@ -56,6 +57,8 @@ pub struct Application {
     server: Server,
     addr: SocketAddr,
     issuer: Issuer,
+    state: web::Data<AppState>,
+    drain: Duration,
 }
 
 impl Application {
@@ -73,6 +76,13 @@ impl Application {
         let issuer = config.issuer_for(Some(addr))?;
         let state = web::Data::new(AppState::from_config(config, issuer.clone(), keys)?);
         let background = state.clone();
+        let app_state = state.clone();
+        let limits = config.http;
+        let connections = connections::ConnectionCounter::new(
+            limits.max_connections_per_address,
+            config.trusted_proxies.clone(),
+            state.metrics.clone(),
+        );
         // Installed now, before the server is reported ready: a SIGHUP that arrives
         // earlier than the first tick must reload, not kill the process.
         let mut hangup =
@@ -99,10 +109,19 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::Data::new(metrics.clone()))
                 .wrap_fn(move |req, srv| {
+                    let draining = req
+                        .app_data::<web::Data<AppState>>()
+                        .is_some_and(|s| s.is_draining());
                     let fut = srv.call(req);
                     let metrics = metrics.clone();
                     async move {
-                        let res = fut.await?;
+                        let mut res = fut.await?;
+                        if draining {
+                            // Keep-alive clients move to another replica before the stop.
+                            res.response_mut()
+                                .head_mut()
+                                .set_connection_type(actix_web::http::ConnectionType::Close);
+                        }
                         // Every route is a fixed path: label by it without allocating, and
                         // never by a raw client path (the series stay bounded).
                         let path = res.request().path();
@@ -118,6 +137,10 @@ impl Application {
                 .configure(routes)
         })
         .workers(config.workers)
+        .on_connect(move |connection, data| connections.on_connect(connection, data))
+        .client_request_timeout(limits.request_timeout)
+        // actix counts per worker.
+        .max_connections((limits.max_connections / config.workers.max(1)).max(1))
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
         .listen(listener)?
@@ -126,6 +149,8 @@ impl Application {
             server,
             addr,
             issuer,
+            state: app_state,
+            drain: limits.shutdown_drain,
         })
     }
 
@@ -153,25 +178,42 @@ impl Application {
     }
 }
 
-/// Stops the server gracefully (in-flight requests finish) on SIGTERM or SIGINT. The
-/// handlers are installed when this is called, not when the future is first polled, so
-/// call it before announcing that the server is ready.
-pub fn stop_on_signal(handle: ServerHandle) -> impl std::future::Future<Output = ()> {
+/// Stops the server gracefully on SIGTERM or SIGINT: in-flight requests finish. After
+/// SIGTERM (an orchestrator's stop) the server drains first: for the configured drain
+/// time it keeps accepting and answering, `/readyz` says 503 and every response closes
+/// its connection, so that requests already on their way are answered and clients move to
+/// another replica. SIGINT (Ctrl-C) stops without the drain. The handlers are installed
+/// when this is called, not when the future is first polled, so call it before announcing
+/// that the server is ready.
+pub fn stop_on_signal(app: &Application) -> impl std::future::Future<Output = ()> + use<> {
     use tokio::signal::unix::{SignalKind, signal};
     let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     );
+    let handle = app.handle();
+    let state = app.state.clone();
+    let drain = app.drain;
     async move {
         let (Ok(mut term), Ok(mut int)) = signals else {
             tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
             return;
         };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let terminate = tokio::select! {
+            _ = term.recv() => true,
+            _ = int.recv() => false,
         };
-        tracing::info!(signal = name, "shutting down gracefully");
+        if terminate && !drain.is_zero() {
+            tracing::info!(signal = "SIGTERM", drain = ?drain, "draining, then shutting down");
+            state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            actix_web::rt::time::sleep(drain).await;
+        }
+        tracing::info!(
+            signal = if terminate { "SIGTERM" } else { "SIGINT" },
+            "shutting down gracefully"
+        );
         handle.stop(true).await;
     }
 }
@@ -277,6 +319,9 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
     if let Some(why) = state.unapplied_change() {
         reasons.push(why.to_owned());
+    }
+    if state.is_draining() {
+        reasons.push("shutting down".to_owned());
     }
     let (mut res, status) = if reasons.is_empty() {
         (HttpResponse::Ok(), "ready")

@@ -20,8 +20,17 @@ use crate::store::StoreVersion;
 use crate::ttl::check_ttl;
 use crate::{Config, Issuer, KeySet, SignError, Signer, SignerConfig, SigningAlg};
 
-/// How long key maintenance waits after a failure before trying again.
-pub const MAINTENANCE_BACKOFF: Duration = Duration::from_secs(60);
+/// How long key maintenance waits after its first failure before trying again; the wait
+/// doubles with each failure up to [`MAINTENANCE_BACKOFF_MAX`].
+pub const MAINTENANCE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between attempts of a failing key maintenance.
+pub const MAINTENANCE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A failing key maintenance: when it last failed and how long to wait after that.
+struct MaintenanceFailure {
+    since_last: std::time::Instant,
+    wait: Duration,
+}
 
 /// The published key set at one moment, prepared for serving.
 pub struct Published {
@@ -88,7 +97,10 @@ pub struct AppState {
     pub key_reload: ReloadStatus,
     /// The token endpoint: grants, client authentication, brute-force limits.
     pub token_endpoint: TokenEndpoint,
-    last_maintenance_error: Mutex<Option<(String, std::time::Instant)>>,
+    maintenance_failure: Mutex<Option<MaintenanceFailure>>,
+    /// Set at SIGTERM: readiness fails and every response closes its connection while the
+    /// server drains.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Everything [`AppState::new`] needs besides the loaded keys.
@@ -101,6 +113,8 @@ pub struct StateConfig {
     pub hmac_secret: Option<HmacSecret>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 impl AppState {
@@ -127,6 +141,7 @@ impl AppState {
                 rotate_every: config.rotate_every,
                 hmac_secret: config.hmac_secret.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
+                body_timeout: config.http.request_timeout,
             },
             TokenEndpoint::new(config.token_ttl, config.auth_limits),
             Metrics::new()?,
@@ -179,7 +194,8 @@ impl AppState {
             key_reload: ReloadStatus::default(),
             token_endpoint,
             settings: config,
-            last_maintenance_error: Mutex::new(None),
+            maintenance_failure: Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -193,6 +209,16 @@ impl AppState {
         } else {
             None
         }
+    }
+
+    /// How long a request body may take to arrive.
+    pub fn body_timeout(&self) -> Duration {
+        self.settings.body_timeout
+    }
+
+    /// True once SIGTERM started the drain.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Proxies whose `X-Forwarded-For` is believed.
@@ -229,33 +255,42 @@ impl AppState {
     }
 
     fn maintain_keys(&self) {
-        let mut last = self
-            .last_maintenance_error
+        let mut failing = self
+            .maintenance_failure
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        // After a failure (a read-only keys dir, say), wait before trying again rather than
-        // generating keys every tick that cannot be stored.
-        if last
+        // After a failure (a read-only or full keys dir), wait before trying again, longer
+        // each time up to a minute, rather than generating keys every tick that cannot be
+        // stored; a fault that goes away is noticed within seconds.
+        if failing
             .as_ref()
-            .is_some_and(|(_, at)| at.elapsed() < MAINTENANCE_BACKOFF)
+            .is_some_and(|f| f.since_last.elapsed() < f.wait)
         {
             return;
         }
-        let result = self.key_store.maintain(self.settings.rotate_every);
-        match result {
+        match self.key_store.maintain(self.settings.rotate_every) {
             Ok(done) => {
                 for event in done {
                     tracing::info!(event = %event, "key maintenance");
                 }
-                *last = None;
+                if failing.take().is_some() {
+                    tracing::info!("key maintenance works again");
+                }
             }
             Err(err) => {
-                // Once per distinct error: a read-only keys dir would repeat it every tick.
-                let text = Report(&err).to_string();
-                if last.as_ref().map(|(t, _)| t.as_str()) != Some(text.as_str()) {
-                    tracing::error!(error = %text, "key maintenance failed; another replica or an operator must rotate and remove keys");
-                }
-                *last = Some((text, std::time::Instant::now()));
+                // Logged once per episode: each attempt names a new key file, and a
+                // read-only keys dir would repeat it for hours.
+                let wait = match failing.as_ref() {
+                    None => {
+                        tracing::error!(error = %Report(&err), "key maintenance failed; another replica or an operator must rotate and remove keys; retrying with backoff");
+                        MAINTENANCE_BACKOFF_FIRST
+                    }
+                    Some(f) => (f.wait * 2).min(MAINTENANCE_BACKOFF_MAX),
+                };
+                *failing = Some(MaintenanceFailure {
+                    since_last: std::time::Instant::now(),
+                    wait,
+                });
             }
         }
     }
@@ -272,10 +307,23 @@ impl AppState {
         if !force && !due && !retry_broken && version == current.version {
             return;
         }
+        let had_keys = !current.signer.keys().is_empty();
         let built = self
             .key_store
-            .load()
+            .reload(Some(current.signer.keys()))
             .map_err(|e| Report(&e).to_string())
+            .and_then(|keys| {
+                // A store that held keys and now holds none was deleted or emptied by
+                // accident far more often than on purpose (keys are removed one by one
+                // through their lifecycle): never publish an empty set for it.
+                if had_keys && keys.is_empty() && keys.broken().is_empty() {
+                    return Err(format!(
+                        "{} holds no keys any more (deleted?); the last key set stays published",
+                        self.key_store.describe()
+                    ));
+                }
+                Ok(keys)
+            })
             .and_then(|keys| {
                 Published::build(&self.settings, keys, version.clone())
                     .map_err(|e| Report(&e).to_string())
@@ -334,11 +382,18 @@ impl AppState {
         if !force && version == *last {
             return;
         }
-        match load_clients(
-            &self.client_store,
-            self.settings.hmac_secret.is_some(),
-            &self.published.load().signer,
-        ) {
+        // A registry file that existed and is gone was deleted with its directory, far
+        // more often than on purpose (`clients remove` keeps the file): not "no clients".
+        let loaded = if version.is_none() && last.is_some() {
+            Err(ClientStoreError::Gone(self.client_store.describe()))
+        } else {
+            load_clients(
+                &self.client_store,
+                self.settings.hmac_secret.is_some(),
+                &self.published.load().signer,
+            )
+        };
+        match loaded {
             Ok(registry) => {
                 // Recorded only now: a load that failed is tried again at the next tick.
                 *last = version;

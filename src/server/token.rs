@@ -11,10 +11,6 @@ use crate::oauth::OAuthError;
 use crate::oauth::TokenCall;
 use crate::oauth::request::MAX_BODY_BYTES;
 
-/// How long a token request's whole body may take to arrive (the head has actix's own
-/// 5 s limit).
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Handles one token request.
 pub async fn token(
     req: HttpRequest,
@@ -25,7 +21,7 @@ pub async fn token(
     let body = match state.unapplied_change() {
         // Fail closed: the unread change may revoke the key or the secret this would use.
         Some(why) => Err(OAuthError::ChangeUnread(why)),
-        None => read_form_body(&req, payload).await,
+        None => read_form_body(&req, payload, state.body_timeout()).await,
     };
     let result = match body {
         Ok(body) => {
@@ -82,6 +78,7 @@ fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
 async fn read_form_body(
     req: &HttpRequest,
     payload: web::Payload,
+    deadline: std::time::Duration,
 ) -> Result<web::Bytes, OAuthError> {
     let content_type = req
         .headers()
@@ -105,9 +102,9 @@ async fn read_form_body(
     }
     // The whole body within a deadline: a client that announces a body and sends it a
     // byte at a time (or never) must not hold a connection and a worker for ever.
-    actix_web::rt::time::timeout(BODY_TIMEOUT, payload.to_bytes_limited(MAX_BODY_BYTES))
+    actix_web::rt::time::timeout(deadline, payload.to_bytes_limited(MAX_BODY_BYTES))
         .await
-        .map_err(|_| OAuthError::BodyTimeout(BODY_TIMEOUT))?
+        .map_err(|_| OAuthError::BodyTimeout(deadline))?
         .map_err(|_| OAuthError::PayloadTooLarge(MAX_BODY_BYTES))?
         .map_err(|_| OAuthError::InvalidRequest("the request body could not be read".into()))
 }

@@ -576,10 +576,28 @@ impl ServeProcess {
 
     /// As [`ServeProcess::start`], with environment variables set.
     pub fn start_with_env(keys_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = cli(keys_dir)
-            .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])
+        let mut cmd = cli(keys_dir);
+        cmd.args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])
             .args(extra_args)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(cmd)
+    }
+
+    /// As [`ServeProcess::start`], with at most `fds` open file descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(keys_dir: &Path, extra_args: &[&str], fds: u32) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_jwt-issuer"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])
+            .args(extra_args);
+        without_issuer_env(&mut cmd).env("JWT_ISSUER_KEYS_DIR", keys_dir);
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` (a `serve`) and waits for its "listening" log line.
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
 use std::thread;
@@ -433,12 +433,13 @@ fn garbage_in_paths_and_queries_gets_a_4xx_or_is_ignored() {
 }
 
 /// Every route the service serves, and one it does not.
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 8] = [
     "/.well-known/jwks.json",
     "/.well-known/openid-configuration",
     "/.well-known/oauth-authorization-server",
     "/oauth2/token",
     "/healthz",
+    "/readyz",
     "/metrics",
     "/no-such-route",
 ];
@@ -591,20 +592,41 @@ fn thousands_of_form_parameters_and_odd_framing_are_answered_at_once() {
     assert!(count(&counts, "/oauth2/token", 413) >= 2, "{counts:#?}");
 }
 
+/// A connection to `addr` from the loopback address `source` (all of 127.0.0.0/8 is
+/// local on Linux), so one test can stand for many clients.
+fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use rustix::net::{AddressFamily, SocketType};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None)?;
+    rustix::net::bind(&fd, &SocketAddr::new(source, 0))?;
+    rustix::net::connect(&fd, &addr)?;
+    Ok(TcpStream::from(fd))
+}
+
+/// A second loopback address, standing for another client.
+fn other_client() -> IpAddr {
+    IpAddr::from([127, 0, 0, 2])
+}
+
 #[test]
-fn hundreds_of_idle_connections_do_not_slow_healthz() {
+fn hundreds_of_idle_connections_do_not_slow_healthz_and_one_address_gets_its_share() {
     const IDLE: usize = 300;
+    const SHARE: usize = 256;
     let app = TestApp::spawn();
     let addr = addr_of(&app);
     let start = Instant::now();
     let mut idle: Vec<TcpStream> = (0..IDLE)
-        .map(|_| TcpStream::connect_timeout(&addr, ANSWER_WITHIN).expect("connect"))
+        .map(|_| connect_from(other_client(), addr).expect("connect"))
         .collect();
     let opened = start.elapsed();
     let slowest = (0..5).map(|_| assert_healthy(&app)).max().expect("probes");
-    // The idle connections are served too, once they speak (well within the 5 s the
-    // server gives a connection to send its request).
-    for stream in idle.iter_mut().rev().take(3) {
+    // The connections past the address's share are closed at once, before a byte is read.
+    for stream in &mut idle[SHARE..] {
+        let reply = read_reply(stream, ANSWER_WITHIN);
+        assert_eq!(reply.status(), None, "{reply:?}");
+    }
+    // The others are served, once they speak (well within the 5 s the server gives a
+    // connection to send its request).
+    for stream in idle[..SHARE].iter_mut().rev().take(3) {
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .expect("send on an idle connection");
@@ -616,6 +638,116 @@ fn hundreds_of_idle_connections_do_not_slow_healthz() {
     assert_healthy(&app);
     let counts = assert_no_5xx_counted(&app);
     assert!(count(&counts, "/healthz", 200) >= 9, "{counts:#?}");
+    let metrics = app.get("/metrics").body;
+    assert!(
+        metrics.contains(&format!(
+            "jwt_issuer_connections_refused_total{{reason=\"per_address\"}} {}",
+            IDLE - SHARE
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn thousands_of_slow_connections_under_a_descriptor_limit_leave_room_for_everyone_else() {
+    // The server may hold 256 descriptors; one client opens 2,000 connections that send a
+    // token request's head and then its body a byte a second, and opens new ones as the
+    // server closes them. Meanwhile another client's /healthz, JWKS and token requests are
+    // answered at once, and the server never runs out of descriptors.
+    const ATTACK: usize = 2000;
+    const FDS: u32 = 256;
+    let (_tmp, dir) = keys_dir_with_template();
+    let secret = {
+        let out = crate::helpers::run_cli(&dir, &["clients", "add", "svc"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        out.stdout.trim().to_owned()
+    };
+    // The test process itself needs a descriptor per attacking connection.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    let wanted = u64::try_from(ATTACK + 512).unwrap();
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(hard.map_or(wanted, |h| h.min(wanted))),
+            maximum: hard,
+        },
+    )
+    .expect("raise this test's descriptor limit");
+    let server = crate::helpers::ServeProcess::start_with_fd_limit(
+        &dir,
+        &[
+            "--request-timeout",
+            "2s",
+            "--max-connections-per-address",
+            "64",
+        ],
+        FDS,
+    );
+    let addr: SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let head: &[u8] = b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ng";
+            let mut open: Vec<TcpStream> = Vec::new();
+            let mut opened = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while open.len() < ATTACK && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut stream) = connect_from(other_client(), addr) else {
+                        break;
+                    };
+                    opened += 1;
+                    if stream.write_all(head).is_ok() {
+                        open.push(stream);
+                    }
+                }
+                thread::sleep(Duration::from_millis(500));
+                // A byte on each; the ones the server closed fail and are replaced.
+                open.retain_mut(|s| s.write_all(b"r").is_ok());
+            }
+            opened
+        })
+    };
+    let client = crate::helpers::TestClient::new("svc", &secret);
+    let start = Instant::now();
+    let mut probes = 0;
+    let mut slowest = Duration::ZERO;
+    while start.elapsed() < Duration::from_secs(8) {
+        for path in ["/healthz", "/.well-known/jwks.json"] {
+            let asked = Instant::now();
+            assert_eq!(server.get(path).status, 200, "{path}");
+            slowest = slowest.max(asked.elapsed());
+        }
+        let asked = Instant::now();
+        server.token_for(&client);
+        slowest = slowest.max(asked.elapsed());
+        probes += 3;
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = attacker.join().expect("attacker");
+    println!(
+        "{opened} slow connections opened from one address against {FDS} descriptors; {probes} requests from another answered, slowest {slowest:?}"
+    );
+    assert!(opened >= ATTACK, "the attack opened only {opened}");
+    assert!(slowest < HEALTHZ_WITHIN, "slowest answer {slowest:?}");
+    let metrics = server.get("/metrics").body;
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("jwt_issuer_connections_refused_total{reason=\"per_address\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the refused connections counter");
+    // Most were closed at once (some were still in the kernel's backlog at the end).
+    assert!(refused as usize >= ATTACK / 2, "refused {refused}");
+    assert!(!metrics.contains("status=\"5"), "5xx counted: {metrics}");
+    let mut log = Vec::new();
+    server.read_log_to_now(&mut log);
+    assert!(
+        !log.iter().any(|l| l.contains("Too many open files")),
+        "{log:#?}"
+    );
 }
 
 /// A client that sends `opening` on a new connection, then `drip` one byte per 100 ms (or

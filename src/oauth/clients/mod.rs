@@ -145,6 +145,11 @@ pub trait ClientBackend: Send + Sync + fmt::Debug {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientStoreError {
+    /// The registry existed and is gone (deleted with its directory?).
+    #[error(
+        "{0} is gone (deleted?); the last registry stays loaded, and no token is issued until it is back"
+    )]
+    Gone(String),
     /// A client id outside the allowed characters or length.
     #[error(
         "invalid client id {0:?}: use 1 to 128 printable ASCII characters without surrounding spaces"
