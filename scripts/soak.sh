@@ -9,6 +9,8 @@
 #   env SOAK_THREADS       threads of the driver, each its own caching verifier (default 4)
 #   env SOAK_ROTATE_EVERY  seconds between `keys rotate` runs (default SECONDS/10, 8 to 60)
 #   env SOAK_CLIENT_EVERY  seconds between `clients add` runs (default SECONDS/5, 5 to 60)
+#   env SOAK_PROFILE       release (default) or dev: the debug build `cargo test` made,
+#                          for a short correctness pass in CI without a release build
 # stdout: the figures, then one JSON line; stderr: progress. Exits 1 when a token failed to
 # verify, a request got a 5xx or another unexpected answer (304 is expected), a request was
 # refused outside the restart, a rotation or a new client failed, the server logged an
@@ -29,8 +31,12 @@ if [ ! -x "$py" ]; then
   python3 -m venv target/interop-venv
   "$py" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 fi
-log "building the release binary"
-cargo build --release -q
+profile="${SOAK_PROFILE:-release}"
+case "$profile" in
+  release) log "building the release binary"; cargo build --release -q; built="${CARGO_TARGET_DIR:-target}/release/jwt-issuer" ;;
+  dev) log "building the debug binary"; cargo build -q; built="${CARGO_TARGET_DIR:-target}/debug/jwt-issuer" ;;
+  *) echo "SOAK_PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
+esac
 
 work="$(mktemp -d)"; pids=()
 cleanup() {
@@ -41,7 +47,7 @@ cleanup() {
 }
 trap cleanup EXIT
 # A copy: the shared target dir may be rebuilt by someone else while this runs.
-bin="$work/jwt-issuer"; cp target/release/jwt-issuer "$bin"
+bin="$work/jwt-issuer"; cp "$built" "$bin"
 # Short lifecycle timing, the same for the server and every CLI call: a next key may sign
 # 7 s after publication, a retired key stays 67 s.
 export JWT_ISSUER_KEYS_DIR="$work/keys" JWT_ISSUER_LOG=info JWT_ISSUER_JWKS_MAX_AGE=5 \

@@ -214,6 +214,9 @@ pub fn stop_on_signal(app: &Application) -> impl std::future::Future<Output = ()
             signal = if terminate { "SIGTERM" } else { "SIGINT" },
             "shutting down gracefully"
         );
+        // Accepting stops before the workers do, so no connection is accepted with no
+        // worker left to take it.
+        handle.pause().await;
         handle.stop(true).await;
     }
 }
