@@ -5,13 +5,15 @@
 //! The rules are ssh's: a store file or directory must be owned by the server's user (or
 //! root) and not writable by group or others; a file holding secrets not readable by them
 //! either. Files are opened without following symbolic links, except a link that stays
-//! inside the store's directory (the layout of a Kubernetes Secret volume); a store on a
-//! read-only filesystem cannot be written by anyone, so its write bits do not matter.
+//! inside the store's directory (the layout of a Kubernetes Secret volume); a root-owned
+//! store on a read-only filesystem cannot be written by anyone, so its write bits do not
+//! matter.
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Prefix of in-flight temporary files; the loader skips every dot file.
 pub const TEMP_PREFIX: &str = ".tmp-";
@@ -120,7 +122,7 @@ pub fn read_store_file(dir: &Path, name: &str, holds: Holds) -> Result<Option<Ve
         ),
         Holds::Records => (0o022, "a store file", "writable", 0o644),
     };
-    if mode & forbidden != 0 && !(holds == Holds::Records && read_only_fs(&file)) {
+    if mode & forbidden != 0 && !(holds == Holds::Records && sealed(&meta, &file)) {
         return Err(Unsafe::TooOpen {
             mode,
             what,
@@ -150,7 +152,7 @@ pub fn check_dir(dir: &Path) -> Result<(), ReadError> {
     };
     check_owner(meta.uid(), dir)?;
     let mode = meta.mode() & 0o777;
-    if mode & 0o022 != 0 && !File::open(dir).is_ok_and(|d| read_only_fs(&d)) {
+    if mode & 0o022 != 0 && !File::open(dir).is_ok_and(|d| sealed(&meta, &d)) {
         return Err(Unsafe::TooOpen {
             mode,
             what: "a store directory",
@@ -182,7 +184,9 @@ fn open_within(dir: &Path, path: &Path) -> Result<File, ReadError> {
     let open = |p: &Path| {
         fs::OpenOptions::new()
             .read(true)
-            .custom_flags(no_follow())
+            // Non-blocking: a fifo planted under a store file's name must not hang the
+            // open (the type is checked next).
+            .custom_flags(no_follow() | non_blocking())
             .open(p)
     };
     match open(path) {
@@ -203,10 +207,23 @@ fn open_within(dir: &Path, path: &Path) -> Result<File, ReadError> {
     }
 }
 
+/// Whether nobody can change `file` whatever its write bits: owned by root on a read-only
+/// filesystem (a Kubernetes Secret volume). A read-only bind mount of someone else's files
+/// does not count: they may write the files underneath.
+fn sealed(meta: &fs::Metadata, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.uid() == 0 && read_only_fs(file)
+}
+
 /// Whether `file` lives on a read-only filesystem.
 fn read_only_fs(file: &File) -> bool {
     rustix::fs::fstatvfs(file)
         .is_ok_and(|stat| stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+}
+
+/// `O_NONBLOCK`, for `OpenOptionsExt::custom_flags` (no effect on regular files).
+fn non_blocking() -> i32 {
+    i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0)
 }
 
 /// `O_NOFOLLOW | O_CLOEXEC`, for `OpenOptionsExt::custom_flags`.
@@ -266,7 +283,13 @@ fn inject_disk_full() -> io::Result<()> {
     }
 }
 
-/// Takes the exclusive advisory lock on `path` (created 0600), held until the file drops.
+/// How long a change waits for another process's change to finish before giving up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes the exclusive advisory lock on `path` (created 0600), held until the file drops;
+/// waits at most [`LOCK_WAIT`] for another holder (a change in progress takes well under a
+/// second; a holder that keeps it longer is stuck, and waiting for ever would stall the
+/// caller too).
 pub fn lock(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
@@ -275,23 +298,51 @@ pub fn lock(path: &Path) -> io::Result<File> {
         .write(true)
         .mode(0o600)
         // A link planted as the lock file must not make the server create or lock a
-        // file elsewhere.
-        .custom_flags(no_follow())
+        // file elsewhere, nor a fifo block the open.
+        .custom_flags(no_follow() | non_blocking())
         .open(path)?;
-    file.lock()?;
-    Ok(file)
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the lock file is not a regular file",
+        ));
+    }
+    let start = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "another process has held the lock for {} s (a change in progress, or stuck)",
+                        LOCK_WAIT.as_secs()
+                    ),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
 }
 
-/// The version of a file's content: (inode, size, modification time), to notice a
-/// replaced file cheaply; `None` when it does not exist.
+/// The version of a file's content and its safety: (inode, size, modification time,
+/// change time, mode, owner), so a replaced file, and a chmod or chown, are noticed
+/// cheaply; `None` when it does not exist or cannot be looked at.
 pub fn version_of(path: &Path) -> Option<crate::store::StoreVersion> {
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(path).ok()?;
     Some(crate::store::StoreVersion::new(format!(
-        "{}:{}:{}.{:09}",
+        "{}:{}:{}.{:09}:{}.{:09}:{:o}:{}",
         meta.ino(),
         meta.len(),
         meta.mtime(),
-        meta.mtime_nsec()
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+        meta.mode(),
+        meta.uid()
     )))
 }

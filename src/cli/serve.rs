@@ -109,7 +109,11 @@ impl ServeArgs {
             self.max_connections_per_address,
         );
         overlay(&mut config.http.shutdown_drain, self.shutdown_drain);
-        config.trusted_proxies = self.trusted_proxies;
+        config.trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(std::net::IpAddr::to_canonical)
+            .collect();
         config.hmac_secret = HmacSecret::from_env(HMAC_SECRET_ENV)?;
         config.validate().map_err(explain)?;
         if config.issuer.is_none() && binds_every_interface(&config.bind) {

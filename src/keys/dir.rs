@@ -181,9 +181,11 @@ impl KeyBackend for KeysDir {
     }
 
     fn version(&self) -> Option<StoreVersion> {
-        // The manifest, and every key file: a key file damaged in place is noticed too.
+        // The directory, the manifest and every key file: a key file damaged in place,
+        // and a chmod or chown of any of them, are noticed too.
         let manifest = files::version_of(&self.dir.join(MANIFEST_FILE))?;
-        let mut version = manifest.to_string();
+        let dir = files::version_of(&self.dir)?;
+        let mut version = format!("{dir} {manifest}");
         for path in self.pem_files().unwrap_or_default() {
             if let Some(file) = files::version_of(&path) {
                 version.push(' ');

@@ -117,10 +117,11 @@ impl KeyStore {
     }
 
     /// Loads the store again while `current` serves: as [`KeyStore::load`], except that a
-    /// published key whose material cannot be read now (a damaged or missing file, a
-    /// backend error) keeps the copy `current` loaded earlier, and is still reported in
-    /// [`KeySet::broken`]. A key refused for its safety (a file others may read or write,
-    /// another owner, a link out of the store) keeps nothing: it may be exposed.
+    /// published key whose material is damaged now (a file that no longer parses, a read
+    /// error, a backend error) keeps the copy `current` loaded earlier, and is still
+    /// reported in [`KeySet::broken`]. A key refused for its safety (a file others may read
+    /// or write, another owner, a link out of the store, permission denied) or whose
+    /// material is gone (an operator deleted the file) keeps nothing.
     ///
     /// # Errors
     /// As [`KeyStore::load`].
@@ -175,7 +176,7 @@ impl KeyStore {
                     let earlier = current
                         .and_then(|set| set.find(&record.kid))
                         .filter(|key| key.alg() == record.alg);
-                    if let Some(key) = earlier.filter(|_| !matches!(e, KeyStoreError::Unsafe(_))) {
+                    if let Some(key) = earlier.filter(|_| may_keep_loaded_copy(&e)) {
                         reason.push_str("; the copy loaded earlier still serves (a restart would leave the key out)");
                         keys.push(Arc::clone(key));
                     }
@@ -432,6 +433,19 @@ impl KeyStore {
             path: self.backend.describe().into(),
             reason: "the key backend committed without applying the change".into(),
         })
+    }
+}
+
+/// Whether a key that fails to load now may keep serving the copy loaded earlier: only when
+/// its material is damaged, never when it may be exposed or was deleted on purpose.
+fn may_keep_loaded_copy(err: &KeyStoreError) -> bool {
+    match err {
+        KeyStoreError::Unsafe(_) | KeyStoreError::KeyMissing { .. } => false,
+        KeyStoreError::FileUnreadable { source, .. } => !matches!(
+            source.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+        ),
+        _ => true,
     }
 }
 

@@ -25,6 +25,7 @@ pub struct ConnectionCounter {
 pub struct Admitted {
     counter: Arc<ConnectionCounter>,
     ip: IpAddr,
+    exempt: bool,
 }
 
 impl ConnectionCounter {
@@ -32,15 +33,25 @@ impl ConnectionCounter {
     pub fn new(per_address: usize, exempt: Vec<IpAddr>, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
             per_address,
-            exempt,
+            exempt: exempt.iter().map(IpAddr::to_canonical).collect(),
             open: Mutex::new(HashMap::new()),
             metrics,
         })
     }
 
-    /// A place for one more connection from `ip`, or `None` when it holds its share.
+    /// A place for one more connection from `ip`, or `None` when it holds its share. An
+    /// IPv4 client of a dual-stack listener counts as its IPv4 address; an IPv6 client as
+    /// its /64, the block one subscriber gets.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
-        if !self.exempt.contains(&ip) {
+        let ip = ip.to_canonical();
+        let exempt = self.exempt.contains(&ip);
+        let ip = match ip {
+            IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        if !exempt {
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             let count = open.entry(ip).or_insert(0);
             if *count >= self.per_address {
@@ -51,12 +62,19 @@ impl ConnectionCounter {
         Some(Admitted {
             counter: Arc::clone(self),
             ip,
+            exempt,
         })
     }
 
     /// The `on_connect` hook: admits the connection or shuts it down at once.
     pub fn on_connect(self: &Arc<Self>, connection: &dyn Any, data: &mut Extensions) {
         let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+            // A transport this hook does not know: say so once rather than cap nothing
+            // silently.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("connections of this listener are not counted per address");
+            });
             return;
         };
         let Ok(peer) = stream.peer_addr() else {
@@ -77,7 +95,7 @@ impl ConnectionCounter {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        if self.counter.exempt.contains(&self.ip) {
+        if self.exempt {
             return;
         }
         let mut open = self.counter.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -112,5 +130,23 @@ mod tests {
         assert!(counter.admit(a).is_some(), "a place came back");
         drop(proxied);
         assert!(counter.open.lock().unwrap().get(&proxy).is_none());
+    }
+
+    #[test]
+    fn mapped_v4_is_v4_and_v6_counts_per_64() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let counter = ConnectionCounter::new(1, vec![proxy], Metrics::new().unwrap());
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let _a = counter.admit(mapped).unwrap();
+        let _b = counter.admit(mapped).unwrap();
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _c = counter.admit(one).unwrap();
+        assert!(counter.admit(same_64).is_none(), "the same /64");
+        assert!(counter.admit(other_64).is_some());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let _d = counter.admit(v4).unwrap();
+        assert!(counter.admit("::ffff:192.0.2.7".parse().unwrap()).is_none());
     }
 }

@@ -97,10 +97,16 @@ impl Application {
                 if forced {
                     tracing::info!("SIGHUP: reloading keys and clients");
                 }
-                // Key generation (RSA) and the signer's self-check take milliseconds to
-                // seconds: off the system thread, which also runs the signal handling.
+                // Key generation (RSA), the signer's self-check and waiting for the store's
+                // lock take milliseconds to seconds: off the system thread, which also runs
+                // the signal handling. Maintenance runs on its own, so a change stuck in
+                // another process (holding the lock) never holds up the reloads.
                 let state = background.clone();
-                let _ = actix_web::rt::task::spawn_blocking(move || state.tick(forced)).await;
+                drop(actix_web::rt::task::spawn_blocking(move || {
+                    state.maintain_keys()
+                }));
+                let state = background.clone();
+                let _ = actix_web::rt::task::spawn_blocking(move || state.reload(forced)).await;
             }
         });
         let server = HttpServer::new(move || {
@@ -208,7 +214,12 @@ pub fn stop_on_signal(app: &Application) -> impl std::future::Future<Output = ()
             state
                 .draining
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            actix_web::rt::time::sleep(drain).await;
+            // A second signal cuts the drain short.
+            tokio::select! {
+                () = actix_web::rt::time::sleep(drain) => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
         tracing::info!(
             signal = if terminate { "SIGTERM" } else { "SIGINT" },

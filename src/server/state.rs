@@ -140,7 +140,11 @@ impl AppState {
                 },
                 rotate_every: config.rotate_every,
                 hmac_secret: config.hmac_secret.clone(),
-                trusted_proxies: config.trusted_proxies.clone(),
+                trusted_proxies: config
+                    .trusted_proxies
+                    .iter()
+                    .map(std::net::IpAddr::to_canonical)
+                    .collect(),
                 body_timeout: config.http.request_timeout,
             },
             TokenEndpoint::new(config.token_ttl, config.auth_limits),
@@ -160,8 +164,9 @@ impl AppState {
         token_endpoint: TokenEndpoint,
         metrics: Metrics,
     ) -> Result<Self, super::ServerError> {
-        let version = key_store.version();
-        let published = Published::build(&config, keys, version)?;
+        // No version yet: the caller loaded `keys` earlier, and a change since (a
+        // revocation during the start) must not pass for seen. The first tick reloads.
+        let published = Published::build(&config, keys, None)?;
         if !published.signer.keys().broken().is_empty() {
             report_broken(published.signer.keys());
         }
@@ -245,20 +250,20 @@ impl AppState {
         }
     }
 
-    /// One tick of the background duties: key maintenance (removals, automatic rotation),
-    /// then reloads of keys and clients if they changed. `force` reloads regardless
-    /// (SIGHUP).
-    pub fn tick(&self, force: bool) {
-        self.maintain_keys();
+    /// The reloads of keys and clients, if they changed (`force`: regardless). They take no
+    /// lock, so a change stuck in another process never holds them up.
+    pub fn reload(&self, force: bool) {
         self.reload_keys(force);
         self.reload_clients(force);
     }
 
-    fn maintain_keys(&self) {
-        let mut failing = self
-            .maintenance_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    /// Key maintenance (removals, automatic rotation), with backoff after failures. It
+    /// takes the store's lock, so the server runs it apart from the reloads.
+    pub fn maintain_keys(&self) {
+        let Ok(mut failing) = self.maintenance_failure.try_lock() else {
+            // Still running from an earlier tick (waiting for another process's lock).
+            return;
+        };
         // After a failure (a read-only or full keys dir), wait before trying again, longer
         // each time up to a minute, rather than generating keys every tick that cannot be
         // stored; a fault that goes away is noticed within seconds.
@@ -304,7 +309,10 @@ impl AppState {
         // A broken key may be fixed without a change to the manifest (chmod 600): try
         // again every tick while one is reported.
         let retry_broken = !current.signer.keys().broken().is_empty();
-        if !force && !due && !retry_broken && version == current.version {
+        // A failed reload is retried every tick until one succeeds, even when the store's
+        // version went back to the one served (a file moved away and back).
+        let retry_failed = self.key_reload.last_error().is_some();
+        if !force && !due && !retry_broken && !retry_failed && version == current.version {
             return;
         }
         let had_keys = !current.signer.keys().is_empty();
@@ -313,9 +321,16 @@ impl AppState {
             .reload(Some(current.signer.keys()))
             .map_err(|e| Report(&e).to_string())
             .and_then(|keys| {
-                // A store that held keys and now holds none was deleted or emptied by
-                // accident far more often than on purpose (keys are removed one by one
-                // through their lifecycle): never publish an empty set for it.
+                // A store that held keys and now has no manifest, or no keys, was deleted
+                // or emptied by accident far more often than on purpose (keys are removed
+                // one by one through their lifecycle): never publish what a first start
+                // would make of it (its key files adopted again, a revoked one included).
+                if had_keys && version.is_none() {
+                    return Err(format!(
+                        "{} has no readable manifest any more (deleted?); the last key set stays published",
+                        self.key_store.describe()
+                    ));
+                }
                 if had_keys && keys.is_empty() && keys.broken().is_empty() {
                     return Err(format!(
                         "{} holds no keys any more (deleted?); the last key set stays published",
@@ -379,7 +394,7 @@ impl AppState {
             .client_version
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if !force && version == *last {
+        if !force && version == *last && self.client_reload.last_error().is_none() {
             return;
         }
         // A registry file that existed and is gone was deleted with its directory, far

@@ -18,10 +18,14 @@ pub async fn token(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, OAuthError> {
     let peer = client_address(&req, state.trusted_proxies());
-    let body = match state.unapplied_change() {
-        // Fail closed: the unread change may revoke the key or the secret this would use.
-        Some(why) => Err(OAuthError::ChangeUnread(why)),
-        None => read_form_body(&req, payload, state.body_timeout()).await,
+    // Fail closed: an unread change may revoke the key or the secret this would use. Asked
+    // again once the body is in, which may take up to the request timeout.
+    let unread = || state.unapplied_change().map(OAuthError::ChangeUnread);
+    let body = match unread() {
+        Some(err) => Err(err),
+        None => read_form_body(&req, payload, state.body_timeout())
+            .await
+            .and_then(|body| unread().map_or(Ok(body), Err)),
     };
     let result = match body {
         Ok(body) => {
@@ -52,7 +56,8 @@ pub async fn token(
 /// trusted proxy; then the right-most address in `X-Forwarded-For` that is not itself a
 /// trusted proxy (entries left of it could be written by the client).
 fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
-    let peer = req.peer_addr().map(|a| a.ip())?;
+    // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
+    let peer = req.peer_addr().map(|a| a.ip().to_canonical())?;
     if !trusted.contains(&peer) {
         return Some(peer);
     }
@@ -64,7 +69,7 @@ fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
         .map(str::trim)
         .collect::<Vec<_>>();
     for entry in forwarded.iter().rev() {
-        match entry.parse::<IpAddr>() {
+        match entry.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
             Ok(ip) if trusted.contains(&ip) => continue,
             Ok(ip) => return Some(ip),
             // Garbage where an address should be: the proxy's own address counts.

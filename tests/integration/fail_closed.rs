@@ -129,9 +129,12 @@ fn a_failed_read_without_a_change_keeps_serving_the_current_keys() {
         &[],
         &[("JWT_ISSUER_READ_FAULT_IF", flag.to_str().unwrap())],
     );
+    // A first reload records the version served (the start leaves it unknown, so a
+    // change made during the start is never taken for seen).
+    let mut log = Vec::new();
+    server.read_log_to_now(&mut log);
     fs::write(&flag, b"").unwrap();
     let client = TestClient::new("svc", &secret);
-    let mut log = Vec::new();
     server.read_log_to_now(&mut log);
     server.read_log_until(&mut log, PATIENCE, "the forced reload to fail", |lines| {
         lines.iter().any(|l| l.contains("KEY SET FAILED TO LOAD"))
@@ -303,4 +306,154 @@ fn links_out_of_the_keys_dir_are_never_followed_links_inside_are() {
     let out = run_cli(&dir, &["keys", "generate", "--alg", "ES256"]);
     assert_ne!(out.code, Some(0), "{}", out.stdout);
     assert!(!target.exists(), "the lock link was followed");
+}
+
+#[test]
+fn a_lock_held_by_a_stuck_process_never_holds_up_reloads_or_the_stop() {
+    // A `keys rotate` suspended with Ctrl-Z holds the store's lock; the server's key
+    // maintenance waits for it, and its reloads must not.
+    let (_tmp, dir) = keys_dir_with_template();
+    let secret = add_client(&dir, "svc");
+    let server = ServeProcess::start(&dir, &["--rotate-every", "30d"]);
+    let lock = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let out = run_cli(&dir, &["clients", "rotate-secret", "svc"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let new = TestClient::new("svc", out.stdout.trim());
+    wait_until(PATIENCE, "the new secret to work", || {
+        server.token_response(&new, &[]).status == 200
+    });
+    // Refused: 401, or 429 once the attempts above with the new secret count as failures.
+    let old = server.token_response(&TestClient::new("svc", &secret), &[]);
+    assert!(matches!(old.status, 401 | 429), "{}", old.body);
+    // A store change by the CLI meanwhile fails in one line after a bounded wait.
+    let out = run_cli(&dir, &["keys", "rotate"]);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("held the lock"), "{}", out.stderr);
+    // SIGTERM stops the server within the lock wait, not never.
+    let mut server = server;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(start.elapsed() < PATIENCE, "the server did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    drop(lock);
+}
+
+#[test]
+fn a_key_file_opened_to_others_or_deleted_by_hand_stops_signing_without_a_sighup() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let secret = add_client(&dir, "svc");
+    let client = TestClient::new("svc", &secret);
+    let server = ServeProcess::start(&dir, &[]);
+    let es = active_kid(&dir, SigningAlg::Es256);
+    assert_eq!(kid_of(&server.token_for(&client)), es);
+    let file = dir.join(format!("{es}.pem"));
+    // A chmod changes no content: the server notices it all the same.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    wait_until(PATIENCE, "ES256 tokens to be refused", || {
+        server.token_response(&client, &[]).status == 503
+    });
+    let health = server.get("/healthz").json();
+    assert_eq!(health["broken_keys"][0]["kid"], es.as_str(), "{health}");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    wait_until(PATIENCE, "ES256 tokens again", || {
+        server.token_response(&client, &[]).status == 200
+    });
+    // An operator deletes the active key's file by hand: it stops signing too (the copy in
+    // memory is not kept for a key whose material is gone).
+    fs::remove_file(&file).unwrap();
+    wait_until(PATIENCE, "ES256 tokens to be refused", || {
+        server.token_response(&client, &[]).status == 503
+    });
+}
+
+#[test]
+fn a_deleted_manifest_never_brings_back_a_revoked_key_whose_file_is_left() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let secret = add_client(&dir, "svc");
+    let client = TestClient::new("svc", &secret);
+    let server = ServeProcess::start(&dir, &[]);
+    let revoked = kid_of(&server.token_for(&client));
+    // The revocation is recorded, then the CLI dies before deleting the key file.
+    let out = crate::helpers::run_cli_with_env(
+        &dir,
+        &["keys", "revoke", &revoked],
+        &[("JWT_ISSUER_CRASH_AT", "after-manifest")],
+    );
+    assert_ne!(out.code, Some(0));
+    assert!(dir.join(format!("{revoked}.pem")).exists());
+    wait_until(PATIENCE, "the revoked key to leave the JWKS", || {
+        !published_kids(&server).contains(&revoked)
+    });
+    // Now the manifest goes: a first start would adopt every key file, the revoked one too.
+    fs::remove_file(dir.join("keys.json")).unwrap();
+    wait_until(PATIENCE, "token requests to be refused", || {
+        server.token_response(&client, &[]).status == 503
+    });
+    for _ in 0..5 {
+        assert!(!published_kids(&server).contains(&revoked));
+        assert_eq!(server.token_response(&client, &[]).status, 503);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_registry_moved_away_and_back_is_read_again() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let secret = add_client(&dir, "svc");
+    let client = TestClient::new("svc", &secret);
+    let server = ServeProcess::start(&dir, &[]);
+    let registry = dir.join("clients.json");
+    let aside = dir.join("clients.json.aside");
+    fs::rename(&registry, &aside).unwrap();
+    wait_until(PATIENCE, "token requests to be refused", || {
+        server.token_response(&client, &[]).status == 503
+    });
+    fs::rename(&aside, &registry).unwrap();
+    wait_until(PATIENCE, "tokens again", || {
+        server.token_response(&client, &[]).status == 200
+    });
+    assert_eq!(server.get("/readyz").status, 200);
+}
+
+#[test]
+fn a_fifo_under_a_store_file_name_never_hangs_the_server() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let secret = add_client(&dir, "svc");
+    let client = TestClient::new("svc", &secret);
+    let server = ServeProcess::start(&dir, &[]);
+    let registry = dir.join("clients.json");
+    let saved = fs::read(&registry).unwrap();
+    fs::remove_file(&registry).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&registry)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut log = Vec::new();
+    server.read_log_until(&mut log, PATIENCE, "the refusal of the fifo", |lines| {
+        lines.iter().any(|l| l.contains("not a regular file"))
+    });
+    assert_eq!(server.get("/healthz").status, 200);
+    fs::remove_file(&registry).unwrap();
+    fs::write(&registry, saved).unwrap();
+    fs::set_permissions(&registry, fs::Permissions::from_mode(0o600)).unwrap();
+    wait_until(PATIENCE, "tokens again", || {
+        server.token_response(&client, &[]).status == 200
+    });
 }
