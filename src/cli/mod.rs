@@ -140,12 +140,13 @@ pub fn parse_args() -> Cli {
 }
 
 /// clap's message on one line: what is wrong, the arguments it names and its "did you
-/// mean" tip, without the usage block.
+/// mean" tip, without the usage block and without clap's own pointer to `--help` (the
+/// caller adds one).
 fn one_line(rendered: &str) -> String {
     let mut line = String::new();
     for part in rendered
         .lines()
-        .take_while(|l| !l.starts_with("Usage:"))
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .map(str::trim)
         .filter(|l| !l.is_empty())
     {
@@ -287,15 +288,30 @@ fn init_logging(default_level: &str) -> tracing_appender::non_blocking::WorkerGu
     guard
 }
 
+/// The forms every duration flag takes, said once in each error about one.
+const DURATION_FORMS: &str = "use seconds or a unit: 90, 15m, 24h";
+
+/// A duration flag: whole seconds, or a number with a unit (`15m`, `24h`, `1h 30m`). The
+/// error is only the reason: clap puts the flag and the value before it.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>()
-        .map(Duration::from_secs)
-        .or_else(|_| humantime::parse_duration(s).map_err(|e| e.to_string()))
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => format!("too large: {DURATION_FORMS}"),
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("unknown unit {unit:?}: {DURATION_FORMS}")
+        }
+        _ => format!("not a duration: {DURATION_FORMS}"),
+    })
 }
 
+/// A token lifetime: a duration from 1 s to [`TOKEN_TTL_CEILING`], the range said in the
+/// forms the flag takes (`24h`, not humantime's `1day`).
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let ttl = parse_seconds(s)?;
-    check_ttl(ttl, TOKEN_TTL_CEILING).map_err(|e| e.to_string())?;
+    check_ttl(ttl, TOKEN_TTL_CEILING)
+        .map_err(|e| format!("out of range: it must be 1s to {}", human(e.max)))?;
     Ok(ttl)
 }
 
@@ -304,8 +320,8 @@ fn check_max_ttl(ttl: Duration, policy: &RotationPolicy) -> Result<()> {
     if ttl > policy.max_token_ttl {
         anyhow::bail!(
             "ttl {} is longer than --max-token-ttl {}: keys are retired on the assumption that no token lives longer",
-            humantime::format_duration(ttl),
-            humantime::format_duration(policy.max_token_ttl)
+            human(ttl),
+            human(policy.max_token_ttl)
         );
     }
     Ok(())

@@ -283,3 +283,53 @@ fn bench_json_holds_every_algorithm_with_positive_figures() {
         Some(0)
     );
 }
+
+/// A duration flag that cannot be read says which forms it takes; one out of range says
+/// its range in those forms; either way once, on one line, with one pointer to --help.
+#[test]
+fn duration_errors_say_the_accepted_forms_once_on_one_line() {
+    let tmp = TempDir::new().unwrap();
+    let forms = "use seconds or a unit: 90, 15m, 24h";
+    for (args, wanted) in [
+        (vec!["serve", "--jwks-max-age", "soon"], forms),
+        (vec!["serve", "--request-timeout", "abc"], forms),
+        (vec!["serve", "--rotation-leeway", "3x"], forms),
+        (vec!["serve", "--token-ttl", "1e9999h"], forms),
+        (
+            vec!["token", "issue", "--sub", "a", "--ttl", "forever"],
+            forms,
+        ),
+        (
+            vec![
+                "token",
+                "verify",
+                "--any-audience",
+                "--any-issuer",
+                "--leeway",
+                "5 min 3",
+            ],
+            forms,
+        ),
+        (
+            vec!["serve", "--token-ttl", "2days"],
+            "out of range: it must be 1s to 24h",
+        ),
+        (
+            vec!["serve", "--token-ttl", "0"],
+            "out of range: it must be 1s to 24h",
+        ),
+        (
+            vec!["token", "issue", "--sub", "a", "--ttl", "25h"],
+            "1s to 24h",
+        ),
+    ] {
+        let out = run_cli(tmp.path(), &args);
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        let err = out.stderr.trim_end();
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {err}");
+        assert_eq!(err.matches(wanted).count(), 1, "{args:?}: {err}");
+        assert_eq!(err.matches("--help").count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("For more information"), "{args:?}: {err}");
+        assert!(!err.contains("1day"), "{args:?}: {err}");
+    }
+}
