@@ -17,12 +17,14 @@ mod keys;
 mod serve;
 mod token;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::error::ErrorKind;
+use clap::builder::StyledStr;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use jwt_issuer::keys::RotationPolicy;
 use jwt_issuer::ttl::{TOKEN_TTL_CEILING, check_ttl};
@@ -122,21 +124,65 @@ impl Context {
 
 /// Parses the command line; a bad argument ends the process with one line on stderr.
 pub fn parse_args() -> Cli {
-    let parsed = with_defaults_in_help(Cli::command())
-        .try_get_matches()
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut command = with_defaults_in_help(Cli::command());
+    let parsed = command
+        .try_get_matches_from_mut(&args)
         .and_then(|m| Cli::from_arg_matches(&m));
     match parsed {
         Ok(cli) => cli,
-        Err(err) => match err.kind() {
+        Err(mut err) => match err.kind() {
             ErrorKind::DisplayHelp
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
             _ => {
+                if err.kind() == ErrorKind::UnknownArgument
+                    && takes_bind(&command, &args)
+                    && invalid_arg(&err).is_some_and(|a| ADDRESS_FLAGS.contains(&a))
+                {
+                    add_tip(
+                        &mut err,
+                        format!("use --bind HOST:PORT, e.g. --bind {}", Config::DEFAULT_BIND),
+                    );
+                }
                 eprintln!("{} (see --help)", one_line(&err.render().to_string()));
                 process::exit(2);
             }
         },
     }
+}
+
+/// Flags other servers take for their address, which is `--bind HOST:PORT` here.
+const ADDRESS_FLAGS: [&str; 5] = ["--port", "--host", "--listen", "--address", "--addr"];
+
+/// Whether the (sub)command the arguments name has `--bind`: only there is it the answer
+/// to an unknown `--port`.
+fn takes_bind(root: &clap::Command, args: &[OsString]) -> bool {
+    let mut command = root;
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if let Some(sub) = command.find_subcommand(arg) {
+            command = sub;
+        }
+    }
+    command.get_arguments().any(|a| a.get_id() == "bind")
+}
+
+/// The argument clap could not place, without a `=value`.
+fn invalid_arg(err: &clap::Error) -> Option<&str> {
+    match err.get(ContextKind::InvalidArg)? {
+        ContextValue::String(arg) => arg.split('=').next(),
+        _ => None,
+    }
+}
+
+/// Adds a `tip:` to clap's error, after any it has.
+fn add_tip(err: &mut clap::Error, tip: String) {
+    let mut tips = match err.get(ContextKind::Suggested) {
+        Some(ContextValue::StyledStrs(tips)) => tips.clone(),
+        _ => Vec::new(),
+    };
+    tips.push(StyledStr::from(tip));
+    err.insert(ContextKind::Suggested, ContextValue::StyledStrs(tips));
 }
 
 /// clap's message on one line: what is wrong, the arguments it names and its "did you

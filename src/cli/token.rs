@@ -125,6 +125,9 @@ pub(super) fn run(context: &Context, command: TokenCommand) -> Result<()> {
 fn issue(context: &Context, args: IssueArgs) -> Result<()> {
     check_max_ttl(args.ttl, &context.policy)?;
     let defaults = Config::default();
+    if let Some(bind) = &args.issuer.bind {
+        super::serve::check_bind(bind)?;
+    }
     let defaulted = args.issuer.issuer.is_none();
     let issuer = match args.issuer.issuer {
         Some(issuer) => issuer,

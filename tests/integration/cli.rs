@@ -333,3 +333,78 @@ fn duration_errors_say_the_accepted_forms_once_on_one_line() {
         assert!(!err.contains("1day"), "{args:?}: {err}");
     }
 }
+
+/// An address without its port or host, a URL, or a `--port` flag (there is none) is
+/// answered with the `--bind HOST:PORT` to write, before anything is bound or written.
+#[test]
+fn a_bind_address_without_host_or_port_says_what_to_write() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("keys");
+    for (args, wanted) in [
+        (
+            vec!["serve", "--bind", "127.0.0.1"],
+            "--bind 127.0.0.1 has no port: use 127.0.0.1:8080",
+        ),
+        (
+            vec!["serve", "--bind", "localhost"],
+            "--bind localhost has no port: use localhost:8080",
+        ),
+        (
+            vec!["serve", "--bind", "localhost:"],
+            "--bind localhost: has no port: use localhost:8080",
+        ),
+        (
+            vec!["serve", "--bind", "[::1]"],
+            "has no port: use [::1]:8080",
+        ),
+        (vec!["serve", "--bind", "::1"], "use [::1]:8080"),
+        (
+            vec!["serve", "--bind", ":8080"],
+            "--bind :8080 has no host: use 127.0.0.1:8080",
+        ),
+        (
+            vec!["serve", "--bind", "http://127.0.0.1:9000/"],
+            "use 127.0.0.1:9000",
+        ),
+        (
+            vec!["serve", "--bind", "127.0.0.1:http"],
+            "port \"http\" is not a number",
+        ),
+        (
+            vec!["serve", "--bind", ""],
+            "--bind is empty: use 127.0.0.1:8080",
+        ),
+        (
+            vec!["token", "issue", "--sub", "a", "--bind", "127.0.0.1"],
+            "--bind 127.0.0.1 has no port: use 127.0.0.1:8080",
+        ),
+    ] {
+        let out = run_cli(&dir, &args);
+        assert_eq!(out.code, Some(1), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(wanted), "{args:?}: {}", out.stderr);
+    }
+    for args in [
+        vec!["serve", "--port", "8080"],
+        vec!["serve", "--port=8080"],
+        vec!["serve", "--host", "0.0.0.0"],
+        vec!["token", "issue", "--sub", "a", "--port", "8080"],
+    ] {
+        let out = run_cli(&dir, &args);
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("unexpected argument")
+                && out
+                    .stderr
+                    .contains("tip: use --bind HOST:PORT, e.g. --bind 127.0.0.1:8080"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    // A command without --bind gets no such tip.
+    let out = run_cli(&dir, &["keys", "list", "--port", "1"]);
+    assert_eq!(out.code, Some(2));
+    assert!(!out.stderr.contains("--bind"), "{}", out.stderr);
+    assert!(!dir.exists(), "a bad address wrote {:?}", list_dir(&dir));
+}
