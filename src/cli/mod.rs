@@ -225,6 +225,9 @@ pub fn run(cli: Cli) -> Result<()> {
     // shows the rest).
     let default_level = match cli.command {
         Command::Serve(_) => "info",
+        // A failed JWKS fetch is logged by the verifier as a warning and is also the
+        // error the command prints: once is enough.
+        Command::Token(token::TokenCommand::Verify(_)) => "error",
         _ => "warn",
     };
     let _log_guard = init_logging(default_level);

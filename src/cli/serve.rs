@@ -24,7 +24,7 @@ pub(super) struct IssuerArgs {
 
     /// Issuer URL: the `iss` of every token and the `issuer` of discovery
     /// [default: http:// + the bind address]
-    #[arg(long, env = "JWT_ISSUER_ISSUER", value_parser = Issuer::parse)]
+    #[arg(long, env = "JWT_ISSUER_ISSUER", value_name = "URL", value_parser = Issuer::parse)]
     pub issuer: Option<Issuer>,
 }
 

@@ -223,6 +223,11 @@ fn verify(args: VerifyArgs) -> Result<()> {
         ),
         (None, false) => bail!("--issuer is required (or --any-issuer to skip the issuer check)"),
     };
+    if !keys_named {
+        // Discovery fetches from the issuer, so it must be a URL; with the keys named it
+        // is only compared with `iss`, which other issuers may spell otherwise.
+        Issuer::parse(&issuer)?;
+    }
     let ring = match (&args.secret_env, &args.jwks_file) {
         (Some(var), _) => {
             let current = HmacSecret::require_env(var)?;

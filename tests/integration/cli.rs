@@ -2,7 +2,9 @@
 
 use tempfile::TempDir;
 
-use crate::helpers::{PATIENCE, ServeProcess, keys_dir_with_template, list_dir, run_cli, wait_for};
+use crate::helpers::{
+    PATIENCE, ServeProcess, keys_dir_with_template, list_dir, run_cli, run_cli_with_env, wait_for,
+};
 
 #[test]
 fn help_reads_well_on_every_command() {
@@ -407,4 +409,94 @@ fn a_bind_address_without_host_or_port_says_what_to_write() {
     assert_eq!(out.code, Some(2));
     assert!(!out.stderr.contains("--bind"), "{}", out.stderr);
     assert!(!dir.exists(), "a bad address wrote {:?}", list_dir(&dir));
+}
+
+/// `auth.example.com` for an issuer: every command that takes one says it must be an
+/// http(s) URL and shows the URL to write, on one line, never an HTTP client's "builder
+/// error"; a JWKS URL without a scheme is named as such too.
+#[test]
+fn an_issuer_without_a_scheme_is_answered_with_the_url_to_write() {
+    let (_tmp, dir) = keys_dir_with_template();
+    // Header {"alg":"ES256","kid":"k"}: the verifier gets as far as fetching keys.
+    let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsifQ.e30.AAAA";
+    let wanted = "must be an http:// or https:// URL, e.g. \"https://auth.example.com\"";
+    for (args, env) in [
+        (vec!["serve", "--issuer", "auth.example.com"], None),
+        (
+            vec!["serve"],
+            Some(("JWT_ISSUER_ISSUER", "auth.example.com")),
+        ),
+        (
+            vec![
+                "token",
+                "issue",
+                "--sub",
+                "a",
+                "--issuer",
+                "auth.example.com",
+            ],
+            None,
+        ),
+        (
+            vec![
+                "token",
+                "verify",
+                "--issuer",
+                "auth.example.com",
+                "--aud",
+                "api",
+                token,
+            ],
+            None,
+        ),
+    ] {
+        let out = run_cli_with_env(&dir, &args, env.as_slice());
+        assert!(matches!(out.code, Some(1 | 2)), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(wanted), "{args:?}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("builder error"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = run_cli(
+        &dir,
+        &[
+            "token",
+            "verify",
+            "--jwks-uri",
+            "auth.example.com/.well-known/jwks.json",
+            "--issuer",
+            "https://auth.example.com",
+            "--aud",
+            "api",
+            token,
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not an http:// or https:// URL"),
+        "{}",
+        out.stderr
+    );
+    // With the keys named, --issuer is only compared with `iss`, which other issuers may
+    // spell without a scheme: not refused.
+    let out = run_cli_with_env(
+        &dir,
+        &[
+            "token",
+            "verify",
+            "--secret-env",
+            "S",
+            "--issuer",
+            "my-app",
+            "--aud",
+            "api",
+            token,
+        ],
+        &[("S", "q3Vn0bZl8Xk2yTf7Wc1JpR5hM9sD4eGaLuQo6iNzB0t=")],
+    );
+    assert!(!out.stderr.contains("https://"), "{}", out.stderr);
 }
