@@ -17,12 +17,14 @@ mod keys;
 mod serve;
 mod token;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::error::ErrorKind;
+use clap::builder::StyledStr;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use jwt_issuer::keys::RotationPolicy;
 use jwt_issuer::ttl::{TOKEN_TTL_CEILING, check_ttl};
@@ -122,16 +124,27 @@ impl Context {
 
 /// Parses the command line; a bad argument ends the process with one line on stderr.
 pub fn parse_args() -> Cli {
-    let parsed = with_defaults_in_help(Cli::command())
-        .try_get_matches()
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut command = with_defaults_in_help(Cli::command());
+    let parsed = command
+        .try_get_matches_from_mut(&args)
         .and_then(|m| Cli::from_arg_matches(&m));
     match parsed {
         Ok(cli) => cli,
-        Err(err) => match err.kind() {
+        Err(mut err) => match err.kind() {
             ErrorKind::DisplayHelp
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
             _ => {
+                if err.kind() == ErrorKind::UnknownArgument
+                    && takes_bind(&command, &args)
+                    && invalid_arg(&err).is_some_and(|a| ADDRESS_FLAGS.contains(&a))
+                {
+                    add_tip(
+                        &mut err,
+                        format!("use --bind HOST:PORT, e.g. --bind {}", Config::DEFAULT_BIND),
+                    );
+                }
                 eprintln!("{} (see --help)", one_line(&err.render().to_string()));
                 process::exit(2);
             }
@@ -139,13 +152,47 @@ pub fn parse_args() -> Cli {
     }
 }
 
+/// Flags other servers take for their address, which is `--bind HOST:PORT` here.
+const ADDRESS_FLAGS: [&str; 5] = ["--port", "--host", "--listen", "--address", "--addr"];
+
+/// Whether the (sub)command the arguments name has `--bind`: only there is it the answer
+/// to an unknown `--port`.
+fn takes_bind(root: &clap::Command, args: &[OsString]) -> bool {
+    let mut command = root;
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if let Some(sub) = command.find_subcommand(arg) {
+            command = sub;
+        }
+    }
+    command.get_arguments().any(|a| a.get_id() == "bind")
+}
+
+/// The argument clap could not place, without a `=value`.
+fn invalid_arg(err: &clap::Error) -> Option<&str> {
+    match err.get(ContextKind::InvalidArg)? {
+        ContextValue::String(arg) => arg.split('=').next(),
+        _ => None,
+    }
+}
+
+/// Adds a `tip:` to clap's error, after any it has.
+fn add_tip(err: &mut clap::Error, tip: String) {
+    let mut tips = match err.get(ContextKind::Suggested) {
+        Some(ContextValue::StyledStrs(tips)) => tips.clone(),
+        _ => Vec::new(),
+    };
+    tips.push(StyledStr::from(tip));
+    err.insert(ContextKind::Suggested, ContextValue::StyledStrs(tips));
+}
+
 /// clap's message on one line: what is wrong, the arguments it names and its "did you
-/// mean" tip, without the usage block.
+/// mean" tip, without the usage block and without clap's own pointer to `--help` (the
+/// caller adds one).
 fn one_line(rendered: &str) -> String {
     let mut line = String::new();
     for part in rendered
         .lines()
-        .take_while(|l| !l.starts_with("Usage:"))
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .map(str::trim)
         .filter(|l| !l.is_empty())
     {
@@ -178,6 +225,9 @@ pub fn run(cli: Cli) -> Result<()> {
     // shows the rest).
     let default_level = match cli.command {
         Command::Serve(_) => "info",
+        // A failed JWKS fetch is logged by the verifier as a warning and is also the
+        // error the command prints: once is enough.
+        Command::Token(token::TokenCommand::Verify(_)) => "error",
         _ => "warn",
     };
     let _log_guard = init_logging(default_level);
@@ -287,15 +337,30 @@ fn init_logging(default_level: &str) -> tracing_appender::non_blocking::WorkerGu
     guard
 }
 
+/// The forms every duration flag takes, said once in each error about one.
+const DURATION_FORMS: &str = "use seconds or a unit: 90, 15m, 24h";
+
+/// A duration flag: whole seconds, or a number with a unit (`15m`, `24h`, `1h 30m`). The
+/// error is only the reason: clap puts the flag and the value before it.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>()
-        .map(Duration::from_secs)
-        .or_else(|_| humantime::parse_duration(s).map_err(|e| e.to_string()))
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => format!("too large: {DURATION_FORMS}"),
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("unknown unit {unit:?}: {DURATION_FORMS}")
+        }
+        _ => format!("not a duration: {DURATION_FORMS}"),
+    })
 }
 
+/// A token lifetime: a duration from 1 s to [`TOKEN_TTL_CEILING`], the range said in the
+/// forms the flag takes (`24h`, not humantime's `1day`).
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let ttl = parse_seconds(s)?;
-    check_ttl(ttl, TOKEN_TTL_CEILING).map_err(|e| e.to_string())?;
+    check_ttl(ttl, TOKEN_TTL_CEILING)
+        .map_err(|e| format!("out of range: it must be 1s to {}", human(e.max)))?;
     Ok(ttl)
 }
 
@@ -304,8 +369,8 @@ fn check_max_ttl(ttl: Duration, policy: &RotationPolicy) -> Result<()> {
     if ttl > policy.max_token_ttl {
         anyhow::bail!(
             "ttl {} is longer than --max-token-ttl {}: keys are retired on the assumption that no token lives longer",
-            humantime::format_duration(ttl),
-            humantime::format_duration(policy.max_token_ttl)
+            human(ttl),
+            human(policy.max_token_ttl)
         );
     }
     Ok(())

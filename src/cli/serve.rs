@@ -1,6 +1,6 @@
 //! `jwt-issuer serve`.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -17,13 +17,14 @@ use super::{Context, HMAC_SECRET_ENV, parse_seconds, parse_ttl};
 /// compute the same `iss`.
 #[derive(Debug, Args)]
 pub(super) struct IssuerArgs {
-    /// Address the server listens on; the default issuer is http:// + this address
-    #[arg(long, env = "JWT_ISSUER_BIND")]
+    /// Address the server listens on, with its port; the default issuer is http:// + this
+    /// address
+    #[arg(long, env = "JWT_ISSUER_BIND", value_name = "HOST:PORT")]
     pub bind: Option<String>,
 
     /// Issuer URL: the `iss` of every token and the `issuer` of discovery
     /// [default: http:// + the bind address]
-    #[arg(long, env = "JWT_ISSUER_ISSUER", value_parser = Issuer::parse)]
+    #[arg(long, env = "JWT_ISSUER_ISSUER", value_name = "URL", value_parser = Issuer::parse)]
     pub issuer: Option<Issuer>,
 }
 
@@ -64,7 +65,7 @@ pub(super) struct ServeArgs {
         env = "JWT_ISSUER_TRUSTED_PROXIES",
         value_delimiter = ','
     )]
-    trusted_proxies: Vec<std::net::IpAddr>,
+    trusted_proxies: Vec<IpAddr>,
 
     /// How long a request's head, and then its body, may take to arrive before 408
     #[arg(long, env = "JWT_ISSUER_REQUEST_TIMEOUT", value_parser = parse_seconds)]
@@ -94,6 +95,9 @@ impl ServeArgs {
             policy: context.policy,
             ..Config::default()
         };
+        if let Some(bind) = &self.issuer.bind {
+            check_bind(bind)?;
+        }
         overlay(&mut config.bind, self.issuer.bind);
         config.issuer = self.issuer.issuer;
         overlay(&mut config.alg, self.alg);
@@ -180,9 +184,62 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
     })
 }
 
+/// Refuses a bind address that is not HOST:PORT, saying what to write instead: binding
+/// only answers "invalid socket address", and an address without a port would also make
+/// a default issuer (`http://` + the address) that no server has. A host name with a
+/// port passes; it is resolved when bound.
+pub(super) fn check_bind(bind: &str) -> Result<()> {
+    let port = default_port();
+    let no_port = |fix: String| -> Result<()> { bail!("--bind {bind} has no port: use {fix}") };
+    if bind.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    if bind.trim().is_empty() {
+        bail!("--bind is empty: use {}", Config::DEFAULT_BIND);
+    }
+    if let Some((_, rest)) = bind.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let fix = match authority.rsplit_once(':') {
+            Some((host, p)) if !host.is_empty() && p.parse::<u16>().is_ok() => authority.to_owned(),
+            _ => format!("{}:{port}", authority.trim_end_matches(':')),
+        };
+        bail!(
+            "--bind {bind} is a URL, not HOST:PORT: use {fix} (the URL clients use goes in --issuer)"
+        );
+    }
+    // An IP address alone; an IPv6 one also needs brackets around it.
+    if let Ok(ip) = bind.parse::<IpAddr>() {
+        return no_port(SocketAddr::new(ip, port).to_string());
+    }
+    if bind.starts_with('[') && bind.ends_with(']') {
+        return no_port(format!("{bind}:{port}"));
+    }
+    match bind.rsplit_once(':') {
+        None => no_port(format!("{bind}:{port}")),
+        Some((host, "")) => no_port(format!("{host}:{port}")),
+        Some(("", p)) => {
+            let p = p.parse::<u16>().unwrap_or(port);
+            bail!(
+                "--bind {bind} has no host: use 127.0.0.1:{p} (this machine only) or 0.0.0.0:{p} with --issuer (every interface)"
+            )
+        }
+        Some((_, p)) if p.parse::<u16>().is_err() => {
+            bail!("--bind {bind}: port {p:?} is not a number from 0 to 65535")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// The port of [`Config::DEFAULT_BIND`], offered when an address lacks one.
+fn default_port() -> u16 {
+    Config::DEFAULT_BIND
+        .parse::<SocketAddr>()
+        .map_or(0, |addr| addr.port())
+}
+
 /// `0.0.0.0:P`, `[::]:P` and the like: an address to listen on, never one to reach.
 fn binds_every_interface(bind: &str) -> bool {
-    bind.parse::<std::net::SocketAddr>()
+    bind.parse::<SocketAddr>()
         .is_ok_and(|addr| addr.ip().is_unspecified())
 }
 
@@ -235,4 +292,27 @@ fn print_bootstrap_client(token_url: &str, secret: &ClientSecret) {
     eprintln!(
         "\nFirst start: registered OAuth client '{BOOTSTRAP_CLIENT_ID}'. Its secret is shown only now:\n\n    client_id:     {BOOTSTRAP_CLIENT_ID}\n    client_secret: {secret}\n\nGet a token:\n\n    curl -s -u '{BOOTSTRAP_CLIENT_ID}:{secret}' -d grant_type=client_credentials {token_url}\n\nManage clients with `jwt-issuer clients add|list|remove|rotate-secret`.\n"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_bind_address_has_a_port_to_offer() {
+        assert_ne!(default_port(), 0);
+        check_bind(Config::DEFAULT_BIND).unwrap();
+    }
+
+    #[test]
+    fn host_and_port_pass_whatever_the_host_is() {
+        for ok in [
+            "127.0.0.1:0",
+            "[::1]:8080",
+            "localhost:8080",
+            "auth.internal:443",
+        ] {
+            check_bind(ok).unwrap();
+        }
+    }
 }

@@ -125,6 +125,9 @@ pub(super) fn run(context: &Context, command: TokenCommand) -> Result<()> {
 fn issue(context: &Context, args: IssueArgs) -> Result<()> {
     check_max_ttl(args.ttl, &context.policy)?;
     let defaults = Config::default();
+    if let Some(bind) = &args.issuer.bind {
+        super::serve::check_bind(bind)?;
+    }
     let defaulted = args.issuer.issuer.is_none();
     let issuer = match args.issuer.issuer {
         Some(issuer) => issuer,
@@ -207,6 +210,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
     if token.is_empty() {
         bail!("no token: pass it as an argument or on stdin");
     }
+    check_pasted(token)?;
     if args.aud.is_empty() && !args.any_audience {
         bail!("--aud is required (or --any-audience to skip the audience check)");
     }
@@ -220,6 +224,11 @@ fn verify(args: VerifyArgs) -> Result<()> {
         ),
         (None, false) => bail!("--issuer is required (or --any-issuer to skip the issuer check)"),
     };
+    if !keys_named {
+        // Discovery fetches from the issuer, so it must be a URL; with the keys named it
+        // is only compared with `iss`, which other issuers may spell otherwise.
+        Issuer::parse(&issuer)?;
+    }
     let ring = match (&args.secret_env, &args.jwks_file) {
         (Some(var), _) => {
             let current = HmacSecret::require_env(var)?;
@@ -266,6 +275,37 @@ fn verify(args: VerifyArgs) -> Result<()> {
         })
         .map_err(|err| with_verify_hint(err, token, args.secret_env.is_some()))?;
     outln!("{}", serde_json::to_string_pretty(&claims)?);
+    Ok(())
+}
+
+/// Refuses a token pasted with what surrounded it (its `Authorization` header or `Bearer `
+/// prefix, quotes, a line break inside), saying what to remove: the verifier would only
+/// call it malformed, and cutting it silently would hide that the caller copies, or a
+/// client sends, more than the token. A JWS has no spaces or quotes, so no token is
+/// refused here that could verify. The message never shows the token.
+fn check_pasted(token: &str) -> Result<()> {
+    let mut words = token.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let second = words.next();
+    if first.eq_ignore_ascii_case("authorization:") {
+        bail!(
+            "the token starts with an Authorization header: remove 'Authorization: Bearer ' and pass only the token"
+        );
+    }
+    if first.eq_ignore_ascii_case("bearer") && second.is_some() {
+        bail!(
+            "the token starts with 'Bearer ': remove the 'Bearer ' prefix and pass only the token"
+        );
+    }
+    let quotes: &[char] = &['"', '\'', '`'];
+    if token.starts_with(quotes) || token.ends_with(quotes) {
+        bail!("the token is in quotes: remove the quotes and pass only the token");
+    }
+    if second.is_some() {
+        bail!(
+            "the token contains spaces or a line break: a JWT has no spaces or line breaks; pass it whole, on one line"
+        );
+    }
     Ok(())
 }
 

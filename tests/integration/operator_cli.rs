@@ -421,3 +421,79 @@ fn a_secret_sent_as_the_client_id_is_not_logged() {
         "the secret reached the log"
     );
 }
+
+/// `token verify` over the store's JWKS written to a file: `(keys dir, jwks file)`.
+fn store_with_jwks_file() -> (TempDir, std::path::PathBuf, String) {
+    let (tmp, dir) = keys_dir_with_template();
+    let jwks_file = dir.parent().unwrap().join("jwks.json");
+    std::fs::write(&jwks_file, run_cli(&dir, &["jwks"]).stdout).unwrap();
+    let jwks = jwks_file.to_str().unwrap().to_owned();
+    (tmp, dir, jwks)
+}
+
+#[test]
+fn a_token_pasted_with_its_bearer_prefix_or_quotes_gets_a_hint() {
+    let (_tmp, dir, jwks) = store_with_jwks_file();
+    let token = helpers::issue_token(&dir, &["--sub", "a", "--issuer", "https://auth.example"]);
+    let verify = |input: &str| {
+        run_cli(
+            &dir,
+            &[
+                "token",
+                "verify",
+                "--jwks-file",
+                &jwks,
+                "--issuer",
+                "https://auth.example",
+                "--any-audience",
+                input,
+            ],
+        )
+    };
+    for (input, hint) in [
+        (format!("Bearer {token}"), "remove the 'Bearer ' prefix"),
+        (format!("bearer  {token}"), "remove the 'Bearer ' prefix"),
+        (
+            format!("Authorization: Bearer {token}"),
+            "remove 'Authorization: Bearer '",
+        ),
+        (format!("\"{token}\""), "remove the quotes"),
+        (format!("'{token}'"), "remove the quotes"),
+        (format!("\"{token}"), "remove the quotes"),
+        (
+            format!("{}\n{}", &token[..40], &token[40..]),
+            "a JWT has no spaces or line breaks",
+        ),
+    ] {
+        let out = verify(&input);
+        assert_eq!(out.code, Some(1), "{input:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{input:?}: {}", out.stderr);
+        assert!(out.stderr.contains(hint), "{input:?}: {}", out.stderr);
+        assert!(!out.stderr.contains(&token[40..]), "the token was echoed");
+    }
+    // Whitespace around it, as a copy or a file gives it, is only trimmed.
+    let out = verify(&format!("\n  {token}\r\n"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // On stdin too.
+    let mut child = helpers::cli(&dir)
+        .args([
+            "token",
+            "verify",
+            "--jwks-file",
+            &jwks,
+            "--issuer",
+            "https://auth.example",
+            "--any-audience",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(child.stdin.take().unwrap(), "Bearer {token}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("remove the 'Bearer ' prefix"), "{stderr}");
+}
