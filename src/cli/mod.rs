@@ -13,10 +13,12 @@ macro_rules! outln {
 
 mod bench;
 mod clients;
+mod config;
 mod keys;
 mod serve;
 mod token;
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process;
@@ -25,14 +27,16 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::builder::StyledStr;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use jwt_issuer::config::{Layers, Settings};
 use jwt_issuer::keys::RotationPolicy;
 use jwt_issuer::ttl::{TOKEN_TTL_CEILING, check_ttl};
 use jwt_issuer::{Config, KeyStore};
 
 /// The `--help` heading of the settings every command shares.
 const KEY_STORE_HEADING: &str =
-    "Key store and lifecycle (every command; set them in the environment)";
+    "Key store and lifecycle (every command; set them in the environment or the config file)";
 
 /// The environment variable of the HS256 secret (or `JWT_SECRET_FILE` for its file).
 const HMAC_SECRET_ENV: &str = "JWT_SECRET";
@@ -41,6 +45,11 @@ const HMAC_SECRET_ENV: &str = "JWT_SECRET";
 #[derive(Debug, Parser)]
 #[command(name = "jwt-issuer", version, about, max_term_width = 100)]
 pub struct Cli {
+    /// A TOML file of settings (the names of the flags, with `_`): file < environment <
+    /// flags; see `jwt-issuer config check`
+    #[arg(long, env = "JWT_ISSUER_CONFIG", global = true, value_name = "PATH", help_heading = KEY_STORE_HEADING)]
+    config: Option<PathBuf>,
+
     /// Directory of the private keys; created with mode 0700, keys generated on first start
     #[arg(long, env = "JWT_ISSUER_KEYS_DIR", global = true, help_heading = KEY_STORE_HEADING)]
     keys_dir: Option<PathBuf>,
@@ -88,12 +97,20 @@ enum Command {
     /// Manage OAuth clients of the token endpoint (a running server sees changes within 1s)
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
+    /// Check the settings (defaults < config file < environment < flags)
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
-/// What every command shares: the keys dir and the lifecycle timing.
+/// What every command shares: the settings from every layer, among them the keys dir and
+/// the lifecycle timing.
 struct Context {
     keys_dir: PathBuf,
     policy: RotationPolicy,
+    /// Every setting, laid over the defaults (not yet checked: `serve` checks it).
+    config: Config,
+    /// Where each setting came from.
+    layers: Layers,
 }
 
 impl Context {
@@ -123,14 +140,18 @@ impl Context {
 }
 
 /// Parses the command line; a bad argument ends the process with one line on stderr.
-pub fn parse_args() -> Cli {
+/// Returns the arguments and the ids of those set on the command line itself (not by the
+/// environment or a default): only these make the flags' layer.
+pub fn parse_args() -> (Cli, BTreeSet<String>) {
     let args: Vec<OsString> = std::env::args_os().collect();
     let mut command = with_defaults_in_help(Cli::command());
-    let parsed = command
-        .try_get_matches_from_mut(&args)
-        .and_then(|m| Cli::from_arg_matches(&m));
+    let parsed = command.try_get_matches_from_mut(&args).and_then(|m| {
+        let mut given = BTreeSet::new();
+        set_on_command_line(&m, &mut given);
+        Cli::from_arg_matches(&m).map(|cli| (cli, given))
+    });
     match parsed {
-        Ok(cli) => cli,
+        Ok(parsed) => parsed,
         Err(mut err) => match err.kind() {
             ErrorKind::DisplayHelp
             | ErrorKind::DisplayVersion
@@ -149,6 +170,19 @@ pub fn parse_args() -> Cli {
                 process::exit(2);
             }
         },
+    }
+}
+
+/// Collects the ids of the arguments `matches` (and its subcommands') got from the command
+/// line.
+fn set_on_command_line(matches: &ArgMatches, given: &mut BTreeSet<String>) {
+    for id in matches.ids() {
+        if matches.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
+            given.insert(id.as_str().to_owned());
+        }
+    }
+    if let Some((_, sub)) = matches.subcommand() {
+        set_on_command_line(sub, given);
     }
 }
 
@@ -220,7 +254,7 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
 ///
 /// # Errors
 /// Whatever failed, with context and a hint where one helps, for main to print on one line.
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
     // The server logs its work; a CLI command only what goes wrong (JWT_ISSUER_LOG=info
     // shows the rest).
     let default_level = match cli.command {
@@ -231,28 +265,44 @@ pub fn run(cli: Cli) -> Result<()> {
         _ => "warn",
     };
     let _log_guard = init_logging(default_level);
-    let defaults = Config::default();
+    let mut flags = Settings::default();
+    let on_line = |id: &str| given.contains(id);
+    if on_line("keys_dir") {
+        flags.keys_dir.clone_from(&cli.keys_dir);
+    }
+    if on_line("jwks_max_age") {
+        flags.jwks_max_age = cli.timing.jwks_max_age;
+    }
+    if on_line("max_token_ttl") {
+        flags.max_token_ttl = cli.timing.max_token_ttl;
+    }
+    if on_line("rotation_leeway") {
+        flags.rotation_leeway = cli.timing.rotation_leeway;
+    }
+    match &cli.command {
+        Command::Serve(args) => args.flags(&mut flags, &on_line),
+        Command::Token(token::TokenCommand::Issue(args)) => args.flags(&mut flags, &on_line),
+        _ => {}
+    }
+    let layers = Layers::new(cli.config.as_deref(), &flags).map_err(serve::explain)?;
+    let config = layers
+        .settings()
+        .and_then(|settings| settings.apply(Config::default()))
+        .map_err(serve::explain)?;
     let context = Context {
-        keys_dir: cli.keys_dir.unwrap_or(defaults.keys_dir),
-        policy: RotationPolicy {
-            jwks_max_age: cli
-                .timing
-                .jwks_max_age
-                .unwrap_or(defaults.policy.jwks_max_age),
-            max_token_ttl: cli
-                .timing
-                .max_token_ttl
-                .unwrap_or(defaults.policy.max_token_ttl),
-            leeway: cli.timing.rotation_leeway.unwrap_or(defaults.policy.leeway),
-        },
+        keys_dir: config.keys_dir.clone(),
+        policy: config.policy,
+        config,
+        layers,
     };
     match cli.command {
-        Command::Serve(args) => serve::run(&context, args),
+        Command::Serve(_) => serve::run(&context),
         Command::Keys(command) => keys::run(&context, command),
         Command::Jwks => keys::print_jwks(&context),
         Command::Token(command) => token::run(&context, command),
         Command::Bench(args) => bench::run(&args),
         Command::Clients(command) => clients::run(&context, command),
+        Command::Config(command) => config::run(&context, command),
     }
 }
 
@@ -337,22 +387,10 @@ fn init_logging(default_level: &str) -> tracing_appender::non_blocking::WorkerGu
     guard
 }
 
-/// The forms every duration flag takes, said once in each error about one.
-const DURATION_FORMS: &str = "use seconds or a unit: 90, 15m, 24h";
-
 /// A duration flag: whole seconds, or a number with a unit (`15m`, `24h`, `1h 30m`). The
 /// error is only the reason: clap puts the flag and the value before it.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(s).map_err(|e| match e {
-        humantime::DurationError::NumberOverflow => format!("too large: {DURATION_FORMS}"),
-        humantime::DurationError::UnknownUnit { unit, .. } => {
-            format!("unknown unit {unit:?}: {DURATION_FORMS}")
-        }
-        _ => format!("not a duration: {DURATION_FORMS}"),
-    })
+    jwt_issuer::config::parse_duration(s)
 }
 
 /// A token lifetime: a duration from 1 s to [`TOKEN_TTL_CEILING`], the range said in the

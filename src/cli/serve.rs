@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
+use jwt_issuer::config::Settings;
 use jwt_issuer::oauth::ClientStore;
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
 use jwt_issuer::secret::{ClientSecret, HmacSecret};
@@ -87,54 +88,69 @@ pub(super) struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The settings: the library's defaults, overlaid with what the flags and the
-    /// environment set.
-    fn config(self, context: &Context) -> Result<Config> {
-        let mut config = Config {
-            keys_dir: context.keys_dir.clone(),
-            policy: context.policy,
-            ..Config::default()
-        };
-        if let Some(bind) = &self.issuer.bind {
-            check_bind(bind)?;
+    /// Puts the settings the command line set (`on_line`) into the flags' layer.
+    pub(super) fn flags(&self, flags: &mut Settings, on_line: &dyn Fn(&str) -> bool) {
+        self.issuer.flags(flags, on_line);
+        if on_line("alg") {
+            flags.alg = self.alg.map(|a| a.to_string());
         }
-        overlay(&mut config.bind, self.issuer.bind);
-        config.issuer = self.issuer.issuer;
-        overlay(&mut config.alg, self.alg);
-        overlay(&mut config.workers, self.workers);
-        overlay(&mut config.token_ttl, self.token_ttl);
-        overlay(&mut config.auth_limits.max_failures, self.auth_max_failures);
-        overlay(&mut config.auth_limits.window, self.auth_failure_window);
-        config.rotate_every = self.rotate_every;
-        overlay(&mut config.http.request_timeout, self.request_timeout);
-        overlay(&mut config.http.max_connections, self.max_connections);
-        overlay(
-            &mut config.http.max_connections_per_address,
-            self.max_connections_per_address,
+        // The settings whose flag holds the layer's own type.
+        macro_rules! same_type {
+            ($($field:ident),*) => {$(
+                if on_line(stringify!($field)) {
+                    flags.$field = self.$field;
+                }
+            )*};
+        }
+        same_type!(
+            workers,
+            token_ttl,
+            auth_max_failures,
+            rotate_every,
+            auth_failure_window,
+            request_timeout,
+            max_connections,
+            max_connections_per_address,
+            shutdown_drain
         );
-        overlay(&mut config.http.shutdown_drain, self.shutdown_drain);
-        config.trusted_proxies = self
-            .trusted_proxies
-            .iter()
-            .map(std::net::IpAddr::to_canonical)
-            .collect();
-        config.hmac_secret = HmacSecret::from_env(HMAC_SECRET_ENV)?;
-        config.validate().map_err(explain)?;
-        if config.issuer.is_none() && binds_every_interface(&config.bind) {
-            bail!(
-                "--bind {} listens on every interface, so http://{} would be the issuer, which no client can reach: set --issuer (JWT_ISSUER_ISSUER) to the URL clients use",
-                config.bind,
-                config.bind
-            );
+        if on_line("trusted_proxies") {
+            flags.trusted_proxies = Some(self.trusted_proxies.clone());
         }
-        // Accepted only for verification, but a weak one is refused here too.
-        HmacSecret::from_env(&format!("{HMAC_SECRET_ENV}_PREVIOUS"))?;
-        Ok(config)
     }
 }
 
-pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
-    let config = args.config(context)?;
+impl IssuerArgs {
+    /// Puts `--bind` and `--issuer`, when the command line set them, into the flags' layer.
+    pub(super) fn flags(&self, flags: &mut Settings, on_line: &dyn Fn(&str) -> bool) {
+        if on_line("bind") {
+            flags.bind.clone_from(&self.bind);
+        }
+        if on_line("issuer") {
+            flags.issuer = self.issuer.as_ref().map(|i| i.as_str().to_owned());
+        }
+    }
+}
+
+/// The server's settings from every layer, with the HS256 secret, checked.
+pub(super) fn server_config(context: &Context) -> Result<Config> {
+    let mut config = context.config.clone();
+    check_bind(&config.bind)?;
+    config.hmac_secret = HmacSecret::from_env(HMAC_SECRET_ENV)?;
+    config.validate().map_err(explain)?;
+    if config.issuer.is_none() && binds_every_interface(&config.bind) {
+        bail!(
+            "--bind {} listens on every interface, so http://{} would be the issuer, which no client can reach: set --issuer (JWT_ISSUER_ISSUER) to the URL clients use",
+            config.bind,
+            config.bind
+        );
+    }
+    // Accepted only for verification, but a weak one is refused here too.
+    HmacSecret::from_env(&format!("{HMAC_SECRET_ENV}_PREVIOUS"))?;
+    Ok(config)
+}
+
+pub(super) fn run(context: &Context) -> Result<()> {
+    let config = server_config(context)?;
     // Bind before touching the keys dir, so a bad address writes nothing.
     let listener = TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -268,22 +284,23 @@ pub(super) fn issuer_warning(issuer: &Issuer) -> Option<String> {
 }
 
 /// Sets `target` when a flag or variable gave a value; the default stays otherwise.
-fn overlay<T>(target: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *target = value;
-    }
-}
-
 /// A settings error, with the flag and variable that set the setting.
-fn explain(err: ConfigError) -> anyhow::Error {
+pub(super) fn explain(err: ConfigError) -> anyhow::Error {
     let setting = match &err {
-        ConfigError::OutOfRange { setting, .. } => *setting,
+        ConfigError::OutOfRange { setting, .. } | ConfigError::Invalid { setting, .. } => *setting,
         ConfigError::RotateTooOften { .. } => "rotate_every",
         _ => return err.into(),
     };
+    if let ConfigError::Invalid {
+        setting: "config",
+        reason,
+    } = &err
+    {
+        return anyhow!("--config (JWT_ISSUER_CONFIG): {reason}");
+    }
     let flag = setting.replace('_', "-");
     let var = setting.to_ascii_uppercase();
-    anyhow!("{err} (set by --{flag} or JWT_ISSUER_{var})")
+    anyhow!("{err} (set by --{flag}, JWT_ISSUER_{var} or `{setting}` in the config file)")
 }
 
 /// Shown once, on the first start: how to get a token right away.

@@ -122,17 +122,26 @@ pub(super) fn run(context: &Context, command: TokenCommand) -> Result<()> {
     }
 }
 
+impl IssueArgs {
+    /// Puts `--bind` and `--issuer`, when the command line set them, into the flags' layer.
+    pub(super) fn flags(
+        &self,
+        flags: &mut jwt_issuer::config::Settings,
+        on_line: &dyn Fn(&str) -> bool,
+    ) {
+        self.issuer.flags(flags, on_line);
+    }
+}
+
 fn issue(context: &Context, args: IssueArgs) -> Result<()> {
     check_max_ttl(args.ttl, &context.policy)?;
     let defaults = Config::default();
-    if let Some(bind) = &args.issuer.bind {
-        super::serve::check_bind(bind)?;
-    }
-    let defaulted = args.issuer.issuer.is_none();
-    let issuer = match args.issuer.issuer {
-        Some(issuer) => issuer,
-        None => Issuer::for_bind(&args.issuer.bind.unwrap_or(defaults.bind), None)?,
-    };
+    // --bind and --issuer come through the layers, as for `serve`, so both compute the
+    // same `iss` from the same settings.
+    let config = &context.config;
+    super::serve::check_bind(&config.bind)?;
+    let defaulted = config.issuer.is_none();
+    let issuer = config.issuer_for(None)?;
     let alg = args.alg.unwrap_or(defaults.alg);
     // Refuse bad input before the keys dir is touched (it may generate keys).
     if args.sub.is_empty() {

@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod clients;
+mod config;
 mod extractor;
 mod fail_closed;
 mod faults;

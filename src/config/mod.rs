@@ -1,8 +1,12 @@
 //! The server's settings: one typed [`Config`], checked when it is built. Every default is
 //! written once, beside the type it belongs to ([`RotationPolicy`], [`AuthLimits`],
-//! [`DEFAULT_TOKEN_TTL`], the constants here); the CLI maps flags and `JWT_ISSUER_*`
-//! variables onto it. This module only reads the others: nothing below the server and
-//! the CLI depends on it.
+//! [`DEFAULT_TOKEN_TTL`], the constants here). [`layers`] lays the config file,
+//! `JWT_ISSUER_*` variables and flags over the defaults. This module only reads the
+//! others: nothing below the server and the CLI depends on it.
+
+pub mod layers;
+
+pub use layers::{Layers, Settings, Source, parse_duration};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -128,6 +132,18 @@ pub enum ConfigError {
     /// An issuer that is not an http(s) URL.
     #[error(transparent)]
     Issuer(#[from] InvalidIssuer),
+    /// A setting whose value does not parse.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A layer (the config file, the environment) names an unknown setting or holds a value
+    /// of the wrong form; the message names the setting and the layer.
+    #[error("{0}")]
+    Layer(String),
 }
 
 impl Default for Config {
