@@ -128,12 +128,14 @@ impl Application {
                                 .head_mut()
                                 .set_connection_type(actix_web::http::ConnectionType::Close);
                         }
-                        // Every route is a fixed path: label by it without allocating, and
-                        // never by a raw client path (the series stay bounded).
-                        let path = res.request().path();
+                        // Label by the resource the router chose, not by the path as the
+                        // client spelled it: `/%68ealthz` is served by /healthz and counted
+                        // there. Only the fixed ROUTES are labels (the series stay bounded);
+                        // a path no resource serves is "unmatched".
+                        let pattern = res.request().match_pattern();
                         let route = ROUTES
                             .iter()
-                            .find(|r| **r == path)
+                            .find(|r| pattern.as_deref() == Some(**r))
                             .copied()
                             .unwrap_or("unmatched");
                         metrics.observe_request(route, res.status());

@@ -497,3 +497,65 @@ fn a_token_pasted_with_its_bearer_prefix_or_quotes_gets_a_hint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("remove the 'Bearer ' prefix"), "{stderr}");
 }
+
+#[test]
+fn a_mismatch_shows_what_was_expected_and_what_the_token_has() {
+    let (_tmp, dir, jwks) = store_with_jwks_file();
+    let issue = |extra: &[&str]| {
+        let mut args = vec!["--sub", "a", "--issuer", "https://auth.example"];
+        args.extend_from_slice(extra);
+        helpers::issue_token(&dir, &args)
+    };
+    let verify = |token: &str, extra: &[&str]| {
+        let mut args = vec!["token", "verify", "--jwks-file", &jwks];
+        args.extend_from_slice(extra);
+        args.push(token);
+        let out = run_cli(&dir, &args);
+        assert_eq!(out.code, Some(1), "{extra:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{extra:?}: {}", out.stderr);
+        // Claims and type, never the token or its signature.
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!out.stderr.contains(signature), "{}", out.stderr);
+        out.stderr
+    };
+    let iss = ["--issuer", "https://auth.example"];
+    let other = issue(&["--aud", "other"]);
+    let err = verify(&other, &[&iss[..], &["--aud", "api"]].concat());
+    assert!(
+        err.contains(r#"wrong audience: expected "api", the token has "other""#),
+        "{err}"
+    );
+    let two = issue(&["--aud", "other", "--aud", "more"]);
+    let err = verify(
+        &two,
+        &[&iss[..], &["--aud", "api", "--aud", "billing"]].concat(),
+    );
+    assert!(
+        err.contains(r#"expected "api" or "billing", the token has ["other", "more"]"#),
+        "{err}"
+    );
+    let long = "x".repeat(1000);
+    let err = verify(
+        &issue(&["--aud", &long]),
+        &[&iss[..], &["--aud", "api"]].concat(),
+    );
+    assert!(err.len() < 300 && err.contains('…'), "{err}");
+    let err = verify(
+        &other,
+        &["--issuer", "https://elsewhere.example", "--any-audience"],
+    );
+    assert!(
+        err.contains(
+            r#"wrong issuer: expected "https://elsewhere.example", the token has "https://auth.example""#
+        ),
+        "{err}"
+    );
+    let err = verify(
+        &other,
+        &[&iss[..], &["--any-audience", "--typ", "at+jwt"]].concat(),
+    );
+    assert!(
+        err.contains(r#"wrong token type: expected typ "at+jwt", the token has "JWT""#),
+        "{err}"
+    );
+}
