@@ -63,6 +63,7 @@ fn check(context: &Context) -> Result<()> {
             "max_connections" => config.http.max_connections.to_string(),
             "max_connections_per_address" => config.http.max_connections_per_address.to_string(),
             "shutdown_drain" => secs(config.http.shutdown_drain),
+            "keep_alive" => secs(config.http.keep_alive),
             _ => "?".into(),
         }
     };

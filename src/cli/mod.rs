@@ -327,6 +327,7 @@ fn defaults() -> Vec<(&'static str, String)> {
             d.http.max_connections_per_address.to_string(),
         ),
         ("shutdown_drain", human(d.http.shutdown_drain)),
+        ("keep_alive", human(d.http.keep_alive)),
     ]
 }
 

@@ -85,6 +85,11 @@ pub(super) struct ServeArgs {
     /// each response) before stopping; 0 stops at once
     #[arg(long, env = "JWT_ISSUER_SHUTDOWN_DRAIN", value_parser = parse_seconds)]
     shutdown_drain: Option<Duration>,
+
+    /// How long an idle keep-alive connection stays open between requests; 0 closes after
+    /// each response
+    #[arg(long, env = "JWT_ISSUER_KEEP_ALIVE", value_parser = parse_seconds)]
+    keep_alive: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -111,7 +116,8 @@ impl ServeArgs {
             request_timeout,
             max_connections,
             max_connections_per_address,
-            shutdown_drain
+            shutdown_drain,
+            keep_alive
         );
         if on_line("trusted_proxies") {
             flags.trusted_proxies = Some(self.trusted_proxies.clone());

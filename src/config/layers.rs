@@ -58,10 +58,12 @@ pub struct Settings {
     pub max_connections_per_address: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
     pub shutdown_drain: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
+    pub keep_alive: Option<Duration>,
 }
 
 /// The name of every setting, as in the file (the variable is [`ENV_PREFIX`] + upper case).
-pub const SETTINGS: [&str; 17] = [
+pub const SETTINGS: [&str; 18] = [
     "keys_dir",
     "jwks_max_age",
     "max_token_ttl",
@@ -79,6 +81,7 @@ pub const SETTINGS: [&str; 17] = [
     "max_connections",
     "max_connections_per_address",
     "shutdown_drain",
+    "keep_alive",
 ];
 
 impl Settings {
@@ -125,6 +128,7 @@ impl Settings {
             self.max_connections_per_address,
         );
         set(&mut config.http.shutdown_drain, self.shutdown_drain);
+        set(&mut config.http.keep_alive, self.keep_alive);
         Ok(config)
     }
 }
@@ -359,6 +363,7 @@ mod tests {
             max_connections: Some(1),
             max_connections_per_address: Some(1),
             shutdown_drain: Some(Duration::from_secs(1)),
+            keep_alive: Some(Duration::from_secs(1)),
         };
         let value = serde_json::to_value(&all).unwrap();
         let mut names: Vec<&str> = value

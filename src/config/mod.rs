@@ -63,6 +63,8 @@ pub struct HttpLimits {
     /// Open connections from one address (trusted proxies excepted; default 256); past it
     /// a new connection from that address is closed at once.
     pub max_connections_per_address: usize,
+    /// How long an idle keep-alive connection stays open between requests (default 5 s).
+    pub keep_alive: Duration,
     /// After SIGTERM, how long the server keeps answering (readiness says 503 and every
     /// response closes its connection) before it stops accepting, so load balancers and
     /// keep-alive clients move away without losing a request (default 1 s).
@@ -90,6 +92,7 @@ impl Default for HttpLimits {
                 .clamp(16, Self::MAX_CONNECTIONS_CEILING),
             max_connections_per_address: 256,
             shutdown_drain: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(5),
         }
     }
 }

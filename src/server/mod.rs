@@ -147,6 +147,11 @@ impl Application {
         .workers(config.workers)
         .on_connect(move |connection, data| connections.on_connect(connection, data))
         .client_request_timeout(limits.request_timeout)
+        .keep_alive(if limits.keep_alive.is_zero() {
+            actix_web::http::KeepAlive::Disabled
+        } else {
+            actix_web::http::KeepAlive::Timeout(limits.keep_alive)
+        })
         // actix counts per worker.
         .max_connections((limits.max_connections / config.workers.max(1)).max(1))
         .disable_signals()
