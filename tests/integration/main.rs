@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod clients;
+mod deploy;
 mod extractor;
 mod fail_closed;
 mod faults;
