@@ -326,17 +326,26 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /readyz` (readiness): 200 when the server can issue tokens with its default
-/// algorithm; 503 with the reasons while it cannot (no usable active key for it, or a store
+/// algorithm and every algorithm a registered client uses; 503 with the reasons while it cannot (no usable active key for it, or a store
 /// change that cannot be read, during which no token is issued). The JWKS and discovery are
 /// served either way.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let published = state.published.load();
     let mut reasons = Vec::new();
-    let alg = published.signer.default_alg();
-    if !published.signer.supports(alg) {
-        reasons.push(format!(
-            "no usable active {alg} key (the default algorithm)"
-        ));
+    // The default algorithm, and every algorithm a registered client's tokens use.
+    let default = published.signer.default_alg();
+    let mut algs = state.clients.load().algorithms();
+    algs.retain(|a| *a != default);
+    algs.insert(0, default);
+    for alg in algs {
+        if !published.signer.supports(alg) {
+            let whose = if alg == default {
+                "the default algorithm"
+            } else {
+                "a registered client's algorithm"
+            };
+            reasons.push(format!("no usable active {alg} key ({whose})"));
+        }
     }
     if let Some(why) = state.unapplied_change() {
         reasons.push(why.to_owned());

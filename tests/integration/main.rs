@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod clients;
 mod config;
+mod deploy;
 mod extractor;
 mod fail_closed;
 mod faults;
