@@ -122,7 +122,16 @@ pub fn read_store_file(dir: &Path, name: &str, holds: Holds) -> Result<Option<Ve
         ),
         Holds::Records => (0o022, "a store file", "writable", 0o644),
     };
-    if mode & forbidden != 0 && !(holds == Holds::Records && sealed(&meta, &file)) {
+    let allowed = match holds {
+        // Nobody can write a sealed store, whatever the bits say.
+        Holds::Records => sealed(&meta, &file),
+        // A sealed secret may be readable by its group when that group is the server's:
+        // a Kubernetes Secret mounted for a non-root server (fsGroup) is root:group 0440.
+        Holds::Secrets => {
+            mode & forbidden == 0o040 && sealed(&meta, &file) && in_our_groups(meta.gid())
+        }
+    };
+    if mode & forbidden != 0 && !allowed {
         return Err(Unsafe::TooOpen {
             mode,
             what,
@@ -213,6 +222,12 @@ fn open_within(dir: &Path, path: &Path) -> Result<File, ReadError> {
 fn sealed(meta: &fs::Metadata, file: &File) -> bool {
     use std::os::unix::fs::MetadataExt;
     meta.uid() == 0 && read_only_fs(file)
+}
+
+/// Whether `gid` is the server's group or one of its supplementary groups.
+fn in_our_groups(gid: u32) -> bool {
+    rustix::process::getegid().as_raw() == gid
+        || rustix::process::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
 }
 
 /// Whether `file` lives on a read-only filesystem.

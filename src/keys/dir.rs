@@ -204,7 +204,14 @@ impl KeyBackend for KeysDir {
             )),
             // A missing dir is created 0700 by the first change; a read-only mount (a
             // Kubernetes Secret) cannot be changed and is served as it is.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                None
+            }
             Err(e) => Some(format!(
                 "keys dir {dir} is accessible by group or others and cannot be made 0700: {e}"
             )),

@@ -152,15 +152,12 @@ fn image_and_manifests_agree_on_port_keys_dir_and_security() {
         .iter()
         .find(|v| v["name"] == mount["name"])
         .expect("the mounted volume");
-    // The server refuses key files and clients.json that group or others may read, and
-    // fsGroup would add group read to a Secret's files.
+    // Secret files are root's, 0400 plus group read for the pod's fsGroup (0440): the
+    // server reads them as a non-root member of that group, on the read-only mount only.
     assert_eq!(volume["secret"]["defaultMode"].as_i64(), Some(0o400));
-    assert!(
-        pod["securityContext"]["fsGroup"].is_badvalue(),
-        "no fsGroup"
-    );
-    // Secret files are root's: only root (or their owner) may read them at 0400.
-    assert_eq!(pod["securityContext"]["runAsUser"].as_i64(), Some(0));
+    assert_eq!(pod["securityContext"]["runAsUser"].as_i64(), Some(65532));
+    assert_eq!(pod["securityContext"]["fsGroup"].as_i64(), Some(65532));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
 
     let security = &container["securityContext"];
     assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));

@@ -457,3 +457,96 @@ fn a_fifo_under_a_store_file_name_never_hangs_the_server() {
         server.token_response(&client, &[]).status == 200
     });
 }
+
+#[test]
+fn a_non_root_server_reads_a_kubernetes_secret_layout_and_nothing_looser() {
+    // A Secret volume for a non-root pod with fsGroup: a read-only mount, root-owned files
+    // of mode 0440 in the pod's group. Readable by that group only because nobody can
+    // write them; the same files on a writable filesystem are refused.
+    if euid() != 0 {
+        eprintln!("not root: cannot mount or change users; Secret layout untested");
+        return;
+    }
+    let (tmp, dir) = keys_dir_with_template();
+    let secret = add_client(&dir, "svc");
+    for name in [".lock", ".clients.lock"] {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    let group = 65532;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::os::unix::fs::chown(&path, Some(0), Some(group)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o440)).unwrap();
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    let mounted = tmp.path().join("secret");
+    fs::create_dir(&mounted).unwrap();
+    let mount = |args: &[&str]| {
+        std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let (src, dst) = (dir.to_str().unwrap(), mounted.to_str().unwrap());
+    if !mount(&["--bind", src, dst]) {
+        panic!("cannot bind-mount as root");
+    }
+    let unmount = scopeguard(dst);
+    assert!(mount(&["-o", "remount,bind,ro", dst]), "remount read-only");
+    let serve = |keys: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", "65532", "--regid", "65532", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_jwt-issuer"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])
+            .env("JWT_ISSUER_KEYS_DIR", keys)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Read-only and root:65532 0440: served, with no warning.
+    let mut child = serve(dst);
+    let url = listening_url(&mut child);
+    let client = TestClient::new("svc", &secret);
+    assert_eq!(client.token_response(&url, &[]).status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(unmount);
+    // The same files, writable underneath: refused at start.
+    let mut child = serve(src);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("too open"), "{err}");
+}
+
+/// Unmounts `path` when dropped.
+fn scopeguard(path: &str) -> impl Drop {
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    Unmount(path.to_owned())
+}
+
+/// Reads a serving child's stderr up to its "listening" line; the URL.
+fn listening_url(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("url=").nth(1) {
+            assert!(
+                !seen.iter().any(|l: &String| l.contains("WARN")),
+                "{seen:#?}"
+            );
+            return rest.split_whitespace().next().unwrap().to_owned();
+        }
+        seen.push(line);
+    }
+    panic!("the server did not start: {seen:#?}");
+}

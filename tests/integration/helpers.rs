@@ -412,7 +412,7 @@ impl TestClient {
 
     /// `grant_type=client_credentials` plus `params`, authenticated with Basic, to the
     /// token endpoint of the server at `url`.
-    fn token_response(&self, url: &str, params: &[(&str, &str)]) -> HttpResponse {
+    pub fn token_response(&self, url: &str, params: &[(&str, &str)]) -> HttpResponse {
         let mut body = String::from("grant_type=client_credentials");
         for (name, value) in params {
             body.push_str(&format!("&{}={}", form_encode(name), form_encode(value)));

@@ -362,6 +362,11 @@ impl ClientStore {
     /// # Errors
     /// As [`ClientStore::add`].
     pub fn init_if_missing(&self) -> Result<Option<ClientSecret>, ClientStoreError> {
+        // A registry that exists needs no lock to be left alone (and a read-only store, a
+        // Kubernetes Secret, cannot take one).
+        if self.backend.version().is_some() {
+            return Ok(None);
+        }
         self.update(|current| {
             if current.is_some() {
                 return Ok((None, None));
