@@ -1,13 +1,16 @@
 //! `jwt-issuer serve`.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
+use jwt_issuer::config::TlsFiles;
 use jwt_issuer::oauth::ClientStore;
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
 use jwt_issuer::secret::{ClientSecret, HmacSecret};
+use jwt_issuer::server::tls::TlsCertificate;
 use jwt_issuer::server::{Application, TOKEN_PATH, stop_on_signal};
 use jwt_issuer::{Config, ConfigError, Issuer, KeySet, KeyStore, SigningAlg};
 
@@ -17,12 +20,13 @@ use super::{Context, HMAC_SECRET_ENV, parse_seconds, parse_ttl};
 /// compute the same `iss`.
 #[derive(Debug, Args)]
 pub(super) struct IssuerArgs {
-    /// Address the server listens on; the default issuer is http:// + this address
+    /// Address the server listens on; the default issuer is http:// (serve --tls-cert:
+    /// https://) + this address
     #[arg(long, env = "JWT_ISSUER_BIND")]
     pub bind: Option<String>,
 
     /// Issuer URL: the `iss` of every token and the `issuer` of discovery
-    /// [default: http:// + the bind address]
+    /// [default: http:// (serve --tls-cert: https://) + the bind address]
     #[arg(long, env = "JWT_ISSUER_ISSUER", value_parser = Issuer::parse)]
     pub issuer: Option<Issuer>,
 }
@@ -83,6 +87,26 @@ pub(super) struct ServeArgs {
     /// each response) before stopping; 0 stops at once
     #[arg(long, env = "JWT_ISSUER_SHUTDOWN_DRAIN", value_parser = parse_seconds)]
     shutdown_drain: Option<Duration>,
+
+    /// Serve HTTPS (TLS 1.2/1.3, HTTP/2) with this PEM certificate chain, server's
+    /// certificate first; reread when it changes [default: none, plain HTTP]
+    #[arg(
+        long,
+        env = "JWT_ISSUER_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, SEC1 or PKCS#1), readable by the
+    /// server's user only
+    #[arg(
+        long,
+        env = "JWT_ISSUER_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -109,6 +133,13 @@ impl ServeArgs {
             self.max_connections_per_address,
         );
         overlay(&mut config.http.shutdown_drain, self.shutdown_drain);
+        // clap makes sure both or neither are given.
+        overlay(
+            &mut config.tls,
+            self.tls_cert
+                .zip(self.tls_key)
+                .map(|(cert, key)| Some(TlsFiles { cert, key })),
+        );
         config.trusted_proxies = self
             .trusted_proxies
             .iter()
@@ -118,8 +149,9 @@ impl ServeArgs {
         config.validate().map_err(explain)?;
         if config.issuer.is_none() && binds_every_interface(&config.bind) {
             bail!(
-                "--bind {} listens on every interface, so http://{} would be the issuer, which no client can reach: set --issuer (JWT_ISSUER_ISSUER) to the URL clients use",
+                "--bind {} listens on every interface, so {}://{} would be the issuer, which no client can reach: set --issuer (JWT_ISSUER_ISSUER) to the URL clients use",
                 config.bind,
+                config.scheme(),
                 config.bind
             );
         }
@@ -134,6 +166,11 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
     // Bind before touching the keys dir, so a bad address writes nothing.
     let listener = TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
+    // Checked before the keys dir is touched too: a first start that fails here must not
+    // register the demo client, whose secret would never be shown.
+    if let Some(files) = &config.tls {
+        TlsCertificate::load(files).context("cannot serve HTTPS")?;
+    }
     let store = context.key_store();
     if let Some(notice) = store.secure() {
         tracing::warn!("{notice}");
@@ -163,8 +200,9 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&config, listener, keys).context("cannot start")?;
         let stop = stop_on_signal(&app);
+        let url = format!("{}://{}", config.scheme(), app.addr());
         tracing::info!(
-            url = %format!("http://{}", app.addr()),
+            url = %url,
             issuer = %app.issuer(),
             alg = %config.alg,
             "listening"
@@ -173,7 +211,7 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
             tracing::warn!("{warning}");
         }
         if let Some(secret) = bootstrap {
-            print_bootstrap_client(&format!("http://{}{TOKEN_PATH}", app.addr()), &secret);
+            print_bootstrap_client(&format!("{url}{TOKEN_PATH}"), &secret);
         }
         actix_web::rt::spawn(stop);
         app.run_until_stopped().await.context("server failed")

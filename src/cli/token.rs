@@ -128,7 +128,11 @@ fn issue(context: &Context, args: IssueArgs) -> Result<()> {
     let defaulted = args.issuer.issuer.is_none();
     let issuer = match args.issuer.issuer {
         Some(issuer) => issuer,
-        None => Issuer::for_bind(&args.issuer.bind.unwrap_or(defaults.bind), None)?,
+        None => Issuer::for_bind(
+            jwt_issuer::issuer::Scheme::Http,
+            &args.issuer.bind.unwrap_or(defaults.bind),
+            None,
+        )?,
     };
     let alg = args.alg.unwrap_or(defaults.alg);
     // Refuse bad input before the keys dir is touched (it may generate keys).
