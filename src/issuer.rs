@@ -45,15 +45,19 @@ impl Issuer {
         }
     }
 
-    /// `http://` plus the bind address as written; a port 0 is replaced by the bound port
+    /// `scheme://` plus the bind address as written; a port 0 is replaced by the bound port
     /// when known, so a server and `token issue` with the same flags agree on the issuer.
     ///
     /// # Errors
     /// [`InvalidIssuer`] when the bind address makes no URL (`--bind ""`).
-    pub fn for_bind(bind: &str, bound: Option<SocketAddr>) -> Result<Self, InvalidIssuer> {
+    pub fn for_bind(
+        scheme: Scheme,
+        bind: &str,
+        bound: Option<SocketAddr>,
+    ) -> Result<Self, InvalidIssuer> {
         match bound {
-            Some(addr) if bind.ends_with(":0") => Self::parse(&format!("http://{addr}")),
-            _ => Self::parse(&format!("http://{bind}")),
+            Some(addr) if bind.ends_with(":0") => Self::parse(&format!("{scheme}://{addr}")),
+            _ => Self::parse(&format!("{scheme}://{bind}")),
         }
     }
 
@@ -75,6 +79,32 @@ fn requirement(issuer: &str) -> String {
     match Issuer::parse(&format!("https://{issuer}")) {
         Ok(url) if !issuer.contains("://") => format!("e.g. \"{url}\""),
         _ => "with a host and without query, fragment or spaces".to_owned(),
+    }
+}
+
+/// How the server is reached: plain HTTP, or HTTPS when it terminates TLS itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scheme {
+    /// `http` (the default).
+    #[default]
+    Http,
+    /// `https`.
+    Https,
+}
+
+impl Scheme {
+    /// `"http"` or `"https"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -152,13 +182,17 @@ mod tests {
     #[test]
     fn default_issuer_follows_the_bind_address() {
         let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
-        let of = |bind| Issuer::for_bind(bind, Some(bound)).unwrap();
+        let of = |bind| Issuer::for_bind(Scheme::Http, bind, Some(bound)).unwrap();
         assert_eq!(of("127.0.0.1:8080").as_str(), "http://127.0.0.1:8080");
         assert_eq!(of("127.0.0.1:0").as_str(), "http://127.0.0.1:41234");
         assert_eq!(
-            Issuer::for_bind("127.0.0.1:0", None).unwrap().as_str(),
+            Issuer::for_bind(Scheme::Http, "127.0.0.1:0", None)
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:0"
         );
+        let tls = Issuer::for_bind(Scheme::Https, "127.0.0.1:0", Some(bound)).unwrap();
+        assert_eq!(tls.as_str(), "https://127.0.0.1:41234");
     }
 
     #[test]

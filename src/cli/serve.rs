@@ -1,6 +1,7 @@
 //! `jwt-issuer serve`.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -9,6 +10,7 @@ use jwt_issuer::config::Settings;
 use jwt_issuer::oauth::ClientStore;
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
 use jwt_issuer::secret::{ClientSecret, HmacSecret};
+use jwt_issuer::server::tls::TlsCertificate;
 use jwt_issuer::server::{Application, TOKEN_PATH, stop_on_signal};
 use jwt_issuer::{Config, ConfigError, Issuer, KeySet, KeyStore, SigningAlg};
 
@@ -18,13 +20,13 @@ use super::{Context, HMAC_SECRET_ENV, parse_seconds, parse_ttl};
 /// compute the same `iss`.
 #[derive(Debug, Args)]
 pub(super) struct IssuerArgs {
-    /// Address the server listens on, with its port; the default issuer is http:// + this
-    /// address
+    /// Address the server listens on, with its port; the default issuer is http:// (https://
+    /// when serving TLS) + this address
     #[arg(long, env = "JWT_ISSUER_BIND", value_name = "HOST:PORT")]
     pub bind: Option<String>,
 
     /// Issuer URL: the `iss` of every token and the `issuer` of discovery
-    /// [default: http:// + the bind address]
+    /// [default: http:// (https:// when serving TLS) + the bind address]
     #[arg(long, env = "JWT_ISSUER_ISSUER", value_name = "URL", value_parser = Issuer::parse)]
     pub issuer: Option<Issuer>,
 }
@@ -90,6 +92,26 @@ pub(super) struct ServeArgs {
     /// each response
     #[arg(long, env = "JWT_ISSUER_KEEP_ALIVE", value_parser = parse_seconds)]
     keep_alive: Option<Duration>,
+
+    /// Serve HTTPS (TLS 1.2/1.3, HTTP/2) with this PEM certificate chain, server's
+    /// certificate first; reread when it changes [default: none, plain HTTP]
+    #[arg(
+        long,
+        env = "JWT_ISSUER_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, SEC1 or PKCS#1), readable by the
+    /// server's user only
+    #[arg(
+        long,
+        env = "JWT_ISSUER_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -122,6 +144,12 @@ impl ServeArgs {
         if on_line("trusted_proxies") {
             flags.trusted_proxies = Some(self.trusted_proxies.clone());
         }
+        if on_line("tls_cert") {
+            flags.tls_cert.clone_from(&self.tls_cert);
+        }
+        if on_line("tls_key") {
+            flags.tls_key.clone_from(&self.tls_key);
+        }
     }
 }
 
@@ -145,8 +173,9 @@ pub(super) fn server_config(context: &Context) -> Result<Config> {
     config.validate().map_err(explain)?;
     if config.issuer.is_none() && binds_every_interface(&config.bind) {
         bail!(
-            "--bind {} listens on every interface, so http://{} would be the issuer, which no client can reach: set --issuer (JWT_ISSUER_ISSUER) to the URL clients use",
+            "--bind {} listens on every interface, so {}://{} would be the issuer, which no client can reach: set --issuer (JWT_ISSUER_ISSUER) to the URL clients use",
             config.bind,
+            config.scheme(),
             config.bind
         );
     }
@@ -160,6 +189,11 @@ pub(super) fn run(context: &Context) -> Result<()> {
     // Bind before touching the keys dir, so a bad address writes nothing.
     let listener = TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
+    // Checked before the keys dir is touched too: a first start that fails here must not
+    // register the demo client, whose secret would never be shown.
+    if let Some(files) = &config.tls {
+        TlsCertificate::load(files).context("cannot serve HTTPS")?;
+    }
     let store = context.key_store();
     if let Some(notice) = store.secure() {
         tracing::warn!("{notice}");
@@ -189,8 +223,9 @@ pub(super) fn run(context: &Context) -> Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&config, listener, keys).context("cannot start")?;
         let stop = stop_on_signal(&app);
+        let url = format!("{}://{}", config.scheme(), app.addr());
         tracing::info!(
-            url = %format!("http://{}", app.addr()),
+            url = %url,
             issuer = %app.issuer(),
             alg = %config.alg,
             "listening"
@@ -199,7 +234,7 @@ pub(super) fn run(context: &Context) -> Result<()> {
             tracing::warn!("{warning}");
         }
         if let Some(secret) = bootstrap {
-            print_bootstrap_client(&format!("http://{}{TOKEN_PATH}", app.addr()), &secret);
+            print_bootstrap_client(&format!("{url}{TOKEN_PATH}"), &secret);
         }
         actix_web::rt::spawn(stop);
         app.run_until_stopped().await.context("server failed")

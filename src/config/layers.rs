@@ -60,10 +60,14 @@ pub struct Settings {
     pub shutdown_drain: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
     pub keep_alive: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The name of every setting, as in the file (the variable is [`ENV_PREFIX`] + upper case).
-pub const SETTINGS: [&str; 18] = [
+pub const SETTINGS: [&str; 20] = [
     "keys_dir",
     "jwks_max_age",
     "max_token_ttl",
@@ -82,6 +86,8 @@ pub const SETTINGS: [&str; 18] = [
     "max_connections_per_address",
     "shutdown_drain",
     "keep_alive",
+    "tls_cert",
+    "tls_key",
 ];
 
 impl Settings {
@@ -129,6 +135,22 @@ impl Settings {
         );
         set(&mut config.http.shutdown_drain, self.shutdown_drain);
         set(&mut config.http.keep_alive, self.keep_alive);
+        match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => config.tls = Some(super::TlsFiles { cert, key }),
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "needs tls_key (the certificate's private key) too".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls_key",
+                    "needs tls_cert (its certificate chain) too".into(),
+                ));
+            }
+        }
         Ok(config)
     }
 }
@@ -364,6 +386,8 @@ mod tests {
             max_connections_per_address: Some(1),
             shutdown_drain: Some(Duration::from_secs(1)),
             keep_alive: Some(Duration::from_secs(1)),
+            tls_cert: Some("c".into()),
+            tls_key: Some("k".into()),
         };
         let value = serde_json::to_value(&all).unwrap();
         let mut names: Vec<&str> = value

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::issuer::Scheme;
 use crate::keys::RotationPolicy;
 use crate::oauth::{AuthLimits, DEFAULT_TOKEN_TTL};
 use crate::secret::HmacSecret;
@@ -25,7 +26,8 @@ pub struct Config {
     pub keys_dir: PathBuf,
     /// Listen address (default `127.0.0.1:8080`).
     pub bind: String,
-    /// `iss` of every token and `issuer` of discovery (default: `http://` + bind address).
+    /// `iss` of every token and `issuer` of discovery (default: `http://` + bind address,
+    /// `https://` with [`Config::tls`]).
     pub issuer: Option<Issuer>,
     /// Algorithm of tokens that do not ask for one (default ES256).
     pub alg: SigningAlg,
@@ -47,6 +49,19 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Connection and request limits of the HTTP server.
     pub http: HttpLimits,
+    /// Serve HTTPS with this certificate and key (default: none, plain HTTP).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files the server serves HTTPS with; read at start, then again whenever they
+/// change (see `server::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, SEC1 or PKCS#1), under the rules of the key store's files:
+    /// not readable by group or others, owned by the server's user or root.
+    pub key: PathBuf,
 }
 
 /// What one client, or all of them, may hold of the HTTP server: the bounds that keep file
@@ -164,6 +179,7 @@ impl Default for Config {
             auth_limits: AuthLimits::default(),
             trusted_proxies: Vec::new(),
             http: HttpLimits::default(),
+            tls: None,
         }
     }
 }
@@ -245,16 +261,25 @@ impl Config {
         Ok(())
     }
 
-    /// The issuer once the listener is bound: the configured one, else `http://` plus the
-    /// bind address as written (the bound address when the port was 0), so that
-    /// `token issue` with the same settings computes the same value.
+    /// The issuer once the listener is bound: the configured one, else the server's
+    /// [`scheme`](Config::scheme) plus the bind address as written (the bound address when
+    /// the port was 0), so that `token issue` with the same settings computes the same value.
     ///
     /// # Errors
     /// A bind address that makes no URL.
     pub fn issuer_for(&self, bound: Option<SocketAddr>) -> Result<Issuer, InvalidIssuer> {
         match &self.issuer {
             Some(issuer) => Ok(issuer.clone()),
-            None => Issuer::for_bind(&self.bind, bound),
+            None => Issuer::for_bind(self.scheme(), &self.bind, bound),
+        }
+    }
+
+    /// `https` when the server terminates TLS itself, else `http`.
+    pub fn scheme(&self) -> Scheme {
+        if self.tls.is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
         }
     }
 }
@@ -266,6 +291,33 @@ mod tests {
     #[test]
     fn the_defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_default_issuer_is_https_with_tls() {
+        let bound = "127.0.0.1:41234".parse().ok();
+        let mut config = Config {
+            bind: "127.0.0.1:0".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.issuer_for(bound).unwrap().as_str(),
+            "http://127.0.0.1:41234"
+        );
+        config.tls = Some(TlsFiles {
+            cert: "tls.crt".into(),
+            key: "tls.key".into(),
+        });
+        assert_eq!(
+            config.issuer_for(bound).unwrap().as_str(),
+            "https://127.0.0.1:41234"
+        );
+        config.issuer = Some(Issuer::parse("http://proxied.example").unwrap());
+        assert_eq!(
+            config.issuer_for(bound).unwrap().as_str(),
+            "http://proxied.example",
+            "a configured issuer is kept as written"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use actix_web::dev::Extensions;
+use actix_web::rt::net::TcpStream;
 
 use super::Metrics;
 
@@ -68,7 +69,7 @@ impl ConnectionCounter {
 
     /// The `on_connect` hook: admits the connection or shuts it down at once.
     pub fn on_connect(self: &Arc<Self>, connection: &dyn Any, data: &mut Extensions) {
-        let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        let Some(stream) = tcp_stream(connection) else {
             // A transport this hook does not know: say so once rather than cap nothing
             // silently.
             static WARNED: std::sync::Once = std::sync::Once::new();
@@ -91,6 +92,17 @@ impl ConnectionCounter {
             }
         }
     }
+}
+
+/// The TCP connection under a plain or a TLS connection. Over TLS, actix calls the hook
+/// once the handshake is done (its time bounded by actix's TLS handshake timeout).
+fn tcp_stream(connection: &dyn Any) -> Option<&TcpStream> {
+    if let Some(plain) = connection.downcast_ref::<TcpStream>() {
+        return Some(plain);
+    }
+    connection
+        .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
+        .map(|tls| tls.get_ref().0)
 }
 
 impl Drop for Admitted {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod jwks;
 pub mod metrics;
 pub mod state;
+pub mod tls;
 pub mod token;
 
 use std::io;
@@ -50,6 +51,9 @@ pub enum ServerError {
     /// Metrics registration failed.
     #[error("cannot register metrics")]
     Metrics(#[from] prometheus::Error),
+    /// The TLS certificate and key cannot be used.
+    #[error("cannot serve HTTPS")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A built server bound to its listener, not yet running.
@@ -63,15 +67,21 @@ pub struct Application {
 
 impl Application {
     /// Builds the server on an already bound listener (so tests bind 127.0.0.1:0 and
-    /// read the port). Must be called inside an actix system.
+    /// read the port). Must be called inside an actix system. With [`Config::tls`] it
+    /// serves HTTPS only, and follows changes of the certificate and key files.
     ///
     /// # Errors
-    /// See [`ServerError`]; a key that fails the signing self-check stops the start here.
+    /// See [`ServerError`]; a key that fails the signing self-check, or a TLS pair that
+    /// cannot be used, stops the start here.
     pub fn build(
         config: &Config,
         listener: TcpListener,
         keys: KeySet,
     ) -> Result<Self, ServerError> {
+        let tls = match &config.tls {
+            Some(files) => Some(tls::TlsCertificate::load(files)?),
+            None => None,
+        };
         let addr = listener.local_addr()?;
         let issuer = config.issuer_for(Some(addr))?;
         let state = web::Data::new(AppState::from_config(config, issuer.clone(), keys)?);
@@ -155,8 +165,15 @@ impl Application {
         // actix counts per worker.
         .max_connections((limits.max_connections / config.workers.max(1)).max(1))
         .disable_signals()
-        .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
-        .listen(listener)?
+        .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs());
+        let server = match &tls {
+            Some(certificate) => {
+                let tls_config = certificate.server_config()?;
+                certificate.watch();
+                server.listen_rustls_0_23(listener, tls_config)?
+            }
+            None => server.listen(listener)?,
+        }
         .run();
         Ok(Self {
             server,

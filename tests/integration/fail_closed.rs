@@ -129,8 +129,10 @@ fn a_failed_read_without_a_change_keeps_serving_the_current_keys() {
         &[],
         &[("JWT_ISSUER_READ_FAULT_IF", flag.to_str().unwrap())],
     );
-    // A first reload records the version served (the start leaves it unknown, so a
-    // change made during the start is never taken for seen).
+    // The first tick's reload records the version served (the start leaves it unknown,
+    // so a change made during the start is never taken for seen); it has run once two
+    // ticks have passed.
+    std::thread::sleep(jwt_issuer::server::RELOAD_INTERVAL * 2);
     let mut log = Vec::new();
     server.read_log_to_now(&mut log);
     fs::write(&flag, b"").unwrap();

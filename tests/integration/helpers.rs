@@ -332,7 +332,9 @@ impl TestApp {
             (app.handle(), app.run_until_stopped())
         });
         Self {
-            url: server.url.clone(),
+            // https:// when the config has TLS (the helpers' plain HTTP client cannot
+            // speak it: tests/integration/tls.rs brings its own).
+            url: format!("{}://{}", config.scheme(), server.addr),
             issuer: config
                 .issuer_for(Some(server.addr))
                 .expect("issuer")

@@ -22,6 +22,7 @@ mod operator_cli;
 mod readme;
 mod rotation;
 mod secrets;
+mod tls;
 mod token;
 mod token_endpoint;
 mod verify;
