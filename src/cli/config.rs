@@ -63,6 +63,11 @@ fn check(context: &Context) -> Result<()> {
             "max_connections" => config.http.max_connections.to_string(),
             "max_connections_per_address" => config.http.max_connections_per_address.to_string(),
             "shutdown_drain" => secs(config.http.shutdown_drain),
+            "log_format" => config.log_format.to_string(),
+            "audit_log" => config
+                .audit_log
+                .as_ref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string()),
             _ => "?".into(),
         }
     };

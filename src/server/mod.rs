@@ -7,6 +7,7 @@ pub mod documents;
 pub mod error;
 pub mod jwks;
 pub mod metrics;
+pub mod request_log;
 pub mod state;
 pub mod token;
 
@@ -24,6 +25,7 @@ pub use metrics::Metrics;
 
 pub use state::{AppState, Published};
 
+use crate::audit::{AuditLog, AuditOpenError};
 use crate::oauth::ClientStoreError;
 use crate::{Config, InvalidIssuer, Issuer, KeySet, SignError};
 
@@ -50,6 +52,9 @@ pub enum ServerError {
     /// Metrics registration failed.
     #[error("cannot register metrics")]
     Metrics(#[from] prometheus::Error),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditOpenError),
 }
 
 /// A built server bound to its listener, not yet running.
@@ -63,7 +68,8 @@ pub struct Application {
 
 impl Application {
     /// Builds the server on an already bound listener (so tests bind 127.0.0.1:0 and
-    /// read the port). Must be called inside an actix system.
+    /// read the port), opening the audit log the config names. Must be called inside an
+    /// actix system.
     ///
     /// # Errors
     /// See [`ServerError`]; a key that fails the signing self-check stops the start here.
@@ -72,9 +78,25 @@ impl Application {
         listener: TcpListener,
         keys: KeySet,
     ) -> Result<Self, ServerError> {
+        let audit = AuditLog::open_if(config.audit_log.as_deref())?;
+        Self::build_with_audit(config, listener, keys, audit)
+    }
+
+    /// As [`Application::build`], recording into an audit log already open (the CLI opens
+    /// it before the keys, so that the keys of a first start are recorded too).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub fn build_with_audit(
+        config: &Config,
+        listener: TcpListener,
+        keys: KeySet,
+        audit: AuditLog,
+    ) -> Result<Self, ServerError> {
         let addr = listener.local_addr()?;
         let issuer = config.issuer_for(Some(addr))?;
-        let state = web::Data::new(AppState::from_config(config, issuer.clone(), keys)?);
+        let state =
+            web::Data::new(AppState::from_config(config, issuer.clone(), keys)?.with_audit(audit));
         let background = state.clone();
         let app_state = state.clone();
         let limits = config.http;
@@ -140,6 +162,9 @@ impl Application {
                         Ok(res)
                     }
                 })
+                // Outermost: its latency covers the whole request, its line shows the
+                // final response.
+                .wrap(request_log::RequestLog)
                 .configure(routes)
         })
         .workers(config.workers)
