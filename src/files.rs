@@ -73,6 +73,16 @@ pub enum Unsafe {
     /// Not a regular file (a directory, a device, a fifo).
     #[error("{0}: not a regular file")]
     NotAFile(String),
+    /// A symbolic link where a file is only ever opened itself (the audit log).
+    #[error(
+        "{path}: a symbolic link (to {target}); it is never followed, so nobody who can change the link can redirect the writes (fix: name the file itself)"
+    )]
+    Link {
+        /// The link.
+        path: String,
+        /// Where it leads.
+        target: String,
+    },
 }
 
 /// A store file could not be read: the OS error, or a rule it breaks.
@@ -291,11 +301,63 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], replace: bool) -> i
 /// disk under a running process and empty it again.
 const DISK_FULL_ENV: &str = "JWT_ISSUER_DISK_FULL_IF";
 
-fn inject_disk_full() -> io::Result<()> {
+pub(crate) fn inject_disk_full() -> io::Result<()> {
     match std::env::var_os(DISK_FULL_ENV) {
         Some(flag) if Path::new(&flag).exists() => Err(io::Error::from(rustix::io::Errno::NOSPC)),
         _ => Ok(()),
     }
+}
+
+/// Opens `path` for appending (`O_APPEND`), creating it with mode 0600 when missing, under
+/// the store rules: its directory and the file owned by this user or root and writable by
+/// nobody else, the file a regular file and never a symbolic link. Group and others may
+/// read it (a log shipper may need to), never write it.
+///
+/// # Errors
+/// The OS error, or the rule the file or its directory breaks.
+pub fn open_append(path: &Path) -> Result<File, ReadError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    check_dir(dir)?;
+    let file = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        // A fifo under the name must not hang the open (the type is checked next).
+        .custom_flags(no_follow() | non_blocking())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                let target = fs::read_link(path)
+                    .map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
+                ReadError::Unsafe(Unsafe::Link {
+                    path: path.display().to_string(),
+                    target,
+                })
+            } else {
+                ReadError::Io(e)
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Unsafe::NotAFile(path.display().to_string()).into());
+    }
+    check_owner(meta.uid(), path)?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(Unsafe::TooOpen {
+            mode,
+            what: "an append-only log",
+            access: "writable",
+            fix: 0o600,
+            path: path.display().to_string(),
+        }
+        .into());
+    }
+    Ok(file)
 }
 
 /// How long a change waits for another process's change to finish before giving up.

@@ -23,6 +23,8 @@ mod time;
 pub mod verify;
 
 #[cfg(feature = "issuer")]
+pub mod audit;
+#[cfg(feature = "issuer")]
 pub mod bench;
 #[cfg(feature = "issuer")]
 pub mod config;

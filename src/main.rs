@@ -12,8 +12,7 @@ fn main() -> ExitCode {
         // for a process ended by SIGPIPE, as Unix tools do.
         Err(err) if cli::is_broken_pipe(&err) => ExitCode::from(141),
         Err(err) => {
-            // `{:#}` joins the context chain into one line: "what failed: why".
-            eprintln!("error: {err:#}");
+            cli::print_error(&err);
             ExitCode::FAILURE
         }
     }

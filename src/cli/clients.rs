@@ -9,7 +9,7 @@ use jwt_issuer::oauth::{ClientStore, NewClient};
 use jwt_issuer::secret::HmacSecret;
 use serde_json::Value;
 
-use super::{Context, HMAC_SECRET_ENV, check_max_ttl, parse_ttl};
+use super::{Context, HMAC_SECRET_ENV, Note, check_max_ttl, parse_ttl};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ClientsCommand {
@@ -82,15 +82,18 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
             if hs256_without_secret {
                 // The server's environment may differ from this shell's; say what happens
                 // if it has no secret either.
-                eprintln!(
-                    "warning: no {HMAC_SECRET_ENV} or {HMAC_SECRET_ENV}_FILE here: a server without one skips this client (HS256 signs with that shared secret)"
+                super::note(
+                    Note::Warning,
+                    &format!(
+                        "no {HMAC_SECRET_ENV} or {HMAC_SECRET_ENV}_FILE here: a server without one skips this client (HS256 signs with that shared secret)"
+                    ),
                 );
             }
         }
         ClientsCommand::List { json } => {
             let registry = store.load().context("cannot load clients")?;
             for skipped in registry.skipped() {
-                eprintln!("warning: {skipped}");
+                super::note(Note::Warning, &skipped.to_string());
             }
             let clients = registry.clients();
             if json {
@@ -106,7 +109,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                     .collect();
                 outln!("{}", serde_json::to_string_pretty(&listed)?);
             } else if clients.is_empty() {
-                eprintln!("no clients in {}", store.describe());
+                super::note(Note::Info, &format!("no clients in {}", store.describe()));
             } else {
                 outln!(
                     "{:<24}  {:<5}  {:<6}  {:<24}  SCOPES",
@@ -131,7 +134,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
         }
         ClientsCommand::Remove { id } => {
             store.remove(&id).context("cannot remove client")?;
-            eprintln!("removed client {id:?}");
+            super::note(Note::Info, &format!("removed client {id:?}"));
         }
         ClientsCommand::RotateSecret { id } => {
             let secret = store.rotate_secret(&id).context("cannot rotate secret")?;

@@ -72,6 +72,11 @@ fn check(context: &Context) -> Result<()> {
                 .tls
                 .as_ref()
                 .map_or_else(|| "none".into(), |t| t.key.display().to_string()),
+            "log_format" => config.log_format.to_string(),
+            "audit_log" => config
+                .audit_log
+                .as_ref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string()),
             _ => "?".into(),
         }
     };

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
+use jwt_issuer::audit::{AuditLog, KeyChangeBy};
 use jwt_issuer::keys::lifecycle::rfc3339;
 use jwt_issuer::keys::{DEFAULT_RSA_BITS, KeyState, KeyStoreError, LifecycleError};
 use jwt_issuer::report::Report;
@@ -58,10 +59,25 @@ pub(super) enum KeysCommand {
 }
 
 pub(super) fn run(context: &Context, command: KeysCommand) -> Result<()> {
+    // Commands that change keys record each change in the audit log, opened first so an
+    // unusable file stops them before they change anything.
+    let audit = match &command {
+        KeysCommand::List { .. } => AuditLog::disabled(),
+        _ => context.audit_log()?,
+    };
+    let result = run_command(context, command, &audit);
+    let closed = audit
+        .close()
+        .map_err(|e| anyhow::anyhow!("{e}; the key store did change"));
+    result.and(closed)
+}
+
+fn run_command(context: &Context, command: KeysCommand, audit: &AuditLog) -> Result<()> {
     let store = match &command {
         KeysCommand::Generate { .. } | KeysCommand::Import { .. } => context.key_store(),
         _ => context.existing_store()?,
-    };
+    }
+    .on_change(audit.key_observer(KeyChangeBy::Cli));
     match command {
         KeysCommand::List { json } => list(context, json),
         KeysCommand::Generate { alg, bits } => {
@@ -96,7 +112,7 @@ pub(super) fn run(context: &Context, command: KeysCommand) -> Result<()> {
             );
             Ok(())
         }
-        KeysCommand::Rotate { alg, now } => rotate(context, alg, now),
+        KeysCommand::Rotate { alg, now } => rotate(&store, alg, now),
         KeysCommand::Revoke { kid } => {
             let successor = store.revoke(&kid).context("cannot revoke key")?;
             outln!("revoked {kid}: removed from the JWKS and deleted");
@@ -160,8 +176,7 @@ fn rotation_hint(err: KeyStoreError, rerun: Option<&str>) -> anyhow::Error {
     anyhow::anyhow!("{}. {hint}", Report(&err))
 }
 
-fn rotate(context: &Context, alg: Option<SigningAlg>, now: bool) -> Result<()> {
-    let store = context.existing_store()?;
+fn rotate(store: &jwt_issuer::KeyStore, alg: Option<SigningAlg>, now: bool) -> Result<()> {
     let algs = match alg {
         Some(alg) => vec![alg],
         None => {

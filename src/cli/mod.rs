@@ -29,7 +29,8 @@ use clap::builder::StyledStr;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use jwt_issuer::config::{Layers, Settings};
+use jwt_issuer::audit::AuditLog;
+use jwt_issuer::config::{Layers, LogFormat, Settings};
 use jwt_issuer::keys::RotationPolicy;
 use jwt_issuer::ttl::{TOKEN_TTL_CEILING, check_ttl};
 use jwt_issuer::{Config, KeyStore};
@@ -57,8 +58,29 @@ pub struct Cli {
     #[command(flatten)]
     timing: TimingArgs,
 
+    #[command(flatten)]
+    logs: LogArgs,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// The `--help` heading of the log and audit settings.
+const LOGS_HEADING: &str = "Logs and audit";
+
+/// Where and how every command logs, and the audit log of tokens and key changes.
+#[derive(Debug, Args)]
+struct LogArgs {
+    /// Log format on stderr, for every command: text (human-readable) or json (one object
+    /// per line: timestamp, level, target, message, then the event's fields)
+    #[arg(long, env = "JWT_ISSUER_LOG_FORMAT", value_name = "FORMAT", value_parser = parse_log_format, global = true, help_heading = LOGS_HEADING)]
+    log_format: Option<LogFormat>,
+
+    /// Append one JSON line per issued or refused token (serve) and per key change (serve,
+    /// keys generate|import|rotate|revoke) to this file, created 0600; tokens are refused
+    /// (503) while it cannot be written [default: none]
+    #[arg(long, env = "JWT_ISSUER_AUDIT_LOG", value_name = "PATH", global = true, help_heading = LOGS_HEADING)]
+    audit_log: Option<PathBuf>,
 }
 
 /// The settings the key lifecycle's timing follows. Every process that serves or changes
@@ -118,6 +140,17 @@ impl Context {
     /// create one through it.
     fn key_store(&self) -> KeyStore {
         KeyStore::with_policy(&self.keys_dir, self.policy)
+    }
+
+    /// The audit log the settings name (disabled without `--audit-log`), opened now so a
+    /// file that cannot be used stops the command before it changes anything.
+    fn audit_log(&self) -> Result<AuditLog> {
+        AuditLog::open_if(self.config.audit_log.as_deref()).map_err(|e| {
+            anyhow::anyhow!(
+                "{} (--audit-log, JWT_ISSUER_AUDIT_LOG)",
+                jwt_issuer::report::Report(&e)
+            )
+        })
     }
 
     /// The key store, refused when it holds no key: a command run in the wrong directory
@@ -264,7 +297,6 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
         Command::Token(token::TokenCommand::Verify(_)) => "error",
         _ => "warn",
     };
-    let _log_guard = init_logging(default_level);
     let mut flags = Settings::default();
     let on_line = |id: &str| given.contains(id);
     if on_line("keys_dir") {
@@ -279,6 +311,12 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
     if on_line("rotation_leeway") {
         flags.rotation_leeway = cli.timing.rotation_leeway;
     }
+    if on_line("log_format") {
+        flags.log_format = cli.logs.log_format.map(|f| f.to_string());
+    }
+    if on_line("audit_log") {
+        flags.audit_log.clone_from(&cli.logs.audit_log);
+    }
     match &cli.command {
         Command::Serve(args) => args.flags(&mut flags, &on_line),
         Command::Token(token::TokenCommand::Issue(args)) => args.flags(&mut flags, &on_line),
@@ -289,6 +327,9 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
         .settings()
         .and_then(|settings| settings.apply(Config::default()))
         .map_err(serve::explain)?;
+    // The settings are read before logging starts, since they say how to log; nothing
+    // above logs, and their errors are one line that main prints.
+    let _log_guard = init_logging(default_level, config.log_format);
     let context = Context {
         keys_dir: config.keys_dir.clone(),
         policy: config.policy,
@@ -328,6 +369,7 @@ fn defaults() -> Vec<(&'static str, String)> {
         ),
         ("shutdown_drain", human(d.http.shutdown_drain)),
         ("keep_alive", human(d.http.keep_alive)),
+        ("log_format", d.log_format.to_string()),
     ]
 }
 
@@ -371,7 +413,13 @@ fn with_defaults_in_help(cmd: clap::Command) -> clap::Command {
 /// Logs go to stderr through a writer thread: request threads only format a line and
 /// hand it over, and lines written together share one write. Nothing is dropped (a full
 /// buffer makes the logging thread wait). Keep the guard until exit: dropping it flushes.
-fn init_logging(default_level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+///
+/// JSON: one object per line, `timestamp` (RFC 3339 UTC), `level`, the event's fields
+/// flattened (`message` first), `target`; no span context (the server opens no spans).
+fn init_logging(
+    default_level: &str,
+    format: LogFormat,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JWT_ISSUER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -380,12 +428,107 @@ fn init_logging(default_level: &str) -> tracing_appender::non_blocking::WorkerGu
         // thousand lines wait for the writer instead.
         .buffered_lines_limit(4096)
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+    let _ = LOG_FORMAT.set(format);
     guard
+}
+
+/// The log format this run chose, once logging has started (main prints the final error
+/// in it).
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Prints a command's error on stderr, on one line: `error: what failed: why`, or in
+/// `--log-format json` one JSON object with the log's fields.
+pub fn print_error(err: &anyhow::Error) {
+    // `{:#}` joins the context chain into one line: "what failed: why".
+    let message = format!("{err:#}");
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        eprintln!(
+            "{}",
+            json_line("ERROR", "jwt_issuer", &message, serde_json::Map::new())
+        );
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
+/// What a note to the operator is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Note {
+    /// Something to know (`removed client "a"`).
+    Info,
+    /// Something likely wrong (`warning: ...`).
+    Warning,
+}
+
+/// Prints a note for the operator on stderr beside the command's output: `warning: ...`
+/// or the text alone, or with `--log-format json` one line in the log's shape.
+fn note(kind: Note, message: &str) {
+    if logs_json() {
+        let level = match kind {
+            Note::Info => "INFO",
+            Note::Warning => "WARN",
+        };
+        eprintln!(
+            "{}",
+            json_line(level, "jwt_issuer", message, serde_json::Map::new())
+        );
+    } else if kind == Note::Warning {
+        eprintln!("warning: {message}");
+    } else {
+        eprintln!("{message}");
+    }
+}
+
+/// True when this run logs JSON.
+fn logs_json() -> bool {
+    LOG_FORMAT.get() == Some(&LogFormat::Json)
+}
+
+/// A line in the JSON log's shape, for what is printed beside the log (the final error, the
+/// first-start banner): `timestamp`, `level`, `message`, `fields`..., `target`.
+fn json_line(
+    level: &str,
+    target: &str,
+    message: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        timestamp: String,
+        level: &'a str,
+        message: &'a str,
+        #[serde(flatten)]
+        fields: serde_json::Map<String, serde_json::Value>,
+        target: &'a str,
+    }
+    let line = Line {
+        timestamp: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        level,
+        message,
+        fields,
+        target,
+    };
+    // Strings and a map of JSON values always serialize.
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// `--log-format`: text or json.
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
 }
 
 /// A duration flag: whole seconds, or a number with a unit (`15m`, `24h`, `1h 30m`). The

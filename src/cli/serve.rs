@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
+use jwt_issuer::audit::KeyChangeBy;
 use jwt_issuer::config::Settings;
 use jwt_issuer::oauth::ClientStore;
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
@@ -194,7 +195,28 @@ pub(super) fn run(context: &Context) -> Result<()> {
     if let Some(files) = &config.tls {
         TlsCertificate::load(files).context("cannot serve HTTPS")?;
     }
-    let store = context.key_store();
+    // Opened before the keys are touched: the keys a first start generates are audited.
+    let audit = context.audit_log()?;
+    let result = serve(context, config, listener, &audit);
+    // Every queued line on disk before the process ends, whatever happened. Lost lines
+    // were logged as they were lost (and their tokens refused): said once more, not an
+    // exit status of a server that stopped as asked.
+    if let Err(err) = audit.close() {
+        tracing::error!("{err}");
+    }
+    result
+}
+
+/// Loads the keys and serves until stopped.
+fn serve(
+    context: &Context,
+    config: Config,
+    listener: TcpListener,
+    audit: &jwt_issuer::audit::AuditLog,
+) -> Result<()> {
+    let store = context
+        .key_store()
+        .on_change(audit.key_observer(KeyChangeBy::Server));
     if let Some(notice) = store.secure() {
         tracing::warn!("{notice}");
     }
@@ -220,8 +242,10 @@ pub(super) fn run(context: &Context) -> Result<()> {
     } else {
         None
     };
+    let served = audit.clone();
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(&config, listener, keys).context("cannot start")?;
+        let app = Application::build_with_audit(&config, listener, keys, served)
+            .context("cannot start")?;
         let stop = stop_on_signal(&app);
         let url = format!("{}://{}", config.scheme(), app.addr());
         tracing::info!(
@@ -344,9 +368,24 @@ pub(super) fn explain(err: ConfigError) -> anyhow::Error {
     anyhow!("{err} (set by --{flag}, JWT_ISSUER_{var} or `{setting}` in the config file)")
 }
 
-/// Shown once, on the first start: how to get a token right away.
+/// Shown once, on the first start: how to get a token right away. With `--log-format
+/// json`, one JSON line in the log's shape, so that every line on stderr parses.
 fn print_bootstrap_client(token_url: &str, secret: &ClientSecret) {
     let secret = secret.expose_secret();
+    if super::logs_json() {
+        let mut fields = serde_json::Map::new();
+        fields.insert("client_id".into(), BOOTSTRAP_CLIENT_ID.into());
+        fields.insert("client_secret".into(), secret.into());
+        fields.insert("token_endpoint".into(), token_url.into());
+        let message = format!(
+            "First start: registered OAuth client '{BOOTSTRAP_CLIENT_ID}'; its secret is shown only now; manage clients with `jwt-issuer clients add|list|remove|rotate-secret`"
+        );
+        eprintln!(
+            "{}",
+            super::json_line("WARN", "jwt_issuer::first_start", &message, fields)
+        );
+        return;
+    }
     eprintln!(
         "\nFirst start: registered OAuth client '{BOOTSTRAP_CLIENT_ID}'. Its secret is shown only now:\n\n    client_id:     {BOOTSTRAP_CLIENT_ID}\n    client_secret: {secret}\n\nGet a token:\n\n    curl -s -u '{BOOTSTRAP_CLIENT_ID}:{secret}' -d grant_type=client_credentials {token_url}\n\nManage clients with `jwt-issuer clients add|list|remove|rotate-secret`.\n"
     );

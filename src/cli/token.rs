@@ -17,7 +17,7 @@ use jwt_issuer::{Config, Issuer, Signer, SignerConfig, SigningAlg, TokenRequest}
 use serde_json::{Map, Value};
 
 use super::serve::IssuerArgs;
-use super::{Context, HMAC_SECRET_ENV, check_max_ttl, parse_seconds, parse_ttl};
+use super::{Context, HMAC_SECRET_ENV, Note, check_max_ttl, parse_seconds, parse_ttl};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum TokenCommand {
@@ -176,12 +176,15 @@ fn issue(context: &Context, args: IssueArgs) -> Result<()> {
     let issued = signer.issue(&request).context("cannot issue token")?;
     let issuer = signer.issuer();
     if defaulted {
-        eprintln!(
-            "warning: no --issuer (JWT_ISSUER_ISSUER): iss is {issuer}, the default of a server on this machine; a server elsewhere rejects the token"
+        super::note(
+            Note::Warning,
+            &format!(
+                "no --issuer (JWT_ISSUER_ISSUER): iss is {issuer}, the default of a server on this machine; a server elsewhere rejects the token"
+            ),
         );
     }
     if let Some(warning) = super::serve::issuer_warning(issuer) {
-        eprintln!("warning: {warning}");
+        super::note(Note::Warning, &warning);
     }
     outln!("{}", issued.token);
     Ok(())

@@ -64,10 +64,14 @@ pub struct Settings {
     pub tls_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// The name of every setting, as in the file (the variable is [`ENV_PREFIX`] + upper case).
-pub const SETTINGS: [&str; 20] = [
+pub const SETTINGS: [&str; 22] = [
     "keys_dir",
     "jwks_max_age",
     "max_token_ttl",
@@ -88,6 +92,8 @@ pub const SETTINGS: [&str; 20] = [
     "keep_alive",
     "tls_cert",
     "tls_key",
+    "log_format",
+    "audit_log",
 ];
 
 impl Settings {
@@ -150,6 +156,13 @@ impl Settings {
                     "needs tls_cert (its certificate chain) too".into(),
                 ));
             }
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format.parse().map_err(|e| invalid("log_format", e))?;
+        }
+        if let Some(path) = self.audit_log {
+            // An empty value (JWT_ISSUER_AUDIT_LOG=) turns it off.
+            config.audit_log = (!path.as_os_str().is_empty()).then_some(path);
         }
         Ok(config)
     }
@@ -388,6 +401,8 @@ mod tests {
             keep_alive: Some(Duration::from_secs(1)),
             tls_cert: Some("c".into()),
             tls_key: Some("k".into()),
+            log_format: Some("json".into()),
+            audit_log: Some("audit.log".into()),
         };
         let value = serde_json::to_value(&all).unwrap();
         let mut names: Vec<&str> = value
@@ -400,6 +415,27 @@ mod tests {
         let mut listed = SETTINGS.to_vec();
         listed.sort_unstable();
         assert_eq!(names, listed);
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json_and_an_empty_audit_log_is_none() {
+        let apply = |format: &str, audit: &str| {
+            Settings {
+                log_format: Some(format.into()),
+                audit_log: Some(audit.into()),
+                ..Settings::default()
+            }
+            .apply(Config::default())
+        };
+        let config = apply("JSON", "/var/log/audit.log").unwrap();
+        assert_eq!(config.log_format, crate::config::LogFormat::Json);
+        assert_eq!(config.audit_log, Some(PathBuf::from("/var/log/audit.log")));
+        assert_eq!(apply("text", "").unwrap().audit_log, None);
+        let err = apply("xml", "a").unwrap_err().to_string();
+        assert!(
+            err.starts_with("log_format:") && err.contains("text or json"),
+            "{err}"
+        );
     }
 
     #[test]

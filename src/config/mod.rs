@@ -51,6 +51,11 @@ pub struct Config {
     pub http: HttpLimits,
     /// Serve HTTPS with this certificate and key (default: none, plain HTTP).
     pub tls: Option<TlsFiles>,
+    /// How every command writes its log to stderr (default: text).
+    pub log_format: LogFormat,
+    /// The audit log: one JSON line per issued or refused token and per key change this
+    /// process makes (default: none).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// The PEM files the server serves HTTPS with; read at start, then again whenever they
@@ -62,6 +67,45 @@ pub struct TlsFiles {
     /// Its private key (PKCS#8, SEC1 or PKCS#1), under the rules of the key store's files:
     /// not readable by group or others, owned by the server's user or root.
     pub key: PathBuf,
+}
+
+/// How the log is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event (`tracing`'s text format).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields.
+    Json,
+}
+
+impl LogFormat {
+    /// The name, as the setting takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("{s:?} is not a log format: use text or json")),
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What one client, or all of them, may hold of the HTTP server: the bounds that keep file
@@ -180,6 +224,8 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             http: HttpLimits::default(),
             tls: None,
+            log_format: LogFormat::default(),
+            audit_log: None,
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct NewKey {
     kid: String,
     alg: SigningAlg,
     pub(crate) material: PrivateKey,
+    /// Read from an operator's PEM rather than generated (for the audit log).
+    pub(crate) imported: bool,
 }
 
 impl NewKey {
@@ -104,7 +106,12 @@ impl NewKey {
     pub(crate) fn from_material(material: PrivateKey) -> Self {
         let alg = material.alg();
         let kid = Jwk::new(material.public_params(), alg).kid;
-        Self { kid, alg, material }
+        Self {
+            kid,
+            alg,
+            material,
+            imported: false,
+        }
     }
 
     /// Its kid (RFC 7638 thumbprint).

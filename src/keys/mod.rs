@@ -49,10 +49,40 @@ pub const DEFAULT_RSA_BITS: usize = 2048;
 /// assert!(keys.active(SigningAlg::Es256).is_some());
 /// # Ok::<(), jwt_issuer::KeyStoreError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KeyStore {
     backend: Arc<dyn KeyBackend>,
     policy: RotationPolicy,
+    observer: Option<ChangeObserver>,
+}
+
+/// Told about every change a [`KeyStore`] commits (see [`KeyStore::on_change`]).
+type ChangeObserver = Arc<dyn Fn(&[KeyChange]) + Send + Sync>;
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("backend", &self.backend.describe())
+            .field("policy", &self.policy)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// One key whose state a committed change of this process set: added (`from` is `None`),
+/// activated, retired, revoked or removed. What the audit log records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChange {
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: SigningAlg,
+    /// Its state before the change; `None` for a key the change added.
+    pub from: Option<KeyState>,
+    /// Its state after the change.
+    pub to: KeyState,
+    /// For an added key: imported from an operator's PEM (`keys import`), not generated.
+    pub imported: bool,
 }
 
 /// A key added by a change.
@@ -82,7 +112,20 @@ impl KeyStore {
 
     /// A store over any backend.
     pub fn from_backend(backend: Arc<dyn KeyBackend>, policy: RotationPolicy) -> Self {
-        Self { backend, policy }
+        Self {
+            backend,
+            policy,
+            observer: None,
+        }
+    }
+
+    /// This store, calling `observer` with the keys each committed change of it added or
+    /// moved to another state (never for a change that failed or did nothing). It runs
+    /// after the commit, outside the store's lock.
+    #[must_use]
+    pub fn on_change(mut self, observer: impl Fn(&[KeyChange]) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
     }
 
     /// Where the keys are, for messages.
@@ -244,7 +287,8 @@ impl KeyStore {
     /// The file is unreadable or not a usable key (the reason names which), or the key is
     /// or was in the store.
     pub fn import(&self, pem_file: &Path) -> Result<KeyInfo, KeyStoreError> {
-        let key = NewKey::from_material(dir::read_pem_file(pem_file)?);
+        let mut key = NewKey::from_material(dir::read_pem_file(pem_file)?);
+        key.imported = true;
         // Refuse what the signing backend would refuse before anything is written.
         SigningKey::in_process(&key.material, String::new()).map_err(|source| {
             KeyStoreError::InvalidKey {
@@ -423,17 +467,62 @@ impl KeyStore {
     ) -> Result<T, KeyStoreError> {
         let mut change = Some(change);
         let mut result = None;
+        let mut changes = Vec::new();
+        let observed = self.observer.is_some();
         self.backend.transact(&mut |manifest, pending, now| {
             if let Some(change) = change.take() {
+                let before: Vec<(String, KeyState)> = if observed {
+                    manifest
+                        .keys
+                        .iter()
+                        .map(|k| (k.kid.clone(), k.state))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 result = Some(change(manifest, pending, now));
+                if observed {
+                    changes = key_changes(&before, manifest, pending);
+                }
             }
         })?;
+        if let Some(observer) = &self.observer
+            && !changes.is_empty()
+        {
+            observer(&changes);
+        }
         // A backend that commits without running the change broke its contract.
         result.ok_or_else(|| KeyStoreError::Inconsistent {
             path: self.backend.describe().into(),
             reason: "the key backend committed without applying the change".into(),
         })
     }
+}
+
+/// The keys of `after` that are new or in another state than in `before` (kid, state).
+fn key_changes(
+    before: &[(String, KeyState)],
+    after: &Manifest,
+    pending: &[NewKey],
+) -> Vec<KeyChange> {
+    after
+        .keys
+        .iter()
+        .filter_map(|record| {
+            let from = before
+                .iter()
+                .find(|(kid, _)| *kid == record.kid)
+                .map(|(_, state)| *state);
+            (from != Some(record.state)).then(|| KeyChange {
+                kid: record.kid.clone(),
+                alg: record.alg,
+                from,
+                to: record.state,
+                imported: from.is_none()
+                    && pending.iter().any(|k| k.kid() == record.kid && k.imported),
+            })
+        })
+        .collect()
 }
 
 /// Whether a key that fails to load now may keep serving the copy loaded earlier: only when
@@ -662,6 +751,55 @@ mod tests {
         assert_eq!(keys.active(SigningAlg::Es256).unwrap().kid(), first.kid);
         assert!(keys.find(&second.kid).is_some(), "a next key is published");
         assert_eq!(keys.algorithms(), [SigningAlg::Es256]);
+    }
+
+    #[test]
+    fn the_observer_hears_each_committed_change_of_a_key_once() {
+        let backend = MemoryBackend::new();
+        let heard: Arc<Mutex<Vec<KeyChange>>> = Arc::default();
+        let sink = heard.clone();
+        let store = store(&backend).on_change(move |changes| {
+            sink.lock().unwrap().extend_from_slice(changes);
+        });
+        let take = || std::mem::take(&mut *heard.lock().unwrap());
+        let old = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        let added = take();
+        assert_eq!(added.len(), 1);
+        assert_eq!(
+            (added[0].kid.as_str(), added[0].from, added[0].to),
+            (old.kid.as_str(), None, KeyState::Active)
+        );
+        assert!(!added[0].imported);
+        let next = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        take();
+        store.rotate(SigningAlg::Es256, true).unwrap();
+        let rotated = take();
+        let moved = |kid: &str| {
+            rotated
+                .iter()
+                .find(|c| c.kid == kid)
+                .map(|c| (c.from, c.to))
+        };
+        assert_eq!(
+            moved(&old.kid),
+            Some((Some(KeyState::Active), KeyState::Retired))
+        );
+        assert_eq!(
+            moved(&next.kid),
+            Some((Some(KeyState::Next), KeyState::Active))
+        );
+        assert_eq!(rotated.len(), 3, "and the new next key: {rotated:?}");
+        store.revoke(&old.kid).unwrap();
+        assert_eq!(
+            take()
+                .iter()
+                .map(|c| (c.kid.as_str(), c.to))
+                .collect::<Vec<_>>(),
+            [(old.kid.as_str(), KeyState::Revoked)]
+        );
+        // A refused change tells nothing.
+        assert!(store.revoke("no-such-kid").is_err());
+        assert!(take().is_empty());
     }
 
     #[test]

@@ -43,10 +43,56 @@ pub struct TokenCall<'a> {
 /// A token the endpoint issued, and the scope granted.
 #[derive(Debug)]
 pub struct Issued {
+    /// The id of the registered client that authenticated (not as the request spelled it).
+    pub client_id: String,
     /// The signed token and its facts.
     pub token: IssuedToken,
     /// The granted scopes, space-separated.
     pub scope: String,
+    /// The token's audiences.
+    pub aud: Vec<String>,
+}
+
+/// What one token request came to, and the client it named as far as that may be
+/// logged.
+#[derive(Debug)]
+pub struct TokenOutcome {
+    /// The token, or the error to answer with.
+    pub result: Result<Issued, OAuthError>,
+    /// The client the request named.
+    pub client: NamedClient,
+}
+
+/// The client a token request named, as logs may show it: ids come from the network, and
+/// only a registered one is shown (a caller who swapped id and secret must not put the
+/// secret in a log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedClient {
+    /// The request named none (or was refused before its credentials were read).
+    None,
+    /// A registered client's id.
+    Registered(String),
+    /// An id no registered client has; never shown.
+    Unregistered,
+}
+
+impl NamedClient {
+    /// The registered id, if any.
+    pub fn registered(&self) -> Option<&str> {
+        match self {
+            Self::Registered(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// As a log shows it: the registered id, `(unregistered)`, or nothing.
+    pub fn for_log(&self) -> Option<&str> {
+        match self {
+            Self::Registered(id) => Some(id),
+            Self::Unregistered => Some("(unregistered)"),
+            Self::None => None,
+        }
+    }
 }
 
 /// The successful response of RFC 6749 section 5.1.
@@ -97,43 +143,23 @@ impl TokenEndpoint {
         self.methods.iter().map(|m| m.name()).collect()
     }
 
-    /// Handles one token request against a registry and a signer snapshot. Every outcome
-    /// is logged (client id, outcome, jti or error), never a secret or a token.
-    ///
-    /// # Errors
-    /// The RFC 6749 section 5.2 error to answer with.
+    /// Handles one token request against a registry and a signer snapshot. Nothing is
+    /// logged here: the server's request log writes one line per request, with the
+    /// outcome (client id, jti or error), never a secret or a token.
     pub fn token(
         &self,
         call: TokenCall<'_>,
         clients: &ClientRegistry,
         signer: &Signer,
-    ) -> Result<Issued, OAuthError> {
+    ) -> TokenOutcome {
         let mut client_id = None;
         let result = self.issue(call, clients, signer, &mut client_id);
-        // Ids come from the network: only a registered id is logged (a caller who swapped
-        // id and secret must not put the secret in the log), bounded, and escaped so it
-        // cannot forge log lines.
-        let client = match client_id.as_deref() {
-            Some(id) if clients.get(id).is_some() => id,
-            Some(_) => "(unregistered)",
-            None => "-",
+        let client = match client_id {
+            Some(id) if clients.get(&id).is_some() => NamedClient::Registered(id),
+            Some(_) => NamedClient::Unregistered,
+            None => NamedClient::None,
         };
-        let client = client[..client.floor_char_boundary(128)].escape_debug();
-        match &result {
-            Ok(issued) => {
-                let t = &issued.token;
-                tracing::info!(client_id = %client, outcome = "issued", jti = %t.jti, kid = %t.kid, alg = %t.alg, scope = %issued.scope, "token");
-            }
-            Err(err) => log_refusal(&client.to_string(), call.peer, err),
-        }
-        result
-    }
-
-    /// Logs a request the HTTP layer refused before the endpoint saw it (wrong content
-    /// type, body too large) as the endpoint logs its own refusals, and passes it on.
-    pub fn refused_before(&self, peer: Option<IpAddr>, err: OAuthError) -> OAuthError {
-        log_refusal("-", peer, &err);
-        err
+        TokenOutcome { result, client }
     }
 
     /// The steps of [`TokenEndpoint::token`]; `client_id` receives the claimed id as soon
@@ -190,12 +216,10 @@ impl TokenEndpoint {
             }
         })?;
         Ok(Issued {
+            client_id: client.client_id.clone(),
             token,
             scope: granted.scope,
+            aud: granted.request.aud,
         })
     }
-}
-
-fn log_refusal(client: &str, peer: Option<IpAddr>, err: &OAuthError) {
-    tracing::warn!(client_id = %client, peer = ?peer, outcome = "refused", error = err.code(), reason = %err, "token");
 }

@@ -21,7 +21,9 @@ pub use clients::{
     Client, ClientBackend, ClientRegistry, ClientStore, ClientStoreError, ClientsFile, Credential,
     NewClient, Proof, SkippedClient,
 };
-pub use endpoint::{DEFAULT_TOKEN_TTL, Issued, TokenCall, TokenEndpoint};
+pub use endpoint::{
+    DEFAULT_TOKEN_TTL, Issued, NamedClient, TokenCall, TokenEndpoint, TokenOutcome,
+};
 pub use limiter::{AuthLimiter, AuthLimits};
 
 /// A refused token request, as RFC 6749 section 5.2 names it.
@@ -71,12 +73,25 @@ pub enum OAuthError {
     /// it may revoke a key or a secret, so nothing is issued until it is read.
     #[error("{0}; no token is issued until it can be read; retry later")]
     ChangeUnread(&'static str),
+    /// The audit log cannot be written, and a token whose issue is not recorded is never
+    /// handed out (fail closed).
+    #[error("the audit log cannot be written; no token is issued until it can; retry later")]
+    AuditUnavailable,
     /// A failure on our side; the cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
 }
 
 impl OAuthError {
+    /// What the log says of it: the message, or for a failure on our side its cause
+    /// (which the answer never shows).
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Internal(cause) | Self::TemporarilyUnavailable(cause) => cause.clone(),
+            _ => self.to_string(),
+        }
+    }
+
     /// The RFC 6749 `error` code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -88,7 +103,9 @@ impl OAuthError {
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
             Self::TooManyAttempts { .. } => "slow_down",
-            Self::TemporarilyUnavailable(_) | Self::ChangeUnread(_) => "temporarily_unavailable",
+            Self::TemporarilyUnavailable(_) | Self::ChangeUnread(_) | Self::AuditUnavailable => {
+                "temporarily_unavailable"
+            }
             Self::Internal(_) => "server_error",
         }
     }
@@ -101,7 +118,7 @@ impl ResponseError for OAuthError {
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::TemporarilyUnavailable(_) | Self::ChangeUnread(_) => {
+            Self::TemporarilyUnavailable(_) | Self::ChangeUnread(_) | Self::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,13 +127,7 @@ impl ResponseError for OAuthError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        match self {
-            Self::Internal(cause) => tracing::error!(cause = %cause, "token endpoint failed"),
-            Self::TemporarilyUnavailable(cause) => {
-                tracing::error!(cause = %cause, "token refused: its key cannot sign");
-            }
-            _ => {}
-        }
+        // Internal causes go to the request's log line (`OAuthError::detail`), never here.
         let mut res = HttpResponse::build(self.status_code());
         // RFC 6749 section 5.1: token responses, errors included, are never cached.
         res.insert_header((header::CACHE_CONTROL, "no-store"))
@@ -133,8 +144,9 @@ impl ResponseError for OAuthError {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 res.insert_header((header::RETRY_AFTER, secs.max(1)));
             }
-            // The store is read again every second.
-            Self::ChangeUnread(_) => {
+            // The store is read again every second; the audit log is tried with every
+            // request.
+            Self::ChangeUnread(_) | Self::AuditUnavailable => {
                 res.insert_header((header::RETRY_AFTER, 1));
             }
             _ => {}

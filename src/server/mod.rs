@@ -7,6 +7,7 @@ pub mod documents;
 pub mod error;
 pub mod jwks;
 pub mod metrics;
+pub mod request_log;
 pub mod state;
 pub mod tls;
 pub mod token;
@@ -25,6 +26,7 @@ pub use metrics::Metrics;
 
 pub use state::{AppState, Published};
 
+use crate::audit::{AuditLog, AuditOpenError};
 use crate::oauth::ClientStoreError;
 use crate::{Config, InvalidIssuer, Issuer, KeySet, SignError};
 
@@ -54,6 +56,9 @@ pub enum ServerError {
     /// The TLS certificate and key cannot be used.
     #[error("cannot serve HTTPS")]
     Tls(#[from] tls::TlsError),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditOpenError),
 }
 
 /// A built server bound to its listener, not yet running.
@@ -67,8 +72,9 @@ pub struct Application {
 
 impl Application {
     /// Builds the server on an already bound listener (so tests bind 127.0.0.1:0 and
-    /// read the port). Must be called inside an actix system. With [`Config::tls`] it
-    /// serves HTTPS only, and follows changes of the certificate and key files.
+    /// read the port), opening the audit log the config names. Must be called inside an
+    /// actix system. With [`Config::tls`] it serves HTTPS only, and follows changes of the
+    /// certificate and key files.
     ///
     /// # Errors
     /// See [`ServerError`]; a key that fails the signing self-check, or a TLS pair that
@@ -78,13 +84,29 @@ impl Application {
         listener: TcpListener,
         keys: KeySet,
     ) -> Result<Self, ServerError> {
+        let audit = AuditLog::open_if(config.audit_log.as_deref())?;
+        Self::build_with_audit(config, listener, keys, audit)
+    }
+
+    /// As [`Application::build`], recording into an audit log already open (the CLI opens
+    /// it before the keys, so that the keys of a first start are recorded too).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub fn build_with_audit(
+        config: &Config,
+        listener: TcpListener,
+        keys: KeySet,
+        audit: AuditLog,
+    ) -> Result<Self, ServerError> {
         let tls = match &config.tls {
             Some(files) => Some(tls::TlsCertificate::load(files)?),
             None => None,
         };
         let addr = listener.local_addr()?;
         let issuer = config.issuer_for(Some(addr))?;
-        let state = web::Data::new(AppState::from_config(config, issuer.clone(), keys)?);
+        let state =
+            web::Data::new(AppState::from_config(config, issuer.clone(), keys)?.with_audit(audit));
         let background = state.clone();
         let app_state = state.clone();
         let limits = config.http;
@@ -152,6 +174,9 @@ impl Application {
                         Ok(res)
                     }
                 })
+                // Outermost: its latency covers the whole request, its line shows the
+                // final response.
+                .wrap(request_log::RequestLog)
                 .configure(routes)
         })
         .workers(config.workers)

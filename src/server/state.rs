@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use super::Metrics;
 use super::documents::{JwksDocument, Metadata};
+use crate::audit::{AuditLog, KeyChangeBy};
 use crate::keys::{KeyStore, Millis};
 use crate::oauth::{ClientRegistry, ClientStore, ClientStoreError, TokenEndpoint};
 use crate::report::Report;
@@ -101,6 +102,8 @@ pub struct AppState {
     /// Set at SIGTERM: readiness fails and every response closes its connection while the
     /// server drains.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Where issued and refused tokens and key changes are recorded (disabled by default).
+    pub audit: AuditLog,
 }
 
 /// Everything [`AppState::new`] needs besides the loaded keys.
@@ -201,7 +204,19 @@ impl AppState {
             settings: config,
             maintenance_failure: Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
+            audit: AuditLog::disabled(),
         })
+    }
+
+    /// This state recording tokens and its own key changes (maintenance) in `audit`.
+    #[must_use]
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.key_store = self
+            .key_store
+            .clone()
+            .on_change(audit.key_observer(KeyChangeBy::Server));
+        self.audit = audit;
+        self
     }
 
     /// Why no token may be issued now: the key store or the client registry holds a

@@ -4,12 +4,13 @@
 use std::net::IpAddr;
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 
 use super::AppState;
-use crate::oauth::OAuthError;
-use crate::oauth::TokenCall;
+use super::request_log::{TokenLog, client_address, request_id};
+use crate::audit::{AuditLog, TokenIssued, TokenRefused};
 use crate::oauth::request::MAX_BODY_BYTES;
+use crate::oauth::{Issued, NamedClient, OAuthError, TokenCall, TokenOutcome};
 
 /// Handles one token request.
 pub async fn token(
@@ -27,7 +28,7 @@ pub async fn token(
             .await
             .and_then(|body| unread().map_or(Ok(body), Err)),
     };
-    let result = match body {
+    let TokenOutcome { result, client } = match body {
         Ok(body) => {
             let call = TokenCall {
                 headers: req.headers(),
@@ -39,8 +40,13 @@ pub async fn token(
                 .token_endpoint
                 .token(call, &state.clients.load(), signer)
         }
-        Err(err) => Err(state.token_endpoint.refused_before(peer, err)),
+        Err(err) => TokenOutcome {
+            result: Err(err),
+            client: NamedClient::None,
+        },
     };
+    let result = audit(&state.audit, &req, peer, result, &client).await;
+    req.extensions_mut().insert(TokenLog::new(&result, &client));
     state.metrics.observe_token(match &result {
         Ok(issued) => Ok(issued.token.alg.as_str()),
         Err(err) => Err(err.code()),
@@ -52,31 +58,49 @@ pub async fn token(
         .json(issued.response()))
 }
 
-/// The client's address, for the per-address limit: the TCP peer, unless the peer is a
-/// trusted proxy; then the right-most address in `X-Forwarded-For` that is not itself a
-/// trusted proxy (entries left of it could be written by the client).
-fn client_address(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
-    // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
-    let peer = req.peer_addr().map(|a| a.ip().to_canonical())?;
-    if !trusted.contains(&peer) {
-        return Some(peer);
+/// Records the outcome in the audit log. An issued token is handed out only once its line
+/// is on disk (fail closed); a refusal's line is queued.
+async fn audit(
+    audit: &AuditLog,
+    req: &HttpRequest,
+    source: Option<IpAddr>,
+    result: Result<Issued, OAuthError>,
+    client: &NamedClient,
+) -> Result<Issued, OAuthError> {
+    if !audit.is_enabled() {
+        return result;
     }
-    let forwarded = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    for entry in forwarded.iter().rev() {
-        match entry.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
-            Ok(ip) if trusted.contains(&ip) => continue,
-            Ok(ip) => return Some(ip),
-            // Garbage where an address should be: the proxy's own address counts.
-            Err(_) => return Some(peer),
+    let request_id = request_id(req);
+    match result {
+        Ok(issued) => {
+            let t = &issued.token;
+            let recorded = audit
+                .token_issued(TokenIssued {
+                    request_id: &request_id,
+                    client_id: &issued.client_id,
+                    kid: &t.kid,
+                    alg: t.alg.as_str(),
+                    jti: &t.jti,
+                    aud: &issued.aud,
+                    scope: &issued.scope,
+                    exp: t.expires_at,
+                    source,
+                })
+                .await;
+            recorded
+                .map(|()| issued)
+                .map_err(|_| OAuthError::AuditUnavailable)
+        }
+        Err(err) => {
+            audit.token_refused(TokenRefused {
+                request_id: &request_id,
+                client_id: client.registered(),
+                error: err.code(),
+                source,
+            });
+            Err(err)
         }
     }
-    Some(peer)
 }
 
 /// The body of a form post: the right content type, at most [`MAX_BODY_BYTES`].

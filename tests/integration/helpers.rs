@@ -633,8 +633,8 @@ impl ServeProcess {
             let Ok(line) = server.log.recv_timeout(Duration::from_secs(20)) else {
                 panic!("server did not start; log: {seen:#?}");
             };
-            if let Some(rest) = line.split("url=").nth(1) {
-                server.url = rest.split_whitespace().next().expect("url").to_owned();
+            if let Some(url) = listening_url(&line) {
+                server.url = url;
                 server.early.replace(seen);
                 return server;
             }
@@ -697,6 +697,35 @@ impl ServeProcess {
         });
     }
 
+    /// Stops the server as an operator does (SIGTERM), waits for its exit and reads the
+    /// rest of its log into `lines`, until its stderr closes.
+    #[track_caller]
+    pub fn stop(&mut self, lines: &mut Vec<String>) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let exit = wait_for(PATIENCE, "the server to stop on SIGTERM", || {
+            self.child.try_wait().expect("wait").ok_or("running")
+        });
+        assert!(exit.success(), "{exit:?}");
+        lines.extend(self.drain_log());
+        loop {
+            match self.log.recv_timeout(PATIENCE) {
+                Ok(line) => lines.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the server's stderr did not close; log: {lines:#?}")
+                }
+            }
+        }
+        assert!(
+            lines.iter().any(|l| l.contains("shutting down gracefully")),
+            "{lines:#?}"
+        );
+    }
+
     /// GET a path of this server.
     pub fn get(&self, path: &str) -> HttpResponse {
         request("GET", &format!("{}{path}", self.url), &[])
@@ -711,6 +740,18 @@ impl ServeProcess {
     pub fn token_for(&self, client: &TestClient) -> String {
         self.token_response(client, &[]).access_token()
     }
+}
+
+/// The URL of the "listening" log line, in the text or the JSON log format.
+fn listening_url(line: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        return (event["message"] == "listening")
+            .then(|| event["url"].as_str().map(str::to_owned))
+            .flatten();
+    }
+    let rest = line.split("url=").nth(1)?;
+    rest.split_whitespace().next().map(str::to_owned)
 }
 
 impl Drop for ServeProcess {

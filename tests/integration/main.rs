@@ -18,6 +18,7 @@ mod interop;
 mod jwks;
 mod jwks_cache;
 mod keystore;
+mod logs;
 mod operator_cli;
 mod readme;
 mod rotation;

@@ -6,8 +6,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
-use std::sync::mpsc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,7 +13,7 @@ use jwt_issuer::KeyStore;
 
 use crate::helpers::{
     self, Output, PATIENCE, ServeProcess, TestClient, basic_auth, form_encode,
-    keys_dir_with_template, run_cli_with_env, wait_for, wait_until,
+    keys_dir_with_template, run_cli_with_env, wait_until,
 };
 
 /// Where output came from ("server log", "`jwt-issuer jwks` stdout") and what it was.
@@ -121,6 +119,8 @@ fn random_secret() -> String {
 struct Session<'a> {
     dir: &'a Path,
     printed: Printed,
+    /// Settings every run gets (the log format, the audit log).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Session<'_> {
@@ -128,6 +128,7 @@ impl Session<'_> {
     /// (under its arguments, a token shortened) and returns them with the stdout's index.
     fn run(&mut self, args: &[&str], env: &[(&str, &str)]) -> (Output, usize) {
         let mut all = vec![("JWT_ISSUER_LOG", "debug")];
+        all.extend(self.env.iter().map(|(name, value)| (*name, value.as_str())));
         all.extend_from_slice(env);
         let out = run_cli_with_env(self.dir, args, &all);
         let shown: Vec<&str> = args
@@ -178,11 +179,12 @@ struct Refusal {
 fn reload_clients(server: &ServeProcess, log: &mut Vec<String>, clients: usize) {
     server.read_log_to_now(log);
     let from = log.len();
-    let line = format!("clients={clients} skipped=0");
+    let text = format!("clients={clients} skipped=0");
+    let json = format!("\"clients\":{clients},\"skipped\":0");
     server.read_log_until(log, PATIENCE, "the client registry reload", |lines| {
-        lines[from..]
-            .iter()
-            .any(|l| l.contains("client registry reloaded") && l.contains(&line))
+        lines[from..].iter().any(|l| {
+            l.contains("client registry reloaded") && (l.contains(&text) || l.contains(&json))
+        })
     });
 }
 
@@ -239,57 +241,63 @@ fn signature(token: &str) -> &str {
     token.rsplit('.').next().expect("a JWT")
 }
 
-/// Reads every line the server still writes until its stderr closes (it has exited).
-fn read_to_end(server: &ServeProcess, log: &mut Vec<String>) {
-    log.extend(server.drain_log());
-    loop {
-        match server.log.recv_timeout(PATIENCE) {
-            Ok(line) => log.push(line),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("the server's stderr did not close; log: {log:#?}")
-            }
-        }
-    }
-}
-
-/// Stops the server as an operator does (SIGTERM), waits for its exit and reads the rest
-/// of its log.
-fn stop(server: &mut ServeProcess, log: &mut Vec<String>) {
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let exit = wait_for(PATIENCE, "the server to stop on SIGTERM", || {
-        server.child.try_wait().expect("wait").ok_or("running")
-    });
-    assert!(exit.success(), "{exit:?}");
-    read_to_end(server, log);
-    assert!(
-        log.iter().any(|l| l.contains("shutting down gracefully")),
-        "{log:#?}"
-    );
-}
-
-/// Splits the first-start banner (from "First start:" to "Manage clients with") off the
-/// rest of the server's log.
+/// Splits the first-start banner (from "First start:" to "Manage clients with", or its one
+/// JSON line) off the rest of the server's log.
 fn split_banner(log: &[String]) -> (Vec<String>, Vec<String>) {
-    let start = log.iter().position(|l| l.starts_with("First start:"));
+    let json = |l: &String| l.contains("\"target\":\"jwt_issuer::first_start\"");
+    let start = log
+        .iter()
+        .position(|l| l.starts_with("First start:") || json(l));
     let Some(start) = start else {
         return (Vec::new(), log.to_vec());
     };
-    let end = log[start..]
-        .iter()
-        .position(|l| l.starts_with("Manage clients with"))
-        .map_or(log.len(), |i| start + i + 1);
+    let end = if json(&log[start]) {
+        start + 1
+    } else {
+        log[start..]
+            .iter()
+            .position(|l| l.starts_with("Manage clients with"))
+            .map_or(log.len(), |i| start + i + 1)
+    };
     let rest = log[..start].iter().chain(&log[end..]).cloned().collect();
     (log[start..end].to_vec(), rest)
 }
 
+/// The demo client's secret, from the first-start banner (text or JSON).
+fn demo_secret(banner: &[String]) -> Option<String> {
+    banner.iter().find_map(|l| {
+        if l.starts_with('{') {
+            let line: serde_json::Value = serde_json::from_str(l).ok()?;
+            return line["client_secret"].as_str().map(str::to_owned);
+        }
+        l.trim()
+            .strip_prefix("client_secret:")
+            .map(|s| s.trim().to_owned())
+    })
+}
+
 #[test]
 fn a_full_session_prints_no_secret_private_key_or_token_outside_its_one_place() {
+    full_session(false);
+}
+
+/// The same session with every log in JSON (`--log-format json`) and an audit log: neither
+/// the log nor the audit log holds a secret, a private key or a token.
+#[test]
+fn a_full_session_in_json_with_an_audit_log_prints_no_secret_private_key_or_token() {
+    full_session(true);
+}
+
+/// One session of the server and the CLI; `json`: JSON logs and an audit log.
+fn full_session(json: bool) {
     let (tmp, dir) = keys_dir_with_template();
+    let audit_log = tmp.path().join("audit.log");
+    let mut settings: Vec<(&'static str, String)> = Vec::new();
+    if json {
+        settings.push(("JWT_ISSUER_LOG_FORMAT", "json".into()));
+        let path = audit_log.to_str().expect("UTF-8 path").to_owned();
+        settings.push(("JWT_ISSUER_AUDIT_LOG", path));
+    }
     let jwt_secret = random_secret();
     let jwt_previous = random_secret();
     let env = [
@@ -299,6 +307,7 @@ fn a_full_session_prints_no_secret_private_key_or_token_outside_its_one_place() 
     let mut session = Session {
         dir: &dir,
         printed: Vec::new(),
+        env: settings.clone(),
     };
     let mut secrets: Vec<Secret> = Vec::new();
     let mut keys: Vec<(String, String)> = Vec::new();
@@ -309,15 +318,13 @@ fn a_full_session_prints_no_secret_private_key_or_token_outside_its_one_place() 
     collect_key_files(&dir, &mut keys);
 
     // First start on a store without clients: the demo client's secret in the banner.
-    let server_env = [env[0], env[1], ("JWT_ISSUER_LOG", "debug")];
+    let mut server_env = vec![env[0], env[1], ("JWT_ISSUER_LOG", "debug")];
+    server_env.extend(settings.iter().map(|(name, value)| (*name, value.as_str())));
     let mut server = ServeProcess::start_with_env(&dir, &[], &server_env);
     let mut log = Vec::new();
     server.read_log_to_now(&mut log);
     let (banner, _) = split_banner(&log);
-    let demo_secret = banner
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("client_secret:"))
-        .map(|s| s.trim().to_owned())
+    let demo_secret = demo_secret(&banner)
         .unwrap_or_else(|| panic!("no demo client secret in the first-start log: {log:#?}"));
     let demo = TestClient::new("demo", &demo_secret);
 
@@ -557,24 +564,35 @@ fn a_full_session_prints_no_secret_private_key_or_token_outside_its_one_place() 
 
     // SIGHUP (every line so far read), then a graceful stop: the whole log.
     server.read_log_to_now(&mut log);
-    stop(&mut server, &mut log);
+    server.stop(&mut log);
     // A restart prints no banner: the demo secret was shown once.
     let mut restarted = ServeProcess::start_with_env(&dir, &[], &server_env);
     let mut second_log = Vec::new();
     issued.push(("demo, after a restart".into(), restarted.token_for(&demo)));
     restarted.read_log_to_now(&mut second_log);
-    stop(&mut restarted, &mut second_log);
+    restarted.stop(&mut second_log);
 
     // The log covers what the session did: tokens, refusals, the limit, and debug lines
     // (actix-server logs one at shutdown), so a quiet log cannot pass for a clean one.
     let all = log.join("\n");
-    for expected in [
-        "outcome=\"issued\"",
-        "error=\"invalid_client\"",
-        "error=\"invalid_request\"",
-        "error=\"slow_down\"",
-        " DEBUG ",
-    ] {
+    let expected = if json {
+        [
+            "\"outcome\":\"issued\"",
+            "\"error\":\"invalid_client\"",
+            "\"error\":\"invalid_request\"",
+            "\"error\":\"slow_down\"",
+            "\"level\":\"DEBUG\"",
+        ]
+    } else {
+        [
+            "outcome=\"issued\"",
+            "error=\"invalid_client\"",
+            "error=\"invalid_request\"",
+            "error=\"slow_down\"",
+            " DEBUG ",
+        ]
+    };
+    for expected in expected {
         assert!(
             all.contains(expected),
             "{expected} not in the log: {log:#?}"
@@ -600,6 +618,33 @@ fn a_full_session_prints_no_secret_private_key_or_token_outside_its_one_place() 
         "the server log after a restart".into(),
         second_rest.join("\n"),
     ));
+    if json {
+        for line in log.iter().chain(&second_log) {
+            let parsed: Result<serde_json::Map<String, serde_json::Value>, _> =
+                serde_json::from_str(line);
+            assert!(
+                parsed.is_ok(),
+                "not a JSON object in the server log: {line}"
+            );
+        }
+        // The audit log has seen the issued tokens, the refusals and the key changes.
+        let audit = fs::read_to_string(&audit_log).expect("the audit log");
+        for event in [
+            "token_issued",
+            "token_refused",
+            "key_generated",
+            "key_imported",
+            "key_rotated",
+            "key_revoked",
+        ] {
+            let field = format!("\"event\":\"{event}\"");
+            assert!(
+                audit.contains(&field),
+                "no {event} in the audit log: {audit}"
+            );
+        }
+        printed.push(("the audit log".into(), audit));
+    }
 
     // Everything in play, each with its one allowed place (if any).
     for (name, value) in [
