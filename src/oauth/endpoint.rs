@@ -43,6 +43,8 @@ pub struct TokenCall<'a> {
 /// A token the endpoint issued, and the scope granted.
 #[derive(Debug)]
 pub struct Issued {
+    /// The id of the registered client that authenticated (not as the request spelled it).
+    pub client_id: String,
     /// The signed token and its facts.
     pub token: IssuedToken,
     /// The granted scopes, space-separated.
@@ -190,6 +192,7 @@ impl TokenEndpoint {
             }
         })?;
         Ok(Issued {
+            client_id: client.client_id.clone(),
             token,
             scope: granted.scope,
         })

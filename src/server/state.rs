@@ -171,6 +171,7 @@ impl AppState {
             report_broken(published.signer.keys());
         }
         metrics.set_keys(published.signer.keys());
+        metrics.set_rotation_period(config.rotate_every);
         let client_version = client_store.version();
         let policy = *key_store.policy();
         let clients = load_clients(
@@ -180,6 +181,9 @@ impl AppState {
         )?;
         report_skipped(&clients);
         metrics.set_clients(&clients);
+        for store in ["keys", "clients"] {
+            metrics.store_current(store);
+        }
         let discovery = discovery_document(&config, &token_endpoint, &published, &clients);
         Ok(Self {
             published: ArcSwap::from_pointee(published),
@@ -313,6 +317,7 @@ impl AppState {
         // version went back to the one served (a file moved away and back).
         let retry_failed = self.key_reload.last_error().is_some();
         if !force && !due && !retry_broken && !retry_failed && version == current.version {
+            self.metrics.store_current("keys");
             return;
         }
         let had_keys = !current.signer.keys().is_empty();
@@ -351,9 +356,15 @@ impl AppState {
                 self.key_reload.succeeded();
                 self.metrics.set_unapplied("keys", false);
                 let changed = next.jwks.etag() != current.jwks.etag();
-                if next.signer.keys().broken() != current.signer.keys().broken() {
+                let broken_changed = next.signer.keys().broken() != current.signer.keys().broken();
+                if broken_changed {
                     report_broken(next.signer.keys());
                 }
+                // A key changing state (next to active) changes the manifest, not the JWKS.
+                let served_changed = changed
+                    || broken_changed
+                    || next.signer.keys().manifest() != current.signer.keys().manifest();
+                self.metrics.reload_succeeded("keys", served_changed);
                 self.metrics.set_keys(next.signer.keys());
                 self.published.store(Arc::new(next));
                 self.refresh_discovery();
@@ -395,6 +406,7 @@ impl AppState {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if !force && version == *last && self.client_reload.last_error().is_none() {
+            self.metrics.store_current("clients");
             return;
         }
         // A registry file that existed and is gone was deleted with its directory, far
@@ -410,6 +422,7 @@ impl AppState {
         };
         match loaded {
             Ok(registry) => {
+                self.metrics.reload_succeeded("clients", version != *last);
                 // Recorded only now: a load that failed is tried again at the next tick.
                 *last = version;
                 if self.client_reload.unapplied() {

@@ -16,6 +16,7 @@ mod interop;
 mod jwks;
 mod jwks_cache;
 mod keystore;
+mod metrics;
 mod operator_cli;
 mod readme;
 mod rotation;
