@@ -16,11 +16,10 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Issuer(String);
 
-/// A string that cannot be an issuer.
+/// A string that cannot be an issuer. Its message shows the URL meant when only the
+/// scheme is missing (`auth.example.com`: `e.g. "https://auth.example.com"`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "issuer '{0}' must be an http:// or https:// URL with a host and without query, fragment or spaces"
-)]
+#[error("issuer '{}' must be an http:// or https:// URL, {}", .0, requirement(.0))]
 pub struct InvalidIssuer(pub String);
 
 impl Issuer {
@@ -67,6 +66,15 @@ impl Issuer {
     /// `path`, so a service behind a proxy advertises the URLs its clients use.
     pub fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.0.trim_end_matches('/'))
+    }
+}
+
+/// The rest of [`InvalidIssuer`]'s message: the URL to write when the scheme is all that
+/// is missing, else what else the URL must be.
+fn requirement(issuer: &str) -> String {
+    match Issuer::parse(&format!("https://{issuer}")) {
+        Ok(url) if !issuer.contains("://") => format!("e.g. \"{url}\""),
+        _ => "with a host and without query, fragment or spaces".to_owned(),
     }
 }
 
@@ -117,6 +125,26 @@ mod tests {
                 Issuer::parse(bad),
                 Err(InvalidIssuer(bad.to_owned())),
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_issuer_without_a_scheme_is_shown_with_one() {
+        assert_eq!(
+            InvalidIssuer("auth.example.com".into()).to_string(),
+            "issuer 'auth.example.com' must be an http:// or https:// URL, e.g. \"https://auth.example.com\""
+        );
+        assert_eq!(
+            InvalidIssuer("auth.example.com/tenant".into()).to_string(),
+            "issuer 'auth.example.com/tenant' must be an http:// or https:// URL, e.g. \"https://auth.example.com/tenant\""
+        );
+        // Nothing to suggest when more than the scheme is wrong.
+        for bad in ["", "ftp://x", "https://a?b", "a b", "a?b", "/path"] {
+            let message = InvalidIssuer(bad.into()).to_string();
+            assert!(
+                message.ends_with("URL, with a host and without query, fragment or spaces"),
+                "{bad}: {message}"
             );
         }
     }

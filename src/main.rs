@@ -5,8 +5,8 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = cli::parse_args();
-    match cli::run(args) {
+    let (args, given) = cli::parse_args();
+    match cli::run(args, &given) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`| head`): stop quietly, with the status a shell reports
         // for a process ended by SIGPIPE, as Unix tools do.

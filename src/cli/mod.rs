@@ -13,24 +13,30 @@ macro_rules! outln {
 
 mod bench;
 mod clients;
+mod config;
 mod keys;
 mod serve;
 mod token;
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::builder::StyledStr;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use jwt_issuer::config::{Layers, Settings};
 use jwt_issuer::keys::RotationPolicy;
 use jwt_issuer::ttl::{TOKEN_TTL_CEILING, check_ttl};
 use jwt_issuer::{Config, KeyStore};
 
 /// The `--help` heading of the settings every command shares.
 const KEY_STORE_HEADING: &str =
-    "Key store and lifecycle (every command; set them in the environment)";
+    "Key store and lifecycle (every command; set them in the environment or the config file)";
 
 /// The environment variable of the HS256 secret (or `JWT_SECRET_FILE` for its file).
 const HMAC_SECRET_ENV: &str = "JWT_SECRET";
@@ -39,6 +45,11 @@ const HMAC_SECRET_ENV: &str = "JWT_SECRET";
 #[derive(Debug, Parser)]
 #[command(name = "jwt-issuer", version, about, max_term_width = 100)]
 pub struct Cli {
+    /// A TOML file of settings (the names of the flags, with `_`): file < environment <
+    /// flags; see `jwt-issuer config check`
+    #[arg(long, env = "JWT_ISSUER_CONFIG", global = true, value_name = "PATH", help_heading = KEY_STORE_HEADING)]
+    config: Option<PathBuf>,
+
     /// Directory of the private keys; created with mode 0700, keys generated on first start
     #[arg(long, env = "JWT_ISSUER_KEYS_DIR", global = true, help_heading = KEY_STORE_HEADING)]
     keys_dir: Option<PathBuf>,
@@ -86,12 +97,20 @@ enum Command {
     /// Manage OAuth clients of the token endpoint (a running server sees changes within 1s)
     #[command(subcommand)]
     Clients(clients::ClientsCommand),
+    /// Check the settings (defaults < config file < environment < flags)
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
-/// What every command shares: the keys dir and the lifecycle timing.
+/// What every command shares: the settings from every layer, among them the keys dir and
+/// the lifecycle timing.
 struct Context {
     keys_dir: PathBuf,
     policy: RotationPolicy,
+    /// Every setting, laid over the defaults (not yet checked: `serve` checks it).
+    config: Config,
+    /// Where each setting came from.
+    layers: Layers,
 }
 
 impl Context {
@@ -121,17 +140,32 @@ impl Context {
 }
 
 /// Parses the command line; a bad argument ends the process with one line on stderr.
-pub fn parse_args() -> Cli {
-    let parsed = with_defaults_in_help(Cli::command())
-        .try_get_matches()
-        .and_then(|m| Cli::from_arg_matches(&m));
+/// Returns the arguments and the ids of those set on the command line itself (not by the
+/// environment or a default): only these make the flags' layer.
+pub fn parse_args() -> (Cli, BTreeSet<String>) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut command = with_defaults_in_help(Cli::command());
+    let parsed = command.try_get_matches_from_mut(&args).and_then(|m| {
+        let mut given = BTreeSet::new();
+        set_on_command_line(&m, &mut given);
+        Cli::from_arg_matches(&m).map(|cli| (cli, given))
+    });
     match parsed {
-        Ok(cli) => cli,
-        Err(err) => match err.kind() {
+        Ok(parsed) => parsed,
+        Err(mut err) => match err.kind() {
             ErrorKind::DisplayHelp
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
             _ => {
+                if err.kind() == ErrorKind::UnknownArgument
+                    && takes_bind(&command, &args)
+                    && invalid_arg(&err).is_some_and(|a| ADDRESS_FLAGS.contains(&a))
+                {
+                    add_tip(
+                        &mut err,
+                        format!("use --bind HOST:PORT, e.g. --bind {}", Config::DEFAULT_BIND),
+                    );
+                }
                 eprintln!("{} (see --help)", one_line(&err.render().to_string()));
                 process::exit(2);
             }
@@ -139,13 +173,60 @@ pub fn parse_args() -> Cli {
     }
 }
 
+/// Collects the ids of the arguments `matches` (and its subcommands') got from the command
+/// line.
+fn set_on_command_line(matches: &ArgMatches, given: &mut BTreeSet<String>) {
+    for id in matches.ids() {
+        if matches.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
+            given.insert(id.as_str().to_owned());
+        }
+    }
+    if let Some((_, sub)) = matches.subcommand() {
+        set_on_command_line(sub, given);
+    }
+}
+
+/// Flags other servers take for their address, which is `--bind HOST:PORT` here.
+const ADDRESS_FLAGS: [&str; 5] = ["--port", "--host", "--listen", "--address", "--addr"];
+
+/// Whether the (sub)command the arguments name has `--bind`: only there is it the answer
+/// to an unknown `--port`.
+fn takes_bind(root: &clap::Command, args: &[OsString]) -> bool {
+    let mut command = root;
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if let Some(sub) = command.find_subcommand(arg) {
+            command = sub;
+        }
+    }
+    command.get_arguments().any(|a| a.get_id() == "bind")
+}
+
+/// The argument clap could not place, without a `=value`.
+fn invalid_arg(err: &clap::Error) -> Option<&str> {
+    match err.get(ContextKind::InvalidArg)? {
+        ContextValue::String(arg) => arg.split('=').next(),
+        _ => None,
+    }
+}
+
+/// Adds a `tip:` to clap's error, after any it has.
+fn add_tip(err: &mut clap::Error, tip: String) {
+    let mut tips = match err.get(ContextKind::Suggested) {
+        Some(ContextValue::StyledStrs(tips)) => tips.clone(),
+        _ => Vec::new(),
+    };
+    tips.push(StyledStr::from(tip));
+    err.insert(ContextKind::Suggested, ContextValue::StyledStrs(tips));
+}
+
 /// clap's message on one line: what is wrong, the arguments it names and its "did you
-/// mean" tip, without the usage block.
+/// mean" tip, without the usage block and without clap's own pointer to `--help` (the
+/// caller adds one).
 fn one_line(rendered: &str) -> String {
     let mut line = String::new();
     for part in rendered
         .lines()
-        .take_while(|l| !l.starts_with("Usage:"))
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .map(str::trim)
         .filter(|l| !l.is_empty())
     {
@@ -173,36 +254,55 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
 ///
 /// # Errors
 /// Whatever failed, with context and a hint where one helps, for main to print on one line.
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
     // The server logs its work; a CLI command only what goes wrong (JWT_ISSUER_LOG=info
     // shows the rest).
     let default_level = match cli.command {
         Command::Serve(_) => "info",
+        // A failed JWKS fetch is logged by the verifier as a warning and is also the
+        // error the command prints: once is enough.
+        Command::Token(token::TokenCommand::Verify(_)) => "error",
         _ => "warn",
     };
     let _log_guard = init_logging(default_level);
-    let defaults = Config::default();
+    let mut flags = Settings::default();
+    let on_line = |id: &str| given.contains(id);
+    if on_line("keys_dir") {
+        flags.keys_dir.clone_from(&cli.keys_dir);
+    }
+    if on_line("jwks_max_age") {
+        flags.jwks_max_age = cli.timing.jwks_max_age;
+    }
+    if on_line("max_token_ttl") {
+        flags.max_token_ttl = cli.timing.max_token_ttl;
+    }
+    if on_line("rotation_leeway") {
+        flags.rotation_leeway = cli.timing.rotation_leeway;
+    }
+    match &cli.command {
+        Command::Serve(args) => args.flags(&mut flags, &on_line),
+        Command::Token(token::TokenCommand::Issue(args)) => args.flags(&mut flags, &on_line),
+        _ => {}
+    }
+    let layers = Layers::new(cli.config.as_deref(), &flags).map_err(serve::explain)?;
+    let config = layers
+        .settings()
+        .and_then(|settings| settings.apply(Config::default()))
+        .map_err(serve::explain)?;
     let context = Context {
-        keys_dir: cli.keys_dir.unwrap_or(defaults.keys_dir),
-        policy: RotationPolicy {
-            jwks_max_age: cli
-                .timing
-                .jwks_max_age
-                .unwrap_or(defaults.policy.jwks_max_age),
-            max_token_ttl: cli
-                .timing
-                .max_token_ttl
-                .unwrap_or(defaults.policy.max_token_ttl),
-            leeway: cli.timing.rotation_leeway.unwrap_or(defaults.policy.leeway),
-        },
+        keys_dir: config.keys_dir.clone(),
+        policy: config.policy,
+        config,
+        layers,
     };
     match cli.command {
-        Command::Serve(args) => serve::run(&context, args),
+        Command::Serve(_) => serve::run(&context),
         Command::Keys(command) => keys::run(&context, command),
         Command::Jwks => keys::print_jwks(&context),
         Command::Token(command) => token::run(&context, command),
         Command::Bench(args) => bench::run(&args),
         Command::Clients(command) => clients::run(&context, command),
+        Command::Config(command) => config::run(&context, command),
     }
 }
 
@@ -227,6 +327,7 @@ fn defaults() -> Vec<(&'static str, String)> {
             d.http.max_connections_per_address.to_string(),
         ),
         ("shutdown_drain", human(d.http.shutdown_drain)),
+        ("keep_alive", human(d.http.keep_alive)),
     ]
 }
 
@@ -287,15 +388,18 @@ fn init_logging(default_level: &str) -> tracing_appender::non_blocking::WorkerGu
     guard
 }
 
+/// A duration flag: whole seconds, or a number with a unit (`15m`, `24h`, `1h 30m`). The
+/// error is only the reason: clap puts the flag and the value before it.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>()
-        .map(Duration::from_secs)
-        .or_else(|_| humantime::parse_duration(s).map_err(|e| e.to_string()))
+    jwt_issuer::config::parse_duration(s)
 }
 
+/// A token lifetime: a duration from 1 s to [`TOKEN_TTL_CEILING`], the range said in the
+/// forms the flag takes (`24h`, not humantime's `1day`).
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let ttl = parse_seconds(s)?;
-    check_ttl(ttl, TOKEN_TTL_CEILING).map_err(|e| e.to_string())?;
+    check_ttl(ttl, TOKEN_TTL_CEILING)
+        .map_err(|e| format!("out of range: it must be 1s to {}", human(e.max)))?;
     Ok(ttl)
 }
 
@@ -304,8 +408,8 @@ fn check_max_ttl(ttl: Duration, policy: &RotationPolicy) -> Result<()> {
     if ttl > policy.max_token_ttl {
         anyhow::bail!(
             "ttl {} is longer than --max-token-ttl {}: keys are retired on the assumption that no token lives longer",
-            humantime::format_duration(ttl),
-            humantime::format_duration(policy.max_token_ttl)
+            human(ttl),
+            human(policy.max_token_ttl)
         );
     }
     Ok(())

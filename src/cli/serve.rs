@@ -1,10 +1,11 @@
 //! `jwt-issuer serve`.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
+use jwt_issuer::config::Settings;
 use jwt_issuer::oauth::ClientStore;
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
 use jwt_issuer::secret::{ClientSecret, HmacSecret};
@@ -17,13 +18,14 @@ use super::{Context, HMAC_SECRET_ENV, parse_seconds, parse_ttl};
 /// compute the same `iss`.
 #[derive(Debug, Args)]
 pub(super) struct IssuerArgs {
-    /// Address the server listens on; the default issuer is http:// + this address
-    #[arg(long, env = "JWT_ISSUER_BIND")]
+    /// Address the server listens on, with its port; the default issuer is http:// + this
+    /// address
+    #[arg(long, env = "JWT_ISSUER_BIND", value_name = "HOST:PORT")]
     pub bind: Option<String>,
 
     /// Issuer URL: the `iss` of every token and the `issuer` of discovery
     /// [default: http:// + the bind address]
-    #[arg(long, env = "JWT_ISSUER_ISSUER", value_parser = Issuer::parse)]
+    #[arg(long, env = "JWT_ISSUER_ISSUER", value_name = "URL", value_parser = Issuer::parse)]
     pub issuer: Option<Issuer>,
 }
 
@@ -64,7 +66,7 @@ pub(super) struct ServeArgs {
         env = "JWT_ISSUER_TRUSTED_PROXIES",
         value_delimiter = ','
     )]
-    trusted_proxies: Vec<std::net::IpAddr>,
+    trusted_proxies: Vec<IpAddr>,
 
     /// How long a request's head, and then its body, may take to arrive before 408
     #[arg(long, env = "JWT_ISSUER_REQUEST_TIMEOUT", value_parser = parse_seconds)]
@@ -83,54 +85,78 @@ pub(super) struct ServeArgs {
     /// each response) before stopping; 0 stops at once
     #[arg(long, env = "JWT_ISSUER_SHUTDOWN_DRAIN", value_parser = parse_seconds)]
     shutdown_drain: Option<Duration>,
+
+    /// How long an idle keep-alive connection stays open between requests; 0 closes after
+    /// each response
+    #[arg(long, env = "JWT_ISSUER_KEEP_ALIVE", value_parser = parse_seconds)]
+    keep_alive: Option<Duration>,
 }
 
 impl ServeArgs {
-    /// The settings: the library's defaults, overlaid with what the flags and the
-    /// environment set.
-    fn config(self, context: &Context) -> Result<Config> {
-        let mut config = Config {
-            keys_dir: context.keys_dir.clone(),
-            policy: context.policy,
-            ..Config::default()
-        };
-        overlay(&mut config.bind, self.issuer.bind);
-        config.issuer = self.issuer.issuer;
-        overlay(&mut config.alg, self.alg);
-        overlay(&mut config.workers, self.workers);
-        overlay(&mut config.token_ttl, self.token_ttl);
-        overlay(&mut config.auth_limits.max_failures, self.auth_max_failures);
-        overlay(&mut config.auth_limits.window, self.auth_failure_window);
-        config.rotate_every = self.rotate_every;
-        overlay(&mut config.http.request_timeout, self.request_timeout);
-        overlay(&mut config.http.max_connections, self.max_connections);
-        overlay(
-            &mut config.http.max_connections_per_address,
-            self.max_connections_per_address,
-        );
-        overlay(&mut config.http.shutdown_drain, self.shutdown_drain);
-        config.trusted_proxies = self
-            .trusted_proxies
-            .iter()
-            .map(std::net::IpAddr::to_canonical)
-            .collect();
-        config.hmac_secret = HmacSecret::from_env(HMAC_SECRET_ENV)?;
-        config.validate().map_err(explain)?;
-        if config.issuer.is_none() && binds_every_interface(&config.bind) {
-            bail!(
-                "--bind {} listens on every interface, so http://{} would be the issuer, which no client can reach: set --issuer (JWT_ISSUER_ISSUER) to the URL clients use",
-                config.bind,
-                config.bind
-            );
+    /// Puts the settings the command line set (`on_line`) into the flags' layer.
+    pub(super) fn flags(&self, flags: &mut Settings, on_line: &dyn Fn(&str) -> bool) {
+        self.issuer.flags(flags, on_line);
+        if on_line("alg") {
+            flags.alg = self.alg.map(|a| a.to_string());
         }
-        // Accepted only for verification, but a weak one is refused here too.
-        HmacSecret::from_env(&format!("{HMAC_SECRET_ENV}_PREVIOUS"))?;
-        Ok(config)
+        // The settings whose flag holds the layer's own type.
+        macro_rules! same_type {
+            ($($field:ident),*) => {$(
+                if on_line(stringify!($field)) {
+                    flags.$field = self.$field;
+                }
+            )*};
+        }
+        same_type!(
+            workers,
+            token_ttl,
+            auth_max_failures,
+            rotate_every,
+            auth_failure_window,
+            request_timeout,
+            max_connections,
+            max_connections_per_address,
+            shutdown_drain,
+            keep_alive
+        );
+        if on_line("trusted_proxies") {
+            flags.trusted_proxies = Some(self.trusted_proxies.clone());
+        }
     }
 }
 
-pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
-    let config = args.config(context)?;
+impl IssuerArgs {
+    /// Puts `--bind` and `--issuer`, when the command line set them, into the flags' layer.
+    pub(super) fn flags(&self, flags: &mut Settings, on_line: &dyn Fn(&str) -> bool) {
+        if on_line("bind") {
+            flags.bind.clone_from(&self.bind);
+        }
+        if on_line("issuer") {
+            flags.issuer = self.issuer.as_ref().map(|i| i.as_str().to_owned());
+        }
+    }
+}
+
+/// The server's settings from every layer, with the HS256 secret, checked.
+pub(super) fn server_config(context: &Context) -> Result<Config> {
+    let mut config = context.config.clone();
+    check_bind(&config.bind)?;
+    config.hmac_secret = HmacSecret::from_env(HMAC_SECRET_ENV)?;
+    config.validate().map_err(explain)?;
+    if config.issuer.is_none() && binds_every_interface(&config.bind) {
+        bail!(
+            "--bind {} listens on every interface, so http://{} would be the issuer, which no client can reach: set --issuer (JWT_ISSUER_ISSUER) to the URL clients use",
+            config.bind,
+            config.bind
+        );
+    }
+    // Accepted only for verification, but a weak one is refused here too.
+    HmacSecret::from_env(&format!("{HMAC_SECRET_ENV}_PREVIOUS"))?;
+    Ok(config)
+}
+
+pub(super) fn run(context: &Context) -> Result<()> {
+    let config = server_config(context)?;
     // Bind before touching the keys dir, so a bad address writes nothing.
     let listener = TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -180,9 +206,62 @@ pub(super) fn run(context: &Context, args: ServeArgs) -> Result<()> {
     })
 }
 
+/// Refuses a bind address that is not HOST:PORT, saying what to write instead: binding
+/// only answers "invalid socket address", and an address without a port would also make
+/// a default issuer (`http://` + the address) that no server has. A host name with a
+/// port passes; it is resolved when bound.
+pub(super) fn check_bind(bind: &str) -> Result<()> {
+    let port = default_port();
+    let no_port = |fix: String| -> Result<()> { bail!("--bind {bind} has no port: use {fix}") };
+    if bind.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    if bind.trim().is_empty() {
+        bail!("--bind is empty: use {}", Config::DEFAULT_BIND);
+    }
+    if let Some((_, rest)) = bind.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let fix = match authority.rsplit_once(':') {
+            Some((host, p)) if !host.is_empty() && p.parse::<u16>().is_ok() => authority.to_owned(),
+            _ => format!("{}:{port}", authority.trim_end_matches(':')),
+        };
+        bail!(
+            "--bind {bind} is a URL, not HOST:PORT: use {fix} (the URL clients use goes in --issuer)"
+        );
+    }
+    // An IP address alone; an IPv6 one also needs brackets around it.
+    if let Ok(ip) = bind.parse::<IpAddr>() {
+        return no_port(SocketAddr::new(ip, port).to_string());
+    }
+    if bind.starts_with('[') && bind.ends_with(']') {
+        return no_port(format!("{bind}:{port}"));
+    }
+    match bind.rsplit_once(':') {
+        None => no_port(format!("{bind}:{port}")),
+        Some((host, "")) => no_port(format!("{host}:{port}")),
+        Some(("", p)) => {
+            let p = p.parse::<u16>().unwrap_or(port);
+            bail!(
+                "--bind {bind} has no host: use 127.0.0.1:{p} (this machine only) or 0.0.0.0:{p} with --issuer (every interface)"
+            )
+        }
+        Some((_, p)) if p.parse::<u16>().is_err() => {
+            bail!("--bind {bind}: port {p:?} is not a number from 0 to 65535")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// The port of [`Config::DEFAULT_BIND`], offered when an address lacks one.
+fn default_port() -> u16 {
+    Config::DEFAULT_BIND
+        .parse::<SocketAddr>()
+        .map_or(0, |addr| addr.port())
+}
+
 /// `0.0.0.0:P`, `[::]:P` and the like: an address to listen on, never one to reach.
 fn binds_every_interface(bind: &str) -> bool {
-    bind.parse::<std::net::SocketAddr>()
+    bind.parse::<SocketAddr>()
         .is_ok_and(|addr| addr.ip().is_unspecified())
 }
 
@@ -211,22 +290,23 @@ pub(super) fn issuer_warning(issuer: &Issuer) -> Option<String> {
 }
 
 /// Sets `target` when a flag or variable gave a value; the default stays otherwise.
-fn overlay<T>(target: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *target = value;
-    }
-}
-
 /// A settings error, with the flag and variable that set the setting.
-fn explain(err: ConfigError) -> anyhow::Error {
+pub(super) fn explain(err: ConfigError) -> anyhow::Error {
     let setting = match &err {
-        ConfigError::OutOfRange { setting, .. } => *setting,
+        ConfigError::OutOfRange { setting, .. } | ConfigError::Invalid { setting, .. } => *setting,
         ConfigError::RotateTooOften { .. } => "rotate_every",
         _ => return err.into(),
     };
+    if let ConfigError::Invalid {
+        setting: "config",
+        reason,
+    } = &err
+    {
+        return anyhow!("--config (JWT_ISSUER_CONFIG): {reason}");
+    }
     let flag = setting.replace('_', "-");
     let var = setting.to_ascii_uppercase();
-    anyhow!("{err} (set by --{flag} or JWT_ISSUER_{var})")
+    anyhow!("{err} (set by --{flag}, JWT_ISSUER_{var} or `{setting}` in the config file)")
 }
 
 /// Shown once, on the first start: how to get a token right away.
@@ -235,4 +315,27 @@ fn print_bootstrap_client(token_url: &str, secret: &ClientSecret) {
     eprintln!(
         "\nFirst start: registered OAuth client '{BOOTSTRAP_CLIENT_ID}'. Its secret is shown only now:\n\n    client_id:     {BOOTSTRAP_CLIENT_ID}\n    client_secret: {secret}\n\nGet a token:\n\n    curl -s -u '{BOOTSTRAP_CLIENT_ID}:{secret}' -d grant_type=client_credentials {token_url}\n\nManage clients with `jwt-issuer clients add|list|remove|rotate-secret`.\n"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_bind_address_has_a_port_to_offer() {
+        assert_ne!(default_port(), 0);
+        check_bind(Config::DEFAULT_BIND).unwrap();
+    }
+
+    #[test]
+    fn host_and_port_pass_whatever_the_host_is() {
+        for ok in [
+            "127.0.0.1:0",
+            "[::1]:8080",
+            "localhost:8080",
+            "auth.internal:443",
+        ] {
+            check_bind(ok).unwrap();
+        }
+    }
 }

@@ -110,7 +110,7 @@ pub(super) struct VerifyArgs {
     #[arg(long)]
     allow_high_s: bool,
 
-    /// The token [default: read from stdin]
+    /// The token alone, without 'Bearer ' [default: read from stdin]
     #[arg(allow_hyphen_values = true)]
     token: Option<String>,
 }
@@ -122,14 +122,26 @@ pub(super) fn run(context: &Context, command: TokenCommand) -> Result<()> {
     }
 }
 
+impl IssueArgs {
+    /// Puts `--bind` and `--issuer`, when the command line set them, into the flags' layer.
+    pub(super) fn flags(
+        &self,
+        flags: &mut jwt_issuer::config::Settings,
+        on_line: &dyn Fn(&str) -> bool,
+    ) {
+        self.issuer.flags(flags, on_line);
+    }
+}
+
 fn issue(context: &Context, args: IssueArgs) -> Result<()> {
     check_max_ttl(args.ttl, &context.policy)?;
     let defaults = Config::default();
-    let defaulted = args.issuer.issuer.is_none();
-    let issuer = match args.issuer.issuer {
-        Some(issuer) => issuer,
-        None => Issuer::for_bind(&args.issuer.bind.unwrap_or(defaults.bind), None)?,
-    };
+    // --bind and --issuer come through the layers, as for `serve`, so both compute the
+    // same `iss` from the same settings.
+    let config = &context.config;
+    super::serve::check_bind(&config.bind)?;
+    let defaulted = config.issuer.is_none();
+    let issuer = config.issuer_for(None)?;
     let alg = args.alg.unwrap_or(defaults.alg);
     // Refuse bad input before the keys dir is touched (it may generate keys).
     if args.sub.is_empty() {
@@ -207,6 +219,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
     if token.is_empty() {
         bail!("no token: pass it as an argument or on stdin");
     }
+    check_pasted(token)?;
     if args.aud.is_empty() && !args.any_audience {
         bail!("--aud is required (or --any-audience to skip the audience check)");
     }
@@ -220,6 +233,11 @@ fn verify(args: VerifyArgs) -> Result<()> {
         ),
         (None, false) => bail!("--issuer is required (or --any-issuer to skip the issuer check)"),
     };
+    if !keys_named {
+        // Discovery fetches from the issuer, so it must be a URL; with the keys named it
+        // is only compared with `iss`, which other issuers may spell otherwise.
+        Issuer::parse(&issuer)?;
+    }
     let ring = match (&args.secret_env, &args.jwks_file) {
         (Some(var), _) => {
             let current = HmacSecret::require_env(var)?;
@@ -230,6 +248,12 @@ fn verify(args: VerifyArgs) -> Result<()> {
         }
         (None, Some(file)) => Some(read_jwks_file(file)?),
         (None, None) => None,
+    };
+    let expected = Expected {
+        issuer: issuer.clone(),
+        audiences: args.aud.clone(),
+        typ: args.typ.clone(),
+        had_secret: args.secret_env.is_some(),
     };
     let mut validation = Validation::new(issuer.clone(), args.aud);
     if args.any_audience {
@@ -264,18 +288,64 @@ fn verify(args: VerifyArgs) -> Result<()> {
             };
             verifier.verify(token).await
         })
-        .map_err(|err| with_verify_hint(err, token, args.secret_env.is_some()))?;
+        .map_err(|err| with_verify_hint(err, token, &expected))?;
     outln!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }
 
+/// Refuses a token pasted with what surrounded it (its `Authorization` header or `Bearer `
+/// prefix, quotes, a line break inside), saying what to remove: the verifier would only
+/// call it malformed, and cutting it silently would hide that the caller copies, or a
+/// client sends, more than the token. A JWS has no spaces or quotes, so no token is
+/// refused here that could verify. The message never shows the token.
+fn check_pasted(token: &str) -> Result<()> {
+    let mut words = token.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let second = words.next();
+    if first.eq_ignore_ascii_case("authorization:") {
+        bail!(
+            "the token starts with an Authorization header: remove 'Authorization: Bearer ' and pass only the token"
+        );
+    }
+    if first.eq_ignore_ascii_case("bearer") && second.is_some() {
+        bail!(
+            "the token starts with 'Bearer ': remove the 'Bearer ' prefix and pass only the token"
+        );
+    }
+    let quotes: &[char] = &['"', '\'', '`'];
+    if token.starts_with(quotes) || token.ends_with(quotes) {
+        bail!("the token is in quotes: remove the quotes and pass only the token");
+    }
+    if second.is_some() {
+        bail!(
+            "the token contains spaces or a line break: a JWT has no spaces or line breaks; pass it whole, on one line"
+        );
+    }
+    Ok(())
+}
+
+/// What `token verify` was told to expect, to word a mismatch.
+struct Expected {
+    issuer: String,
+    audiences: Vec<String>,
+    typ: Option<String>,
+    had_secret: bool,
+}
+
 /// What to do about a refusal that has a likely cause: an HS256 token checked against
 /// public keys finds no key (say where its key is); a high-S ES256 signature comes from a
-/// library that does not normalize (say which flag accepts it, and at what price).
-fn with_verify_hint(err: VerifyError, token: &str, had_secret: bool) -> anyhow::Error {
+/// library that does not normalize (say which flag accepts it, and at what price). A
+/// mismatch says what was expected and what the token has.
+///
+/// The mismatch's values are worded here, not in [`VerifyError`], whose message a service
+/// sends to any caller (`error_description`): a caller must not learn the audience a
+/// service expects by sending it a token.
+fn with_verify_hint(err: VerifyError, token: &str, expected: &Expected) -> anyhow::Error {
     if err == VerifyError::UnknownKey
-        && !had_secret
-        && unverified_header_alg(token) == Some("HS256")
+        && !expected.had_secret
+        && unverified_segment(token, 0)
+            .and_then(|h| h.get("alg").cloned())
+            .is_some_and(|alg| alg == "HS256")
     {
         return anyhow::anyhow!(
             "{err}: the token is HS256, signed with a shared secret, never in a JWKS; verify it with --secret-env NAME"
@@ -286,21 +356,78 @@ fn with_verify_hint(err: VerifyError, token: &str, had_secret: bool) -> anyhow::
             "{err}; jwt-issuer never signs so, but other libraries (node jose, PyJWT, Go) do: --allow-high-s accepts it for such an issuer (then key replay checks on jti, not on the token)"
         );
     }
-    err.into()
+    // Issuer and audience are checked after the signature, so what the token has there is
+    // what its issuer signed; `typ` is checked first, and is what the header says.
+    let (wanted, segment, member) = match err {
+        VerifyError::WrongAudience => (
+            expected
+                .audiences
+                .iter()
+                .map(|a| shown_str(a))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            1,
+            "aud",
+        ),
+        VerifyError::WrongIssuer => (shown_str(&expected.issuer), 1, "iss"),
+        VerifyError::WrongType => match &expected.typ {
+            Some(typ) => (format!("typ {}", shown_str(typ)), 0, "typ"),
+            None => return err.into(),
+        },
+        _ => return err.into(),
+    };
+    let has = unverified_segment(token, segment)
+        .and_then(|mut json| json.get_mut(member).map(Value::take))
+        .map_or_else(|| "none".to_owned(), |value| shown_json(&value));
+    anyhow::anyhow!("{err}: expected {wanted}, the token has {has}")
 }
 
-/// The `alg` a token's header claims, read WITHOUT verifying anything: only to word an
-/// error message, never to choose a key or an algorithm.
-fn unverified_header_alg(token: &str) -> Option<&'static str> {
+/// A JSON segment of the token (0 the header, 1 the claims), read WITHOUT verifying
+/// anything: only to word an error message, never to choose a key, an algorithm or an
+/// outcome.
+fn unverified_segment(token: &str, index: usize) -> Option<Value> {
     use base64::Engine;
-    let header = token.split('.').next()?;
+    let segment = token.split('.').nth(index)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
+        .decode(segment)
         .ok()?;
-    let header: Value = serde_json::from_slice(&bytes).ok()?;
-    match header.get("alg")?.as_str()? {
-        "HS256" => Some("HS256"),
-        _ => None,
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Longest text of one value in an error message, in characters.
+const SHOWN_CHARS: usize = 64;
+/// Most members of a list shown in an error message.
+const SHOWN_ITEMS: usize = 5;
+
+/// A string for an error message: quoted, control characters escaped, cut short.
+fn shown_str(text: &str) -> String {
+    let mut shown = format!("{:?}", text.chars().take(SHOWN_CHARS).collect::<String>());
+    if text.chars().nth(SHOWN_CHARS).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
+/// A claim's value for an error message: strings as [`shown_str`], a list by its first
+/// members, anything else as JSON cut short.
+fn shown_json(value: &Value) -> String {
+    match value {
+        Value::String(text) => shown_str(text),
+        Value::Array(items) => {
+            let mut parts: Vec<String> = items.iter().take(SHOWN_ITEMS).map(shown_json).collect();
+            if items.len() > SHOWN_ITEMS {
+                parts.push(format!("… {} more", items.len() - SHOWN_ITEMS));
+            }
+            format!("[{}]", parts.join(", "))
+        }
+        other => {
+            let json = other.to_string();
+            let mut shown: String = json.chars().take(SHOWN_CHARS).collect();
+            if json.chars().nth(SHOWN_CHARS).is_some() {
+                shown.push('…');
+            }
+            shown
+        }
     }
 }
 

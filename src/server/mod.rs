@@ -129,12 +129,14 @@ impl Application {
                                 .head_mut()
                                 .set_connection_type(actix_web::http::ConnectionType::Close);
                         }
-                        // Every route is a fixed path: label by it without allocating, and
-                        // never by a raw client path (the series stay bounded).
-                        let path = res.request().path();
+                        // Label by the resource the router chose, not by the path as the
+                        // client spelled it: `/%68ealthz` is served by /healthz and counted
+                        // there. Only the fixed ROUTES are labels (the series stay bounded);
+                        // a path no resource serves is "unmatched".
+                        let pattern = res.request().match_pattern();
                         let route = ROUTES
                             .iter()
-                            .find(|r| **r == path)
+                            .find(|r| pattern.as_deref() == Some(**r))
                             .copied()
                             .unwrap_or("unmatched");
                         metrics.observe_request(route, res.status());
@@ -147,6 +149,11 @@ impl Application {
         .workers(config.workers)
         .on_connect(move |connection, data| connections.on_connect(connection, data))
         .client_request_timeout(limits.request_timeout)
+        .keep_alive(if limits.keep_alive.is_zero() {
+            actix_web::http::KeepAlive::Disabled
+        } else {
+            actix_web::http::KeepAlive::Timeout(limits.keep_alive)
+        })
         // actix counts per worker.
         .max_connections((limits.max_connections / config.workers.max(1)).max(1))
         .disable_signals()
@@ -321,17 +328,26 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /readyz` (readiness): 200 when the server can issue tokens with its default
-/// algorithm; 503 with the reasons while it cannot (no usable active key for it, or a store
+/// algorithm and every algorithm a registered client uses; 503 with the reasons while it cannot (no usable active key for it, or a store
 /// change that cannot be read, during which no token is issued). The JWKS and discovery are
 /// served either way.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let published = state.published.load();
     let mut reasons = Vec::new();
-    let alg = published.signer.default_alg();
-    if !published.signer.supports(alg) {
-        reasons.push(format!(
-            "no usable active {alg} key (the default algorithm)"
-        ));
+    // The default algorithm, and every algorithm a registered client's tokens use.
+    let default = published.signer.default_alg();
+    let mut algs = state.clients.load().algorithms();
+    algs.retain(|a| *a != default);
+    algs.insert(0, default);
+    for alg in algs {
+        if !published.signer.supports(alg) {
+            let whose = if alg == default {
+                "the default algorithm"
+            } else {
+                "a registered client's algorithm"
+            };
+            reasons.push(format!("no usable active {alg} key ({whose})"));
+        }
     }
     if let Some(why) = state.unapplied_change() {
         reasons.push(why.to_owned());

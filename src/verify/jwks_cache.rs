@@ -120,11 +120,20 @@ impl JwksCache {
     /// [`JwksCacheOptions::allow_foreign_jwks_uri`] accepts another origin.
     ///
     /// # Errors
-    /// `KeySetUnavailable` when no document is found, it names another issuer
+    /// `KeySetUnavailable` when `issuer` is not an http(s) URL ([`KeySetError::Invalid`]),
+    /// no document is found, it names another issuer
     /// ([`KeySetError::IssuerMismatch`]), or its `jwks_uri` may not be used
     /// ([`KeySetError::JwksUriRefused`]).
     pub async fn discover(issuer: &str, options: JwksCacheOptions) -> Result<Self, VerifyError> {
         let unavailable = VerifyError::KeySetUnavailable;
+        // Discovery starts from the issuer's URL (RFC 8414 section 3): `auth.example.com`
+        // is answered with the URL meant, not with an HTTP client's error.
+        if let Err(e) = crate::Issuer::parse(issuer) {
+            return Err(unavailable(KeySetError::Invalid {
+                url: printable(issuer),
+                reason: e.to_string(),
+            }));
+        }
         let probe = Self::new("", options)?;
         let base = issuer.trim_end_matches('/');
         let mut last_error = KeySetError::NotFetched;
@@ -299,7 +308,14 @@ impl JwksCache {
     async fn get_limited(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), KeySetError> {
         let limit = self.options.max_response_bytes;
         let failed = |e: reqwest::Error| {
-            if e.is_timeout() {
+            // The only request-building input is the URL: reqwest's "builder error" means
+            // it is not one it can fetch.
+            if e.is_builder() {
+                KeySetError::Invalid {
+                    url: url.to_owned(),
+                    reason: "not an http:// or https:// URL".to_owned(),
+                }
+            } else if e.is_timeout() {
                 KeySetError::Timeout {
                     url: url.to_owned(),
                 }

@@ -2,7 +2,9 @@
 
 use tempfile::TempDir;
 
-use crate::helpers::{PATIENCE, ServeProcess, keys_dir_with_template, list_dir, run_cli, wait_for};
+use crate::helpers::{
+    PATIENCE, ServeProcess, keys_dir_with_template, list_dir, run_cli, run_cli_with_env, wait_for,
+};
 
 #[test]
 fn help_reads_well_on_every_command() {
@@ -282,4 +284,219 @@ fn bench_json_holds_every_algorithm_with_positive_figures() {
         run_cli(tmp.path(), &["bench", "--seconds", "0"]).code,
         Some(0)
     );
+}
+
+/// A duration flag that cannot be read says which forms it takes; one out of range says
+/// its range in those forms; either way once, on one line, with one pointer to --help.
+#[test]
+fn duration_errors_say_the_accepted_forms_once_on_one_line() {
+    let tmp = TempDir::new().unwrap();
+    let forms = "use seconds or a unit: 90, 15m, 24h";
+    for (args, wanted) in [
+        (vec!["serve", "--jwks-max-age", "soon"], forms),
+        (vec!["serve", "--request-timeout", "abc"], forms),
+        (vec!["serve", "--rotation-leeway", "3x"], forms),
+        (vec!["serve", "--token-ttl", "1e9999h"], forms),
+        (
+            vec!["token", "issue", "--sub", "a", "--ttl", "forever"],
+            forms,
+        ),
+        (
+            vec![
+                "token",
+                "verify",
+                "--any-audience",
+                "--any-issuer",
+                "--leeway",
+                "5 min 3",
+            ],
+            forms,
+        ),
+        (
+            vec!["serve", "--token-ttl", "2days"],
+            "out of range: it must be 1s to 24h",
+        ),
+        (
+            vec!["serve", "--token-ttl", "0"],
+            "out of range: it must be 1s to 24h",
+        ),
+        (
+            vec!["token", "issue", "--sub", "a", "--ttl", "25h"],
+            "1s to 24h",
+        ),
+    ] {
+        let out = run_cli(tmp.path(), &args);
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        let err = out.stderr.trim_end();
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {err}");
+        assert_eq!(err.matches(wanted).count(), 1, "{args:?}: {err}");
+        assert_eq!(err.matches("--help").count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("For more information"), "{args:?}: {err}");
+        assert!(!err.contains("1day"), "{args:?}: {err}");
+    }
+}
+
+/// An address without its port or host, a URL, or a `--port` flag (there is none) is
+/// answered with the `--bind HOST:PORT` to write, before anything is bound or written.
+#[test]
+fn a_bind_address_without_host_or_port_says_what_to_write() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("keys");
+    for (args, wanted) in [
+        (
+            vec!["serve", "--bind", "127.0.0.1"],
+            "--bind 127.0.0.1 has no port: use 127.0.0.1:8080",
+        ),
+        (
+            vec!["serve", "--bind", "localhost"],
+            "--bind localhost has no port: use localhost:8080",
+        ),
+        (
+            vec!["serve", "--bind", "localhost:"],
+            "--bind localhost: has no port: use localhost:8080",
+        ),
+        (
+            vec!["serve", "--bind", "[::1]"],
+            "has no port: use [::1]:8080",
+        ),
+        (vec!["serve", "--bind", "::1"], "use [::1]:8080"),
+        (
+            vec!["serve", "--bind", ":8080"],
+            "--bind :8080 has no host: use 127.0.0.1:8080",
+        ),
+        (
+            vec!["serve", "--bind", "http://127.0.0.1:9000/"],
+            "use 127.0.0.1:9000",
+        ),
+        (
+            vec!["serve", "--bind", "127.0.0.1:http"],
+            "port \"http\" is not a number",
+        ),
+        (
+            vec!["serve", "--bind", ""],
+            "--bind is empty: use 127.0.0.1:8080",
+        ),
+        (
+            vec!["token", "issue", "--sub", "a", "--bind", "127.0.0.1"],
+            "--bind 127.0.0.1 has no port: use 127.0.0.1:8080",
+        ),
+    ] {
+        let out = run_cli(&dir, &args);
+        assert_eq!(out.code, Some(1), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(wanted), "{args:?}: {}", out.stderr);
+    }
+    for args in [
+        vec!["serve", "--port", "8080"],
+        vec!["serve", "--port=8080"],
+        vec!["serve", "--host", "0.0.0.0"],
+        vec!["token", "issue", "--sub", "a", "--port", "8080"],
+    ] {
+        let out = run_cli(&dir, &args);
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("unexpected argument")
+                && out
+                    .stderr
+                    .contains("tip: use --bind HOST:PORT, e.g. --bind 127.0.0.1:8080"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    // A command without --bind gets no such tip.
+    let out = run_cli(&dir, &["keys", "list", "--port", "1"]);
+    assert_eq!(out.code, Some(2));
+    assert!(!out.stderr.contains("--bind"), "{}", out.stderr);
+    assert!(!dir.exists(), "a bad address wrote {:?}", list_dir(&dir));
+}
+
+/// `auth.example.com` for an issuer: every command that takes one says it must be an
+/// http(s) URL and shows the URL to write, on one line, never an HTTP client's "builder
+/// error"; a JWKS URL without a scheme is named as such too.
+#[test]
+fn an_issuer_without_a_scheme_is_answered_with_the_url_to_write() {
+    let (_tmp, dir) = keys_dir_with_template();
+    // Header {"alg":"ES256","kid":"k"}: the verifier gets as far as fetching keys.
+    let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsifQ.e30.AAAA";
+    let wanted = "must be an http:// or https:// URL, e.g. \"https://auth.example.com\"";
+    for (args, env) in [
+        (vec!["serve", "--issuer", "auth.example.com"], None),
+        (
+            vec!["serve"],
+            Some(("JWT_ISSUER_ISSUER", "auth.example.com")),
+        ),
+        (
+            vec![
+                "token",
+                "issue",
+                "--sub",
+                "a",
+                "--issuer",
+                "auth.example.com",
+            ],
+            None,
+        ),
+        (
+            vec![
+                "token",
+                "verify",
+                "--issuer",
+                "auth.example.com",
+                "--aud",
+                "api",
+                token,
+            ],
+            None,
+        ),
+    ] {
+        let out = run_cli_with_env(&dir, &args, env.as_slice());
+        assert!(matches!(out.code, Some(1 | 2)), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(wanted), "{args:?}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("builder error"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = run_cli(
+        &dir,
+        &[
+            "token",
+            "verify",
+            "--jwks-uri",
+            "auth.example.com/.well-known/jwks.json",
+            "--issuer",
+            "https://auth.example.com",
+            "--aud",
+            "api",
+            token,
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not an http:// or https:// URL"),
+        "{}",
+        out.stderr
+    );
+    // With the keys named, --issuer is only compared with `iss`, which other issuers may
+    // spell without a scheme: not refused.
+    let out = run_cli_with_env(
+        &dir,
+        &[
+            "token",
+            "verify",
+            "--secret-env",
+            "S",
+            "--issuer",
+            "my-app",
+            "--aud",
+            "api",
+            token,
+        ],
+        &[("S", "q3Vn0bZl8Xk2yTf7Wc1JpR5hM9sD4eGaLuQo6iNzB0t=")],
+    );
+    assert!(!out.stderr.contains("https://"), "{}", out.stderr);
 }

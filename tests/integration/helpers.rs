@@ -583,6 +583,14 @@ impl ServeProcess {
         Self::spawn(cmd)
     }
 
+    /// The binary with exactly these arguments (`serve` and its flags, no `--bind` or
+    /// `--workers` added), waiting for its "listening" log line.
+    pub fn start_with_args(keys_dir: &Path, args: &[&str]) -> Self {
+        let mut cmd = cli(keys_dir);
+        cmd.args(args);
+        Self::spawn(cmd)
+    }
+
     /// As [`ServeProcess::start`], with at most `fds` open file descriptors (`ulimit -n`).
     pub fn start_with_fd_limit(keys_dir: &Path, extra_args: &[&str], fds: u32) -> Self {
         let mut cmd = Command::new("sh");

@@ -432,6 +432,53 @@ fn garbage_in_paths_and_queries_gets_a_4xx_or_is_ignored() {
     assert!(count(&counts, "/oauth2/token", 400) >= 4, "{counts:#?}");
 }
 
+/// A request is counted under the route that served it, whatever the spelling of its path:
+/// `/%68ealthz` is `/healthz` once decoded and served by it, so it is counted there; a path
+/// no route serves is "unmatched". Every label is a route or "unmatched", so the series stay
+/// bounded however the paths are spelled.
+#[test]
+fn requests_are_counted_under_the_route_that_served_them() {
+    let app = TestApp::spawn();
+    let addr = addr_of(&app);
+    for (target, status) in [
+        ("/%68ealthz", 200),
+        ("/%68%65%61%6C%74%68%7A", 200),
+        ("/.well-known/jwks%2Ejson", 200),
+        ("/%6Detrics?x=%ff", 200),
+        ("/healthz/", 404),
+        ("//healthz", 404),
+        ("/%2Fhealthz", 404),
+        ("/nope/%68ealthz", 404),
+        ("/%ff%fe", 404),
+    ] {
+        let reply = exchange(addr, &raw_get(target.as_bytes()));
+        assert_eq!(reply.status(), Some(status), "{target}: {reply:?}");
+    }
+    // POST on a GET route is refused by that route, and counted under it.
+    let reply = exchange(
+        addr,
+        b"POST /%68ealthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(reply.status(), Some(405), "{reply:?}");
+    let counts = request_counts(&app);
+    assert_eq!(count(&counts, "/healthz", 200), 2, "{counts:#?}");
+    assert_eq!(count(&counts, "/healthz", 405), 1, "{counts:#?}");
+    assert_eq!(
+        count(&counts, "/.well-known/jwks.json", 200),
+        1,
+        "{counts:#?}"
+    );
+    assert_eq!(count(&counts, "/metrics", 200), 1, "{counts:#?}");
+    assert_eq!(count(&counts, "unmatched", 200), 0, "{counts:#?}");
+    assert_eq!(count(&counts, "unmatched", 404), 5, "{counts:#?}");
+    for (route, _) in counts.keys() {
+        assert!(
+            route == "unmatched" || ROUTES[..7].contains(&route.as_str()),
+            "label {route:?}: {counts:#?}"
+        );
+    }
+}
+
 /// Every route the service serves, and one it does not.
 const ROUTES: [&str; 8] = [
     "/.well-known/jwks.json",

@@ -860,3 +860,25 @@ fn a_set_without_usable_keys_says_why_each_was_skipped_within_bounds() {
     }
     assert!(reason.len() < 2000, "{} bytes: {reason}", reason.len());
 }
+
+#[test]
+fn an_issuer_or_jwks_url_without_a_scheme_is_named_not_fetched() {
+    let err = run(JwksCache::discover("auth.example.com", options())).unwrap_err();
+    let VerifyError::KeySetUnavailable(KeySetError::Invalid { url, reason }) = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(url, "auth.example.com");
+    assert!(
+        reason.contains("must be an http:// or https:// URL, e.g. \"https://auth.example.com\""),
+        "{reason}"
+    );
+    let cache = JwksCache::new("auth.example.com/.well-known/jwks.json", options()).unwrap();
+    let err = run(cache.key("k")).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::KeySetUnavailable(KeySetError::Invalid {
+            url: "auth.example.com/.well-known/jwks.json".into(),
+            reason: "not an http:// or https:// URL".into(),
+        })
+    );
+}

@@ -6,6 +6,8 @@ mod helpers;
 
 mod cli;
 mod clients;
+mod config;
+mod deploy;
 mod extractor;
 mod fail_closed;
 mod faults;

@@ -421,3 +421,141 @@ fn a_secret_sent_as_the_client_id_is_not_logged() {
         "the secret reached the log"
     );
 }
+
+/// `token verify` over the store's JWKS written to a file: `(keys dir, jwks file)`.
+fn store_with_jwks_file() -> (TempDir, std::path::PathBuf, String) {
+    let (tmp, dir) = keys_dir_with_template();
+    let jwks_file = dir.parent().unwrap().join("jwks.json");
+    std::fs::write(&jwks_file, run_cli(&dir, &["jwks"]).stdout).unwrap();
+    let jwks = jwks_file.to_str().unwrap().to_owned();
+    (tmp, dir, jwks)
+}
+
+#[test]
+fn a_token_pasted_with_its_bearer_prefix_or_quotes_gets_a_hint() {
+    let (_tmp, dir, jwks) = store_with_jwks_file();
+    let token = helpers::issue_token(&dir, &["--sub", "a", "--issuer", "https://auth.example"]);
+    let verify = |input: &str| {
+        run_cli(
+            &dir,
+            &[
+                "token",
+                "verify",
+                "--jwks-file",
+                &jwks,
+                "--issuer",
+                "https://auth.example",
+                "--any-audience",
+                input,
+            ],
+        )
+    };
+    for (input, hint) in [
+        (format!("Bearer {token}"), "remove the 'Bearer ' prefix"),
+        (format!("bearer  {token}"), "remove the 'Bearer ' prefix"),
+        (
+            format!("Authorization: Bearer {token}"),
+            "remove 'Authorization: Bearer '",
+        ),
+        (format!("\"{token}\""), "remove the quotes"),
+        (format!("'{token}'"), "remove the quotes"),
+        (format!("\"{token}"), "remove the quotes"),
+        (
+            format!("{}\n{}", &token[..40], &token[40..]),
+            "a JWT has no spaces or line breaks",
+        ),
+    ] {
+        let out = verify(&input);
+        assert_eq!(out.code, Some(1), "{input:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{input:?}: {}", out.stderr);
+        assert!(out.stderr.contains(hint), "{input:?}: {}", out.stderr);
+        assert!(!out.stderr.contains(&token[40..]), "the token was echoed");
+    }
+    // Whitespace around it, as a copy or a file gives it, is only trimmed.
+    let out = verify(&format!("\n  {token}\r\n"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // On stdin too.
+    let mut child = helpers::cli(&dir)
+        .args([
+            "token",
+            "verify",
+            "--jwks-file",
+            &jwks,
+            "--issuer",
+            "https://auth.example",
+            "--any-audience",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(child.stdin.take().unwrap(), "Bearer {token}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("remove the 'Bearer ' prefix"), "{stderr}");
+}
+
+#[test]
+fn a_mismatch_shows_what_was_expected_and_what_the_token_has() {
+    let (_tmp, dir, jwks) = store_with_jwks_file();
+    let issue = |extra: &[&str]| {
+        let mut args = vec!["--sub", "a", "--issuer", "https://auth.example"];
+        args.extend_from_slice(extra);
+        helpers::issue_token(&dir, &args)
+    };
+    let verify = |token: &str, extra: &[&str]| {
+        let mut args = vec!["token", "verify", "--jwks-file", &jwks];
+        args.extend_from_slice(extra);
+        args.push(token);
+        let out = run_cli(&dir, &args);
+        assert_eq!(out.code, Some(1), "{extra:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{extra:?}: {}", out.stderr);
+        // Claims and type, never the token or its signature.
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!out.stderr.contains(signature), "{}", out.stderr);
+        out.stderr
+    };
+    let iss = ["--issuer", "https://auth.example"];
+    let other = issue(&["--aud", "other"]);
+    let err = verify(&other, &[&iss[..], &["--aud", "api"]].concat());
+    assert!(
+        err.contains(r#"wrong audience: expected "api", the token has "other""#),
+        "{err}"
+    );
+    let two = issue(&["--aud", "other", "--aud", "more"]);
+    let err = verify(
+        &two,
+        &[&iss[..], &["--aud", "api", "--aud", "billing"]].concat(),
+    );
+    assert!(
+        err.contains(r#"expected "api" or "billing", the token has ["other", "more"]"#),
+        "{err}"
+    );
+    let long = "x".repeat(1000);
+    let err = verify(
+        &issue(&["--aud", &long]),
+        &[&iss[..], &["--aud", "api"]].concat(),
+    );
+    assert!(err.len() < 300 && err.contains('…'), "{err}");
+    let err = verify(
+        &other,
+        &["--issuer", "https://elsewhere.example", "--any-audience"],
+    );
+    assert!(
+        err.contains(
+            r#"wrong issuer: expected "https://elsewhere.example", the token has "https://auth.example""#
+        ),
+        "{err}"
+    );
+    let err = verify(
+        &other,
+        &[&iss[..], &["--any-audience", "--typ", "at+jwt"]].concat(),
+    );
+    assert!(
+        err.contains(r#"wrong token type: expected typ "at+jwt", the token has "JWT""#),
+        "{err}"
+    );
+}

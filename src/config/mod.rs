@@ -1,8 +1,12 @@
 //! The server's settings: one typed [`Config`], checked when it is built. Every default is
 //! written once, beside the type it belongs to ([`RotationPolicy`], [`AuthLimits`],
-//! [`DEFAULT_TOKEN_TTL`], the constants here); the CLI maps flags and `JWT_ISSUER_*`
-//! variables onto it. This module only reads the others: nothing below the server and
-//! the CLI depends on it.
+//! [`DEFAULT_TOKEN_TTL`], the constants here). [`layers`] lays the config file,
+//! `JWT_ISSUER_*` variables and flags over the defaults. This module only reads the
+//! others: nothing below the server and the CLI depends on it.
+
+pub mod layers;
+
+pub use layers::{Layers, Settings, Source, parse_duration};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +63,8 @@ pub struct HttpLimits {
     /// Open connections from one address (trusted proxies excepted; default 256); past it
     /// a new connection from that address is closed at once.
     pub max_connections_per_address: usize,
+    /// How long an idle keep-alive connection stays open between requests (default 5 s).
+    pub keep_alive: Duration,
     /// After SIGTERM, how long the server keeps answering (readiness says 503 and every
     /// response closes its connection) before it stops accepting, so load balancers and
     /// keep-alive clients move away without losing a request (default 1 s).
@@ -86,6 +92,7 @@ impl Default for HttpLimits {
                 .clamp(16, Self::MAX_CONNECTIONS_CEILING),
             max_connections_per_address: 256,
             shutdown_drain: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(5),
         }
     }
 }
@@ -128,6 +135,18 @@ pub enum ConfigError {
     /// An issuer that is not an http(s) URL.
     #[error(transparent)]
     Issuer(#[from] InvalidIssuer),
+    /// A setting whose value does not parse.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A layer (the config file, the environment) names an unknown setting or holds a value
+    /// of the wrong form; the message names the setting and the layer.
+    #[error("{0}")]
+    Layer(String),
 }
 
 impl Default for Config {

@@ -1,0 +1,90 @@
+//! `jwt-issuer config check`.
+
+use anyhow::Result;
+use clap::Subcommand;
+use jwt_issuer::config::layers::SETTINGS;
+use jwt_issuer::secret::HmacSecret;
+
+use super::{Context, HMAC_SECRET_ENV, human};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ConfigCommand {
+    /// Check the settings `serve` would run with, and print each one with where it came
+    /// from (default, file, env, flag); secrets are never printed
+    Check,
+}
+
+pub(super) fn run(context: &Context, command: ConfigCommand) -> Result<()> {
+    match command {
+        ConfigCommand::Check => check(context),
+    }
+}
+
+fn check(context: &Context) -> Result<()> {
+    let config = &context.config;
+    let value = |setting: &str| -> String {
+        let secs = |d: std::time::Duration| human(d);
+        match setting {
+            "keys_dir" => config.keys_dir.display().to_string(),
+            "jwks_max_age" => secs(config.policy.jwks_max_age),
+            "max_token_ttl" => secs(config.policy.max_token_ttl),
+            "rotation_leeway" => secs(config.policy.leeway),
+            "bind" => config.bind.clone(),
+            "issuer" => config.issuer_for(None).map_or_else(
+                |e| format!("(none: {e})"),
+                |i| {
+                    let shown = i.as_str().to_owned();
+                    if config.issuer.is_none() {
+                        format!("{shown} (from bind)")
+                    } else {
+                        shown
+                    }
+                },
+            ),
+            "alg" => config.alg.to_string(),
+            "workers" => config.workers.to_string(),
+            "token_ttl" => secs(config.token_ttl),
+            "auth_max_failures" => config.auth_limits.max_failures.to_string(),
+            "auth_failure_window" => secs(config.auth_limits.window),
+            "rotate_every" => config.rotate_every.map_or_else(|| "off".into(), secs),
+            "trusted_proxies" => {
+                let list: Vec<String> = config
+                    .trusted_proxies
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                if list.is_empty() {
+                    "none".into()
+                } else {
+                    list.join(",")
+                }
+            }
+            "request_timeout" => secs(config.http.request_timeout),
+            "max_connections" => config.http.max_connections.to_string(),
+            "max_connections_per_address" => config.http.max_connections_per_address.to_string(),
+            "shutdown_drain" => secs(config.http.shutdown_drain),
+            "keep_alive" => secs(config.http.keep_alive),
+            _ => "?".into(),
+        }
+    };
+    let width = SETTINGS.iter().map(|s| s.len()).max().unwrap_or(0);
+    for setting in SETTINGS {
+        outln!(
+            "{setting:<width$} = {}    ({})",
+            value(setting),
+            context.layers.source(setting)
+        );
+    }
+    // Secrets: only whether they are set and where from, never the value.
+    for var in [HMAC_SECRET_ENV, "JWT_SECRET_PREVIOUS"] {
+        let shown = match HmacSecret::from_env(var) {
+            Ok(Some(_)) => format!("set, redacted    (env {var} or {var}_FILE)"),
+            Ok(None) => "not set".to_owned(),
+            Err(e) => format!("unusable: {e}"),
+        };
+        outln!("{:<width$} = {shown}", var.to_ascii_lowercase());
+    }
+    super::serve::server_config(context)?;
+    outln!("ok: serve would start with these settings");
+    Ok(())
+}
