@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::Path;
 
 use jwt_issuer::SigningAlg;
 use jwt_issuer::keys::MANIFEST_FILE;
@@ -412,6 +413,125 @@ fn the_output_is_prometheus_text() {
             assert!(name.ends_with("_total"), "{name}");
         }
     }
+}
+
+#[test]
+fn the_key_alert_rules_use_only_series_and_label_values_the_server_serves() {
+    let rules = key_alert_rules();
+    assert!(rules.len() >= 5, "{rules:?}");
+    // A server with a value in every family the rules use: automatic rotation (a next
+    // key), an issued token, a refused one, a JWKS 200 and 304.
+    let (_tmp, dir) = keys_dir_with_template();
+    let added = run_cli(&dir, &["clients", "add", "alerts"]);
+    assert_eq!(added.code, Some(0), "{}", added.stderr);
+    let client = TestClient::new("alerts", added.stdout.trim());
+    let server = ServeProcess::start(&dir, &["--rotate-every", "1d"]);
+    server.token_for(&client);
+    assert_eq!(
+        server
+            .token_response(&TestClient::new("alerts", "wrong"), &[])
+            .status,
+        401
+    );
+    let jwks = server.get("/.well-known/jwks.json");
+    let url = format!("{}/.well-known/jwks.json", server.url);
+    let etag = jwks.header("etag").expect("etag");
+    assert_eq!(request("GET", &url, &[("If-None-Match", etag)]).status, 304);
+    let served = wait_for(PATIENCE, "a next key", || {
+        let m = scrape(&server.url);
+        let next = m
+            .samples
+            .iter()
+            .any(|s| s.name == "jwt_issuer_key_state" && s.labels["state"] == "next");
+        if next { Ok(m) } else { Err(m.text) }
+    });
+    for (alert, expr) in &rules {
+        let selectors = selectors(expr);
+        assert!(!selectors.is_empty(), "{alert}: no metric in {expr}");
+        for (metric, matchers) in selectors {
+            let family: Vec<&Sample> = served.samples.iter().filter(|s| s.name == metric).collect();
+            assert!(
+                !family.is_empty(),
+                "{alert}: {metric} is not served:\n{}",
+                served.text
+            );
+            for (label, op, value) in &matchers {
+                // Each value a matcher names (`=`, or an alternative of `=~`) is served.
+                let values: Vec<&str> = match op.as_str() {
+                    "=" => vec![value.as_str()],
+                    "=~" => value.split('|').collect(),
+                    _ => panic!("{alert}: unexpected matcher {label}{op}{value:?}"),
+                };
+                for value in values {
+                    assert!(
+                        family
+                            .iter()
+                            .any(|s| s.labels.get(label).map(String::as_str) == Some(value)),
+                        "{alert}: no {metric}{{{label}=\"{value}\"}} in\n{}",
+                        served.text
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Each alert's name and expression in deploy/prometheus/alerts-keys.yaml.
+fn key_alert_rules() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts-keys.yaml");
+    let text = fs::read_to_string(&path).expect("read alerts-keys.yaml");
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("alerts-keys.yaml parses");
+    docs[0]["groups"]
+        .as_vec()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_vec().expect("rules"))
+        .map(|rule| {
+            let alert = rule["alert"].as_str().expect("alert");
+            (
+                alert.to_owned(),
+                rule["expr"].as_str().expect("expr").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A PromQL label matcher: label, operator, value.
+type Matcher = (String, String, String);
+
+/// The `jwt_issuer_*` metrics an expression names, with their matchers (label, op, value).
+fn selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("jwt_issuer_") {
+        rest = &rest[at..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let metric = rest[..end].to_owned();
+        rest = &rest[end..];
+        let mut matchers = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let close = inner.find('}').expect("a closing brace");
+            for matcher in inner[..close].split(',').map(str::trim) {
+                let op_at = matcher.find(['=', '!']).expect("an operator");
+                let op_len = if matcher[op_at + 1..].starts_with(['=', '~']) {
+                    2
+                } else {
+                    1
+                };
+                let value = matcher[op_at + op_len..].trim().trim_matches('"');
+                matchers.push((
+                    matcher[..op_at].trim().to_owned(),
+                    matcher[op_at..op_at + op_len].to_owned(),
+                    value.to_owned(),
+                ));
+            }
+            rest = &inner[close..];
+        }
+        found.push((metric, matchers));
+    }
+    found
 }
 
 /// The routes the server labels requests with.
