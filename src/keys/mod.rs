@@ -191,6 +191,7 @@ impl KeyStore {
         let manifest = self.manifest_at(now)?;
         let mut keys = Vec::new();
         let mut broken = Vec::new();
+        let mut refused_as_unsafe = false;
         for record in manifest.keys.iter().filter(|r| r.is_published(now)) {
             let loaded = self.backend.load_key(record).and_then(|key| {
                 // Whatever the backend, the key published is the one the manifest names.
@@ -215,6 +216,7 @@ impl KeyStore {
                 Err(KeyStoreError::KeyMissing { .. }) if record.state == KeyState::Retired => {}
                 Err(e @ KeyStoreError::KeyMissing { .. }) if retry_missing => return Err(e),
                 Err(e) => {
+                    refused_as_unsafe |= matches!(e, KeyStoreError::Unsafe(_));
                     let mut reason = crate::report::Report(&e).to_string();
                     let earlier = current
                         .and_then(|set| set.find(&record.kid))
@@ -231,6 +233,12 @@ impl KeyStore {
                     });
                 }
             }
+        }
+        // A key refused as unsafe may be the whole store turning unsafe (its directory
+        // opened to others) between the manifest and the keys: then the store as a whole
+        // cannot be read, rather than losing keys one by one from what is published.
+        if refused_as_unsafe {
+            self.backend.read_manifest()?;
         }
         Ok(KeySet::new(keys, manifest, now).with_broken(broken))
     }

@@ -150,6 +150,7 @@ impl Application {
                     let draining = req
                         .app_data::<web::Data<AppState>>()
                         .is_some_and(|s| s.is_draining());
+                    let started = std::time::Instant::now();
                     let fut = srv.call(req);
                     let metrics = metrics.clone();
                     async move {
@@ -171,6 +172,7 @@ impl Application {
                             .copied()
                             .unwrap_or("unmatched");
                         metrics.observe_request(route, res.status());
+                        metrics.observe_duration(route, res.status(), started.elapsed());
                         Ok(res)
                     }
                 })

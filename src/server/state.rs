@@ -174,6 +174,7 @@ impl AppState {
             report_broken(published.signer.keys());
         }
         metrics.set_keys(published.signer.keys());
+        metrics.set_rotation_period(config.rotate_every);
         let client_version = client_store.version();
         let policy = *key_store.policy();
         let clients = load_clients(
@@ -183,6 +184,9 @@ impl AppState {
         )?;
         report_skipped(&clients);
         metrics.set_clients(&clients);
+        for store in ["keys", "clients"] {
+            metrics.store_current(store);
+        }
         let discovery = discovery_document(&config, &token_endpoint, &published, &clients);
         Ok(Self {
             published: ArcSwap::from_pointee(published),
@@ -328,6 +332,7 @@ impl AppState {
         // version went back to the one served (a file moved away and back).
         let retry_failed = self.key_reload.last_error().is_some();
         if !force && !due && !retry_broken && !retry_failed && version == current.version {
+            self.metrics.store_current("keys");
             return;
         }
         let had_keys = !current.signer.keys().is_empty();
@@ -366,9 +371,15 @@ impl AppState {
                 self.key_reload.succeeded();
                 self.metrics.set_unapplied("keys", false);
                 let changed = next.jwks.etag() != current.jwks.etag();
-                if next.signer.keys().broken() != current.signer.keys().broken() {
+                let broken_changed = next.signer.keys().broken() != current.signer.keys().broken();
+                if broken_changed {
                     report_broken(next.signer.keys());
                 }
+                // A key changing state (next to active) changes the manifest, not the JWKS.
+                let served_changed = changed
+                    || broken_changed
+                    || next.signer.keys().manifest() != current.signer.keys().manifest();
+                self.metrics.reload_succeeded("keys", served_changed);
                 self.metrics.set_keys(next.signer.keys());
                 self.published.store(Arc::new(next));
                 self.refresh_discovery();
@@ -380,8 +391,10 @@ impl AppState {
                 // The version is not recorded, so the next tick tries again. A change that
                 // cannot be read may revoke a key: no token is signed until it is read.
                 let changed = version != current.version;
+                // Closed first (a request on another thread checks the flag), counted after.
+                let new = self.key_reload.failed(&err, changed);
                 self.metrics.reload_failed("keys", changed);
-                if self.key_reload.failed(&err, changed) {
+                if new {
                     if changed {
                         tracing::error!(error = %err, "KEY STORE CHANGED BUT CANNOT BE READ: no token is issued until it is (it may revoke a key); the JWKS stays as it was; retrying every second");
                     } else {
@@ -410,6 +423,7 @@ impl AppState {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if !force && version == *last && self.client_reload.last_error().is_none() {
+            self.metrics.store_current("clients");
             return;
         }
         // A registry file that existed and is gone was deleted with its directory, far
@@ -425,6 +439,7 @@ impl AppState {
         };
         match loaded {
             Ok(registry) => {
+                self.metrics.reload_succeeded("clients", version != *last);
                 // Recorded only now: a load that failed is tried again at the next tick.
                 *last = version;
                 if self.client_reload.unapplied() {
@@ -449,8 +464,9 @@ impl AppState {
                 // token is issued until it is read.
                 let text = Report(&err).to_string();
                 let changed = version != *last;
+                let new = self.client_reload.failed(&text, changed);
                 self.metrics.reload_failed("clients", changed);
-                if self.client_reload.failed(&text, changed) {
+                if new {
                     tracing::error!(error = %text, "CLIENT REGISTRY CHANGED BUT CANNOT BE READ: no token is issued until it is (it may remove a client or rotate a secret); retrying every second");
                 }
             }

@@ -52,6 +52,9 @@ pub async fn token(
         Err(err) => Err(err.code()),
     });
     let issued = result?;
+    state
+        .metrics
+        .observe_issued(&issued.client_id, issued.token.alg, &issued.token.kid);
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"))

@@ -19,6 +19,7 @@ mod jwks;
 mod jwks_cache;
 mod keystore;
 mod logs;
+mod metrics;
 mod operator_cli;
 mod readme;
 mod rotation;
