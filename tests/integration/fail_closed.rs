@@ -375,7 +375,11 @@ fn a_key_file_opened_to_others_or_deleted_by_hand_stops_signing_without_a_sighup
     // ES256 is the default algorithm: not ready while it cannot sign.
     let ready = server.get("/readyz");
     assert_eq!(ready.status, 503, "{}", ready.body);
-    assert!(ready.body.contains("no usable active ES256 key"), "{}", ready.body);
+    assert!(
+        ready.body.contains("no usable active ES256 key"),
+        "{}",
+        ready.body
+    );
     fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
     wait_until(PATIENCE, "ES256 tokens again", || {
         server.token_response(&client, &[]).status == 200
