@@ -64,6 +64,7 @@ fn check(context: &Context) -> Result<()> {
             "max_connections_per_address" => config.http.max_connections_per_address.to_string(),
             "shutdown_drain" => secs(config.http.shutdown_drain),
             "keep_alive" => secs(config.http.keep_alive),
+            "max_body_bytes" => config.http.max_body_bytes.to_string(),
             "tls_cert" => config.tls.as_ref().map_or_else(
                 || "none (plain HTTP)".into(),
                 |t| t.cert.display().to_string(),

@@ -369,6 +369,7 @@ fn defaults() -> Vec<(&'static str, String)> {
         ),
         ("shutdown_drain", human(d.http.shutdown_drain)),
         ("keep_alive", human(d.http.keep_alive)),
+        ("max_body_bytes", d.http.max_body_bytes.to_string()),
         ("log_format", d.log_format.to_string()),
     ]
 }

@@ -94,6 +94,10 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "JWT_ISSUER_KEEP_ALIVE", value_parser = parse_seconds)]
     keep_alive: Option<Duration>,
 
+    /// The largest token request body accepted, in bytes (1024 to 1048576); 413 beyond
+    #[arg(long, env = "JWT_ISSUER_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+
     /// Serve HTTPS (TLS 1.2/1.3, HTTP/2) with this PEM certificate chain, server's
     /// certificate first; reread when it changes [default: none, plain HTTP]
     #[arg(
@@ -140,7 +144,8 @@ impl ServeArgs {
             max_connections,
             max_connections_per_address,
             shutdown_drain,
-            keep_alive
+            keep_alive,
+            max_body_bytes
         );
         if on_line("trusted_proxies") {
             flags.trusted_proxies = Some(self.trusted_proxies.clone());

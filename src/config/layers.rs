@@ -61,6 +61,8 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
     pub keep_alive: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
@@ -71,7 +73,7 @@ pub struct Settings {
 }
 
 /// The name of every setting, as in the file (the variable is [`ENV_PREFIX`] + upper case).
-pub const SETTINGS: [&str; 22] = [
+pub const SETTINGS: [&str; 23] = [
     "keys_dir",
     "jwks_max_age",
     "max_token_ttl",
@@ -90,6 +92,7 @@ pub const SETTINGS: [&str; 22] = [
     "max_connections_per_address",
     "shutdown_drain",
     "keep_alive",
+    "max_body_bytes",
     "tls_cert",
     "tls_key",
     "log_format",
@@ -141,6 +144,7 @@ impl Settings {
         );
         set(&mut config.http.shutdown_drain, self.shutdown_drain);
         set(&mut config.http.keep_alive, self.keep_alive);
+        set(&mut config.http.max_body_bytes, self.max_body_bytes);
         match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => config.tls = Some(super::TlsFiles { cert, key }),
             (None, None) => {}
@@ -399,6 +403,7 @@ mod tests {
             max_connections_per_address: Some(1),
             shutdown_drain: Some(Duration::from_secs(1)),
             keep_alive: Some(Duration::from_secs(1)),
+            max_body_bytes: Some(1),
             tls_cert: Some("c".into()),
             tls_key: Some("k".into()),
             log_format: Some("json".into()),

@@ -124,6 +124,8 @@ pub struct HttpLimits {
     pub max_connections_per_address: usize,
     /// How long an idle keep-alive connection stays open between requests (default 5 s).
     pub keep_alive: Duration,
+    /// The largest token request body accepted (default 16 KiB; 413 beyond).
+    pub max_body_bytes: usize,
     /// After SIGTERM, how long the server keeps answering (readiness says 503 and every
     /// response closes its connection) before it stops accepting, so load balancers and
     /// keep-alive clients move away without losing a request (default 1 s).
@@ -152,6 +154,7 @@ impl Default for HttpLimits {
             max_connections_per_address: 256,
             shutdown_drain: Duration::from_secs(1),
             keep_alive: Duration::from_secs(5),
+            max_body_bytes: crate::oauth::request::MAX_BODY_BYTES,
         }
     }
 }
@@ -284,6 +287,13 @@ impl Config {
                 "request_timeout",
                 "0s".into(),
                 "at least 1s".into(),
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&self.http.max_body_bytes) {
+            return Err(out_of_range(
+                "max_body_bytes",
+                self.http.max_body_bytes.to_string(),
+                "1024 to 1048576".into(),
             ));
         }
         if self.http.max_connections == 0 || self.http.max_connections_per_address == 0 {

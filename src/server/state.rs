@@ -118,6 +118,8 @@ pub struct StateConfig {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
 }
 
 impl AppState {
@@ -149,6 +151,7 @@ impl AppState {
                     .map(std::net::IpAddr::to_canonical)
                     .collect(),
                 body_timeout: config.http.request_timeout,
+                max_body_bytes: config.http.max_body_bytes,
             },
             TokenEndpoint::new(config.token_ttl, config.auth_limits),
             Metrics::new()?,
@@ -238,6 +241,11 @@ impl AppState {
     /// How long a request body may take to arrive.
     pub fn body_timeout(&self) -> Duration {
         self.settings.body_timeout
+    }
+
+    /// The largest request body accepted.
+    pub fn max_body_bytes(&self) -> usize {
+        self.settings.max_body_bytes
     }
 
     /// True once SIGTERM started the drain.

@@ -9,7 +9,6 @@ use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 use super::AppState;
 use super::request_log::{TokenLog, client_address, request_id};
 use crate::audit::{AuditLog, TokenIssued, TokenRefused};
-use crate::oauth::request::MAX_BODY_BYTES;
 use crate::oauth::{Issued, NamedClient, OAuthError, TokenCall, TokenOutcome};
 
 /// Handles one token request.
@@ -24,7 +23,7 @@ pub async fn token(
     let unread = || state.unapplied_change().map(OAuthError::ChangeUnread);
     let body = match unread() {
         Some(err) => Err(err),
-        None => read_form_body(&req, payload, state.body_timeout())
+        None => read_form_body(&req, payload, state.body_timeout(), state.max_body_bytes())
             .await
             .and_then(|body| unread().map_or(Ok(body), Err)),
     };
@@ -106,11 +105,12 @@ async fn audit(
     }
 }
 
-/// The body of a form post: the right content type, at most [`MAX_BODY_BYTES`].
+/// The body of a form post: the right content type, at most `limit` bytes.
 async fn read_form_body(
     req: &HttpRequest,
     payload: web::Payload,
     deadline: std::time::Duration,
+    limit: usize,
 ) -> Result<web::Bytes, OAuthError> {
     let content_type = req
         .headers()
@@ -129,14 +129,14 @@ async fn read_form_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return Err(OAuthError::PayloadTooLarge(MAX_BODY_BYTES));
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(OAuthError::PayloadTooLarge(limit));
     }
     // The whole body within a deadline: a client that announces a body and sends it a
     // byte at a time (or never) must not hold a connection and a worker for ever.
-    actix_web::rt::time::timeout(deadline, payload.to_bytes_limited(MAX_BODY_BYTES))
+    actix_web::rt::time::timeout(deadline, payload.to_bytes_limited(limit))
         .await
         .map_err(|_| OAuthError::BodyTimeout(deadline))?
-        .map_err(|_| OAuthError::PayloadTooLarge(MAX_BODY_BYTES))?
+        .map_err(|_| OAuthError::PayloadTooLarge(limit))?
         .map_err(|_| OAuthError::InvalidRequest("the request body could not be read".into()))
 }

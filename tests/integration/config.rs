@@ -154,3 +154,32 @@ fn config_check_shows_every_setting_with_its_source_and_never_a_secret() {
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("token_ttl"), "{}", out.stderr);
 }
+
+#[test]
+fn the_body_limit_is_a_setting_with_a_range() {
+    let (tmp, dir) = keys_dir_with_template();
+    let secret = add_client(&dir);
+    let file = tmp.path().join("jwt-issuer.toml");
+    fs::write(&file, "max_body_bytes = 2048\n").unwrap();
+    let server = ServeProcess::start(&dir, &["--config", file.to_str().unwrap()]);
+    let post = |padding: usize| {
+        let body = format!(
+            "grant_type=client_credentials&client_id=svc&client_secret={secret}&pad={}",
+            "x".repeat(padding)
+        );
+        crate::helpers::send(
+            "POST",
+            &format!("{}/oauth2/token", server.url),
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            Some(body.as_bytes()),
+        )
+    };
+    assert_eq!(post(1000).status, 200);
+    let refused = post(3000);
+    assert_eq!(refused.status, 413, "{}", refused.body);
+    assert!(refused.body.contains("2048"), "{}", refused.body);
+    drop(server);
+    let out = run_cli(&dir, &["serve", "--max-body-bytes", "100"]);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("max_body_bytes"), "{}", out.stderr);
+}
