@@ -373,11 +373,6 @@ impl AppState {
             });
         match built {
             Ok(next) => {
-                if self.key_reload.unapplied() {
-                    tracing::info!("the key store's change is applied; tokens are issued again");
-                }
-                self.key_reload.succeeded();
-                self.metrics.set_unapplied("keys", false);
                 let changed = next.jwks.etag() != current.jwks.etag();
                 let broken_changed = next.signer.keys().broken() != current.signer.keys().broken();
                 if broken_changed {
@@ -390,6 +385,13 @@ impl AppState {
                 self.metrics.reload_succeeded("keys", served_changed);
                 self.metrics.set_keys(next.signer.keys());
                 self.published.store(Arc::new(next));
+                // In service first, then the unread mark lifted: never a moment where the
+                // old key set signs as if the change were applied.
+                if self.key_reload.unapplied() {
+                    tracing::info!("the key store's change is applied; tokens are issued again");
+                }
+                self.key_reload.succeeded();
+                self.metrics.set_unapplied("keys", false);
                 self.refresh_discovery();
                 if changed {
                     tracing::info!(etag = %self.published.load().jwks.etag(), "key set reloaded");
@@ -450,6 +452,12 @@ impl AppState {
                 self.metrics.reload_succeeded("clients", version != *last);
                 // Recorded only now: a load that failed is tried again at the next tick.
                 *last = version;
+                let (served, skipped) = (registry.len(), registry.skipped().len());
+                report_skipped(&registry);
+                self.metrics.set_clients(&registry);
+                // In service first, then the unread mark lifted: never a moment where the
+                // old registry serves as if the change were applied.
+                self.clients.store(Arc::new(registry));
                 if self.client_reload.unapplied() {
                     tracing::info!(
                         "the client registry's change is applied; tokens are issued again"
@@ -457,14 +465,7 @@ impl AppState {
                 }
                 self.client_reload.succeeded();
                 self.metrics.set_unapplied("clients", false);
-                tracing::info!(
-                    clients = registry.len(),
-                    skipped = registry.skipped().len(),
-                    "client registry reloaded"
-                );
-                report_skipped(&registry);
-                self.metrics.set_clients(&registry);
-                self.clients.store(Arc::new(registry));
+                tracing::info!(clients = served, skipped, "client registry reloaded");
                 self.refresh_discovery();
             }
             Err(err) => {
