@@ -28,15 +28,6 @@ ACCEPTED = {
         "generates keys, parses PEM and derives public parameters, none of which an attacker "
         "can time over the network."
     ),
-    "RUSTSEC-2026-0258": (
-        "h2 0.3: empty DATA frames queue without limit on a stream whose body the application "
-        "holds unread. h2 comes with actix-web's http2 feature (HTTP/2 is spoken only with "
-        "--tls-cert); actix-http 3 needs h2 0.3 and no 0.3 release is patched. Every handler "
-        "here reads the body as it arrives, under the request deadline (the token endpoint), "
-        "or answers without reading it, which drops the stream, after which h2 discards its "
-        "DATA frames; tests/integration/tls.rs floods both cases with a million empty frames "
-        "each and checks that memory stays flat. Revisit when actix-http moves to h2 0.4."
-    ),
 }
 
 ALLOWED_LICENSES = {

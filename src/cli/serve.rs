@@ -98,7 +98,7 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "JWT_ISSUER_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
 
-    /// Serve HTTPS (TLS 1.2/1.3, HTTP/2) with this PEM certificate chain, server's
+    /// Serve HTTPS (TLS 1.2/1.3, HTTP/1.1) with this PEM certificate chain, server's
     /// certificate first; reread when it changes [default: none, plain HTTP]
     #[arg(
         long,

@@ -1,6 +1,6 @@
 //! HTTPS: rustls (on aws-lc-rs, the crypto library the signer uses) through actix-web, TLS
-//! 1.2 and 1.3 only, HTTP/2 or HTTP/1.1 by ALPN. The certificate and key come from PEM files
-//! and change without a restart: the server presents whatever [`TlsCertificate`] holds when
+//! 1.2 and 1.3 only, HTTP/1.1 by ALPN (HTTP/2 waits for a patched h2). The certificate and
+//! key come from PEM files and change without a restart: the server presents whatever [`TlsCertificate`] holds when
 //! a handshake starts, and a pair that changed on disk (checked every second, and at once on
 //! SIGHUP) replaces it for new connections once it has passed every check. A broken pair is
 //! refused and the last good one kept; at start, a broken pair stops the server.
@@ -162,7 +162,7 @@ impl TlsCertificate {
 
     /// The rustls configuration of the server: TLS 1.3 and 1.2 ([`PROTOCOL_VERSIONS`]),
     /// aws-lc-rs, no client certificates, this pair (as it is at each handshake). actix-web
-    /// adds the ALPN protocols (h2, http/1.1).
+    /// adds the ALPN protocol (http/1.1; h2 is not enabled).
     ///
     /// # Errors
     /// [`TlsError::Config`], which these fixed settings never cause.

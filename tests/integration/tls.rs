@@ -191,11 +191,9 @@ fn jwks_discovery_and_tokens_are_served_over_https_with_an_https_issuer() {
         .send()
         .expect("JWKS over https");
     assert_eq!(jwks.status(), 200);
-    assert_eq!(
-        jwks.version(),
-        reqwest::Version::HTTP_2,
-        "a client offering h2 gets it"
-    );
+    // HTTP/1.1 only, even to a client offering h2: HTTP/2 waits for a patched h2
+    // (RUSTSEC-2026-0258).
+    assert_eq!(jwks.version(), reqwest::Version::HTTP_11);
     let jwks: serde_json::Value = serde_json::from_str(&jwks.text().unwrap()).unwrap();
     assert!(!jwks["keys"].as_array().unwrap().is_empty(), "{jwks}");
 
@@ -251,7 +249,7 @@ fn jwks_discovery_and_tokens_are_served_over_https_with_an_https_issuer() {
 }
 
 #[test]
-fn alpn_picks_h2_when_offered_and_tls_1_1_is_refused() {
+fn alpn_picks_http_1_1_never_h2_and_tls_1_1_is_refused() {
     let pair = Pair::new(1);
     let certs = tempfile::TempDir::new().unwrap();
     let files = pair.write_to(certs.path());
@@ -259,7 +257,11 @@ fn alpn_picks_h2_when_offered_and_tls_1_1_is_refused() {
     let addr = addr_of(&app.url);
 
     let both = connect(addr, rustls_client(&[&pair], &[b"h2", b"http/1.1"])).unwrap();
-    assert_eq!(both.conn.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(both.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // A client that speaks only h2 gets no h2.
+    if let Ok(h2_only) = connect(addr, rustls_client(&[&pair], &[b"h2"])) {
+        assert_ne!(h2_only.conn.alpn_protocol(), Some(&b"h2"[..]));
+    }
     assert_eq!(
         both.conn.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
@@ -516,94 +518,6 @@ fn plain_http_stays_the_default() {
     let app = TestApp::spawn();
     assert!(app.url.starts_with("http://"), "{}", app.url);
     assert!(app.issuer.starts_with("http://"), "{}", app.issuer);
-}
-
-/// Resident memory of a process, in kB.
-fn rss_kb(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
-/// An HTTP/2 HEADERS frame opening stream `stream` (END_HEADERS, not END_STREAM: a body
-/// follows), HPACK without Huffman or indexing.
-fn h2_headers(stream: u32, method: u8, path: &str, authority: &str) -> Vec<u8> {
-    let literal = |index: u8, value: &str| {
-        let mut field = vec![index, u8::try_from(value.len()).unwrap()];
-        field.extend_from_slice(value.as_bytes());
-        field
-    };
-    // :method (static 2 GET, 3 POST), :scheme https (static 7).
-    let mut block = vec![0x80 | method, 0x87];
-    block.extend(literal(0x04, path)); // :path
-    block.extend(literal(0x01, authority)); // :authority
-    // content-type (static 31: 4-bit prefix 15, then 16).
-    block.extend_from_slice(&[0x0f, 0x10]);
-    block.extend_from_slice(&literal(0, "application/x-www-form-urlencoded")[1..]);
-    let mut frame = u32::try_from(block.len()).unwrap().to_be_bytes()[1..].to_vec();
-    frame.extend_from_slice(&[0x01, 0x04]);
-    frame.extend_from_slice(&stream.to_be_bytes());
-    frame.extend(block);
-    frame
-}
-
-#[test]
-fn a_flood_of_empty_http2_data_frames_does_not_pile_up_in_memory() {
-    // h2 0.3 (actix-http's) queues empty DATA frames of a stream whose body the
-    // application holds without reading (RUSTSEC-2026-0258). Here every body is read as it
-    // comes or dropped with the request, so a flood on the token endpoint (read under the
-    // body deadline) and on a GET (answered unread) stays small.
-    let (_keys_tmp, dir) = keys_dir_with_template();
-    let certs = tempfile::TempDir::new().unwrap();
-    let pair = Pair::new(1);
-    let files = pair.write_to(certs.path());
-    let args = tls_args(&files);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = ServeProcess::start(&dir, &args);
-    let addr = addr_of(&server.url);
-    let pid = server.child.id();
-    let before = rss_kb(pid);
-
-    const FRAMES_PER_STREAM: usize = 1_000_000;
-    let mut tls = connect(addr, rustls_client(&[&pair], &[b"h2"])).unwrap();
-    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    tls.write_all(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]).unwrap(); // SETTINGS
-    let authority = addr.to_string();
-    for (stream, method, path) in [(1u32, 3u8, "/oauth2/token"), (3, 2, "/healthz")] {
-        tls.write_all(&h2_headers(stream, method, path, &authority))
-            .unwrap();
-        let mut empty = [0u8, 0, 0, 0x00, 0x00, 0, 0, 0, 0];
-        empty[5..].copy_from_slice(&stream.to_be_bytes());
-        let batch: Vec<u8> = empty.repeat(4096);
-        let started = Instant::now();
-        let mut sent = 0;
-        while sent < FRAMES_PER_STREAM && started.elapsed() < Duration::from_secs(10) {
-            if tls.write_all(&batch).is_err() {
-                break;
-            }
-            sent += 4096;
-        }
-        assert!(
-            sent >= FRAMES_PER_STREAM,
-            "stream {stream}: {sent} frames sent"
-        );
-    }
-    tls.flush().unwrap();
-    let after = rss_kb(pid);
-    // 2 million queued frames would take well over 100 MB.
-    assert!(
-        after < before + 32 * 1024,
-        "RSS grew from {before} kB to {after} kB"
-    );
-    // The server still answers.
-    let fresh = connect(addr, rustls_client(&[&pair], &[b"http/1.1"]));
-    let mut fresh = fresh.expect("a new connection");
-    assert_eq!(get_over(&mut fresh, "/healthz"), "HTTP/1.1 200 OK");
 }
 
 #[test]
