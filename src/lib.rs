@@ -3,7 +3,8 @@
 //!
 //! The modules follow the data, lowest first: [`alg`], [`issuer`], [`ttl`], [`jwks`] and
 //! [`secret`] are shared vocabulary; [`keys`] holds the keys and their lifecycle behind a
-//! backend seam; [`sign`] turns claims and the active key into a JWT; [`oauth`] decides who
+//! backend seam, the keys dir by default and [`database`] (PostgreSQL) for replicas, which
+//! [`storage`] opens as the settings say; [`sign`] turns claims and the active key into a JWT; [`oauth`] decides who
 //! gets which token; [`config`] is the server's settings; [`server`] publishes keys and
 //! issues tokens over HTTP. [`verify`] is the downstream side and needs none of the issuing
 //! side: build it alone with `default-features = false, features = ["verify"]`.
@@ -29,6 +30,8 @@ pub mod bench;
 #[cfg(feature = "issuer")]
 pub mod config;
 #[cfg(feature = "issuer")]
+pub mod database;
+#[cfg(feature = "issuer")]
 mod files;
 #[cfg(feature = "issuer")]
 pub mod keys;
@@ -38,6 +41,8 @@ pub mod oauth;
 pub mod server;
 #[cfg(feature = "issuer")]
 pub mod sign;
+#[cfg(feature = "issuer")]
+pub mod storage;
 #[cfg(feature = "issuer")]
 pub mod store;
 #[cfg(feature = "issuer")]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use jwt_issuer::SigningAlg;
-use jwt_issuer::oauth::{ClientStore, NewClient};
+use jwt_issuer::oauth::NewClient;
 use jwt_issuer::secret::HmacSecret;
 use serde_json::Value;
 
@@ -56,7 +56,7 @@ pub(super) enum ClientsCommand {
 pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
     // Clients live beside the keys: a dir without keys is not a server's.
     context.existing_store()?;
-    let store = ClientStore::new(&context.keys_dir);
+    let store = context.client_store()?;
     match command {
         ClientsCommand::Add {
             id,

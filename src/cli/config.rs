@@ -26,6 +26,11 @@ fn check(context: &Context) -> Result<()> {
         let secs = |d: std::time::Duration| human(d);
         match setting {
             "keys_dir" => config.keys_dir.display().to_string(),
+            "store" => config
+                .store
+                .as_ref()
+                .map_or_else(|| "none (the keys dir)".into(), |url| url.redacted()),
+            "store_stale_after" => secs(config.store_stale_after),
             "jwks_max_age" => secs(config.policy.jwks_max_age),
             "max_token_ttl" => secs(config.policy.max_token_ttl),
             "rotation_leeway" => secs(config.policy.leeway),

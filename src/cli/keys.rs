@@ -74,7 +74,7 @@ pub(super) fn run(context: &Context, command: KeysCommand) -> Result<()> {
 
 fn run_command(context: &Context, command: KeysCommand, audit: &AuditLog) -> Result<()> {
     let store = match &command {
-        KeysCommand::Generate { .. } | KeysCommand::Import { .. } => context.key_store(),
+        KeysCommand::Generate { .. } | KeysCommand::Import { .. } => context.key_store()?,
         _ => context.existing_store()?,
     }
     .on_change(audit.key_observer(KeyChangeBy::Cli));

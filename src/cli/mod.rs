@@ -16,6 +16,7 @@ mod clients;
 mod config;
 mod keys;
 mod serve;
+mod store;
 mod token;
 
 use std::collections::BTreeSet;
@@ -31,7 +32,10 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use jwt_issuer::audit::AuditLog;
 use jwt_issuer::config::{Layers, LogFormat, Settings};
+use jwt_issuer::database::{DatabaseUrl, KekRing};
 use jwt_issuer::keys::RotationPolicy;
+use jwt_issuer::oauth::ClientStore;
+use jwt_issuer::storage::Stores;
 use jwt_issuer::ttl::{TOKEN_TTL_CEILING, check_ttl};
 use jwt_issuer::{Config, KeyStore};
 
@@ -54,6 +58,12 @@ pub struct Cli {
     /// Directory of the private keys; created with mode 0700, keys generated on first start
     #[arg(long, env = "JWT_ISSUER_KEYS_DIR", global = true, help_heading = KEY_STORE_HEADING)]
     keys_dir: Option<PathBuf>,
+
+    /// A PostgreSQL store shared by replicas (postgres://USER@HOST:PORT/DB; DATABASE_URL
+    /// also works), instead of the keys dir; needs JWT_ISSUER_KEK_FILE. Keep a password in
+    /// the environment or the config file, never on the command line [default: none]
+    #[arg(long, env = "JWT_ISSUER_STORE", global = true, value_name = "URL", hide_env_values = true, help_heading = KEY_STORE_HEADING)]
+    store: Option<String>,
 
     #[command(flatten)]
     timing: TimingArgs,
@@ -122,24 +132,46 @@ enum Command {
     /// Check the settings (defaults < config file < environment < flags)
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// The PostgreSQL store: import a keys dir, export to one, re-seal under a new KEK,
+    /// status
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// What every command shares: the settings from every layer, among them the keys dir and
 /// the lifecycle timing.
 struct Context {
-    keys_dir: PathBuf,
     policy: RotationPolicy,
     /// Every setting, laid over the defaults (not yet checked: `serve` checks it).
     config: Config,
     /// Where each setting came from.
     layers: Layers,
+    /// The store, once opened.
+    stores: std::sync::OnceLock<Stores>,
 }
 
 impl Context {
+    /// The store the settings name (the keys dir, or the PostgreSQL database, connected
+    /// and migrated), opened once per command.
+    fn stores(&self) -> Result<Stores> {
+        if let Some(stores) = self.stores.get() {
+            return Ok(stores.clone());
+        }
+        let stores = Stores::open(&self.config).map_err(|e| {
+            anyhow::anyhow!("cannot open the store: {}", jwt_issuer::report::Report(&e))
+        })?;
+        Ok(self.stores.get_or_init(|| stores).clone())
+    }
+
     /// The key store; only `serve` (first start), `keys generate` and `keys import` may
     /// create one through it.
-    fn key_store(&self) -> KeyStore {
-        KeyStore::with_policy(&self.keys_dir, self.policy)
+    fn key_store(&self) -> Result<KeyStore> {
+        Ok(self.stores()?.keys)
+    }
+
+    /// The client registry of the store.
+    fn client_store(&self) -> Result<ClientStore> {
+        Ok(self.stores()?.clients)
     }
 
     /// The audit log the settings name (disabled without `--audit-log`), opened now so a
@@ -156,7 +188,7 @@ impl Context {
     /// The key store, refused when it holds no key: a command run in the wrong directory
     /// must not create a store no server reads, nor sign with keys no verifier knows.
     fn existing_store(&self) -> Result<KeyStore> {
-        let store = self.key_store();
+        let store = self.key_store()?;
         if store
             .manifest()
             .context("cannot load keys")?
@@ -302,6 +334,16 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
     if on_line("keys_dir") {
         flags.keys_dir.clone_from(&cli.keys_dir);
     }
+    if on_line("store") {
+        if let Some(url) = &cli.store
+            && DatabaseUrl::new(url.clone()).has_password()
+        {
+            anyhow::bail!(
+                "--store carries a password, which `ps` shows to every user: put the URL in JWT_ISSUER_STORE or DATABASE_URL, or in the config file"
+            );
+        }
+        flags.store.clone_from(&cli.store);
+    }
     if on_line("jwks_max_age") {
         flags.jwks_max_age = cli.timing.jwks_max_age;
     }
@@ -323,18 +365,26 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
         _ => {}
     }
     let layers = Layers::new(cli.config.as_deref(), &flags).map_err(serve::explain)?;
-    let config = layers
+    let mut config = layers
         .settings()
         .and_then(|settings| settings.apply(Config::default()))
         .map_err(serve::explain)?;
+    if config.store.is_none()
+        && let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty())
+    {
+        config.store = Some(DatabaseUrl::new(url));
+    }
+    if config.store.is_some() {
+        config.kek = KekRing::from_env()?;
+    }
     // The settings are read before logging starts, since they say how to log; nothing
     // above logs, and their errors are one line that main prints.
     let _log_guard = init_logging(default_level, config.log_format);
     let context = Context {
-        keys_dir: config.keys_dir.clone(),
         policy: config.policy,
         config,
         layers,
+        stores: std::sync::OnceLock::new(),
     };
     match cli.command {
         Command::Serve(_) => serve::run(&context),
@@ -344,6 +394,7 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Clients(command) => clients::run(&context, command),
         Command::Config(command) => config::run(&context, command),
+        Command::Store(command) => store::run(&context, command),
     }
 }
 

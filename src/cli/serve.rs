@@ -8,7 +8,6 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use jwt_issuer::audit::KeyChangeBy;
 use jwt_issuer::config::Settings;
-use jwt_issuer::oauth::ClientStore;
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
 use jwt_issuer::secret::{ClientSecret, HmacSecret};
 use jwt_issuer::server::tls::TlsCertificate;
@@ -94,6 +93,11 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "JWT_ISSUER_KEEP_ALIVE", value_parser = parse_seconds)]
     keep_alive: Option<Duration>,
 
+    /// With the PostgreSQL store: stop signing (503, not ready) when the database has not
+    /// answered for this long; it bounds how long a revocation can go unseen
+    #[arg(long, env = "JWT_ISSUER_STORE_STALE_AFTER", value_parser = parse_seconds)]
+    store_stale_after: Option<Duration>,
+
     /// The largest token request body accepted, in bytes (1024 to 1048576); 413 beyond
     #[arg(long, env = "JWT_ISSUER_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -145,6 +149,7 @@ impl ServeArgs {
             max_connections_per_address,
             shutdown_drain,
             keep_alive,
+            store_stale_after,
             max_body_bytes
         );
         if on_line("trusted_proxies") {
@@ -219,8 +224,10 @@ fn serve(
     listener: TcpListener,
     audit: &jwt_issuer::audit::AuditLog,
 ) -> Result<()> {
-    let store = context
-        .key_store()
+    let stores = context.stores()?;
+    let store = stores
+        .keys
+        .clone()
         .on_change(audit.key_observer(KeyChangeBy::Server));
     if let Some(notice) = store.secure() {
         tracing::warn!("{notice}");
@@ -241,7 +248,8 @@ fn serve(
     // stream: only a server on loopback (a developer's machine) gets one.
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     let bootstrap = if loopback {
-        ClientStore::new(&config.keys_dir)
+        stores
+            .clients
             .init_if_missing()
             .context("cannot create the first client")?
     } else {
@@ -249,7 +257,7 @@ fn serve(
     };
     let served = audit.clone();
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build_with_audit(&config, listener, keys, served)
+        let app = Application::build_with_stores(&config, listener, keys, served, stores)
             .context("cannot start")?;
         let stop = stop_on_signal(&app);
         let url = format!("{}://{}", config.scheme(), app.addr());

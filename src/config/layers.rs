@@ -26,6 +26,10 @@ pub const ENV_PREFIX: &str = "JWT_ISSUER_";
 pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
+    pub store_stale_after: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
     pub jwks_max_age: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
@@ -73,8 +77,10 @@ pub struct Settings {
 }
 
 /// The name of every setting, as in the file (the variable is [`ENV_PREFIX`] + upper case).
-pub const SETTINGS: [&str; 23] = [
+pub const SETTINGS: [&str; 25] = [
     "keys_dir",
+    "store",
+    "store_stale_after",
     "jwks_max_age",
     "max_token_ttl",
     "rotation_leeway",
@@ -113,6 +119,10 @@ impl Settings {
         let invalid =
             |setting: &'static str, reason: String| ConfigError::Invalid { setting, reason };
         set(&mut config.keys_dir, self.keys_dir);
+        if let Some(url) = self.store.filter(|u| !u.trim().is_empty()) {
+            config.store = Some(crate::database::DatabaseUrl::new(url));
+        }
+        set(&mut config.store_stale_after, self.store_stale_after);
         set(&mut config.policy.jwks_max_age, self.jwks_max_age);
         set(&mut config.policy.max_token_ttl, self.max_token_ttl);
         set(&mut config.policy.leeway, self.rotation_leeway);
@@ -386,6 +396,8 @@ mod tests {
     fn every_setting_is_listed_once() {
         let all = Settings {
             keys_dir: Some("k".into()),
+            store: Some("postgres://db/x".into()),
+            store_stale_after: Some(Duration::from_secs(60)),
             jwks_max_age: Some(Duration::from_secs(1)),
             max_token_ttl: Some(Duration::from_secs(1)),
             rotation_leeway: Some(Duration::from_secs(1)),

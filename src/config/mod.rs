@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::database::{DatabaseUrl, KekRing};
 use crate::issuer::Scheme;
 use crate::keys::RotationPolicy;
 use crate::oauth::{AuthLimits, DEFAULT_TOKEN_TTL};
@@ -22,8 +23,17 @@ use crate::{InvalidIssuer, Issuer, SigningAlg};
 /// Settings of `jwt-issuer serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Keys directory (default `keys`).
+    /// Keys directory (default `keys`), the store unless [`Config::store`] names a database.
     pub keys_dir: PathBuf,
+    /// The PostgreSQL store shared by replicas (`--store`, `JWT_ISSUER_STORE` or
+    /// `DATABASE_URL`; default: none, the keys dir).
+    pub store: Option<DatabaseUrl>,
+    /// The key-encryption keys of the PostgreSQL store, from `JWT_ISSUER_KEK[_FILE]` and
+    /// `JWT_ISSUER_KEK_PREVIOUS[_FILE]` (never a flag).
+    pub kek: Option<KekRing>,
+    /// How long a replica keeps signing while its store does not answer (default 5 min):
+    /// it bounds how long a revocation can go unseen.
+    pub store_stale_after: Duration,
     /// Listen address (default `127.0.0.1:8080`).
     pub bind: String,
     /// `iss` of every token and `issuer` of discovery (default: `http://` + bind address,
@@ -164,6 +174,8 @@ impl Config {
     pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
     /// Default keys directory.
     pub const DEFAULT_KEYS_DIR: &str = "keys";
+    /// How long a replica signs without its store answering, by default.
+    pub const DEFAULT_STORE_STALE_AFTER: Duration = Duration::from_secs(5 * 60);
 }
 
 /// A setting that cannot be used. Settings are named as in the configuration
@@ -215,6 +227,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             keys_dir: PathBuf::from(Self::DEFAULT_KEYS_DIR),
+            store: None,
+            kek: None,
+            store_stale_after: Self::DEFAULT_STORE_STALE_AFTER,
             bind: Self::DEFAULT_BIND.to_owned(),
             issuer: None,
             alg: SigningAlg::Es256,
@@ -280,6 +295,13 @@ impl Config {
                 "auth_max_failures",
                 "0".into(),
                 "at least 1".into(),
+            ));
+        }
+        if self.store_stale_after < Duration::from_secs(5) {
+            return Err(out_of_range(
+                "store_stale_after",
+                secs(self.store_stale_after),
+                "at least 5s".into(),
             ));
         }
         if self.http.request_timeout.is_zero() {

@@ -4,9 +4,11 @@
 
 use std::fmt;
 
+use zeroize::Zeroizing;
+
 use super::KeyStoreError;
 use super::lifecycle::{KeyRecord, Manifest, Millis};
-use super::material::{PrivateKey, SigningKey};
+use super::material::{KeyFormatError, PrivateKey, SigningKey};
 use crate::SigningAlg;
 use crate::jwks::Jwk;
 use crate::store::StoreVersion;
@@ -63,6 +65,32 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
         NewKey::generate(alg, rsa_bits)
     }
 
+    /// A copy of a record's private key, for moving the store to another backend
+    /// (`jwt-issuer store import` / `export`). Refused by default: a backend whose keys
+    /// cannot leave it (an HSM) keeps the default.
+    ///
+    /// # Errors
+    /// [`KeyStoreError::NotExportable`]; [`KeyStoreError::KeyMissing`]; unreadable key.
+    fn export_key(&self, record: &KeyRecord) -> Result<NewKey, KeyStoreError> {
+        Err(KeyStoreError::NotExportable {
+            kid: record.kid.clone(),
+            store: self.describe(),
+        })
+    }
+
+    /// How long since the store last answered; `None` for a store that is always there
+    /// (a local directory). The server stops signing when this passes
+    /// `--store-stale-after`, since a revocation may be going unseen.
+    fn since_last_contact(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Woken when another process changed the store, for a reload sooner than the next
+    /// poll; `None` when the store cannot tell (the keys dir is polled).
+    fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Where the key `kid` is or will be kept, for messages (a file path, a URI).
     fn key_location(&self, kid: &str) -> String;
 
@@ -112,6 +140,35 @@ impl NewKey {
             material,
             imported: false,
         }
+    }
+
+    /// A key from PEM (PKCS#8, PKCS#1 RSA or SEC1 EC), as a store holding PEM reads it.
+    ///
+    /// # Errors
+    /// Not a usable private key.
+    pub(crate) fn from_pem(pem: &[u8]) -> Result<Self, KeyFormatError> {
+        PrivateKey::from_pem(pem).map(Self::from_material)
+    }
+
+    /// Its private key as PKCS#8 PEM, for a store that seals it.
+    ///
+    /// # Errors
+    /// The key does not encode (never for a key that loaded).
+    pub(crate) fn to_pem(&self) -> Result<Zeroizing<String>, KeyStoreError> {
+        self.material
+            .to_pkcs8_pem()
+            .map_err(|reason| KeyStoreError::Generate {
+                alg: self.alg,
+                reason,
+            })
+    }
+
+    /// The signing key over this material, kept at `location`.
+    ///
+    /// # Errors
+    /// A key the signing backend refuses.
+    pub(crate) fn signing_key(&self, location: String) -> Result<SigningKey, KeyFormatError> {
+        SigningKey::in_process(&self.material, location)
     }
 
     /// Its kid (RFC 7638 thumbprint).

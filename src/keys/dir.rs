@@ -237,6 +237,20 @@ impl KeyBackend for KeysDir {
         Ok(self.adopt(manifest, now, false)?.0)
     }
 
+    fn export_key(&self, record: &KeyRecord) -> Result<NewKey, KeyStoreError> {
+        match read_key_file(&self.key_path(&record.kid)) {
+            Err(KeyStoreError::FileUnreadable { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                Err(KeyStoreError::KeyMissing {
+                    kid: record.kid.clone(),
+                    location: self.key_location(&record.kid),
+                })
+            }
+            other => Ok(NewKey::from_material(other?)),
+        }
+    }
+
     fn load_key(&self, record: &KeyRecord) -> Result<SigningKey, KeyStoreError> {
         let mut path = self.key_path(&record.kid);
         // Only in a directory without manifest (read as a first start will adopt it) may a
@@ -353,6 +367,17 @@ fn crash_point(step: &str) {
 }
 
 fn load_key_file(path: &Path) -> Result<SigningKey, KeyStoreError> {
+    let key = read_key_file(path)?;
+    SigningKey::in_process(&key, path.display().to_string()).map_err(|source| {
+        KeyStoreError::InvalidKey {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// A key file of the store, read under the store's file rules.
+fn read_key_file(path: &Path) -> Result<PrivateKey, KeyStoreError> {
     let unreadable = |source| KeyStoreError::FileUnreadable {
         path: path.to_owned(),
         source,
@@ -366,15 +391,9 @@ fn load_key_file(path: &Path) -> Result<SigningKey, KeyStoreError> {
         Err(files::ReadError::Io(source)) => return Err(unreadable(source)),
         Err(files::ReadError::Unsafe(problem)) => return Err(problem.into()),
     };
-    let key = PrivateKey::from_pem(&text).map_err(|source| KeyStoreError::InvalidKey {
+    PrivateKey::from_pem(&text).map_err(|source| KeyStoreError::InvalidKey {
         path: path.to_owned(),
         source,
-    })?;
-    SigningKey::in_process(&key, path.display().to_string()).map_err(|source| {
-        KeyStoreError::InvalidKey {
-            path: path.to_owned(),
-            source,
-        }
     })
 }
 

@@ -104,6 +104,36 @@ pub enum KeyStoreError {
         /// Its state (a revoked key is never taken back).
         state: &'static str,
     },
+    /// The store's database failed or could not be reached; nothing was changed.
+    #[error("{store}: {reason}")]
+    Database {
+        /// The database, without credentials.
+        store: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A key's stored ciphertext does not open (wrong key-encryption key, altered row).
+    #[error("key {kid}: {reason}")]
+    Sealed {
+        /// The key.
+        kid: String,
+        /// Why, and what fixes it.
+        reason: String,
+    },
+    /// The backend keeps its keys inside (an HSM): they cannot be copied out.
+    #[error("key {kid} cannot leave {store}")]
+    NotExportable {
+        /// The key.
+        kid: String,
+        /// The store.
+        store: String,
+    },
+    /// A store to copy keys into already holds keys.
+    #[error("{store} already holds keys: copy only into an empty store")]
+    NotEmpty {
+        /// The store.
+        store: String,
+    },
     /// A lifecycle step refused, with what it did instead.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),

@@ -259,6 +259,17 @@ impl Manifest {
         if manifest.version != Self::VERSION {
             return Err(format!("unsupported version {}", manifest.version));
         }
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    /// What every stored manifest must hold, whatever stores it: kids that are RFC 7638
+    /// thumbprints, and at most one active key per algorithm.
+    ///
+    /// # Errors
+    /// What is wrong, in one line.
+    pub fn check(&self) -> Result<(), String> {
+        let manifest = self;
         // Kids name files: only an RFC 7638 thumbprint (43 base64url characters) is one,
         // so no entry can point outside the store ("../victim").
         if let Some(bad) = manifest.keys.iter().find(|k| !is_thumbprint(&k.kid)) {
@@ -277,7 +288,7 @@ impl Manifest {
                 return Err(format!("more than one active {alg} key"));
             }
         }
-        Ok(manifest)
+        Ok(())
     }
 
     /// The stored form: pretty JSON with a final newline, at [`Manifest::VERSION`].

@@ -143,6 +143,46 @@ impl KeyStore {
         &self.policy
     }
 
+    /// How long since the store last answered (`None`: a local directory, always there).
+    pub fn since_last_contact(&self) -> Option<Duration> {
+        self.backend.since_last_contact()
+    }
+
+    /// Woken when another process changed the store (see [`KeyBackend::changes`]).
+    pub fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.backend.changes()
+    }
+
+    /// Copies every key of this store, with its state and times, into `target`, which
+    /// must hold no key: one change of `target`, so it holds all of them or none. Kids stay
+    /// the same, so tokens signed before the move verify after it. Removed and revoked
+    /// keys are copied as the records they are, without material. Returns the number of
+    /// keys copied with their material.
+    ///
+    /// # Errors
+    /// [`KeyStoreError::NotEmpty`], a key that cannot be read or leave this store, or a
+    /// write failure of `target`.
+    pub fn copy_into(&self, target: &KeyStore) -> Result<usize, KeyStoreError> {
+        let manifest = self.manifest()?;
+        let keys = manifest
+            .keys
+            .iter()
+            .filter(|r| !matches!(r.state, KeyState::Removed | KeyState::Revoked))
+            .map(|r| self.backend.export_key(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = keys.len();
+        let target_name = target.describe();
+        target.transact(move |stored, pending, _| {
+            if !stored.keys.is_empty() {
+                return Err(KeyStoreError::NotEmpty { store: target_name });
+            }
+            *stored = manifest;
+            pending.extend(keys);
+            Ok(())
+        })??;
+        Ok(count)
+    }
+
     /// The manifest's current version, `None` when there is none.
     pub fn version(&self) -> Option<StoreVersion> {
         self.backend.version()

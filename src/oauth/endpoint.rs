@@ -133,6 +133,17 @@ impl TokenEndpoint {
         }
     }
 
+    /// This endpoint, counting failed authentications in `shared` too (the replicas of a
+    /// PostgreSQL store share their counts).
+    #[must_use]
+    pub fn with_shared_failures(
+        mut self,
+        shared: std::sync::Arc<dyn super::SharedFailures>,
+    ) -> Self {
+        self.limiter = self.limiter.with_shared(shared);
+        self
+    }
+
     /// The `grant_type` values accepted, for discovery.
     pub fn grant_types(&self) -> Vec<&'static str> {
         self.grants.iter().map(|g| g.grant_type()).collect()

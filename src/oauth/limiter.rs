@@ -7,9 +7,10 @@
 //! oldest.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The address limit, as a multiple of the client id limit.
@@ -37,6 +38,16 @@ impl Default for AuthLimits {
     }
 }
 
+/// Failure counts shared with the other replicas of a store (the PostgreSQL store), so
+/// that N replicas do not give an attacker N times the attempts.
+pub trait SharedFailures: Send + Sync + fmt::Debug {
+    /// Adds one failure for `subject` (a client id or an address, as text) to the shared
+    /// count of the current `window`, in the background: never blocks, and a store that
+    /// cannot be reached only leaves the local count in force. When the store answers,
+    /// `merge` gets the shared count and the time left in its window.
+    fn add(&self, subject: String, window: Duration, merge: Box<dyn FnOnce(u32, Duration) + Send>);
+}
+
 /// Counts failed authentications per client id and per address.
 #[derive(Debug)]
 pub struct AuthLimiter {
@@ -44,7 +55,8 @@ pub struct AuthLimiter {
     max_addr_failures: u32,
     window: Duration,
     capacity: usize,
-    tables: Mutex<Tables>,
+    tables: Arc<Mutex<Tables>>,
+    shared: Option<Arc<dyn SharedFailures>>,
 }
 
 #[derive(Debug, Default)]
@@ -70,8 +82,17 @@ impl AuthLimiter {
             max_addr_failures: max_failures.saturating_mul(ADDR_LIMIT_FACTOR),
             window: limits.window,
             capacity: limits.capacity.max(1),
-            tables: Mutex::new(Tables::default()),
+            tables: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// This limiter, also counting each failure in `shared` and taking the higher of the
+    /// local and the shared count. A success never writes there.
+    #[must_use]
+    pub fn with_shared(mut self, shared: Arc<dyn SharedFailures>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// `Err(retry_after)` when this id or address is locked out now.
@@ -99,6 +120,29 @@ impl AuthLimiter {
         self.bump(by_client, client_id.to_owned(), now);
         if let Some(addr) = addr {
             self.bump(by_addr, addr, now);
+        }
+        drop(tables);
+        if let Some(shared) = &self.shared {
+            let tables = self.tables.clone();
+            let id = client_id.to_owned();
+            let window = self.window;
+            shared.add(
+                format!("client {client_id}"),
+                window,
+                Box::new(move |count, left| {
+                    merge(&mut lock(&tables).by_client, id, count, left, window);
+                }),
+            );
+            if let Some(addr) = addr {
+                let tables = self.tables.clone();
+                shared.add(
+                    format!("address {addr}"),
+                    self.window,
+                    Box::new(move |count, left| {
+                        merge(&mut lock(&tables).by_addr, addr, count, left, window);
+                    }),
+                );
+            }
         }
     }
 
@@ -139,16 +183,35 @@ impl AuthLimiter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
-        // The tables hold counters only; a panic elsewhere cannot leave them inconsistent.
-        self.tables
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.tables)
     }
 }
 
-impl Default for AuthLimiter {
-    fn default() -> Self {
-        Self::new(AuthLimits::default())
+fn lock(tables: &Mutex<Tables>) -> std::sync::MutexGuard<'_, Tables> {
+    // The tables hold counters only; a panic elsewhere cannot leave them inconsistent.
+    tables
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes a shared count, whose window of length `window` ends `left` from now, when it
+/// is higher than the local one. Only entries this replica tracks already are raised (the
+/// table stays bounded).
+fn merge<K: Eq + Hash>(
+    table: &mut HashMap<K, Window>,
+    key: K,
+    count: u32,
+    left: Duration,
+    window: Duration,
+) {
+    let now = Instant::now();
+    if let Some(entry) = table.get_mut(&key)
+        && count > entry.failures
+    {
+        entry.failures = count;
+        entry.start = (now + left.min(window))
+            .checked_sub(window)
+            .unwrap_or(entry.start);
     }
 }
 

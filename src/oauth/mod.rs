@@ -24,7 +24,7 @@ pub use clients::{
 pub use endpoint::{
     DEFAULT_TOKEN_TTL, Issued, NamedClient, TokenCall, TokenEndpoint, TokenOutcome,
 };
-pub use limiter::{AuthLimiter, AuthLimits};
+pub use limiter::{AuthLimiter, AuthLimits, SharedFailures};
 
 /// A refused token request, as RFC 6749 section 5.2 names it.
 #[derive(Debug, thiserror::Error)]

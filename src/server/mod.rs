@@ -28,6 +28,7 @@ pub use state::{AppState, Published};
 
 use crate::audit::{AuditLog, AuditOpenError};
 use crate::oauth::ClientStoreError;
+use crate::storage::Stores;
 use crate::{Config, InvalidIssuer, Issuer, KeySet, SignError};
 
 /// How often a running server checks the keys dir and the client registry for changes,
@@ -99,14 +100,30 @@ impl Application {
         keys: KeySet,
         audit: AuditLog,
     ) -> Result<Self, ServerError> {
+        Self::build_with_stores(config, listener, keys, audit, Stores::keys_dir(config))
+    }
+
+    /// As [`Application::build_with_audit`], over `stores` already open (the CLI opens
+    /// the store the settings name, the keys dir or PostgreSQL, before loading its keys).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub fn build_with_stores(
+        config: &Config,
+        listener: TcpListener,
+        keys: KeySet,
+        audit: AuditLog,
+        stores: Stores,
+    ) -> Result<Self, ServerError> {
         let tls = match &config.tls {
             Some(files) => Some(tls::TlsCertificate::load(files)?),
             None => None,
         };
         let addr = listener.local_addr()?;
         let issuer = config.issuer_for(Some(addr))?;
-        let state =
-            web::Data::new(AppState::from_config(config, issuer.clone(), keys)?.with_audit(audit));
+        let state = web::Data::new(
+            AppState::from_stores(config, issuer.clone(), keys, stores)?.with_audit(audit),
+        );
         let background = state.clone();
         let app_state = state.clone();
         let limits = config.http;
@@ -119,11 +136,14 @@ impl Application {
         // earlier than the first tick must reload, not kill the process.
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let store_changes = state.key_store.changes();
         actix_web::rt::spawn(async move {
             let mut tick = actix_web::rt::time::interval(RELOAD_INTERVAL);
             loop {
                 let forced = tokio::select! {
                     _ = tick.tick() => false,
+                    // Another replica changed the store: reload now, not at the next tick.
+                    () = async { match &store_changes { Some(n) => n.notified().await, None => std::future::pending().await } } => false,
                     Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
                 };
                 if forced {

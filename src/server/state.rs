@@ -17,6 +17,7 @@ use crate::keys::{KeyStore, Millis};
 use crate::oauth::{ClientRegistry, ClientStore, ClientStoreError, TokenEndpoint};
 use crate::report::Report;
 use crate::secret::HmacSecret;
+use crate::storage::Stores;
 use crate::store::StoreVersion;
 use crate::ttl::check_ttl;
 use crate::{Config, Issuer, KeySet, SignError, Signer, SignerConfig, SigningAlg};
@@ -120,6 +121,8 @@ pub struct StateConfig {
     pub body_timeout: Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// How long the server signs while its store does not answer.
+    pub store_stale_after: Duration,
 }
 
 impl AppState {
@@ -133,10 +136,28 @@ impl AppState {
         issuer: Issuer,
         keys: KeySet,
     ) -> Result<Self, super::ServerError> {
+        Self::from_stores(config, issuer, keys, Stores::keys_dir(config))
+    }
+
+    /// As [`AppState::from_config`], over `stores` (already open: the PostgreSQL store's
+    /// connection is shared, not made twice).
+    ///
+    /// # Errors
+    /// As [`AppState::new`].
+    pub fn from_stores(
+        config: &Config,
+        issuer: Issuer,
+        keys: KeySet,
+        stores: Stores,
+    ) -> Result<Self, super::ServerError> {
+        let mut token_endpoint = TokenEndpoint::new(config.token_ttl, config.auth_limits);
+        if let Some(shared) = stores.shared_failures() {
+            token_endpoint = token_endpoint.with_shared_failures(shared);
+        }
         Self::new(
-            KeyStore::with_policy(&config.keys_dir, config.policy),
+            stores.keys,
             keys,
-            ClientStore::new(&config.keys_dir),
+            stores.clients,
             StateConfig {
                 signer: SignerConfig {
                     issuer,
@@ -152,8 +173,9 @@ impl AppState {
                     .collect(),
                 body_timeout: config.http.request_timeout,
                 max_body_bytes: config.http.max_body_bytes,
+                store_stale_after: config.store_stale_after,
             },
-            TokenEndpoint::new(config.token_ttl, config.auth_limits),
+            token_endpoint,
             Metrics::new()?,
         )
     }
@@ -229,13 +251,25 @@ impl AppState {
     /// Why no token may be issued now: the key store or the client registry holds a
     /// change that could not be read yet (it may revoke a key or a secret).
     pub fn unapplied_change(&self) -> Option<&'static str> {
-        if self.key_reload.unapplied() {
+        if self.store_is_stale() {
+            Some(
+                "the store has not answered for longer than --store-stale-after: a revocation may be going unseen",
+            )
+        } else if self.key_reload.unapplied() {
             Some("the key store changed and cannot be read yet")
         } else if self.client_reload.unapplied() {
             Some("the client registry changed and cannot be read yet")
         } else {
             None
         }
+    }
+
+    /// Whether the store has not answered for longer than `--store-stale-after` (a
+    /// database that went away; never for the keys dir).
+    pub fn store_is_stale(&self) -> bool {
+        self.key_store
+            .since_last_contact()
+            .is_some_and(|since| since > self.settings.store_stale_after)
     }
 
     /// How long a request body may take to arrive.

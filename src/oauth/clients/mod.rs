@@ -182,6 +182,17 @@ pub enum ClientStoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The store's database failed or could not be reached; nothing was changed.
+    #[error("{store}: {reason}")]
+    Database {
+        /// The database, without credentials.
+        store: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A registry to copy clients into already holds clients.
+    #[error("{0} already holds clients: copy only into an empty registry")]
+    NotEmpty(String),
     /// Reading, locking or writing failed.
     #[error("{path}")]
     Io {
@@ -429,6 +440,25 @@ impl ClientStore {
             };
             Ok((Some(clients), secret))
         })
+    }
+
+    /// Copies every client that parses into `target`, which must hold none (one change
+    /// of `target`). Secrets stay as they are (hashed), so clients keep working.
+    /// Returns the number copied.
+    ///
+    /// # Errors
+    /// [`ClientStoreError::NotEmpty`], an unreadable registry, a write failure.
+    pub fn copy_into(&self, target: &ClientStore) -> Result<usize, ClientStoreError> {
+        let clients: Vec<Client> = self.backend.load()?.into_iter().flatten().collect();
+        let count = clients.len();
+        let name = target.describe();
+        target.update(move |current| {
+            if current.is_some_and(|c| !c.is_empty()) {
+                return Err(ClientStoreError::NotEmpty(name));
+            }
+            Ok((Some(clients), ()))
+        })?;
+        Ok(count)
     }
 
     /// One read-modify-write of the backend: `change` returns the clients to store (none:

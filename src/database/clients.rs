@@ -1,0 +1,186 @@
+//! [`PgClients`]: the client registry over PostgreSQL, one row per client holding the
+//! entry as `clients.json` would (hashed secret, scopes, audiences, alg, TTL). A change is
+//! one transaction under an advisory lock; an entry that does not parse is kept as it is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Counter, Database, DatabaseError, DbFailure, bump};
+use crate::oauth::{Client, ClientBackend, ClientStoreError, SkippedClient};
+use crate::store::StoreVersion;
+
+/// Advisory lock key of client changes.
+const LOCK_CLIENTS: i64 = 0x6a77_7469_7373_0003;
+
+/// The clients of a PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgClients {
+    db: Arc<Database>,
+}
+
+impl PgClients {
+    /// The clients in `db`.
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+
+    fn error(&self, e: DatabaseError) -> ClientStoreError {
+        ClientStoreError::Database {
+            store: self.db.describe().to_owned(),
+            reason: match e {
+                DatabaseError::Failed { reason, .. } => reason,
+                other => crate::report::Report(&other).to_string(),
+            },
+        }
+    }
+}
+
+/// Each row parsed on its own.
+fn parse(rows: Vec<(String, serde_json::Value)>) -> Vec<Result<Client, SkippedClient>> {
+    rows.into_iter()
+        .map(|(client_id, entry)| {
+            serde_json::from_value::<Client>(entry)
+                .map_err(|e| SkippedClient {
+                    client_id: client_id.clone(),
+                    reason: format!("entry does not parse: {e}"),
+                })
+                .and_then(|client| {
+                    if client.client_id == client_id {
+                        Ok(client)
+                    } else {
+                        Err(SkippedClient {
+                            client_id,
+                            reason: "the entry names another client id than its row".into(),
+                        })
+                    }
+                })
+        })
+        .collect()
+}
+
+async fn read_rows<C: tokio_postgres::GenericClient + Sync>(
+    client: &C,
+) -> Result<(Vec<(String, serde_json::Value)>, i64), DbFailure> {
+    let rows = client
+        .query(
+            "SELECT client_id, entry FROM jwt_issuer_clients ORDER BY client_id",
+            &[],
+        )
+        .await?;
+    let counter: i64 = client
+        .query_one("SELECT clients FROM jwt_issuer_versions", &[])
+        .await?
+        .get(0);
+    Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), counter))
+}
+
+impl ClientBackend for PgClients {
+    fn describe(&self) -> String {
+        format!("PostgreSQL store {} (clients)", self.db.describe())
+    }
+
+    fn version(&self) -> Option<StoreVersion> {
+        self.db.version(Counter::Clients)
+    }
+
+    fn load(&self) -> Result<Vec<Result<Client, SkippedClient>>, ClientStoreError> {
+        let (rows, _) = self
+            .db
+            .call(|pool| async move {
+                let client = pool.get().await?;
+                read_rows(&**client).await
+            })
+            .map_err(|e| self.error(e))?;
+        Ok(parse(rows))
+    }
+
+    fn update(
+        &self,
+        change: &mut dyn FnMut(
+            Option<Vec<Client>>,
+        ) -> Result<Option<Vec<Client>>, ClientStoreError>,
+    ) -> Result<(), ClientStoreError> {
+        // As the key backend's change: read in the transaction, decide here, write there.
+        let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel(1);
+        let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Vec<Client>>();
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Result<(), DbFailure>>(1);
+        let pool = self.db.pool.clone();
+        self.db.spawn(async move {
+            let result = async {
+                let mut client = pool.get().await?;
+                let tx = client.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_CLIENTS])
+                    .await?;
+                if rows_tx.send(read_rows(&*tx).await?).is_err() {
+                    return Ok(());
+                }
+                let Ok(clients) = plan_rx.await else {
+                    return Ok(());
+                };
+                let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
+                // Rows that do not parse stay; parsed ones the change dropped go.
+                let existing = tx
+                    .query("SELECT client_id, entry FROM jwt_issuer_clients", &[])
+                    .await?;
+                for row in &existing {
+                    let id: String = row.get(0);
+                    let entry: serde_json::Value = row.get(1);
+                    let parses = serde_json::from_value::<Client>(entry).is_ok();
+                    if parses && !ids.contains(&id.as_str()) {
+                        tx.execute(
+                            "DELETE FROM jwt_issuer_clients WHERE client_id = $1",
+                            &[&id],
+                        )
+                        .await?;
+                    }
+                }
+                for client in &clients {
+                    // A client always serializes (strings, numbers, lists).
+                    let entry = serde_json::to_value(client).unwrap_or_default();
+                    tx.execute(
+                        "INSERT INTO jwt_issuer_clients (client_id, entry) VALUES ($1, $2)
+                         ON CONFLICT (client_id) DO UPDATE SET entry = EXCLUDED.entry",
+                        &[&client.client_id, &entry],
+                    )
+                    .await?;
+                }
+                bump(&*tx, Counter::Clients).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            .await;
+            let _ = done_tx.send(result);
+        });
+        let limit = Duration::from_secs(25);
+        let timeout = || {
+            self.error(DatabaseError::Timeout {
+                url: self.db.describe().to_owned(),
+                limit,
+            })
+        };
+        let finish = |done: Result<Result<(), DbFailure>, _>| match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(failure)) => Err(self.error(self.db.failed(failure))),
+            Err(_) => Err(timeout()),
+        };
+        let (rows, counter): (Vec<(String, serde_json::Value)>, i64) =
+            match rows_rx.recv_timeout(limit) {
+                Ok(read) => read,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    finish(done_rx.recv_timeout(limit))?;
+                    return Err(timeout());
+                }
+                Err(_) => return Err(timeout()),
+            };
+        let current = (counter > 0).then(|| parse(rows).into_iter().flatten().collect());
+        // An error from `change` drops the plan's sender: rolled back.
+        let Some(clients) = change(current)? else {
+            return Ok(());
+        };
+        if plan_tx.send(clients).is_err() {
+            finish(done_rx.recv_timeout(limit))?;
+            return Err(timeout());
+        }
+        finish(done_rx.recv_timeout(limit))
+    }
+}
