@@ -1,8 +1,9 @@
 //! The integration tests, linked into one binary: one module per feature, sharing
 //! `helpers` (a real server on 127.0.0.1:0 over a temporary keys dir, the real binary,
-//! plain HTTP).
+//! plain HTTP) and `pg` (real PostgreSQL: a database per test, or a private cluster).
 
 mod helpers;
+mod pg;
 
 mod cli;
 mod clients;
