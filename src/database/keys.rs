@@ -23,6 +23,10 @@ pub(super) const LOCK_KEYS: i64 = 0x6a77_7469_7373_0002;
 /// is 10 s) and then run.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// Test hook: `JWT_ISSUER_CRASH_AT=before-commit` aborts the process inside a key change,
+/// after its writes and before its commit.
+const CRASH_ENV: &str = "JWT_ISSUER_CRASH_AT";
+
 const COLUMNS: &str =
     "kid, alg, state, created, published, activated, retired, remove_after, removed";
 
@@ -437,6 +441,11 @@ async fn change_in_transaction(
     )
     .await?;
     bump(&*tx, Counter::Keys).await?;
+    // Test hook: the process dies with every write of the change sent and no commit, to
+    // prove the others see the change whole or not at all.
+    if std::env::var_os(CRASH_ENV).is_some_and(|step| step == "before-commit") {
+        std::process::abort();
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -522,12 +522,16 @@ pub fn cli(keys_dir: &Path) -> Command {
     cmd
 }
 
-/// `cmd` without the caller's JWT_ISSUER_* and JWT_SECRET* variables, which would change
-/// what the binary does.
+/// `cmd` without the caller's JWT_ISSUER_*, JWT_SECRET* and DATABASE_URL variables, which
+/// would change what the binary does (CI sets DATABASE_URL for the PostgreSQL tests; every
+/// other test runs on its keys dir).
 pub fn without_issuer_env(cmd: &mut Command) -> &mut Command {
     for (name, _) in std::env::vars_os() {
         let text = name.to_string_lossy();
-        if text.starts_with("JWT_ISSUER_") || text.starts_with("JWT_SECRET") {
+        if text.starts_with("JWT_ISSUER_")
+            || text.starts_with("JWT_SECRET")
+            || text == "DATABASE_URL"
+        {
             cmd.env_remove(&name);
         }
     }
