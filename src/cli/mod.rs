@@ -420,6 +420,7 @@ fn defaults() -> Vec<(&'static str, String)> {
         ),
         ("shutdown_drain", human(d.http.shutdown_drain)),
         ("keep_alive", human(d.http.keep_alive)),
+        ("store_stale_after", human(d.store_stale_after)),
         ("max_body_bytes", d.http.max_body_bytes.to_string()),
         ("log_format", d.log_format.to_string()),
     ]

@@ -377,16 +377,22 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
         .map(|k| serde_json::json!({"kid": k.kid, "alg": k.alg, "state": k.state.as_str()}))
         .collect();
     let unread = unread_stores(&state);
-    let status = if broken.is_empty() && unread.is_empty() {
+    let stale = state.store_is_stale();
+    let status = if broken.is_empty() && unread.is_empty() && !stale {
         "ok"
     } else {
         "degraded"
     };
+    let mut body =
+        serde_json::json!({"status": status, "broken_keys": broken, "unread_changes": unread});
+    // A store that can go away (PostgreSQL): how long since it last answered.
+    if let Some(since) = state.key_store.since_last_contact() {
+        body["store_last_answered_seconds_ago"] = serde_json::json!(since.as_secs());
+        body["store_stale"] = serde_json::json!(stale);
+    }
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(
-            serde_json::json!({"status": status, "broken_keys": broken, "unread_changes": unread}),
-        )
+        .json(body)
 }
 
 /// `GET /readyz` (readiness): 200 when the server can issue tokens with its default

@@ -49,6 +49,68 @@ fn manifests_set_only_variables_and_flags_that_serve_has() {
 }
 
 #[test]
+fn the_postgres_overlay_sets_known_variables_and_keeps_secrets_out_of_the_manifest() {
+    let help = Help::read();
+    let dir = repo().join("deploy/kubernetes/postgres");
+    let kustomization = &load_yaml(&dir.join("kustomization.yaml"))[0];
+    assert_eq!(strings(&kustomization["resources"]), ["../"]);
+    let patch = &load_yaml(&dir.join("deployment-patch.yaml"))[0];
+    let container = &patch["spec"]["template"]["spec"]["containers"][0];
+    let mut names = BTreeMap::new();
+    for entry in container["env"].as_vec().expect("env") {
+        let name = entry["name"].as_str().expect("name").to_owned();
+        let deleted = entry["$patch"].as_str() == Some("delete");
+        // The KEK is a secret: a variable of its own, never a flag (like JWT_SECRET).
+        assert!(
+            deleted
+                || help.serve_env.contains(&name)
+                || ["JWT_ISSUER_KEK_FILE", "JWT_ISSUER_KEK_PREVIOUS_FILE"].contains(&name.as_str()),
+            "{name} (deploy/kubernetes/postgres) is not a variable jwt-issuer reads"
+        );
+        names.insert(name, entry.clone());
+    }
+    // The URL carries the password: from a Secret, never a literal in the manifest.
+    let store = &names["JWT_ISSUER_STORE"];
+    assert!(
+        store["value"].is_badvalue(),
+        "JWT_ISSUER_STORE as a literal"
+    );
+    assert_eq!(
+        store["valueFrom"]["secretKeyRef"]["name"].as_str(),
+        Some("jwt-issuer-store")
+    );
+    assert_eq!(
+        names["JWT_ISSUER_KEYS_DIR"]["$patch"].as_str(),
+        Some("delete")
+    );
+    // The KEK file is where its Secret is mounted, read-only.
+    let kek_file = names["JWT_ISSUER_KEK_FILE"]["value"]
+        .as_str()
+        .expect("path");
+    let mounts = container["volumeMounts"].as_vec().expect("volumeMounts");
+    let kek_mount = mounts
+        .iter()
+        .find(|m| m["name"].as_str() == Some("kek"))
+        .expect("the kek mount");
+    assert!(kek_file.starts_with(kek_mount["mountPath"].as_str().expect("mountPath")));
+    assert_eq!(kek_mount["readOnly"].as_bool(), Some(true));
+    let volumes = patch["spec"]["template"]["spec"]["volumes"]
+        .as_vec()
+        .expect("volumes");
+    let kek = volumes
+        .iter()
+        .find(|v| v["name"].as_str() == Some("kek"))
+        .expect("the kek volume");
+    assert_eq!(kek["secret"]["secretName"].as_str(), Some("jwt-issuer-kek"));
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["name"].as_str() == Some("keys") && v["$patch"].as_str() == Some("delete")),
+        "the keys Secret volume stays in the overlay"
+    );
+}
+
+#[test]
 fn dockerfile_runs_serve_with_settings_the_binary_has() {
     let help = Help::read();
     let image = Dockerfile::load();
@@ -417,7 +479,8 @@ impl Help {
         let serve_env = flat
             .split("[env: ")
             .skip(1)
-            .filter_map(|rest| rest.split_once('=').map(|(name, _)| name.to_owned()))
+            // `NAME=value`, or `NAME]` where the value is hidden (the store's URL).
+            .filter_map(|rest| rest.split(['=', ']']).next().map(str::to_owned))
             .collect();
         let serve_flags = serve
             .split_whitespace()
