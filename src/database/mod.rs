@@ -603,3 +603,44 @@ impl Database {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_user_or_password() {
+        let url =
+            DatabaseUrl::new("postgres://jwt:hunter2@db.internal:6432/tokens?sslmode=disable");
+        assert!(url.has_password());
+        assert_eq!(url.redacted(), "postgres://db.internal:6432/tokens");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        let plain = DatabaseUrl::new("postgresql://jwt@localhost/tokens");
+        assert!(!plain.has_password());
+        assert_eq!(plain.redacted(), "postgres://localhost:5432/tokens");
+        let kv = DatabaseUrl::new("host=/run/postgresql dbname=tokens password=hunter2");
+        assert!(kv.has_password());
+        assert_eq!(kv.redacted(), "postgres:///run/postgresql:5432/tokens");
+        let junk = DatabaseUrl::new("postgres://jwt:hunter2@[bad");
+        assert!(!junk.redacted().contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_is_refused_with_a_message_and_a_bad_url_is_named_without_its_password() {
+        let kek = KekRing::new(Kek::generate().0, Vec::new());
+        let err = Database::open(
+            &DatabaseUrl::new("postgres://jwt:hunter2@db.internal/tokens?sslmode=require"),
+            kek.clone(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, DatabaseError::TlsUnsupported { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"));
+        let err = Database::open(
+            &DatabaseUrl::new("postgres://jwt:hunter2@db.internal/tokens?nonsense=1"),
+            kek,
+        )
+        .unwrap_err();
+        assert!(matches!(err, DatabaseError::InvalidUrl { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}
