@@ -42,7 +42,7 @@ impl Stores {
             None => Ok(Self::keys_dir(config)),
             Some(url) => {
                 let kek = config.kek.clone().ok_or(KekError::Missing)?;
-                let db = Database::open(url, kek)?;
+                let db = Database::open(url, kek, config.store_ca_file.as_deref())?;
                 Ok(Self {
                     keys: KeyStore::from_backend(Arc::new(PgKeys::new(db.clone())), config.policy),
                     clients: ClientStore::from_backend(Arc::new(PgClients::new(db.clone()))),

@@ -31,6 +31,10 @@ fn check(context: &Context) -> Result<()> {
                 .as_ref()
                 .map_or_else(|| "none (the keys dir)".into(), |url| url.redacted()),
             "store_stale_after" => secs(config.store_stale_after),
+            "store_ca_file" => config.store_ca_file.as_ref().map_or_else(
+                || "none (the system's roots)".into(),
+                |p| p.display().to_string(),
+            ),
             "jwks_max_age" => secs(config.policy.jwks_max_age),
             "max_token_ttl" => secs(config.policy.max_token_ttl),
             "rotation_leeway" => secs(config.policy.leeway),

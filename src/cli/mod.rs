@@ -65,6 +65,11 @@ pub struct Cli {
     #[arg(long, env = "JWT_ISSUER_STORE", global = true, value_name = "URL", hide_env_values = true, help_heading = KEY_STORE_HEADING)]
     store: Option<String>,
 
+    /// The CA certificates (PEM) that signed the PostgreSQL server's certificate, with
+    /// sslmode=require in the store's URL [default: the system's roots]
+    #[arg(long, env = "JWT_ISSUER_STORE_CA_FILE", global = true, value_name = "PATH", help_heading = KEY_STORE_HEADING)]
+    store_ca_file: Option<PathBuf>,
+
     #[command(flatten)]
     timing: TimingArgs,
 
@@ -343,6 +348,9 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
             );
         }
         flags.store.clone_from(&cli.store);
+    }
+    if on_line("store_ca_file") {
+        flags.store_ca_file.clone_from(&cli.store_ca_file);
     }
     if on_line("jwks_max_age") {
         flags.jwks_max_age = cli.timing.jwks_max_age;

@@ -28,6 +28,8 @@ pub struct Settings {
     pub keys_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_ca_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
     pub store_stale_after: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "duration")]
@@ -77,9 +79,10 @@ pub struct Settings {
 }
 
 /// The name of every setting, as in the file (the variable is [`ENV_PREFIX`] + upper case).
-pub const SETTINGS: [&str; 25] = [
+pub const SETTINGS: [&str; 26] = [
     "keys_dir",
     "store",
+    "store_ca_file",
     "store_stale_after",
     "jwks_max_age",
     "max_token_ttl",
@@ -123,6 +126,9 @@ impl Settings {
             config.store = Some(crate::database::DatabaseUrl::new(url));
         }
         set(&mut config.store_stale_after, self.store_stale_after);
+        if self.store_ca_file.is_some() {
+            config.store_ca_file = self.store_ca_file;
+        }
         set(&mut config.policy.jwks_max_age, self.jwks_max_age);
         set(&mut config.policy.max_token_ttl, self.max_token_ttl);
         set(&mut config.policy.leeway, self.rotation_leeway);
@@ -397,6 +403,7 @@ mod tests {
         let all = Settings {
             keys_dir: Some("k".into()),
             store: Some("postgres://db/x".into()),
+            store_ca_file: Some("ca.pem".into()),
             store_stale_after: Some(Duration::from_secs(60)),
             jwks_max_age: Some(Duration::from_secs(1)),
             max_token_ttl: Some(Duration::from_secs(1)),

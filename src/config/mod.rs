@@ -31,6 +31,9 @@ pub struct Config {
     /// The key-encryption keys of the PostgreSQL store, from `JWT_ISSUER_KEK[_FILE]` and
     /// `JWT_ISSUER_KEK_PREVIOUS[_FILE]` (never a flag).
     pub kek: Option<KekRing>,
+    /// The CA certificates (PEM) that signed the PostgreSQL server's certificate, for
+    /// `sslmode=require` (default: the system's roots).
+    pub store_ca_file: Option<PathBuf>,
     /// How long a replica keeps signing while its store does not answer (default 5 min):
     /// it bounds how long a revocation can go unseen.
     pub store_stale_after: Duration,
@@ -229,6 +232,7 @@ impl Default for Config {
             keys_dir: PathBuf::from(Self::DEFAULT_KEYS_DIR),
             store: None,
             kek: None,
+            store_ca_file: None,
             store_stale_after: Self::DEFAULT_STORE_STALE_AFTER,
             bind: Self::DEFAULT_BIND.to_owned(),
             issuer: None,

@@ -31,12 +31,15 @@ pub use migrations::SCHEMA_VERSION;
 
 use std::fmt;
 use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::Notify;
-use tokio_postgres::NoTls;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{NoTls, Socket};
 
 use crate::store::StoreVersion;
 
@@ -112,13 +115,13 @@ pub enum DatabaseError {
         /// What is wrong.
         reason: String,
     },
-    /// The URL asks for TLS, which this build does not speak to PostgreSQL.
-    #[error(
-        "{url}: sslmode=require is not supported yet; reach PostgreSQL over a private network or a local TLS proxy and use sslmode=disable"
-    )]
-    TlsUnsupported {
+    /// TLS was asked for and no CA certificate to check the server with could be read.
+    #[error("{url}: sslmode=require: {reason}")]
+    TlsRoots {
         /// The URL, redacted.
         url: String,
+        /// What is missing.
+        reason: String,
     },
     /// A call failed or the server could not be reached.
     #[error("{url}: {reason}")]
@@ -199,22 +202,32 @@ impl fmt::Debug for Database {
 }
 
 impl Database {
-    /// Connects to `url`, applies the schema migrations this binary has and the database
+    /// Connects to `url` (over TLS with `sslmode=require`, the server's certificate checked
+    /// against `ca_file` or else the system's roots), applies the schema migrations this binary has and the database
     /// lacks (refusing a schema newer than it knows), and starts listening for changes.
     ///
     /// # Errors
     /// Unparsable URL, unreachable server, refused login, a newer schema.
-    pub fn open(url: &DatabaseUrl, kek: KekRing) -> Result<Arc<Self>, DatabaseError> {
+    pub fn open(
+        url: &DatabaseUrl,
+        kek: KekRing,
+        ca_file: Option<&Path>,
+    ) -> Result<Arc<Self>, DatabaseError> {
         let redacted = url.redacted();
         let mut config = url.parse().map_err(|e| DatabaseError::InvalidUrl {
             url: redacted.clone(),
             reason: e.to_string(),
         })?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(DatabaseError::TlsUnsupported { url: redacted });
-        }
-        // NoTls: `prefer` (the default) would fall back to plain text anyway.
-        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        // `require`: TLS with the server's certificate verified (libpq's verify-full);
+        // otherwise plain (`prefer`, the default, would fall back to it anyway, and a
+        // failed verification must not fall back).
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => Some(tls_connector(&redacted, ca_file)?),
+            _ => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+        };
         config.application_name("jwt-issuer");
         config.connect_timeout(CONNECT_TIMEOUT);
         // A peer that vanished (a failover, a cut network) is noticed within a minute.
@@ -223,19 +236,26 @@ impl Database {
         // A change waits at most 10 s for another replica's change, as the keys dir's
         // lock does; no statement runs away.
         config.options("-c lock_timeout=10s -c statement_timeout=30s");
+        let changed = Arc::new(Notify::new());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("postgres")
             .enable_all()
             .build()
             .map_err(|e| DatabaseError::Runtime(e.to_string()))?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let (manager, listener): (Manager, Pin<Box<dyn Future<Output = ()> + Send>>) = match tls {
+            Some(tls) => (
+                Manager::from_config(config.clone(), tls.clone(), manager_config),
+                Box::pin(listen(config, tls, changed.clone())),
+            ),
+            None => (
+                Manager::from_config(config.clone(), NoTls, manager_config),
+                Box::pin(listen(config, NoTls, changed.clone())),
+            ),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -253,10 +273,10 @@ impl Database {
             pool,
             kek,
             seen: Mutex::new(Seen::default()),
-            changed: Arc::new(Notify::new()),
+            changed,
         });
         database.call(migrations::apply)?;
-        database.spawn(listen(config, database.changed.clone()));
+        database.spawn(listener);
         Ok(database)
     }
 
@@ -436,14 +456,70 @@ pub(crate) async fn bump<C: tokio_postgres::GenericClient + Sync>(
     Ok(())
 }
 
+/// The TLS connector of `sslmode=require`: rustls on aws-lc-rs, TLS 1.2 and 1.3, the
+/// server's certificate and name checked against the CAs of `ca_file`, or else the system's.
+fn tls_connector(
+    url: &str,
+    ca_file: Option<&Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, DatabaseError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let failed = |reason: String| DatabaseError::TlsRoots {
+        url: url.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| {
+                    failed(format!(
+                        "cannot read --store-ca-file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A system root rustls cannot use is skipped, as every client does.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(failed(
+            "no CA certificate to check the server with: set --store-ca-file (JWT_ISSUER_STORE_CA_FILE) to the PEM of the CA that signed the server's certificate".to_owned(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 /// One connection kept open with LISTEN: each notification wakes `changed`; a lost
 /// connection is made again with backoff (and wakes `changed`, since a change may have
 /// been missed meanwhile). The reloads poll the counters anyway, so a lost LISTEN only
 /// slows propagation to the poll's period.
-async fn listen(config: tokio_postgres::Config, changed: Arc<Notify>) {
+async fn listen<T>(config: tokio_postgres::Config, tls: T, changed: Arc<Notify>)
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync + 'static,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
     let mut wait = LISTEN_BACKOFF.0;
     loop {
-        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+        if let Ok((client, mut connection)) = config.connect(tls.clone()).await {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
             let driver = tokio::spawn(async move {
                 while let Some(message) =
@@ -626,18 +702,22 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_with_a_message_and_a_bad_url_is_named_without_its_password() {
+    fn tls_without_a_usable_ca_and_a_bad_url_are_named_without_the_password() {
         let kek = KekRing::new(Kek::generate().0, Vec::new());
+        let empty = tempfile::NamedTempFile::new().unwrap();
         let err = Database::open(
             &DatabaseUrl::new("postgres://jwt:hunter2@db.internal/tokens?sslmode=require"),
             kek.clone(),
+            Some(empty.path()),
         )
         .unwrap_err();
-        assert!(matches!(err, DatabaseError::TlsUnsupported { .. }), "{err}");
+        assert!(matches!(err, DatabaseError::TlsRoots { .. }), "{err}");
+        assert!(err.to_string().contains("--store-ca-file"), "{err}");
         assert!(!err.to_string().contains("hunter2"));
         let err = Database::open(
             &DatabaseUrl::new("postgres://jwt:hunter2@db.internal/tokens?nonsense=1"),
             kek,
+            None,
         )
         .unwrap_err();
         assert!(matches!(err, DatabaseError::InvalidUrl { .. }), "{err}");

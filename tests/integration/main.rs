@@ -4,6 +4,7 @@
 
 mod helpers;
 mod pg;
+mod pg_tls;
 
 mod cli;
 mod clients;

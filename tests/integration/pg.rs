@@ -157,6 +157,33 @@ impl PrivateCluster {
         }
     }
 
+    /// Serves TLS with this certificate and key (PEM) from now on: both written into the
+    /// data dir (the key 0600, owned by the server's user, as PostgreSQL requires), `ssl`
+    /// turned on, and the server restarted.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, pem, mode) in [
+            ("server.crt", cert_pem, 0o644),
+            ("server.key", key_pem, 0o600),
+        ] {
+            let path = self.data().join(name);
+            fs::write(&path, pem).expect("write the server's TLS file");
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+            if let Some(user) = &self.user {
+                check(
+                    "chown",
+                    Command::new("chown").arg(format!("{user}:")).arg(&path),
+                );
+            }
+        }
+        fs::OpenOptions::new()
+            .append(true)
+            .open(self.data().join("postgresql.conf"))
+            .and_then(|mut conf| conf.write_all(b"ssl = on\n"))
+            .expect("append to postgresql.conf");
+        self.restart();
+    }
+
     /// `stop` then `start_again`.
     pub fn restart(&self) {
         self.stop();
