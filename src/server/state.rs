@@ -272,6 +272,13 @@ impl AppState {
             .is_some_and(|since| since > self.settings.store_stale_after)
     }
 
+    /// Whether the store answered the last poll of its version (always, for the keys dir).
+    fn store_answered(&self) -> bool {
+        self.key_store
+            .since_last_contact()
+            .is_none_or(|since| since < Duration::from_secs(2))
+    }
+
     /// How long a request body may take to arrive.
     pub fn body_timeout(&self) -> Duration {
         self.settings.body_timeout
@@ -374,7 +381,11 @@ impl AppState {
         // version went back to the one served (a file moved away and back).
         let retry_failed = self.key_reload.last_error().is_some();
         if !force && !due && !retry_broken && !retry_failed && version == current.version {
-            self.metrics.store_current("keys");
+            // An unchanged version from a store that did not answer is the last one seen,
+            // not a confirmation (the database went away).
+            if self.store_answered() {
+                self.metrics.store_current("keys");
+            }
             return;
         }
         let had_keys = !current.signer.keys().is_empty();
@@ -467,7 +478,9 @@ impl AppState {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if !force && version == *last && self.client_reload.last_error().is_none() {
-            self.metrics.store_current("clients");
+            if self.store_answered() {
+                self.metrics.store_current("clients");
+            }
             return;
         }
         // A registry file that existed and is gone was deleted with its directory, far
