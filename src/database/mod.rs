@@ -148,6 +148,23 @@ pub enum DatabaseError {
         /// The newest this binary knows.
         known: i32,
     },
+    /// Keys are sealed under a KEK that is not configured (a wrong KEK, or a rewrap whose
+    /// old KEK was dropped too early).
+    #[error(
+        "{url}: keys are sealed under key-encryption key {}, which is not configured (configured: {}): set {}_FILE to the KEK the store's keys were sealed with (or the old one in {}_FILE and run `jwt-issuer store rewrap`)",
+        .unknown.join(", "),
+        .configured.join(", "),
+        kek::KEK_ENV,
+        kek::KEK_PREVIOUS_ENV
+    )]
+    UnknownKek {
+        /// The URL, redacted.
+        url: String,
+        /// The ids of the KEKs stored keys are sealed under that none configured has.
+        unknown: Vec<String>,
+        /// The ids of the configured KEKs, current first.
+        configured: Vec<String>,
+    },
     /// The runtime's thread could not be started.
     #[error("cannot start the PostgreSQL client's runtime: {0}")]
     Runtime(String),
@@ -185,6 +202,10 @@ pub struct Database {
 #[derive(Debug, Default, Clone, Copy)]
 struct Seen {
     keys: i64,
+    /// A hash of the keys table's rows: a change made outside jwt-issuer (rows deleted
+    /// or edited with SQL, a restore) moves no counter, and must be noticed all the same,
+    /// as the keys dir notices a file changed by hand.
+    keys_rows: i64,
     clients: i64,
     at: Option<Instant>,
 }
@@ -221,8 +242,10 @@ impl Database {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(15));
         // A change waits at most 10 s for another replica's change, as the keys dir's
-        // lock does; no statement runs away.
-        config.options("-c lock_timeout=10s -c statement_timeout=30s");
+        // lock does; no statement runs away. The NOTICEs of the idempotent migrations
+        // ("already exists, skipping") are not news worth a log line at every start.
+        config
+            .options("-c lock_timeout=10s -c statement_timeout=30s -c client_min_messages=warning");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("postgres")
@@ -256,6 +279,21 @@ impl Database {
             changed: Arc::new(Notify::new()),
         });
         database.call(migrations::apply)?;
+        // Refused here, before any command reads or writes: with a wrong KEK a server
+        // would start with its keys left out, and a `keys generate` would seal a key
+        // under a KEK the other replicas do not have.
+        let unknown: Vec<String> = database
+            .call(sealed_kek_ids)?
+            .into_iter()
+            .filter(|id| !database.kek.knows(id))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(DatabaseError::UnknownKek {
+                url: database.url.clone(),
+                unknown,
+                configured: database.kek.ids().map(str::to_owned).collect(),
+            });
+        }
         database.spawn(listen(config, database.changed.clone()));
         Ok(database)
     }
@@ -282,10 +320,11 @@ impl Database {
     /// [`Database::unreachable_for`] says it is too old.
     pub fn version(&self, counter: Counter) -> Option<StoreVersion> {
         let seen = match self.call_within(POLL_TIMEOUT, read_counters) {
-            Ok((keys, clients)) => {
+            Ok((keys, keys_rows, clients)) => {
                 let mut seen = self.seen();
                 *seen = Seen {
                     keys,
+                    keys_rows,
                     clients,
                     at: Some(Instant::now()),
                 };
@@ -293,11 +332,13 @@ impl Database {
             }
             Err(_) => *self.seen(),
         };
-        let value = match counter {
-            Counter::Keys => seen.keys,
-            Counter::Clients => seen.clients,
-        };
-        (value > 0).then(|| StoreVersion::new(format!("pg:{value}")))
+        match counter {
+            Counter::Keys => (seen.keys > 0)
+                .then(|| StoreVersion::new(format!("pg:{}:{:x}", seen.keys, seen.keys_rows))),
+            Counter::Clients => {
+                (seen.clients > 0).then(|| StoreVersion::new(format!("pg:{}", seen.clients)))
+            }
+        }
     }
 
     /// How long since the change counters were last read, `None` before the first read.
@@ -409,12 +450,33 @@ impl From<deadpool_postgres::PoolError> for DbFailure {
     }
 }
 
-async fn read_counters(pool: Pool) -> Result<(i64, i64), DbFailure> {
+/// The keys counter, a hash of the keys table's rows (64 bits of an md5 of their text:
+/// the table holds a few dozen rows), and the clients counter.
+async fn read_counters(pool: Pool) -> Result<(i64, i64, i64), DbFailure> {
     let client = pool.get().await?;
     let row = client
-        .query_one("SELECT keys, clients FROM jwt_issuer_versions", &[])
+        .query_one(
+            "SELECT keys,
+                 (SELECT ('x' || left(md5(coalesce(string_agg(k::text, ',' ORDER BY k.kid), '')), 16))::bit(64)::bigint
+                  FROM jwt_issuer_keys k),
+                 clients
+             FROM jwt_issuer_versions",
+            &[],
+        )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// The ids of the KEKs the stored private keys are sealed under.
+async fn sealed_kek_ids(pool: Pool) -> Result<Vec<String>, DbFailure> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT DISTINCT kek_id FROM jwt_issuer_keys WHERE kek_id IS NOT NULL ORDER BY kek_id",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Moves `counter` and notifies the other replicas, inside the caller's transaction (the
