@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use jwt_issuer::audit::KeyChangeBy;
 use jwt_issuer::config::Settings;
+use jwt_issuer::keys::{BrokenKey, KeyState};
 use jwt_issuer::oauth::clients::BOOTSTRAP_CLIENT_ID;
 use jwt_issuer::secret::{ClientSecret, HmacSecret};
 use jwt_issuer::server::tls::TlsCertificate;
@@ -234,14 +235,10 @@ fn serve(
     }
     let keys = load_keys(&store)?;
     if config.alg.is_asymmetric() && keys.active(config.alg).is_none() {
-        let why = keys
-            .broken()
-            .iter()
-            .find(|k| k.alg == config.alg && k.state == jwt_issuer::keys::KeyState::Active)
-            .map_or_else(
-                || format!("no {} key in {}", config.alg, store.describe()),
-                |k| format!("its active key {} cannot be loaded: {}", k.kid, k.reason),
-            );
+        let why = broken_active(&keys, config.alg).map_or_else(
+            || format!("no {} key in {}", config.alg, store.describe()),
+            |k| format!("its active key {} cannot be loaded: {}", k.kid, k.reason),
+        );
         bail!("cannot sign {} (the default --alg): {why}", config.alg);
     }
     // The demo client's secret goes to stderr, which a deployment ships to its log
@@ -345,6 +342,13 @@ pub(super) fn load_keys(store: &KeyStore) -> Result<KeySet> {
     }
     tracing::info!(count = keys.keys().len(), store = %store.describe(), "keys loaded");
     Ok(keys)
+}
+
+/// The active `alg` key that `keys` left out because it cannot be loaded, if any.
+pub(super) fn broken_active(keys: &KeySet, alg: SigningAlg) -> Option<&BrokenKey> {
+    keys.broken()
+        .iter()
+        .find(|k| k.alg == alg && k.state == KeyState::Active)
 }
 
 /// What is likely wrong with an issuer that is valid: verifiers compare it byte for byte.

@@ -157,6 +157,15 @@ fn issue(context: &Context, args: IssueArgs) -> Result<()> {
         .existing_store()?
         .load()
         .context("cannot load keys")?;
+    // Said as the server says it: "no key is active" would send the operator to
+    // generate one, while the active key is there and cannot be opened.
+    if let Some(broken) = super::serve::broken_active(&keys, alg) {
+        bail!(
+            "cannot sign {alg}: its active key {} cannot be loaded: {}",
+            broken.kid,
+            broken.reason
+        );
+    }
     let secret = match alg {
         SigningAlg::Hs256 => Some(HmacSecret::require_env(HMAC_SECRET_ENV)?),
         _ => None,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Counter, Database, DatabaseError, DbFailure, bump};
+use super::{Counter, Database, DatabaseError, DbFailure};
 use crate::oauth::{Client, ClientBackend, ClientStoreError, SkippedClient};
 use crate::store::StoreVersion;
 
@@ -144,7 +144,6 @@ impl ClientBackend for PgClients {
                     )
                     .await?;
                 }
-                bump(&*tx, Counter::Clients).await?;
                 tx.commit().await?;
                 Ok(())
             }

@@ -236,6 +236,13 @@ impl KekRing {
         self.current.id()
     }
 
+    /// The ids of the configured KEKs, current first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(Kek::id)
+    }
+
     /// Whether ciphertexts under `kek_id` open.
     pub fn knows(&self, kek_id: &str) -> bool {
         self.find(kek_id).is_some()

@@ -43,7 +43,8 @@ use tokio_postgres::{NoTls, Socket};
 
 use crate::store::StoreVersion;
 
-/// The channel every change notifies, with the store's name as payload.
+/// The channel every change notifies (from the tables' triggers), with the table's name
+/// as payload.
 const CHANNEL: &str = "jwt_issuer_changes";
 /// Longest wait for one call to the database (a query, a connection from the pool).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,6 +152,23 @@ pub enum DatabaseError {
         /// The newest this binary knows.
         known: i32,
     },
+    /// Keys are sealed under a KEK that is not configured (a wrong KEK, or a rewrap whose
+    /// old KEK was dropped too early).
+    #[error(
+        "{url}: keys are sealed under key-encryption key {}, which is not configured (configured: {}): set {}_FILE to the KEK the store's keys were sealed with (or the old one in {}_FILE and run `jwt-issuer store rewrap`)",
+        .unknown.join(", "),
+        .configured.join(", "),
+        kek::KEK_ENV,
+        kek::KEK_PREVIOUS_ENV
+    )]
+    UnknownKek {
+        /// The URL, redacted.
+        url: String,
+        /// The ids of the KEKs stored keys are sealed under that none configured has.
+        unknown: Vec<String>,
+        /// The ids of the configured KEKs, current first.
+        configured: Vec<String>,
+    },
     /// The runtime's thread could not be started.
     #[error("cannot start the PostgreSQL client's runtime: {0}")]
     Runtime(String),
@@ -163,15 +181,6 @@ pub enum Counter {
     Keys,
     /// The clients.
     Clients,
-}
-
-impl Counter {
-    fn column(self) -> &'static str {
-        match self {
-            Self::Keys => "keys",
-            Self::Clients => "clients",
-        }
-    }
 }
 
 /// One PostgreSQL database shared by the key and client backends of this process.
@@ -234,8 +243,10 @@ impl Database {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(15));
         // A change waits at most 10 s for another replica's change, as the keys dir's
-        // lock does; no statement runs away.
-        config.options("-c lock_timeout=10s -c statement_timeout=30s");
+        // lock does; no statement runs away. The NOTICEs of the idempotent migrations
+        // ("already exists, skipping") are not news worth a log line at every start.
+        config
+            .options("-c lock_timeout=10s -c statement_timeout=30s -c client_min_messages=warning");
         let changed = Arc::new(Notify::new());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -276,6 +287,21 @@ impl Database {
             changed,
         });
         database.call(migrations::apply)?;
+        // Refused here, before any command reads or writes: with a wrong KEK a server
+        // would start with its keys left out, and a `keys generate` would seal a key
+        // under a KEK the other replicas do not have.
+        let unknown: Vec<String> = database
+            .call(sealed_kek_ids)?
+            .into_iter()
+            .filter(|id| !database.kek.knows(id))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(DatabaseError::UnknownKek {
+                url: database.url.clone(),
+                unknown,
+                configured: database.kek.ids().map(str::to_owned).collect(),
+            });
+        }
         database.spawn(listener);
         Ok(database)
     }
@@ -429,6 +455,9 @@ impl From<deadpool_postgres::PoolError> for DbFailure {
     }
 }
 
+/// The change counters of the keys and the clients. Triggers move them on every
+/// statement that writes either table, by jwt-issuer or by hand with SQL (rows deleted, a
+/// restore), so every change is noticed, as the keys dir notices a file edited by hand.
 async fn read_counters(pool: Pool) -> Result<(i64, i64), DbFailure> {
     let client = pool.get().await?;
     let row = client
@@ -437,23 +466,16 @@ async fn read_counters(pool: Pool) -> Result<(i64, i64), DbFailure> {
     Ok((row.get(0), row.get(1)))
 }
 
-/// Moves `counter` and notifies the other replicas, inside the caller's transaction (the
-/// notification is delivered at commit, never for a change rolled back).
-pub(crate) async fn bump<C: tokio_postgres::GenericClient + Sync>(
-    client: &C,
-    counter: Counter,
-) -> Result<(), DbFailure> {
-    let column = counter.column();
-    client
-        .execute(
-            &format!("UPDATE jwt_issuer_versions SET {column} = {column} + 1"),
+/// The ids of the KEKs the stored private keys are sealed under.
+async fn sealed_kek_ids(pool: Pool) -> Result<Vec<String>, DbFailure> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT DISTINCT kek_id FROM jwt_issuer_keys WHERE kek_id IS NOT NULL ORDER BY kek_id",
             &[],
         )
         .await?;
-    client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &column])
-        .await?;
-    Ok(())
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// The TLS connector of `sslmode=require`: rustls on aws-lc-rs, TLS 1.2 and 1.3, the
@@ -621,9 +643,6 @@ impl Database {
                 )
                 .await?;
                 rewrapped += 1;
-            }
-            if rewrapped > 0 {
-                bump(&*tx, Counter::Keys).await?;
             }
             tx.commit().await?;
             Ok((rewrapped, current))

@@ -504,7 +504,9 @@ fn a_non_root_server_reads_a_kubernetes_secret_layout_and_nothing_looser() {
     let unmount = scopeguard(dst);
     assert!(mount(&["-o", "remount,bind,ro", dst]), "remount read-only");
     let serve = |keys: &str| {
-        std::process::Command::new("setpriv")
+        let mut setpriv = std::process::Command::new("setpriv");
+        // Not the caller's DATABASE_URL (CI sets it), which would serve PostgreSQL.
+        helpers::without_issuer_env(&mut setpriv)
             .args(["--reuid", "65532", "--regid", "65532", "--clear-groups"])
             .arg(env!("CARGO_BIN_EXE_jwt-issuer"))
             .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])

@@ -30,14 +30,34 @@ CREATE TABLE jwt_issuer_clients (
     entry     jsonb NOT NULL
 );
 
--- Moved by every change of a store, in the change's transaction; replicas poll it, and a
--- NOTIFY on channel jwt_issuer_changes tells them at once.
+-- Moved by every statement that writes jwt_issuer_keys or jwt_issuer_clients (the
+-- triggers below), in its transaction, whoever writes: jwt-issuer or an operator with SQL.
+-- Replicas poll it, and the NOTIFY on channel jwt_issuer_changes (delivered at commit)
+-- tells them at once.
 CREATE TABLE jwt_issuer_versions (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     keys      bigint NOT NULL DEFAULT 0,
     clients   bigint NOT NULL DEFAULT 0
 );
 INSERT INTO jwt_issuer_versions DEFAULT VALUES;
+
+CREATE FUNCTION jwt_issuer_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'jwt_issuer_keys' THEN
+        UPDATE jwt_issuer_versions SET keys = keys + 1;
+    ELSE
+        UPDATE jwt_issuer_versions SET clients = clients + 1;
+    END IF;
+    PERFORM pg_notify('jwt_issuer_changes', TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jwt_issuer_keys_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON jwt_issuer_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION jwt_issuer_changed();
+CREATE TRIGGER jwt_issuer_clients_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON jwt_issuer_clients
+    FOR EACH STATEMENT EXECUTE FUNCTION jwt_issuer_changed();
 
 -- Failed client authentications per client id or address, shared by the replicas so
 -- that N replicas do not give N times the attempts. Successes never write here.
