@@ -134,6 +134,17 @@ pub enum KeyStoreError {
         /// The store.
         store: String,
     },
+    /// The next key a rotation would make sign cannot be loaded (damaged, sealed under
+    /// another KEK): the rotation is refused and the active key keeps signing.
+    #[error("key {kid} ({alg}) cannot sign, so it is not made active: {reason}")]
+    CannotActivate {
+        /// The next key.
+        kid: String,
+        /// Its algorithm.
+        alg: SigningAlg,
+        /// Why it cannot be loaded.
+        reason: String,
+    },
     /// A lifecycle step refused, with what it did instead.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),

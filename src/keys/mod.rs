@@ -387,6 +387,9 @@ impl KeyStore {
         force: bool,
     ) -> Result<Vec<Rotated>, KeyStoreError> {
         let manifest = self.manifest()?;
+        for &alg in algs {
+            self.check_next_signs(&manifest, alg)?;
+        }
         let mut fresh = Vec::new();
         for &alg in algs {
             let count = if force && manifest.oldest_next(alg).is_none() {
@@ -447,6 +450,9 @@ impl KeyStore {
         if plan.is_empty() {
             return Ok(Vec::new());
         }
+        for &alg in &plan.rotate {
+            self.check_next_signs(&manifest, alg)?;
+        }
         // Only the algorithms that need a new key get one (RSA generation is not free).
         let fresh = plan
             .needs_key()
@@ -462,6 +468,25 @@ impl KeyStore {
             pending.extend(fresh);
             manifest.apply_maintenance(now, rotate_every, &self.policy, &kids)
         })
+    }
+
+    /// Refuses to rotate `alg` when its next key (the one a rotation makes sign) cannot
+    /// be loaded as the key its record names: a rotation must never leave an algorithm
+    /// without a key that signs.
+    fn check_next_signs(&self, manifest: &Manifest, alg: SigningAlg) -> Result<(), KeyStoreError> {
+        let Some(next) = manifest.oldest_next(alg) else {
+            return Ok(());
+        };
+        let refused = |reason: String| KeyStoreError::CannotActivate {
+            kid: next.kid.clone(),
+            alg,
+            reason,
+        };
+        match self.backend.load_key(next) {
+            Ok(key) if key.kid() == next.kid && key.alg() == alg => Ok(()),
+            Ok(key) => Err(refused(format!("its material is key {}", key.kid()))),
+            Err(e) => Err(refused(crate::report::Report(&e).to_string())),
+        }
     }
 
     /// The manifest as stored, or as a first start would adopt the store.
@@ -889,6 +914,44 @@ mod tests {
             "the retired key stays published for its retention"
         );
         assert!(keys.find(&fresh).is_some());
+    }
+
+    #[test]
+    fn a_next_key_that_cannot_sign_is_never_made_active_by_hand_or_by_maintenance() {
+        const DAY: Millis = 86_400_000;
+        let backend = MemoryBackend::new();
+        let store = store(&backend);
+        let active = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        let next = store.generate(SigningAlg::Es256, DEFAULT_RSA_BITS).unwrap();
+        // The next key's material is damaged: another key's now.
+        backend.stored().material.insert(
+            next.kid.clone(),
+            PrivateKey::generate(SigningAlg::Es256, 0).unwrap(),
+        );
+        let before = store.manifest().unwrap();
+        let changes = backend.transactions();
+        for force in [false, true] {
+            match store.rotate(SigningAlg::Es256, force) {
+                Err(KeyStoreError::CannotActivate { kid, .. }) => assert_eq!(kid, next.kid),
+                other => panic!("expected CannotActivate, got {other:?}"),
+            }
+        }
+        // Due for an automatic rotation: maintenance refuses it too.
+        backend.edit(|m| {
+            for key in &mut m.keys {
+                key.published -= 40 * DAY;
+                key.activated = key.activated.map(|t| t - 40 * DAY);
+            }
+        });
+        let every = Some(Duration::from_secs(30 * 86_400));
+        assert!(matches!(
+            store.maintain(every),
+            Err(KeyStoreError::CannotActivate { .. })
+        ));
+        assert_eq!(backend.transactions(), changes, "nothing was changed");
+        let after = store.manifest().unwrap();
+        assert_eq!(after.active(SigningAlg::Es256).unwrap().kid, active.kid);
+        assert_eq!(after.keys.len(), before.keys.len());
     }
 
     #[test]
