@@ -497,3 +497,31 @@ fn a_keys_table_emptied_by_hand_stops_issuance_and_is_never_refilled() {
     assert!(line.contains("deleted outside jwt-issuer"), "{line}");
     assert!(store.column("SELECT kid FROM jwt_issuer_keys").is_empty());
 }
+
+#[test]
+fn a_client_deleted_with_sql_stops_getting_tokens_within_seconds() {
+    let (store, _keys) = PgStore::with_template_keys();
+    let gone = store.add_client("gone");
+    let kept = store.add_client("kept");
+    let server = store.serve();
+    served_token_verifies(&server, &gone);
+    // An operator's SQL, not a `clients remove`: the table's trigger moves the counter.
+    store
+        .db
+        .client()
+        .execute(
+            "DELETE FROM jwt_issuer_clients WHERE client_id = 'gone'",
+            &[],
+        )
+        .unwrap();
+    let started = std::time::Instant::now();
+    wait_until(PATIENCE, "the deleted client to be refused", || {
+        server.token_response(&gone, &[]).status == 401
+    });
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the deletion took {:?} to reach the server",
+        started.elapsed()
+    );
+    served_token_verifies(&server, &kept);
+}
