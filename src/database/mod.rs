@@ -233,7 +233,10 @@ impl Database {
             config.clone(),
             NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // Each connection is checked (an empty query, within CONNECT_TIMEOUT) before
+                // it is used again: one whose peer vanished, or that still carries a call
+                // given up on, is not closed, it hangs, and so would every call made on it.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
@@ -328,8 +331,14 @@ impl Database {
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let future = work(self.pool.clone());
+        // Given up on at the limit, the work goes too, and its connection back to the pool
+        // (checked there before its next use): a call that never ends (a peer that vanished
+        // answers nothing and resets nothing) must not hold a connection for ever: with every
+        // connection of the pool held so, the server would never reach the database again.
         self.spawn(async move {
-            let _ = tx.send(future.await);
+            if let Ok(result) = tokio::time::timeout(limit, future).await {
+                let _ = tx.send(result);
+            }
         });
         match rx.recv_timeout(limit) {
             Ok(result) => result.map_err(|e| self.failed(e)),

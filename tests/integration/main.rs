@@ -22,6 +22,7 @@ mod keystore;
 mod logs;
 mod metrics;
 mod operator_cli;
+mod pg_faults;
 mod readme;
 mod rotation;
 mod secrets;
