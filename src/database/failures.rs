@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::{Database, DbFailure};
+use super::{CALL_TIMEOUT, Database, DbFailure};
 use crate::oauth::SharedFailures;
 
 /// Shared counts in flight at most; beyond, a failure is counted locally only (a database
@@ -52,7 +52,9 @@ impl SharedFailures for SharedFailureCounts {
         let pool = self.db.pool.clone();
         let in_flight = self.in_flight.clone();
         self.db.spawn(async move {
-            if let Ok((count, left)) = add_one(pool, subject, window, sweep).await {
+            // Bounded like every call: a hung one would hold its connection for ever.
+            let added = tokio::time::timeout(CALL_TIMEOUT, add_one(pool, subject, window, sweep));
+            if let Ok(Ok((count, left))) = added.await {
                 merge(count, left);
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -216,8 +216,13 @@ impl KeyBackend for PgKeys {
         let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Plan>();
         let (done_tx, done_rx) = sync_channel::<Result<(), DbFailure>>(1);
         let pool = self.db.pool.clone();
+        // Bounded by the caller's two waits (the read, then the write): a transaction that
+        // hangs must not hold its connection for ever. Dropped, it is rolled back.
         self.db.spawn(async move {
-            let _ = done_tx.send(change_in_transaction(pool, rows_tx, plan_rx).await);
+            let change = change_in_transaction(pool, rows_tx, plan_rx);
+            if let Ok(done) = tokio::time::timeout(CHANGE_TIMEOUT * 2, change).await {
+                let _ = done_tx.send(done);
+            }
         });
         let timeout = || {
             self.error(DatabaseError::Timeout {

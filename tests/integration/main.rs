@@ -23,6 +23,7 @@ mod keystore;
 mod logs;
 mod metrics;
 mod operator_cli;
+mod pg_faults;
 mod pg_replicas;
 mod pg_store;
 mod readme;
