@@ -42,7 +42,7 @@ hz="$(getconf CLK_TCK)"
 wait_ready() { for _ in $(seq 400); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; log "no answer from $1"; exit 1; }
 start() {  # port [env...] -> pid
   local port="$1"; shift
-  env "$@" taskset -c 0 "$bin" serve --bind "127.0.0.1:$port" --workers 1 2>>"$work/serve-$port.log" &
+  env "$@" taskset -c 0 "$bin" serve --bind "127.0.0.1:$port" --workers 1 >/dev/null 2>>"$work/serve-$port.log" &
   pids+=("$!"); echo "$!"
 }
 token_run() {  # name port pid secret

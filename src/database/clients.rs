@@ -5,9 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Counter, Database, DatabaseError, DbFailure};
+use super::{ChangeDeadline, Counter, Database, DatabaseError, DbFailure};
 use crate::oauth::{Client, ClientBackend, ClientStoreError, SkippedClient};
 use crate::store::StoreVersion;
+
+/// How long a client change may take, waiting for another's lock included.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Advisory lock key of client changes.
 const LOCK_CLIENTS: i64 = 0x6a77_7469_7373_0003;
@@ -105,8 +108,11 @@ impl ClientBackend for PgClients {
         let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Vec<Client>>();
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Result<(), DbFailure>>(1);
         let pool = self.db.pool.clone();
+        let deadline = ChangeDeadline::new(CHANGE_TIMEOUT);
+        let task = deadline.clone();
         self.db.spawn(async move {
-            let result = async {
+            let committing = task.clone();
+            let change = async {
                 let mut client = pool.get().await?;
                 let tx = client.transaction().await?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_CLIENTS])
@@ -144,42 +150,37 @@ impl ClientBackend for PgClients {
                     )
                     .await?;
                 }
+                committing.committing();
                 tx.commit().await?;
                 Ok(())
-            }
-            .await;
-            let _ = done_tx.send(result);
+            };
+            let _ = done_tx.send(task.run(change).await);
         });
-        let limit = Duration::from_secs(25);
-        let timeout = || {
-            self.error(DatabaseError::Timeout {
-                url: self.db.describe().to_owned(),
-                limit,
-            })
-        };
-        let finish = |done: Result<Result<(), DbFailure>, _>| match done {
+        // The task always reports by the deadline: its report is the outcome.
+        let outcome = || match done_rx.recv_timeout(deadline.wait()) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(failure)) => Err(self.error(self.db.failed(failure))),
-            Err(_) => Err(timeout()),
+            Err(_) => Err(self.error(DatabaseError::Timeout {
+                url: self.db.describe().to_owned(),
+                limit: CHANGE_TIMEOUT,
+            })),
         };
-        let (rows, counter): (Vec<(String, serde_json::Value)>, i64) =
-            match rows_rx.recv_timeout(limit) {
-                Ok(read) => read,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    finish(done_rx.recv_timeout(limit))?;
-                    return Err(timeout());
-                }
-                Err(_) => return Err(timeout()),
-            };
+        let Ok((rows, counter)) = rows_rx.recv_timeout(deadline.wait()) else {
+            return outcome().and_then(|()| {
+                Err(ClientStoreError::Database {
+                    store: self.db.describe().to_owned(),
+                    reason: "the change read nothing".into(),
+                })
+            });
+        };
+        let rows: Vec<(String, serde_json::Value)> = rows;
         let current = (counter > 0).then(|| parse(rows).into_iter().flatten().collect());
         // An error from `change` drops the plan's sender: rolled back.
         let Some(clients) = change(current)? else {
             return Ok(());
         };
-        if plan_tx.send(clients).is_err() {
-            finish(done_rx.recv_timeout(limit))?;
-            return Err(timeout());
-        }
-        finish(done_rx.recv_timeout(limit))
+        // A task that has ended already (its deadline passed) has reported why.
+        let _ = plan_tx.send(clients);
+        outcome()
     }
 }

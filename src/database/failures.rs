@@ -13,9 +13,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use super::{CALL_TIMEOUT, Database, DbFailure};
 use crate::oauth::SharedFailures;
 
-/// Shared counts in flight at most; beyond, a failure is counted locally only (a database
-/// that went away must not pile up tasks under a brute-force attack).
-const MAX_IN_FLIGHT: usize = 64;
+/// Shared counts in flight at most; beyond, a failure is counted locally only: a database
+/// that went away must not pile up tasks under a brute-force attack, and the counts must
+/// leave the pool's other connections to the polls that keep the replica fresh.
+const MAX_IN_FLIGHT: usize = 2;
 /// One add in this many also deletes rows whose window ended long ago.
 const SWEEP_EVERY: usize = 256;
 

@@ -4,13 +4,13 @@
 //! replicas make one change at a time and each decides on the state the others left.
 
 use std::sync::Arc;
-use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::sync::mpsc::sync_channel;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::GenericClient;
 
 use super::kek::Sealed;
-use super::{CALL_TIMEOUT, Counter, Database, DatabaseError, DbFailure};
+use super::{ChangeDeadline, Counter, Database, DatabaseError, DbFailure};
 use crate::SigningAlg;
 use crate::keys::{
     KeyBackend, KeyRecord, KeyState, KeyStoreError, Manifest, Millis, NewKey, SigningKey,
@@ -216,33 +216,24 @@ impl KeyBackend for PgKeys {
         let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Plan>();
         let (done_tx, done_rx) = sync_channel::<Result<(), DbFailure>>(1);
         let pool = self.db.pool.clone();
-        // Bounded by the caller's two waits (the read, then the write): a transaction that
-        // hangs must not hold its connection for ever. Dropped, it is rolled back.
+        let deadline = ChangeDeadline::new(CHANGE_TIMEOUT);
+        let task = deadline.clone();
         self.db.spawn(async move {
-            let change = change_in_transaction(pool, rows_tx, plan_rx);
-            if let Ok(done) = tokio::time::timeout(CHANGE_TIMEOUT * 2, change).await {
-                let _ = done_tx.send(done);
-            }
+            let change = change_in_transaction(pool, rows_tx, plan_rx, task.clone());
+            let _ = done_tx.send(task.run(change).await);
         });
-        let timeout = || {
-            self.error(DatabaseError::Timeout {
-                url: self.db.describe().to_owned(),
-                limit: CHANGE_TIMEOUT,
-            })
-        };
-        let failure = |done: Result<Result<(), DbFailure>, RecvTimeoutError>| match done {
+        // The task always reports by the deadline: its report is the outcome.
+        let outcome = || match done_rx.recv_timeout(deadline.wait()) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(failure)) => Err(self.error(self.db.failed(failure))),
-            Err(_) => Err(timeout()),
+            Err(_) => Err(self.error(DatabaseError::Timeout {
+                url: self.db.describe().to_owned(),
+                limit: CHANGE_TIMEOUT,
+            })),
         };
-        let (rows, counter) = match rows_rx.recv_timeout(CHANGE_TIMEOUT) {
-            Ok(read) => read,
-            // The read failed: its error is on the other channel.
-            Err(RecvTimeoutError::Disconnected) => {
-                failure(done_rx.recv_timeout(CALL_TIMEOUT))?;
-                return Err(timeout());
-            }
-            Err(RecvTimeoutError::Timeout) => return Err(timeout()),
+        let Ok((rows, counter)) = rows_rx.recv_timeout(deadline.wait()) else {
+            // The read failed or timed out: the task says which.
+            return outcome().and_then(|()| Err(self.invalid("the change read nothing".into())));
         };
         let before = self.manifest_of(rows, counter)?;
         let mut manifest = before.clone().unwrap_or_default();
@@ -252,10 +243,9 @@ impl KeyBackend for PgKeys {
             .check()
             .map_err(|reason| self.invalid(format!("a change would store {reason}")))?;
         let plan = Plan::new(before.as_ref(), &manifest, &pending, self.db.kek())?;
-        if plan_tx.send(plan).is_err() {
-            return failure(done_rx.recv_timeout(CALL_TIMEOUT)).and(Err(timeout()));
-        }
-        failure(done_rx.recv_timeout(CHANGE_TIMEOUT))
+        // A task that has ended already (its deadline passed) has reported why.
+        let _ = plan_tx.send(plan);
+        outcome()
     }
 }
 
@@ -371,6 +361,7 @@ async fn change_in_transaction(
     pool: deadpool_postgres::Pool,
     rows_tx: std::sync::mpsc::SyncSender<(Vec<RecordRow>, i64)>,
     plan_rx: tokio::sync::oneshot::Receiver<Plan>,
+    deadline: ChangeDeadline,
 ) -> Result<(), DbFailure> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -450,6 +441,7 @@ async fn change_in_transaction(
     if std::env::var_os(CRASH_ENV).is_some_and(|step| step == "before-commit") {
         std::process::abort();
     }
+    deadline.committing();
     tx.commit().await?;
     Ok(())
 }

@@ -116,6 +116,14 @@ pub enum DatabaseError {
         /// What is wrong.
         reason: String,
     },
+    /// A server on another machine without `sslmode` in the URL.
+    #[error(
+        "{url} is on another machine: add ?sslmode=require to the URL (TLS, the server's certificate checked), or ?sslmode=disable for plain text on a network you trust"
+    )]
+    SslModeMissing {
+        /// The URL, redacted.
+        url: String,
+    },
     /// TLS was asked for and no CA certificate to check the server with could be read.
     #[error("{url}: sslmode=require: {reason}")]
     TlsRoots {
@@ -190,6 +198,8 @@ pub struct Database {
     pool: Pool,
     kek: KekRing,
     seen: Mutex<Seen>,
+    /// The counters were once seen going back (logged once).
+    went_back: std::sync::atomic::AtomicBool,
     changed: Arc<Notify>,
 }
 
@@ -227,6 +237,11 @@ impl Database {
             url: redacted.clone(),
             reason: e.to_string(),
         })?;
+        // Plain text to another machine is a choice to make, not a default: rows there
+        // decide which keys are revoked.
+        if !url.0.contains("sslmode=") && !is_local(&config) {
+            return Err(DatabaseError::SslModeMissing { url: redacted });
+        }
         // `require`: TLS with the server's certificate verified (libpq's verify-full);
         // otherwise plain (`prefer`, the default, would fall back to it anyway, and a
         // failed verification must not fall back).
@@ -247,10 +262,12 @@ impl Database {
         config.keepalives_interval(Duration::from_secs(10));
         config.keepalives_retries(3);
         // A change waits at most 10 s for another replica's change, as the keys dir's
-        // lock does; no statement runs away. The NOTICEs of the idempotent migrations
+        // lock does; no statement runs away; a session that stops talking inside a
+        // transaction (a paused or cut-off replica) loses it, and its lock, after 30 s.
+        // The NOTICEs of the idempotent migrations
         // ("already exists, skipping") are not news worth a log line at every start.
         config
-            .options("-c lock_timeout=10s -c statement_timeout=30s -c client_min_messages=warning");
+            .options("-c lock_timeout=10s -c statement_timeout=30s -c idle_in_transaction_session_timeout=30s -c client_min_messages=warning");
         let changed = Arc::new(Notify::new());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -291,6 +308,7 @@ impl Database {
             pool,
             kek,
             seen: Mutex::new(Seen::default()),
+            went_back: std::sync::atomic::AtomicBool::new(false),
             changed,
         });
         database.call(migrations::apply)?;
@@ -309,6 +327,14 @@ impl Database {
                 configured: database.kek.ids().map(str::to_owned).collect(),
             });
         }
+        // The counters as they are now, so that a first poll that fails keeps these (and
+        // the time of this read counts toward --store-stale-after), never "no store".
+        let (keys, clients) = database.call(read_counters)?;
+        *database.seen() = Seen {
+            keys,
+            clients,
+            at: Some(Instant::now()),
+        };
         database.spawn(listener);
         Ok(database)
     }
@@ -337,11 +363,29 @@ impl Database {
         let seen = match self.call_within(POLL_TIMEOUT, read_counters) {
             Ok((keys, clients)) => {
                 let mut seen = self.seen();
-                *seen = Seen {
-                    keys,
-                    clients,
-                    at: Some(Instant::now()),
-                };
+                if keys < seen.keys || clients < seen.clients {
+                    // Counters only grow. Lower ones are an older copy of the database (a
+                    // restore, a failover to a standby that lags): its rows may hold a key
+                    // revoked since. Not taken as an answer: the replica goes stale and
+                    // stops signing; a restart accepts the copy on purpose.
+                    if !self
+                        .went_back
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::error!(
+                            store = %self.url,
+                            seen = ?(seen.keys, seen.clients),
+                            now = ?(keys, clients),
+                            "the store's change counters went back (a restore, a lagging standby?): its rows may hold a revoked key; this replica stops signing at --store-stale-after, and a restart accepts the database as it is"
+                        );
+                    }
+                } else {
+                    *seen = Seen {
+                        keys,
+                        clients,
+                        at: Some(Instant::now()),
+                    };
+                }
                 *seen
             }
             Err(_) => *self.seen(),
@@ -435,6 +479,55 @@ impl Drop for Database {
     }
 }
 
+/// The one deadline of a change transaction. The task on the database's runtime is
+/// dropped when it passes (its transaction rolled back), and reports that; the caller waits
+/// for the task's own report until just after it, so it is never told "failed" about a
+/// change that then commits. A COMMIT sent and not answered by the deadline is reported as
+/// of unknown outcome.
+#[derive(Clone)]
+pub(crate) struct ChangeDeadline {
+    at: Instant,
+    committing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ChangeDeadline {
+    pub(crate) fn new(limit: Duration) -> Self {
+        Self {
+            at: Instant::now() + limit,
+            committing: Arc::default(),
+        }
+    }
+
+    /// Marks the COMMIT as sent (call just before it).
+    pub(crate) fn committing(&self) {
+        self.committing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `change` bounded by the deadline; what it came to, for the caller.
+    pub(crate) async fn run(
+        self,
+        change: impl Future<Output = Result<(), DbFailure>>,
+    ) -> Result<(), DbFailure> {
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(self.at), change).await {
+            Ok(done) => done,
+            Err(_) if self.committing.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(DbFailure::Other(
+                    "the commit got no answer in time: the change may or may not have been applied; look before trying again".to_owned(),
+                ))
+            }
+            Err(_) => Err(DbFailure::Other(
+                "no answer in time (another change holding the lock, or a slow database); nothing was changed".to_owned(),
+            )),
+        }
+    }
+
+    /// How long the caller waits for the task's report: until just after the deadline.
+    pub(crate) fn wait(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now()) + Duration::from_secs(2)
+    }
+}
+
 /// A failure inside a database call, before it is given the database's name.
 #[derive(Debug)]
 pub(crate) enum DbFailure {
@@ -489,6 +582,24 @@ async fn sealed_kek_ids(pool: Pool) -> Result<Vec<String>, DbFailure> {
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether every host of `config` is this machine: a Unix socket, `localhost` or a
+/// loopback address.
+fn is_local(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    !config.get_hosts().is_empty()
+        && config.get_hosts().iter().all(|host| match host {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        })
 }
 
 /// The TLS connector of `sslmode=require`: rustls on aws-lc-rs, TLS 1.2 and 1.3, the
@@ -745,6 +856,15 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, DatabaseError::TlsRoots { .. }), "{err}");
         assert!(err.to_string().contains("--store-ca-file"), "{err}");
+        assert!(!err.to_string().contains("hunter2"));
+        let err = Database::open(
+            &DatabaseUrl::new("postgres://jwt:hunter2@db.internal/tokens"),
+            kek.clone(),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, DatabaseError::SslModeMissing { .. }), "{err}");
+        assert!(err.to_string().contains("sslmode=require"), "{err}");
         assert!(!err.to_string().contains("hunter2"));
         let err = Database::open(
             &DatabaseUrl::new("postgres://jwt:hunter2@db.internal/tokens?nonsense=1"),

@@ -209,9 +209,11 @@ fn merge<K: Eq + Hash>(
         && count > entry.failures
     {
         entry.failures = count;
-        entry.start = (now + left.min(window))
-            .checked_sub(window)
-            .unwrap_or(entry.start);
+        // Only ever later: the shared window may have started before the local one, and
+        // must not end a local lock early.
+        if let Some(start) = (now + left.min(window)).checked_sub(window) {
+            entry.start = entry.start.max(start);
+        }
     }
 }
 

@@ -6,7 +6,19 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::AppState;
 
 /// Serves the JWKS serialized at start; `If-None-Match` with the current ETag gives 304.
+/// A replica whose store has not answered for `--store-stale-after` answers 503 instead:
+/// it cannot vouch that no key in its set was revoked meanwhile, and a verifier keeps the
+/// set it has (or asks another replica) rather than caching this one's again.
 pub async fn jwks(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if state.store_is_stale() {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::RETRY_AFTER, "1"))
+            .json(crate::error_body::ErrorBody {
+                error: "temporarily_unavailable",
+                error_description: "the key store has not answered for longer than --store-stale-after: a key in this replica's set may have been revoked meanwhile",
+            });
+    }
     let published = state.published.load();
     let doc = &published.jwks;
     let not_modified = if_none_match_hits(req.headers(), doc.etag());
