@@ -22,11 +22,12 @@ work="$(mktemp -d)"; pids=()
 db="jwt_issuer_load_$$"
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
-  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
+admin_url="$DATABASE_URL"
 trap cleanup EXIT
-psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+psql "$admin_url" -qc "CREATE DATABASE $db" >/dev/null
 store_url="$(python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/"+sys.argv[2])))' "$DATABASE_URL" "$db")"
 head -c 32 /dev/urandom | base64 >"$work/kek"; chmod 600 "$work/kek"
 export JWT_ISSUER_LOG=info JWT_ISSUER_KEYS_DIR="$work/keys"
