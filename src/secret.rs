@@ -186,34 +186,29 @@ impl HmacSecret {
     /// # Errors
     /// Both set, file unreadable, or a weak secret.
     pub fn from_env(var: &str) -> Result<Option<Self>, SecretError> {
-        let file_var = format!("{var}_FILE");
-        let value = std::env::var_os(var);
-        let file = std::env::var_os(&file_var);
-        let bytes = match (value, file) {
-            (None, None) => return Ok(None),
-            (Some(_), Some(_)) => {
-                return Err(SecretError::Ambiguous {
-                    var: var.to_owned(),
-                });
-            }
-            (Some(v), None) => {
-                use std::os::unix::ffi::OsStringExt;
-                v.into_vec()
-            }
-            (None, Some(path)) => {
-                let mut bytes = std::fs::read(&path).map_err(|e| SecretError::Unreadable {
-                    var: var.to_owned(),
-                    path: path.to_string_lossy().into_owned(),
-                    reason: e.to_string(),
-                })?;
+        let bytes = match env_or_file(var) {
+            Ok(None) => return Ok(None),
+            Ok(Some((mut bytes, from_file))) => {
                 // `openssl rand -base64 48 > file` ends the file with a newline.
-                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                while from_file && bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                     bytes.pop();
                 }
                 bytes
             }
+            Err(EnvSecretError::Ambiguous) => {
+                return Err(SecretError::Ambiguous {
+                    var: var.to_owned(),
+                });
+            }
+            Err(EnvSecretError::Unreadable { path, reason }) => {
+                return Err(SecretError::Unreadable {
+                    var: var.to_owned(),
+                    path,
+                    reason,
+                });
+            }
         };
-        Self::new(bytes, var).map(Some)
+        Self::new(bytes.to_vec(), var).map(Some)
     }
 
     /// Like [`HmacSecret::from_env`], but the secret is required.
@@ -246,6 +241,46 @@ impl HmacSecret {
             "hs-{}",
             URL_SAFE_NO_PAD.encode(&ctx.finish().as_ref()[..12])
         )
+    }
+}
+
+/// A secret's raw bytes, wiped on drop.
+pub(crate) type SecretBytes = zeroize::Zeroizing<Vec<u8>>;
+
+/// Why a secret could not be taken from `VAR` / `VAR_FILE`.
+#[derive(Debug)]
+pub(crate) enum EnvSecretError {
+    /// Both are set.
+    Ambiguous,
+    /// The file cannot be read.
+    Unreadable {
+        /// The file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+}
+
+/// A secret from the environment: the value of `var`, or the content of the file
+/// `var_FILE` names (and whether it came from the file); `Ok(None)` when neither is set.
+/// Never from a flag, which `ps` would show.
+pub(crate) fn env_or_file(var: &str) -> Result<Option<(SecretBytes, bool)>, EnvSecretError> {
+    match (
+        std::env::var_os(var),
+        std::env::var_os(format!("{var}_FILE")),
+    ) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(EnvSecretError::Ambiguous),
+        (Some(value), None) => {
+            use std::os::unix::ffi::OsStringExt;
+            Ok(Some((zeroize::Zeroizing::new(value.into_vec()), false)))
+        }
+        (None, Some(path)) => std::fs::read(&path)
+            .map(|bytes| Some((zeroize::Zeroizing::new(bytes), true)))
+            .map_err(|e| EnvSecretError::Unreadable {
+                path: path.to_string_lossy().into_owned(),
+                reason: e.to_string(),
+            }),
     }
 }
 

@@ -30,10 +30,7 @@ impl PgClients {
     fn error(&self, e: DatabaseError) -> ClientStoreError {
         ClientStoreError::Database {
             store: self.db.describe().to_owned(),
-            reason: match e {
-                DatabaseError::Failed { reason, .. } => reason,
-                other => crate::report::Report(&other).to_string(),
-            },
+            reason: e.reason(),
         }
     }
 }
@@ -157,13 +154,10 @@ impl ClientBackend for PgClients {
             let _ = done_tx.send(task.run(change).await);
         });
         // The task always reports by the deadline: its report is the outcome.
-        let outcome = || match done_rx.recv_timeout(deadline.wait()) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(failure)) => Err(self.error(self.db.failed(failure))),
-            Err(_) => Err(self.error(DatabaseError::Timeout {
-                url: self.db.describe().to_owned(),
-                limit: CHANGE_TIMEOUT,
-            })),
+        let outcome = || {
+            deadline
+                .outcome(&self.db, &done_rx, CHANGE_TIMEOUT)
+                .map_err(|e| self.error(e))
         };
         let Ok((rows, counter)) = rows_rx.recv_timeout(deadline.wait()) else {
             return outcome().and_then(|()| {

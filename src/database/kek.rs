@@ -15,6 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::SigningAlg;
+use crate::secret::EnvSecretError;
 
 /// The variable holding the KEK (base64 of 32 bytes), or `JWT_ISSUER_KEK_FILE` its file.
 pub const KEK_ENV: &str = "JWT_ISSUER_KEK";
@@ -156,27 +157,18 @@ impl Kek {
     /// # Errors
     /// Both set, file unreadable, malformed.
     pub fn from_env(var: &str) -> Result<Option<Self>, KekError> {
-        let file_var = format!("{var}_FILE");
-        let text = match (std::env::var_os(var), std::env::var_os(&file_var)) {
-            (None, None) => return Ok(None),
-            (Some(_), Some(_)) => {
-                return Err(KekError::Ambiguous {
-                    var: var.to_owned(),
-                });
-            }
-            (Some(value), None) => {
-                use std::os::unix::ffi::OsStringExt;
-                Zeroizing::new(value.into_vec())
-            }
-            (None, Some(path)) => {
-                Zeroizing::new(std::fs::read(&path).map_err(|e| KekError::Unreadable {
-                    var: var.to_owned(),
-                    path: path.to_string_lossy().into_owned(),
-                    reason: e.to_string(),
-                })?)
-            }
-        };
-        Self::from_base64(&text, var).map(Some)
+        match crate::secret::env_or_file(var) {
+            Ok(None) => Ok(None),
+            Ok(Some((text, _))) => Self::from_base64(&text, var).map(Some),
+            Err(EnvSecretError::Ambiguous) => Err(KekError::Ambiguous {
+                var: var.to_owned(),
+            }),
+            Err(EnvSecretError::Unreadable { path, reason }) => Err(KekError::Unreadable {
+                var: var.to_owned(),
+                path,
+                reason,
+            }),
+        }
     }
 
     /// Its id, stored beside each ciphertext it seals.

@@ -182,6 +182,16 @@ pub enum DatabaseError {
     Runtime(String),
 }
 
+impl DatabaseError {
+    /// What failed, without the database's name (the store's errors add it).
+    pub fn reason(self) -> String {
+        match self {
+            Self::Failed { reason, .. } => reason,
+            other => crate::report::Report(&other).to_string(),
+        }
+    }
+}
+
 /// Which store's counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
@@ -525,6 +535,23 @@ impl ChangeDeadline {
     /// How long the caller waits for the task's report: until just after the deadline.
     pub(crate) fn wait(&self) -> Duration {
         self.at.saturating_duration_since(Instant::now()) + Duration::from_secs(2)
+    }
+
+    /// The task's report on `done`, which always comes by the deadline: the outcome.
+    pub(crate) fn outcome(
+        &self,
+        db: &Database,
+        done: &std::sync::mpsc::Receiver<Result<(), DbFailure>>,
+        limit: Duration,
+    ) -> Result<(), DatabaseError> {
+        match done.recv_timeout(self.wait()) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(failure)) => Err(db.failed(failure)),
+            Err(_) => Err(DatabaseError::Timeout {
+                url: db.describe().to_owned(),
+                limit,
+            }),
+        }
     }
 }
 
