@@ -649,7 +649,11 @@ fn a_truncated_manifest_keeps_the_last_good_key_set_and_signs_with_nothing_new()
     let rs = active_kid(&rig.dir, SigningAlg::Rs256);
     let before = rig.jwks().body;
     let good = fs::read(rig.manifest_path()).expect("read keys.json");
-    fs::write(rig.manifest_path(), &good[..good.len() / 2]).expect("truncate keys.json");
+    // Written whole (a rename): a reload must not catch the file empty, then half written,
+    // and log two errors where the test means one.
+    let half = rig.tmp.path().join("keys.json.half");
+    fs::write(&half, &good[..good.len() / 2]).expect("write half a manifest");
+    fs::rename(&half, rig.manifest_path()).expect("truncate keys.json");
     rig.wait_for_log("the failed load logged", "keys.json");
     let start = Instant::now();
     while start.elapsed() < HOLD {
