@@ -32,6 +32,11 @@ pub(super) enum ClientsCommand {
         /// the server's token ttl]
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
+        /// A claim NAME=VALUE added to every token of this client (repeat for several);
+        /// VALUE is JSON if it parses (42, true, ["a"]), else a string. Names the issuer
+        /// sets (iss sub aud exp iat nbf jti client_id scope act may_act cnf) are refused
+        #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = super::token::parse_claim)]
+        claims: Vec<(String, Value)>,
     },
     /// List clients (never their secrets)
     List {
@@ -64,6 +69,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
             audiences,
             alg,
             ttl,
+            claims,
         } => {
             if let Some(ttl) = ttl {
                 check_max_ttl(ttl, &context.policy)?;
@@ -74,6 +80,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                 audiences,
                 alg,
                 ttl,
+                claims,
             };
             let hs256_without_secret = alg == Some(SigningAlg::Hs256)
                 && HmacSecret::from_env(HMAC_SECRET_ENV).is_ok_and(|s| s.is_none());
@@ -103,7 +110,8 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                     .map(|c| {
                         serde_json::json!({
                             "client_id": c.client_id, "scopes": c.scopes, "audiences": c.audiences,
-                            "alg": c.alg, "ttl_secs": c.ttl_secs, "created": c.created,
+                            "alg": c.alg, "ttl_secs": c.ttl_secs, "claims": c.claims,
+                            "created": c.created,
                         })
                     })
                     .collect();

@@ -454,7 +454,7 @@ fn read_jwks_file(file: &PathBuf) -> Result<KeyRing, VerifyError> {
     KeyRing::from_json(&body).map_err(|e| invalid(e.to_string()))
 }
 
-fn parse_claim(s: &str) -> Result<(String, Value), String> {
+pub(super) fn parse_claim(s: &str) -> Result<(String, Value), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| "expected NAME=VALUE".to_owned())?;

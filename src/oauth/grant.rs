@@ -81,6 +81,11 @@ impl GrantHandler for ClientCredentials {
         if !scope.is_empty() {
             extra.insert("scope".into(), Value::String(scope.clone()));
         }
+        // The client's static claims; none of them can be one set above (checked when
+        // the client is registered and again when the registry is loaded).
+        for (name, value) in &client.claims {
+            extra.entry(name.clone()).or_insert_with(|| value.clone());
+        }
         Ok(Granted {
             request: TokenRequest {
                 sub: client.client_id.clone(),
@@ -196,11 +201,37 @@ mod tests {
             audiences: audiences.iter().map(|s| s.to_string()).collect(),
             alg: None,
             ttl_secs: None,
+            claims: serde_json::Map::new(),
             created: 0,
         }
     }
 
     const TTL: Duration = Duration::from_secs(900);
+
+    #[test]
+    fn a_clients_static_claims_go_into_its_tokens_beside_client_id_and_scope() {
+        let mut client = client(&["read"], &[]);
+        client.claims.insert("tenant".into(), Value::from("acme"));
+        client
+            .claims
+            .insert("roles".into(), serde_json::json!(["a", "b"]));
+        let context = GrantContext {
+            issuer: &crate::Issuer::parse("https://issuer.example").unwrap(),
+            default_ttl: Duration::from_secs(60),
+        };
+        let granted = ClientCredentials
+            .grant(
+                context,
+                &client,
+                &Form::parse(b"grant_type=client_credentials").unwrap(),
+            )
+            .unwrap();
+        let extra = &granted.request.extra;
+        assert_eq!(extra["client_id"], "svc");
+        assert_eq!(extra["scope"], "read");
+        assert_eq!(extra["tenant"], "acme");
+        assert_eq!(extra["roles"], serde_json::json!(["a", "b"]));
+    }
 
     #[test]
     fn scopes_default_to_all_and_requests_must_be_subsets() {

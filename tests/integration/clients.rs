@@ -80,6 +80,18 @@ fn bad_client_requests_write_nothing() {
             "invalid audience",
         ),
         (vec!["clients", "add", "ok", "--ttl", "48h"], "1s to 24h"),
+        (
+            vec!["clients", "add", "ok", "--claim", "client_id=other"],
+            "the issuer sets it",
+        ),
+        (
+            vec!["clients", "add", "ok", "--claim", "a=1", "--claim", "a=2"],
+            "given twice",
+        ),
+        (
+            vec!["clients", "add", "ok", "--claim", "sub=admin"],
+            "set by the issuer",
+        ),
         (vec!["clients", "remove", "nobody"], "no client"),
         (vec!["clients", "rotate-secret", "nobody"], "no client"),
     ] {
@@ -174,4 +186,41 @@ fn first_start_registers_a_client_and_prints_a_working_curl_once() {
     let mut log = Vec::new();
     again.read_log_to_now(&mut log);
     assert!(!log.iter().any(|l| l.contains("client_secret")), "{log:#?}");
+}
+
+#[test]
+fn a_clients_static_claims_are_in_every_token_it_gets_and_in_its_listing() {
+    let (_tmp, dir) = keys_dir_with_template();
+    let out = run_cli(
+        &dir,
+        &[
+            "clients",
+            "add",
+            "svc",
+            "--scope",
+            "read",
+            "--claim",
+            "tenant=acme",
+            "--claim",
+            "tier=2",
+            "--claim",
+            r#"roles=["reader","auditor"]"#,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let client = TestClient::new("svc", out.stdout.trim());
+    let json = run_cli(&dir, &["clients", "list", "--json"]).stdout;
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(listed[0]["claims"]["tenant"], "acme");
+
+    let server = ServeProcess::start(&dir, &[]);
+    let token = server.token_for(&client);
+    let claims = helpers::segment_json(&token, 1);
+    assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["tier"], 2);
+    assert_eq!(claims["roles"], serde_json::json!(["reader", "auditor"]));
+    // Beside what the issuer sets, never instead of it.
+    assert_eq!(claims["sub"], "svc");
+    assert_eq!(claims["client_id"], "svc");
+    assert_eq!(claims["scope"], "read");
 }

@@ -58,6 +58,10 @@ pub struct Client {
     /// Token lifetime in seconds; `None`: the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// Static claims added to every token of this client (`clients add --claim k=v`); never
+    /// a name the issuer sets ([`RESERVED_CLAIMS`]).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub claims: serde_json::Map<String, serde_json::Value>,
     /// Registration time, seconds since the Unix epoch.
     pub created: u64,
 }
@@ -105,7 +109,32 @@ pub struct NewClient {
     pub alg: Option<SigningAlg>,
     /// Token lifetime (1 s to 24 h).
     pub ttl: Option<Duration>,
+    /// Static claims of every token, in order; see [`Client::claims`].
+    pub claims: Vec<(String, serde_json::Value)>,
 }
+
+/// Claim names a client's static claims may not use: the registered claims the signer
+/// sets, what the token endpoint sets (`client_id`, `scope`), and names RFC 8693 and RFC
+/// 9449 give a meaning (`act`, `may_act`, `cnf`).
+pub const RESERVED_CLAIMS: [&str; 12] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "client_id",
+    "scope",
+    "act",
+    "may_act",
+    "cnf",
+];
+
+/// The most static claims a client may have.
+pub const MAX_CLIENT_CLAIMS: usize = 32;
+/// The largest a client's static claims may be together, as JSON.
+pub const MAX_CLIENT_CLAIMS_BYTES: usize = 4096;
 
 /// Where the registry is kept: the seam a database plugs into. [`ClientStore`] runs its
 /// operations over it.
@@ -161,6 +190,14 @@ pub enum ClientStoreError {
     /// An empty audience or one with spaces or control characters.
     #[error("invalid audience {0:?}: an audience is a non-empty string without spaces")]
     InvalidAudience(String),
+    /// A static claim the issuer sets itself, given twice, or too many or too large.
+    #[error("invalid claim {name:?}: {reason}")]
+    InvalidClaim {
+        /// The claim's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A lifetime out of range.
     #[error(transparent)]
     InvalidTtl(#[from] TtlOutOfRange),
@@ -494,10 +531,52 @@ fn check_client(client: &Client) -> Result<(), String> {
     if !is_valid_client_id(&client.client_id) {
         return Err("invalid client id".to_owned());
     }
+    // An entry edited by hand must not slip a `sub` or an `aud` into its tokens.
+    check_claims(&client.claims).map_err(|e| e.to_string())?;
     match &client.credential {
         Credential::Secret { secret_hash } if secret_hash.starts_with(HASH_PREFIX) => Ok(()),
         Credential::Secret { .. } => Err("unknown secret hash scheme".to_owned()),
     }
+}
+
+/// A client's static claims: no reserved name, at most [`MAX_CLIENT_CLAIMS`] and
+/// [`MAX_CLIENT_CLAIMS_BYTES`] of JSON.
+fn check_claims(
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ClientStoreError> {
+    let invalid = |name: &str, reason: &str| ClientStoreError::InvalidClaim {
+        name: name.chars().take(64).collect(),
+        reason: reason.to_owned(),
+    };
+    if let Some(name) = claims
+        .keys()
+        .find(|n| RESERVED_CLAIMS.contains(&n.as_str()))
+    {
+        return Err(invalid(name, "the issuer sets it"));
+    }
+    if let Some(name) = claims
+        .keys()
+        .find(|n| n.is_empty() || n.chars().any(|c| c.is_control()))
+    {
+        return Err(invalid(
+            name,
+            "a claim name is not empty and has no control characters",
+        ));
+    }
+    if claims.len() > MAX_CLIENT_CLAIMS {
+        return Err(invalid(
+            claims.keys().next_back().map_or("", String::as_str),
+            &format!("at most {MAX_CLIENT_CLAIMS} claims per client"),
+        ));
+    }
+    let size = serde_json::to_vec(claims).map_or(usize::MAX, |j| j.len());
+    if size > MAX_CLIENT_CLAIMS_BYTES {
+        return Err(invalid(
+            claims.keys().next_back().map_or("", String::as_str),
+            &format!("the claims take {size} bytes of JSON, at most {MAX_CLIENT_CLAIMS_BYTES}"),
+        ));
+    }
+    Ok(())
 }
 
 fn hash_secret(secret: &ClientSecret) -> String {
@@ -529,6 +608,16 @@ fn build_client(new: NewClient) -> Result<(Client, ClientSecret), ClientStoreErr
             scopes.push(scope);
         }
     }
+    let mut claims = serde_json::Map::new();
+    for (name, value) in new.claims {
+        if claims.insert(name.clone(), value).is_some() {
+            return Err(ClientStoreError::InvalidClaim {
+                name,
+                reason: "given twice".to_owned(),
+            });
+        }
+    }
+    check_claims(&claims)?;
     let secret = ClientSecret::generate();
     let client = Client {
         client_id: new.client_id,
@@ -539,6 +628,7 @@ fn build_client(new: NewClient) -> Result<(Client, ClientSecret), ClientStoreErr
         audiences: new.audiences,
         alg: new.alg,
         ttl_secs: new.ttl.map(|t| t.as_secs()),
+        claims,
         created: unix_now(),
     };
     Ok((client, secret))
@@ -593,6 +683,63 @@ mod tests {
         assert!(registry.authenticate("other", &secret).is_none());
         let Credential::Secret { secret_hash } = &registry.get("svc").unwrap().credential;
         assert_eq!(DUMMY_HASH.len(), secret_hash.len());
+    }
+
+    #[test]
+    fn static_claims_are_kept_and_names_the_issuer_sets_are_refused() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = ClientStore::new(dir.path());
+        let with = |claims: Vec<(&str, serde_json::Value)>| NewClient {
+            client_id: "svc".into(),
+            claims: claims.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
+            ..Default::default()
+        };
+        for name in RESERVED_CLAIMS {
+            let err = store.add(with(vec![(name, "x".into())])).unwrap_err();
+            assert!(
+                err.to_string().contains("the issuer sets it"),
+                "{name}: {err}"
+            );
+        }
+        let twice = store
+            .add(with(vec![("tenant", "a".into()), ("tenant", "b".into())]))
+            .unwrap_err();
+        assert!(twice.to_string().contains("given twice"), "{twice}");
+        let many: Vec<(String, serde_json::Value)> = (0..=MAX_CLIENT_CLAIMS)
+            .map(|i| (format!("c{i}"), serde_json::Value::from(i)))
+            .collect();
+        let err = store
+            .add(NewClient {
+                client_id: "svc".into(),
+                claims: many,
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("at most"), "{err}");
+        let big = store
+            .add(with(vec![(
+                "blob",
+                "x".repeat(MAX_CLIENT_CLAIMS_BYTES).into(),
+            )]))
+            .unwrap_err();
+        assert!(big.to_string().contains("bytes of JSON"), "{big}");
+        assert!(store.version().is_none(), "nothing was written");
+
+        store
+            .add(with(vec![("tenant", "acme".into()), ("tier", 2.into())]))
+            .unwrap();
+        let registry = store.load().unwrap();
+        let claims = &registry.get("svc").unwrap().claims;
+        assert_eq!(claims["tenant"], "acme");
+        assert_eq!(claims["tier"], 2);
+
+        // An entry edited by hand to carry a `sub` is skipped, never served.
+        let path = dir.path().join(CLIENTS_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"tenant\"", "\"sub\"")).unwrap();
+        let registry = store.load().unwrap();
+        assert!(registry.get("svc").is_none());
+        assert!(registry.skipped()[0].reason.contains("the issuer sets it"));
     }
 
     #[test]
