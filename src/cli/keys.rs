@@ -12,7 +12,7 @@ use jwt_issuer::report::Report;
 use jwt_issuer::{Config, SigningAlg};
 use serde_json::Value;
 
-use super::Context;
+use super::{Context, Note};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum KeysCommand {
@@ -132,6 +132,20 @@ pub(super) fn print_jwks(context: &Context) -> Result<()> {
         bail!(
             "no keys in {}; run `jwt-issuer serve` once or `jwt-issuer keys generate`",
             store.describe()
+        );
+    }
+    // A key the store publishes but this command cannot load is not in the output: said,
+    // so that the set printed is not taken for the one the server serves.
+    for broken in keys.broken() {
+        super::note(
+            Note::Warning,
+            &format!(
+                "key {} ({}, {}) is left out: {}",
+                broken.kid,
+                broken.alg,
+                broken.state.as_str(),
+                broken.reason
+            ),
         );
     }
     outln!("{}", serde_json::to_string_pretty(&keys.jwk_set())?);
