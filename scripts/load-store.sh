@@ -6,12 +6,12 @@
 # usage: scripts/load-store.sh [SECONDS]         (default 10 per token run)
 #   env DATABASE_URL  a PostgreSQL server to create a scratch database on; without it a
 #                     throwaway cluster is started (.ci/postgres.sh) and stopped at the end
-#   env ROUNDS        token runs per store, alternating (default 2)
+#   env ROUNDS        token runs per store, alternating which goes first (default 4)
 #   env CHANGES       key changes timed across the replicas (default 10)
 # stdout: one JSON line per run, then a summary line; stderr: progress.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs="${1:-10}"; rounds="${ROUNDS:-2}"; changes="${CHANGES:-10}"
+secs="${1:-10}"; rounds="${ROUNDS:-4}"; changes="${CHANGES:-10}"
 log() { echo "[load-store] $*" >&2; }
 command -v wrk >/dev/null || { log "installing wrk"; apt-get install -y -qq wrk >&2; }
 [ -n "${DATABASE_URL:-}" ] || source .ci/postgres.sh >&2
@@ -60,9 +60,16 @@ token_run() {  # name port pid secret
 log "token endpoint, 16 connections, ${secs}s per run, ${rounds} rounds per store"
 file_pid="$(start 38601)"; pg_pid="$(start 38602 JWT_ISSUER_STORE="$store_url" JWT_ISSUER_KEK_FILE="$work/kek")"
 wait_ready http://127.0.0.1:38601/healthz; wait_ready http://127.0.0.1:38602/healthz
-for _ in $(seq "$rounds"); do
-  token_run keys-dir 38601 "$file_pid" "$file_secret"
-  token_run postgres 38602 "$pg_pid" "$pg_secret"
+# Alternating which store goes first, so that neither always runs on a machine the other
+# just warmed (or disturbed).
+for round in $(seq "$rounds"); do
+  if [ $((round % 2)) -eq 1 ]; then
+    token_run keys-dir 38601 "$file_pid" "$file_secret"
+    token_run postgres 38602 "$pg_pid" "$pg_secret"
+  else
+    token_run postgres 38602 "$pg_pid" "$pg_secret"
+    token_run keys-dir 38601 "$file_pid" "$file_secret"
+  fi
 done | tee "$work/tokens.jsonl"
 kill "$file_pid" "$pg_pid"
 

@@ -105,7 +105,7 @@ fn copy(from: &Stores, to: &Stores) -> Result<()> {
         .with_context(|| format!("cannot copy the keys into {}", to.keys.describe()))?;
     let clients = from.clients.copy_into(&to.clients).with_context(|| {
         format!(
-            "the keys were copied, the clients not: cannot copy them into {}",
+            "the keys were copied, the clients not (run the same command again to copy them): cannot copy them into {}",
             to.clients.describe()
         )
     })?;

@@ -154,10 +154,11 @@ impl KeyStore {
     }
 
     /// Copies every key of this store, with its state and times, into `target`, which
-    /// must hold no key: one change of `target`, so it holds all of them or none. Kids stay
-    /// the same, so tokens signed before the move verify after it. Removed and revoked
-    /// keys are copied as the records they are, without material. Returns the number of
-    /// keys copied with their material.
+    /// must hold no key (or exactly these, from an earlier copy: nothing to do): one
+    /// change of `target`, so it holds all of them or none. Kids stay the same, so tokens
+    /// signed before the move verify after it. Removed and revoked keys are copied as the
+    /// records they are, without material. Returns the number of keys copied now with
+    /// their material.
     ///
     /// # Errors
     /// [`KeyStoreError::NotEmpty`], a key that cannot be read or leave this store, or a
@@ -173,14 +174,18 @@ impl KeyStore {
         let count = keys.len();
         let target_name = target.describe();
         target.transact(move |stored, pending, _| {
+            // The same keys already there: an earlier copy that stopped after its keys
+            // (before the clients) is taken up again, not refused.
+            if stored.keys == manifest.keys {
+                return Ok(0);
+            }
             if !stored.keys.is_empty() {
                 return Err(KeyStoreError::NotEmpty { store: target_name });
             }
             *stored = manifest;
             pending.extend(keys);
-            Ok(())
-        })??;
-        Ok(count)
+            Ok(count)
+        })?
     }
 
     /// The manifest's current version, `None` when there is none.

@@ -398,10 +398,26 @@ fn import_and_export_keep_kids_states_times_clients_and_tokens() {
     verify_with_jwks(&jwks, &token, ISSUER, None).expect("the keys dir's token verifies");
     served_token_verifies(&server, &client);
 
-    // Into a database that holds keys: refused, nothing changed.
+    // The same import again (a retry after one that stopped between keys and clients):
+    // nothing to do, nothing changed.
     let before = store.snapshot();
-    let out = store.run(&import);
+    let again = store.ok(&import);
+    assert!(again.contains("copied 0 keys and 0 clients"), "{again}");
+    assert_eq!(store.snapshot(), before);
+    // Another keys dir into a database that holds keys: refused, nothing changed.
+    let other = tmp.path().join("other-keys");
+    assert_eq!(
+        run_cli(&other, &["keys", "generate", "--alg", "ES256"]).code,
+        Some(0)
+    );
+    let out = store.run(&[
+        "store",
+        "import",
+        "--from-keys-dir",
+        other.to_str().unwrap(),
+    ]);
     assert_ne!(out.code, Some(0), "{}", out.stdout);
+    assert!(out.stderr.contains("already holds keys"), "{}", out.stderr);
     assert_eq!(store.snapshot(), before);
 
     let new_dir = tmp.path().join("exported");
@@ -420,11 +436,16 @@ fn import_and_export_keep_kids_states_times_clients_and_tokens() {
     served_token_verifies(&exported, &client);
     drop(exported);
 
-    // Into a keys dir that holds keys: refused, the dir untouched.
+    // Back into the keys dir it came from, which holds the same keys and clients: nothing
+    // to do. Into one that holds other keys: refused, the dir untouched.
     let files = dir_contents(&dir);
-    let out = store.run(&["store", "export", "--to-keys-dir", dir.to_str().unwrap()]);
-    assert_ne!(out.code, Some(0), "{}", out.stdout);
+    let same = store.ok(&["store", "export", "--to-keys-dir", dir.to_str().unwrap()]);
+    assert!(same.contains("copied 0 keys and 0 clients"), "{same}");
     assert_eq!(dir_contents(&dir), files);
+    let files = dir_contents(&other);
+    let out = store.run(&["store", "export", "--to-keys-dir", other.to_str().unwrap()]);
+    assert_ne!(out.code, Some(0), "{}", out.stdout);
+    assert_eq!(dir_contents(&other), files);
 }
 
 /// Every file of `dir` with its bytes, lock files aside.

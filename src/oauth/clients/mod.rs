@@ -479,9 +479,9 @@ impl ClientStore {
         })
     }
 
-    /// Copies every client that parses into `target`, which must hold none (one change
-    /// of `target`). Secrets stay as they are (hashed), so clients keep working.
-    /// Returns the number copied.
+    /// Copies every client that parses into `target`, which must hold none (or exactly
+    /// these, from an earlier copy: nothing to do), in one change of `target`. Secrets
+    /// stay as they are (hashed), so clients keep working. Returns the number copied now.
     ///
     /// # Errors
     /// [`ClientStoreError::NotEmpty`], an unreadable registry, a write failure.
@@ -489,13 +489,21 @@ impl ClientStore {
         let clients: Vec<Client> = self.backend.load()?.into_iter().flatten().collect();
         let count = clients.len();
         let name = target.describe();
-        target.update(move |current| {
-            if current.is_some_and(|c| !c.is_empty()) {
-                return Err(ClientStoreError::NotEmpty(name));
+        let by_id = |list: &mut Vec<Client>| list.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let mut clients = clients;
+        by_id(&mut clients);
+        target.update(move |current| match current {
+            Some(mut current) if !current.is_empty() => {
+                by_id(&mut current);
+                // Exactly these clients already: an earlier copy, nothing to do.
+                if current == clients {
+                    Ok((None, 0))
+                } else {
+                    Err(ClientStoreError::NotEmpty(name))
+                }
             }
-            Ok((Some(clients), ()))
-        })?;
-        Ok(count)
+            _ => Ok((Some(clients), count)),
+        })
     }
 
     /// One read-modify-write of the backend: `change` returns the clients to store (none:
