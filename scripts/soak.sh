@@ -9,7 +9,7 @@
 #   env SOAK_THREADS       threads of the driver, each its own caching verifier (default 4)
 #   env SOAK_ROTATE_EVERY  seconds between `keys rotate` runs (default SECONDS/10, 8 to 60)
 #   env SOAK_CLIENT_EVERY  seconds between `clients add` runs (default SECONDS/5, 5 to 60)
-#   env SOAK_PROFILE       release (default) or dev: the debug build `cargo test` made,
+#   env SOAK_PROFILE       release (default) or dev: the debug binary `cargo test` built,
 #                          for a short correctness pass in CI without a release build
 # stdout: the figures, then one JSON line; stderr: progress. Exits 1 when a token failed to
 # verify, a request got a 5xx or another unexpected answer (304 is expected), a request was
@@ -34,7 +34,9 @@ fi
 profile="${SOAK_PROFILE:-release}"
 case "$profile" in
   release) log "building the release binary"; cargo build --release -q; built="${CARGO_TARGET_DIR:-target}/release/jwt-issuer" ;;
-  dev) log "building the debug binary"; cargo build -q; built="${CARGO_TARGET_DIR:-target}/debug/jwt-issuer" ;;
+  # `--tests`: the binary `cargo test` built (features unified with the dev-dependencies),
+  # not a second build of every dependency with the plain build's features (a minute in CI).
+  dev) log "building the debug binary"; cargo build -q --tests; built="${CARGO_TARGET_DIR:-target}/debug/jwt-issuer" ;;
   *) echo "SOAK_PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
 esac
 
