@@ -67,6 +67,14 @@ pub enum KekError {
         /// The OS error.
         reason: String,
     },
+    /// The file breaks the key files' ownership, mode or link rule.
+    #[error("{var}_FILE: {reason}")]
+    Unsafe {
+        /// The variable.
+        var: String,
+        /// The rule it breaks and the fix.
+        reason: String,
+    },
     /// Not base64 of exactly 32 bytes.
     #[error("{var} is not base64 of {KEK_BYTES} bytes ({why}); {MAKE_KEK}")]
     Malformed {
@@ -157,6 +165,12 @@ impl Kek {
     /// # Errors
     /// Both set, file unreadable, malformed.
     pub fn from_env(var: &str) -> Result<Option<Self>, KekError> {
+        // A file is read under the key store's own rules: it guards every key.
+        if std::env::var_os(var).is_none()
+            && let Some(path) = std::env::var_os(format!("{var}_FILE"))
+        {
+            return Self::from_file(std::path::Path::new(&path), var).map(Some);
+        }
         match crate::secret::env_or_file(var) {
             Ok(None) => Ok(None),
             Ok(Some((text, _))) => Self::from_base64(&text, var).map(Some),
@@ -169,6 +183,42 @@ impl Kek {
                 reason,
             }),
         }
+    }
+
+    /// A KEK from the file `path` (the value of `var_FILE`), read under the rules of the
+    /// store's key files: owned by the server's user or root, no access for group or others
+    /// (a Kubernetes Secret's group read for the server's own group excepted), in a
+    /// directory others cannot write, links followed only inside it.
+    ///
+    /// # Errors
+    /// Unreadable, too open, malformed.
+    pub fn from_file(path: &std::path::Path, var: &str) -> Result<Self, KekError> {
+        use crate::files::{Holds, ReadError, read_store_file};
+        let unreadable = |reason: String| KekError::Unreadable {
+            var: var.to_owned(),
+            path: path.display().to_string(),
+            reason,
+        };
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| unreadable("not a file name".to_owned()))?;
+        let text = match read_store_file(dir, name, Holds::Secrets) {
+            Ok(Some(bytes)) => Zeroizing::new(bytes),
+            Ok(None) => return Err(unreadable("no such file".to_owned())),
+            Err(ReadError::Io(e)) => return Err(unreadable(e.to_string())),
+            Err(ReadError::Unsafe(problem)) => {
+                return Err(KekError::Unsafe {
+                    var: var.to_owned(),
+                    reason: problem.to_string(),
+                });
+            }
+        };
+        Self::from_base64(&text, var)
     }
 
     /// Its id, stored beside each ciphertext it seals.
@@ -365,6 +415,24 @@ mod tests {
             rewrapping.seal("kid", SigningAlg::Es256, b"k").kek_id,
             sealed.kek_id
         );
+    }
+
+    #[test]
+    fn a_kek_file_others_may_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("kek");
+        let (kek, text) = Kek::generate();
+        std::fs::write(&path, format!("{}\n", &*text)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Kek::from_file(&path, "V").unwrap().id(), kek.id());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Kek::from_file(&path, "V").unwrap_err();
+        assert!(matches!(err, KekError::Unsafe { .. }), "{err}");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(!err.to_string().contains(&*text));
+        let missing = Kek::from_file(&dir.path().join("nope"), "V").unwrap_err();
+        assert!(matches!(missing, KekError::Unreadable { .. }), "{missing}");
     }
 
     #[test]

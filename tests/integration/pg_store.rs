@@ -4,6 +4,7 @@
 //! keys table emptied by hand fail closed. Each test has a database of its own.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use jwt_issuer::JwkSet;
@@ -187,19 +188,35 @@ fn serve_without_a_usable_kek_refuses_in_one_line_that_says_how_to_make_one() {
     let not_base64 = "kek?not*base64";
     let file = store.tmp.path().join("kek");
     fs::write(&file, "Zm9vYmFy-is-not-a-kek\n").unwrap();
-    let cases: [(&str, Vec<(&str, &str)>); 4] = [
-        ("none", vec![]),
-        ("short", vec![("JWT_ISSUER_KEK", short)]),
-        ("not base64", vec![("JWT_ISSUER_KEK", not_base64)]),
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    // A good KEK in a file others may read: refused as a key file would be.
+    let open = store.tmp.path().join("open-kek");
+    fs::write(&open, store.kek.text.as_str()).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+    // (case, KEK variables, the fix the line names)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 5] = [
+        ("none", vec![], MAKE_KEK),
+        ("short", vec![("JWT_ISSUER_KEK", short)], MAKE_KEK),
+        ("not base64", vec![("JWT_ISSUER_KEK", not_base64)], MAKE_KEK),
         (
             "bad file",
             vec![("JWT_ISSUER_KEK_FILE", file.to_str().unwrap())],
+            MAKE_KEK,
+        ),
+        (
+            "open file",
+            vec![("JWT_ISSUER_KEK_FILE", open.to_str().unwrap())],
+            "chmod 600",
         ),
     ];
-    for (case, env) in cases {
+    for (case, env, fix) in cases {
         let out = store.run_with_kek(&["serve", "--bind", "127.0.0.1:0"], &env);
-        let line = one_line_refusal(&out, &[short, not_base64, "Zm9vYmFy"]);
-        assert!(line.contains(MAKE_KEK), "{case}: {line}");
+        let line = one_line_refusal(
+            &out,
+            &[short, not_base64, "Zm9vYmFy", store.kek.text.as_str()],
+        );
+        assert!(line.contains(fix), "{case}: {line}");
         assert!(line.contains("JWT_ISSUER_KEK"), "{case}: {line}");
     }
     // Refused before the database was touched: no schema was made.
