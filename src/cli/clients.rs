@@ -34,7 +34,8 @@ pub(super) enum ClientsCommand {
         ttl: Option<Duration>,
         /// A claim NAME=VALUE added to every token of this client (repeat for several);
         /// VALUE is JSON if it parses (42, true, ["a"]), else a string. Names the issuer
-        /// sets (iss sub aud exp iat nbf jti client_id scope act may_act cnf) are refused
+        /// sets (iss sub aud exp iat nbf jti client_id scope act may_act cnf azp, in any case)
+        /// are refused
         #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = super::token::parse_claim)]
         claims: Vec<(String, Value)>,
     },

@@ -84,12 +84,15 @@ impl ClientBackend for PgClients {
     }
 
     fn load(&self) -> Result<Vec<Result<Client, SkippedClient>>, ClientStoreError> {
-        let (rows, _) = self
+        let (rows, counter) = self
             .db
             .call(|pool| async move {
                 let client = pool.get().await?;
                 read_rows(&**client).await
             })
+            .map_err(|e| self.error(e))?;
+        self.db
+            .check_counter(Counter::Clients, counter)
             .map_err(|e| self.error(e))?;
         Ok(parse(rows))
     }
@@ -168,6 +171,9 @@ impl ClientBackend for PgClients {
             });
         };
         let rows: Vec<(String, serde_json::Value)> = rows;
+        self.db
+            .check_counter(Counter::Clients, counter)
+            .map_err(|e| self.error(e))?;
         let current = (counter > 0).then(|| parse(rows).into_iter().flatten().collect());
         // An error from `change` drops the plan's sender: rolled back.
         let Some(clients) = change(current)? else {

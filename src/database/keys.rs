@@ -62,6 +62,10 @@ impl PgKeys {
         rows: Vec<RecordRow>,
         counter: i64,
     ) -> Result<Option<Manifest>, KeyStoreError> {
+        // Rows of an older copy of the database are never read nor changed.
+        self.db
+            .check_counter(Counter::Keys, counter)
+            .map_err(|e| self.error(e))?;
         if rows.is_empty() && counter == 0 {
             return Ok(None);
         }

@@ -118,7 +118,7 @@ pub enum DatabaseError {
     },
     /// A server on another machine without `sslmode` in the URL.
     #[error(
-        "{url} is on another machine: add ?sslmode=require to the URL (TLS, the server's certificate checked), or ?sslmode=disable for plain text on a network you trust"
+        "{url} is on another machine: add sslmode=require to the URL (TLS, the server's certificate checked), or sslmode=disable for plain text on a network you trust"
     )]
     SslModeMissing {
         /// The URL, redacted.
@@ -177,6 +177,14 @@ pub enum DatabaseError {
         /// The ids of the configured KEKs, current first.
         configured: Vec<String>,
     },
+    /// The change counters went back: an older copy of the database.
+    #[error(
+        "{url}: the change counters went back (a restore, a failover to a standby that lags?): its rows may hold a key revoked since; this process no longer reads or writes them, and a restart accepts the database as it is"
+    )]
+    WentBack {
+        /// The URL, redacted.
+        url: String,
+    },
     /// The runtime's thread could not be started.
     #[error("cannot start the PostgreSQL client's runtime: {0}")]
     Runtime(String),
@@ -196,9 +204,9 @@ impl DatabaseError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
     /// The keys.
-    Keys,
+    Keys = 0,
     /// The clients.
-    Clients,
+    Clients = 1,
 }
 
 /// One PostgreSQL database shared by the key and client backends of this process.
@@ -208,8 +216,13 @@ pub struct Database {
     pool: Pool,
     kek: KekRing,
     seen: Mutex<Seen>,
-    /// The counters were once seen going back (logged once).
+    /// The highest counters ever read (keys, clients): counters only grow.
+    highest: [std::sync::atomic::AtomicI64; 2],
+    /// The counters were once seen lower than before: latched until a restart, so that an
+    /// older copy of the database is never taken up once its counters catch up again.
     went_back: std::sync::atomic::AtomicBool,
+    /// That was logged.
+    went_back_logged: std::sync::atomic::AtomicBool,
     changed: Arc<Notify>,
 }
 
@@ -249,7 +262,10 @@ impl Database {
         })?;
         // Plain text to another machine is a choice to make, not a default: rows there
         // decide which keys are revoked.
-        if !url.0.contains("sslmode=") && !is_local(&config) {
+        if config.get_ssl_mode() != tokio_postgres::config::SslMode::Require
+            && !explicitly_plain(&url.0)
+            && !is_local(&config)
+        {
             return Err(DatabaseError::SslModeMissing { url: redacted });
         }
         // `require`: TLS with the server's certificate verified (libpq's verify-full);
@@ -318,7 +334,9 @@ impl Database {
             pool,
             kek,
             seen: Mutex::new(Seen::default()),
+            highest: Default::default(),
             went_back: std::sync::atomic::AtomicBool::new(false),
+            went_back_logged: std::sync::atomic::AtomicBool::new(false),
             changed,
         });
         database.call(migrations::apply)?;
@@ -340,6 +358,8 @@ impl Database {
         // The counters as they are now, so that a first poll that fails keeps these (and
         // the time of this read counts toward --store-stale-after), never "no store".
         let (keys, clients) = database.call(read_counters)?;
+        database.check_counter(Counter::Keys, keys)?;
+        database.check_counter(Counter::Clients, clients)?;
         *database.seen() = Seen {
             keys,
             clients,
@@ -371,32 +391,35 @@ impl Database {
     /// [`Database::unreachable_for`] says it is too old.
     pub fn version(&self, counter: Counter) -> Option<StoreVersion> {
         let seen = match self.call_within(POLL_TIMEOUT, read_counters) {
-            Ok((keys, clients)) => {
+            Ok((keys, clients))
+                if self.check_counter(Counter::Keys, keys).is_ok()
+                    && self.check_counter(Counter::Clients, clients).is_ok() =>
+            {
                 let mut seen = self.seen();
-                if keys < seen.keys || clients < seen.clients {
-                    // Counters only grow. Lower ones are an older copy of the database (a
-                    // restore, a failover to a standby that lags): its rows may hold a key
-                    // revoked since. Not taken as an answer: the replica goes stale and
-                    // stops signing; a restart accepts the copy on purpose.
-                    if !self
-                        .went_back
-                        .swap(true, std::sync::atomic::Ordering::Relaxed)
-                    {
-                        tracing::error!(
-                            store = %self.url,
-                            seen = ?(seen.keys, seen.clients),
-                            now = ?(keys, clients),
-                            "the store's change counters went back (a restore, a lagging standby?): its rows may hold a revoked key; this replica stops signing at --store-stale-after, and a restart accepts the database as it is"
-                        );
-                    }
-                } else {
-                    *seen = Seen {
-                        keys,
-                        clients,
-                        at: Some(Instant::now()),
-                    };
-                }
+                *seen = Seen {
+                    keys,
+                    clients,
+                    at: Some(Instant::now()),
+                };
                 *seen
+            }
+            Ok((keys, clients)) => {
+                // Counters only grow. Lower ones are an older copy of the database (a
+                // restore, a failover to a standby that lags): its rows may hold a key
+                // revoked since. Never taken as an answer from then on: the replica goes
+                // stale and stops signing; a restart accepts the copy on purpose.
+                if !self
+                    .went_back_logged
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::error!(
+                        store = %self.url,
+                        highest = ?(self.highest(Counter::Keys), self.highest(Counter::Clients)),
+                        now = ?(keys, clients),
+                        "the store's change counters went back (a restore, a lagging standby?): its rows may hold a revoked key; this replica stops signing at --store-stale-after, and a restart accepts the database as it is"
+                    );
+                }
+                *self.seen()
             }
             Err(_) => *self.seen(),
         };
@@ -405,6 +428,31 @@ impl Database {
             Counter::Clients => seen.clients,
         };
         (value > 0).then(|| StoreVersion::new(format!("pg:{value}")))
+    }
+
+    /// Takes `value`, just read, for `counter`: refused when lower than the highest read
+    /// before (an older copy of the database: a restore, a standby that lags, whose rows
+    /// may hold a key revoked since), and for good once that happened in this process.
+    ///
+    /// # Errors
+    /// [`DatabaseError::WentBack`].
+    pub(crate) fn check_counter(&self, counter: Counter, value: i64) -> Result<(), DatabaseError> {
+        use std::sync::atomic::Ordering;
+        let highest = &self.highest[counter as usize];
+        let before = highest.fetch_max(value, Ordering::SeqCst);
+        if value < before {
+            self.went_back.store(true, Ordering::SeqCst);
+        }
+        if self.went_back.load(Ordering::SeqCst) {
+            return Err(DatabaseError::WentBack {
+                url: self.url.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn highest(&self, counter: Counter) -> i64 {
+        self.highest[counter as usize].load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How long since the change counters were last read, `None` before the first read.
@@ -547,6 +595,12 @@ impl ChangeDeadline {
         match done.recv_timeout(self.wait()) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(failure)) => Err(db.failed(failure)),
+            Err(_) if self.committing.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(DatabaseError::Failed {
+                    url: db.describe().to_owned(),
+                    reason: "the commit got no answer in time: the change may or may not have been applied; look before trying again".to_owned(),
+                })
+            }
             Err(_) => Err(DatabaseError::Timeout {
                 url: db.describe().to_owned(),
                 limit,
@@ -611,11 +665,28 @@ async fn sealed_kek_ids(pool: Pool) -> Result<Vec<String>, DbFailure> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Whether the connection string says `sslmode=disable` itself, as a URL query parameter
+/// or a `key=value` pair.
+fn explicitly_plain(url: &str) -> bool {
+    let params: Vec<&str> = match url.split_once("://") {
+        Some((_, rest)) => rest
+            .split_once('?')
+            .map(|(_, query)| query.split('&').collect())
+            .unwrap_or_default(),
+        None => url.split_whitespace().collect(),
+    };
+    params.contains(&"sslmode=disable")
+}
+
 /// Whether every host of `config` is this machine: a Unix socket, `localhost` or a
-/// loopback address.
+/// loopback address, and every `hostaddr` (which is what is connected to) a loopback one.
 fn is_local(config: &tokio_postgres::Config) -> bool {
     use tokio_postgres::config::Host;
-    !config.get_hosts().is_empty()
+    config
+        .get_hostaddrs()
+        .iter()
+        .all(std::net::IpAddr::is_loopback)
+        && !config.get_hosts().is_empty()
         && config.get_hosts().iter().all(|host| match host {
             Host::Unix(_) => true,
             Host::Tcp(name) => {
@@ -869,6 +940,30 @@ mod tests {
         assert_eq!(kv.redacted(), "postgres:///run/postgresql:5432/tokens");
         let junk = DatabaseUrl::new("postgres://jwt:hunter2@[bad");
         assert!(!junk.redacted().contains("hunter2"));
+    }
+
+    #[test]
+    fn plain_text_needs_saying_for_any_host_that_is_not_this_machine() {
+        let local = |url: &str| is_local(&url.parse().unwrap());
+        assert!(local("postgres://u@localhost/db"));
+        assert!(local("postgres://u@127.0.0.1:5433/db"));
+        assert!(local("postgres://u@[::1]/db"));
+        assert!(local("host=/run/postgresql dbname=db"));
+        assert!(!local("postgres://u@localhost.evil.example/db"));
+        assert!(!local("postgres://u@localhost,db.internal/db"));
+        // What is connected to is the hostaddr, not the name.
+        assert!(!local("postgres://u@localhost/db?hostaddr=10.0.0.5"));
+        assert!(explicitly_plain(
+            "postgres://u@db.internal/db?sslmode=disable"
+        ));
+        assert!(explicitly_plain("host=db.internal sslmode=disable"));
+        // A password that spells the words is not a parameter.
+        assert!(!explicitly_plain(
+            "postgres://u:sslmode=disable@db.internal/db"
+        ));
+        assert!(!explicitly_plain(
+            "postgres://u@db.internal/db?sslmode=prefer"
+        ));
     }
 
     #[test]

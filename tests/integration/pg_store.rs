@@ -563,3 +563,41 @@ fn a_client_deleted_with_sql_stops_getting_tokens_within_seconds() {
     );
     served_token_verifies(&server, &kept);
 }
+
+#[test]
+fn change_counters_that_go_back_are_never_taken_up_again_until_a_restart() {
+    let (store, _keys) = PgStore::with_template_keys();
+    let client = store.add_client("svc");
+    let env = [
+        ("JWT_ISSUER_STORE", store.db.url.as_str()),
+        ("JWT_ISSUER_KEK", store.kek.text.as_str()),
+    ];
+    let server = ServeProcess::start_with_env(&store.dir, &["--store-stale-after", "5s"], &env);
+    served_token_verifies(&server, &client);
+    std::thread::sleep(jwt_issuer::server::RELOAD_INTERVAL * 2);
+    // An older copy of the database, as after a restore: the counters are lower.
+    store
+        .db
+        .client()
+        .execute("UPDATE jwt_issuer_versions SET keys = keys - 1", &[])
+        .unwrap();
+    wait_until(PATIENCE, "the replica to stop signing", || {
+        server.token_response(&client, &[]).status == 503
+    });
+    // The counters climb past where they were (other processes write on): still refused.
+    store.ok(&["keys", "generate", "--alg", "ES256"]);
+    store.ok(&["keys", "generate", "--alg", "ES256"]);
+    std::thread::sleep(jwt_issuer::server::RELOAD_INTERVAL * 3);
+    assert_eq!(server.token_response(&client, &[]).status, 503);
+    assert_eq!(server.get("/readyz").status, 503);
+    let mut log = Vec::new();
+    server.read_log_to_now(&mut log);
+    assert!(
+        log.iter().any(|l| l.contains("change counters went back")),
+        "{log:?}"
+    );
+    drop(server);
+    // A restart takes the database as it is.
+    let restarted = ServeProcess::start_with_env(&store.dir, &["--store-stale-after", "5s"], &env);
+    served_token_verifies(&restarted, &client);
+}

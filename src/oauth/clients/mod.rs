@@ -113,10 +113,11 @@ pub struct NewClient {
     pub claims: Vec<(String, serde_json::Value)>,
 }
 
-/// Claim names a client's static claims may not use: the registered claims the signer
-/// sets, what the token endpoint sets (`client_id`, `scope`), and names RFC 8693 and RFC
-/// 9449 give a meaning (`act`, `may_act`, `cnf`).
-pub const RESERVED_CLAIMS: [&str; 12] = [
+/// Claim names a client's static claims may not use, in any letter case (some verifiers
+/// match claim names ignoring it): the registered claims the signer sets, what the token
+/// endpoint sets (`client_id`, `scope`), names RFC 8693, RFC 9449 and OpenID Connect give a
+/// meaning (`act`, `may_act`, `cnf`, `azp`).
+pub const RESERVED_CLAIMS: [&str; 13] = [
     "iss",
     "sub",
     "aud",
@@ -129,6 +130,7 @@ pub const RESERVED_CLAIMS: [&str; 12] = [
     "act",
     "may_act",
     "cnf",
+    "azp",
 ];
 
 /// The most static claims a client may have.
@@ -486,7 +488,9 @@ impl ClientStore {
     /// # Errors
     /// [`ClientStoreError::NotEmpty`], an unreadable registry, a write failure.
     pub fn copy_into(&self, target: &ClientStore) -> Result<usize, ClientStoreError> {
-        let clients: Vec<Client> = self.backend.load()?.into_iter().flatten().collect();
+        // What this registry serves (each entry checked, ids listed twice left out), not
+        // every entry that parses.
+        let clients: Vec<Client> = self.load()?.clients().into_iter().cloned().collect();
         let count = clients.len();
         let name = target.describe();
         let by_id = |list: &mut Vec<Client>| list.sort_by(|a, b| a.client_id.cmp(&b.client_id));
@@ -558,7 +562,7 @@ fn check_claims(
     };
     if let Some(name) = claims
         .keys()
-        .find(|n| RESERVED_CLAIMS.contains(&n.as_str()))
+        .find(|n| RESERVED_CLAIMS.iter().any(|r| r.eq_ignore_ascii_case(n)))
     {
         return Err(invalid(name, "the issuer sets it"));
     }
@@ -702,13 +706,19 @@ mod tests {
             claims: claims.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
             ..Default::default()
         };
-        for name in RESERVED_CLAIMS {
+        let upper: Vec<String> = RESERVED_CLAIMS.iter().map(|n| n.to_uppercase()).collect();
+        for name in RESERVED_CLAIMS
+            .iter()
+            .copied()
+            .chain(upper.iter().map(String::as_str))
+        {
             let err = store.add(with(vec![(name, "x".into())])).unwrap_err();
             assert!(
                 err.to_string().contains("the issuer sets it"),
                 "{name}: {err}"
             );
         }
+
         let twice = store
             .add(with(vec![("tenant", "a".into()), ("tenant", "b".into())]))
             .unwrap_err();
