@@ -104,73 +104,8 @@ impl ClientBackend for PgClients {
         ) -> Result<Option<Vec<Client>>, ClientStoreError>,
     ) -> Result<(), ClientStoreError> {
         // As the key backend's change: read in the transaction, decide here, write there.
-        let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel(1);
-        let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Vec<Client>>();
-        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Result<(), DbFailure>>(1);
-        let pool = self.db.pool.clone();
-        let deadline = ChangeDeadline::new(CHANGE_TIMEOUT);
-        let task = deadline.clone();
-        self.db.spawn(async move {
-            let committing = task.clone();
-            let change = async {
-                let mut client = pool.get().await?;
-                let tx = client.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_CLIENTS])
-                    .await?;
-                if rows_tx.send(read_rows(&*tx).await?).is_err() {
-                    return Ok(());
-                }
-                let Ok(clients) = plan_rx.await else {
-                    return Ok(());
-                };
-                let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
-                // Rows that do not parse stay; parsed ones the change dropped go.
-                let existing = tx
-                    .query("SELECT client_id, entry FROM jwt_issuer_clients", &[])
-                    .await?;
-                for row in &existing {
-                    let id: String = row.get(0);
-                    let entry: serde_json::Value = row.get(1);
-                    let parses = serde_json::from_value::<Client>(entry).is_ok();
-                    if parses && !ids.contains(&id.as_str()) {
-                        tx.execute(
-                            "DELETE FROM jwt_issuer_clients WHERE client_id = $1",
-                            &[&id],
-                        )
-                        .await?;
-                    }
-                }
-                for client in &clients {
-                    // A client always serializes (strings, numbers, lists).
-                    let entry = serde_json::to_value(client).unwrap_or_default();
-                    tx.execute(
-                        "INSERT INTO jwt_issuer_clients (client_id, entry) VALUES ($1, $2)
-                         ON CONFLICT (client_id) DO UPDATE SET entry = EXCLUDED.entry",
-                        &[&client.client_id, &entry],
-                    )
-                    .await?;
-                }
-                committing.committing();
-                tx.commit().await?;
-                Ok(())
-            };
-            let _ = done_tx.send(task.run(change).await);
-        });
-        // The task always reports by the deadline: its report is the outcome.
-        let outcome = || {
-            deadline
-                .outcome(&self.db, &done_rx, CHANGE_TIMEOUT)
-                .map_err(|e| self.error(e))
-        };
-        let Ok((rows, counter)) = rows_rx.recv_timeout(deadline.wait()) else {
-            return outcome().and_then(|()| {
-                Err(ClientStoreError::Database {
-                    store: self.db.describe().to_owned(),
-                    reason: "the change read nothing".into(),
-                })
-            });
-        };
-        let rows: Vec<(String, serde_json::Value)> = rows;
+        let tx = self.db.begin_change(CHANGE_TIMEOUT, write_in_transaction);
+        let (rows, counter) = tx.rows(&self.db).map_err(|e| self.error(e))?;
         self.db
             .check_counter(Counter::Clients, counter)
             .map_err(|e| self.error(e))?;
@@ -179,8 +114,55 @@ impl ClientBackend for PgClients {
         let Some(clients) = change(current)? else {
             return Ok(());
         };
-        // A task that has ended already (its deadline passed) has reported why.
-        let _ = plan_tx.send(clients);
-        outcome()
+        tx.commit(&self.db, clients).map_err(|e| self.error(e))
     }
+}
+
+/// The transaction of a client change: lock, read, send the rows, await the clients to
+/// store; rows that do not parse stay, parsed ones the change dropped go.
+async fn write_in_transaction(
+    pool: deadpool_postgres::Pool,
+    rows_tx: std::sync::mpsc::SyncSender<(Vec<(String, serde_json::Value)>, i64)>,
+    plan_rx: tokio::sync::oneshot::Receiver<Vec<Client>>,
+    deadline: ChangeDeadline,
+) -> Result<(), DbFailure> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_CLIENTS])
+        .await?;
+    if rows_tx.send(read_rows(&*tx).await?).is_err() {
+        return Ok(());
+    }
+    let Ok(clients) = plan_rx.await else {
+        return Ok(());
+    };
+    let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
+    let existing = tx
+        .query("SELECT client_id, entry FROM jwt_issuer_clients", &[])
+        .await?;
+    for row in &existing {
+        let id: String = row.get(0);
+        let entry: serde_json::Value = row.get(1);
+        let parses = serde_json::from_value::<Client>(entry).is_ok();
+        if parses && !ids.contains(&id.as_str()) {
+            tx.execute(
+                "DELETE FROM jwt_issuer_clients WHERE client_id = $1",
+                &[&id],
+            )
+            .await?;
+        }
+    }
+    for client in &clients {
+        // A client always serializes (strings, numbers, lists).
+        let entry = serde_json::to_value(client).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO jwt_issuer_clients (client_id, entry) VALUES ($1, $2)
+             ON CONFLICT (client_id) DO UPDATE SET entry = EXCLUDED.entry",
+            &[&client.client_id, &entry],
+        )
+        .await?;
+    }
+    deadline.committing();
+    tx.commit().await?;
+    Ok(())
 }

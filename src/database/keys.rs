@@ -4,7 +4,6 @@
 //! replicas make one change at a time and each decides on the state the others left.
 
 use std::sync::Arc;
-use std::sync::mpsc::sync_channel;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::GenericClient;
@@ -211,28 +210,10 @@ impl KeyBackend for PgKeys {
         change: &mut dyn FnMut(&mut Manifest, &mut Vec<NewKey>, Millis),
     ) -> Result<(), KeyStoreError> {
         // The transaction lives on the database's runtime; `change` runs here, between
-        // its read and its writes: the rows come out on one channel, the writes go back
-        // on another. Whatever fails, or times out, drops the transaction: rolled back.
-        let (rows_tx, rows_rx) = sync_channel::<(Vec<RecordRow>, i64)>(1);
-        let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Plan>();
-        let (done_tx, done_rx) = sync_channel::<Result<(), DbFailure>>(1);
-        let pool = self.db.pool.clone();
-        let deadline = ChangeDeadline::new(CHANGE_TIMEOUT);
-        let task = deadline.clone();
-        self.db.spawn(async move {
-            let change = change_in_transaction(pool, rows_tx, plan_rx, task.clone());
-            let _ = done_tx.send(task.run(change).await);
-        });
-        // The task always reports by the deadline: its report is the outcome.
-        let outcome = || {
-            deadline
-                .outcome(&self.db, &done_rx, CHANGE_TIMEOUT)
-                .map_err(|e| self.error(e))
-        };
-        let Ok((rows, counter)) = rows_rx.recv_timeout(deadline.wait()) else {
-            // The read failed or timed out: the task says which.
-            return outcome().and_then(|()| Err(self.invalid("the change read nothing".into())));
-        };
+        // its read and its writes. Whatever fails, or times out, drops the transaction:
+        // rolled back.
+        let tx = self.db.begin_change(CHANGE_TIMEOUT, change_in_transaction);
+        let (rows, counter) = tx.rows(&self.db).map_err(|e| self.error(e))?;
         let before = self.manifest_of(rows, counter)?;
         let mut manifest = before.clone().unwrap_or_default();
         let mut pending = Vec::new();
@@ -241,9 +222,7 @@ impl KeyBackend for PgKeys {
             .check()
             .map_err(|reason| self.invalid(format!("a change would store {reason}")))?;
         let plan = Plan::new(before.as_ref(), &manifest, &pending, self.db.kek())?;
-        // A task that has ended already (its deadline passed) has reported why.
-        let _ = plan_tx.send(plan);
-        outcome()
+        tx.commit(&self.db, plan).map_err(|e| self.error(e))
     }
 }
 

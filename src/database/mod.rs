@@ -609,6 +609,85 @@ impl ChangeDeadline {
     }
 }
 
+/// A change transaction split between the database's runtime and the caller: the task
+/// there takes the lock and sends the rows it read; the caller decides what to write and
+/// sends that back ([`Change::commit`]). Dropping the change without committing it rolls
+/// the transaction back.
+pub(crate) struct Change<R, P> {
+    deadline: ChangeDeadline,
+    limit: Duration,
+    rows: std::sync::mpsc::Receiver<R>,
+    plan: tokio::sync::oneshot::Sender<P>,
+    done: std::sync::mpsc::Receiver<Result<(), DbFailure>>,
+}
+
+impl Database {
+    /// Starts `task` (the transaction: lock, read, send the rows, await the plan, write,
+    /// commit) on the database's runtime, bounded by `limit`.
+    pub(crate) fn begin_change<R, P, Fut>(
+        &self,
+        limit: Duration,
+        task: impl FnOnce(
+            Pool,
+            std::sync::mpsc::SyncSender<R>,
+            tokio::sync::oneshot::Receiver<P>,
+            ChangeDeadline,
+        ) -> Fut,
+    ) -> Change<R, P>
+    where
+        Fut: Future<Output = Result<(), DbFailure>> + Send + 'static,
+    {
+        let (rows_tx, rows) = std::sync::mpsc::sync_channel(1);
+        let (plan, plan_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+        let deadline = ChangeDeadline::new(limit);
+        let work = task(self.pool.clone(), rows_tx, plan_rx, deadline.clone());
+        let bound = deadline.clone();
+        self.spawn(async move {
+            let _ = done_tx.send(bound.run(work).await);
+        });
+        Change {
+            deadline,
+            limit,
+            rows,
+            plan,
+            done,
+        }
+    }
+}
+
+impl<R, P> Change<R, P> {
+    /// The rows the transaction read under its lock.
+    ///
+    /// # Errors
+    /// Why the task read nothing (its own report, which comes by the deadline).
+    pub(crate) fn rows(&self, db: &Database) -> Result<R, DatabaseError> {
+        match self.rows.recv_timeout(self.deadline.wait()) {
+            Ok(rows) => Ok(rows),
+            Err(_) => self.outcome(db).and_then(|()| {
+                Err(DatabaseError::Failed {
+                    url: db.describe().to_owned(),
+                    reason: "the change read nothing".to_owned(),
+                })
+            }),
+        }
+    }
+
+    /// Sends what to write, and waits for the commit.
+    ///
+    /// # Errors
+    /// The task's report: a failed write or commit, the deadline, an unknown outcome.
+    pub(crate) fn commit(self, db: &Database, plan: P) -> Result<(), DatabaseError> {
+        // A task that has ended already (its deadline passed) has reported why.
+        let _ = self.plan.send(plan);
+        self.deadline.outcome(db, &self.done, self.limit)
+    }
+
+    fn outcome(&self, db: &Database) -> Result<(), DatabaseError> {
+        self.deadline.outcome(db, &self.done, self.limit)
+    }
+}
+
 /// A failure inside a database call, before it is given the database's name.
 #[derive(Debug)]
 pub(crate) enum DbFailure {
