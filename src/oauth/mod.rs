@@ -7,6 +7,7 @@ pub mod clients;
 pub mod endpoint;
 pub mod grant;
 pub mod limiter;
+pub mod replay;
 pub mod request;
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use endpoint::{
     DEFAULT_TOKEN_TTL, Issued, NamedClient, TokenCall, TokenEndpoint, TokenOutcome,
 };
 pub use limiter::{AuthLimiter, AuthLimits, SharedFailures};
+pub use replay::{MemoryReplayCache, ReplayCache, ReplayError};
 
 /// A refused token request, as RFC 6749 section 5.2 names it.
 #[derive(Debug, thiserror::Error)]
