@@ -115,7 +115,8 @@ fn token_endpoint(c: &mut Criterion) {
             audiences: vec!["orders-api".into()],
             ..NewClient::default()
         })
-        .unwrap();
+        .unwrap()
+        .expect("a client with a secret");
     let auth = format!(
         "Basic {}",
         base64::Engine::encode(

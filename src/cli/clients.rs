@@ -1,11 +1,12 @@
 //! `jwt-issuer clients ...`.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use jwt_issuer::SigningAlg;
-use jwt_issuer::oauth::NewClient;
+use jwt_issuer::oauth::{Credential, NewClient, PublicKeys};
 use jwt_issuer::secret::HmacSecret;
 use serde_json::Value;
 
@@ -38,6 +39,15 @@ pub(super) enum ClientsCommand {
         /// are refused
         #[arg(long = "claim", value_name = "NAME=VALUE", value_parser = super::token::parse_claim)]
         claims: Vec<(String, Value)>,
+        /// Register the client's public keys (a JWK Set file) instead of a secret: it
+        /// authenticates with private_key_jwt, signing with its private key, and no secret
+        /// is made or printed
+        #[arg(long, value_name = "FILE", conflicts_with = "jwks_uri")]
+        jwks: Option<PathBuf>,
+        /// Like --jwks, from where the client publishes its JWK Set (https, or http to a
+        /// loopback host); fetched, cached, and fetched again for a new kid
+        #[arg(long, value_name = "URL")]
+        jwks_uri: Option<String>,
     },
     /// List clients (never their secrets)
     List {
@@ -71,6 +81,8 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
             alg,
             ttl,
             claims,
+            jwks,
+            jwks_uri,
         } => {
             if let Some(ttl) = ttl {
                 check_max_ttl(ttl, &context.policy)?;
@@ -82,11 +94,26 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                 alg,
                 ttl,
                 claims,
+                keys: match (jwks, jwks_uri) {
+                    (Some(path), _) => Some(PublicKeys::Jwks(read_jwks(&path)?)),
+                    (None, Some(uri)) => Some(PublicKeys::JwksUri(uri)),
+                    (None, None) => None,
+                },
             };
             let hs256_without_secret = alg == Some(SigningAlg::Hs256)
                 && HmacSecret::from_env(HMAC_SECRET_ENV).is_ok_and(|s| s.is_none());
-            let secret = store.add(new).context("cannot add client")?;
-            outln!("{}", secret.expose_secret());
+            let with_keys = new.keys.is_some();
+            let client_id = new.client_id.clone();
+            match store.add(new).context("cannot add client")? {
+                Some(secret) => outln!("{}", secret.expose_secret()),
+                None if with_keys => super::note(
+                    Note::Info,
+                    &format!(
+                        "added client {client_id:?}: it authenticates with private_key_jwt, no secret"
+                    ),
+                ),
+                None => {}
+            }
             if hs256_without_secret {
                 // The server's environment may differ from this shell's; say what happens
                 // if it has no secret either.
@@ -113,6 +140,11 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                             "client_id": c.client_id, "scopes": c.scopes, "audiences": c.audiences,
                             "alg": c.alg, "ttl_secs": c.ttl_secs, "claims": c.claims,
                             "created": c.created,
+                            "token_endpoint_auth_method": c.credential.auth_method(),
+                            "jwks_uri": match &c.credential {
+                                Credential::JwksUri { jwks_uri } => Some(jwks_uri),
+                                _ => None,
+                            },
                         })
                     })
                     .collect();
@@ -151,4 +183,26 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Largest JWKS file `clients add --jwks` reads.
+const MAX_JWKS_BYTES: u64 = 64 * 1024;
+
+/// A client's JWK Set file: JSON, at most [`MAX_JWKS_BYTES`].
+fn read_jwks(path: &Path) -> Result<Value> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read the JWKS file {}", path.display()))?;
+    let mut text = Vec::new();
+    file.take(MAX_JWKS_BYTES + 1)
+        .read_to_end(&mut text)
+        .with_context(|| format!("cannot read the JWKS file {}", path.display()))?;
+    if text.len() as u64 > MAX_JWKS_BYTES {
+        anyhow::bail!(
+            "{}: a JWKS file is at most {MAX_JWKS_BYTES} bytes",
+            path.display()
+        );
+    }
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a JSON JWK Set", path.display()))
 }

@@ -1,14 +1,15 @@
 //! Client authentication at the token endpoint, as a set of methods (RFC 6749 section
 //! 2.3.1; names from the RFC 7591 registry). Each method reads its own credentials from
-//! the request; a request must use exactly one. private_key_jwt joins the set here.
+//! the request; a request must use exactly one.
 
 use actix_web::http::header::{self, HeaderMap};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::OAuthError;
+use super::assertion::{CLIENT_ASSERTION_TYPE, unverified_client_id};
 use super::clients::Proof;
-use super::request::{Form, form_decode};
+use super::request::{Form, form_decode, printable};
 use crate::secret::ClientSecret;
 
 /// A client's claimed identity and its proof, as one method read them.
@@ -77,6 +78,10 @@ impl ClientAuthMethod for ClientSecretPost {
     }
 
     fn presented(&self, _: &HeaderMap, form: &mut Form) -> Option<Result<Presented, OAuthError>> {
+        // A `client_id` beside an assertion belongs to private_key_jwt.
+        if form.get("client_secret").is_none() && form.get("client_assertion").is_some() {
+            return None;
+        }
         let secret = form.take("client_secret").map(ClientSecret::new);
         match (form.take("client_id"), secret) {
             (None, None) => None,
@@ -90,6 +95,61 @@ impl ClientAuthMethod for ClientSecretPost {
             // challenge), as RFC 6749 section 2.3.1 prefers Basic.
             (None, Some(_)) => Some(Err(OAuthError::InvalidClient { basic: true })),
         }
+    }
+}
+
+/// `private_key_jwt`: a JWT the client signed with its private key, in
+/// `client_assertion` with `client_assertion_type` (RFC 7523 section 2.2). Verified by
+/// the token endpoint ([`super::assertion::ClientAssertions`]); here only read.
+#[derive(Debug, Default)]
+pub struct PrivateKeyJwt;
+
+impl ClientAuthMethod for PrivateKeyJwt {
+    fn name(&self) -> &'static str {
+        "private_key_jwt"
+    }
+
+    fn presented(&self, _: &HeaderMap, form: &mut Form) -> Option<Result<Presented, OAuthError>> {
+        let kind = form.take("client_assertion_type");
+        let assertion = form.take("client_assertion");
+        let (kind, assertion) = match (kind, assertion) {
+            (None, None) => return None,
+            (Some(kind), Some(assertion)) => (kind, assertion),
+            (Some(_), None) => {
+                return Some(Err(OAuthError::InvalidRequest(
+                    "client_assertion is missing".into(),
+                )));
+            }
+            (None, Some(_)) => {
+                return Some(Err(OAuthError::InvalidRequest(format!(
+                    "client_assertion_type is missing; use {CLIENT_ASSERTION_TYPE}"
+                ))));
+            }
+        };
+        if kind != CLIENT_ASSERTION_TYPE {
+            return Some(Err(OAuthError::InvalidRequest(format!(
+                "client_assertion_type '{}' is not supported; use {CLIENT_ASSERTION_TYPE}",
+                printable(&kind)
+            ))));
+        }
+        // RFC 7523 section 3: `client_id` is optional; when sent it names the client, and
+        // the assertion must be about that client (checked when it is verified).
+        let client_id = match form
+            .take("client_id")
+            .or_else(|| unverified_client_id(&assertion))
+        {
+            Some(id) => id,
+            None => {
+                return Some(Err(OAuthError::InvalidClientAssertion(
+                    "the assertion names no client: sub is missing".into(),
+                )));
+            }
+        };
+        Some(Ok(Presented {
+            method: self.name(),
+            client_id,
+            proof: Proof::Assertion(assertion),
+        }))
     }
 }
 
@@ -140,9 +200,14 @@ fn parse_basic(value: &str) -> Result<Presented, OAuthError> {
 mod tests {
     use super::*;
     use actix_web::http::header::HeaderValue;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn methods() -> Vec<Box<dyn ClientAuthMethod>> {
-        vec![Box::new(ClientSecretBasic), Box::new(ClientSecretPost)]
+        vec![
+            Box::new(ClientSecretBasic),
+            Box::new(ClientSecretPost),
+            Box::new(PrivateKeyJwt),
+        ]
     }
 
     fn basic(user_pass: &str) -> HeaderMap {
@@ -171,7 +236,9 @@ mod tests {
         .unwrap();
         assert_eq!(presented.method, "client_secret_basic");
         assert_eq!(presented.client_id, "svc:a b%");
-        let Proof::Secret(secret) = presented.proof;
+        let Proof::Secret(secret) = presented.proof else {
+            panic!("a secret was presented")
+        };
         assert_eq!(secret.expose_secret(), "s+cr:t");
     }
 
@@ -229,5 +296,67 @@ mod tests {
             HeaderValue::from_static("Basic Ym9ndXM="),
         );
         assert_eq!(code(&headers, Form::default()), "invalid_request");
+    }
+
+    /// An unsigned JWT whose payload is `claims`: only the client id is read here.
+    fn assertion(claims: &str) -> String {
+        format!(
+            "eyJhbGciOiJFUzI1NiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(claims)
+        )
+    }
+
+    #[test]
+    fn an_assertion_names_its_client_by_client_id_or_sub() {
+        let body = |extra: &str| {
+            let jwt = assertion(r#"{"iss":"svc","sub":"svc"}"#);
+            format!(
+                "client_assertion_type={}&client_assertion={jwt}{extra}",
+                CLIENT_ASSERTION_TYPE.replace(':', "%3A")
+            )
+        };
+        let mut form = Form::parse(body("").as_bytes()).unwrap();
+        let presented = authenticate_request(&methods(), &HeaderMap::new(), &mut form).unwrap();
+        assert_eq!(
+            (presented.method, presented.client_id.as_str()),
+            ("private_key_jwt", "svc")
+        );
+        assert!(matches!(presented.proof, Proof::Assertion(_)));
+        assert_eq!(form.get("client_assertion"), None);
+
+        // client_id beside the assertion is private_key_jwt's, not client_secret_post's.
+        let mut form = Form::parse(body("&client_id=other").as_bytes()).unwrap();
+        let presented = authenticate_request(&methods(), &HeaderMap::new(), &mut form).unwrap();
+        assert_eq!(presented.client_id, "other");
+
+        // With a secret too: two methods.
+        let form = Form::parse(body("&client_id=svc&client_secret=s").as_bytes()).unwrap();
+        assert_eq!(code(&HeaderMap::new(), form), "invalid_request");
+        let form = Form::parse(body("").as_bytes()).unwrap();
+        assert_eq!(code(&basic("svc:s"), form), "invalid_request");
+    }
+
+    #[test]
+    fn a_malformed_assertion_request_says_what_is_wrong() {
+        let jwt = assertion("{}");
+        let cases = [
+            (format!("client_assertion={jwt}"), "invalid_request"),
+            ("client_assertion_type=x".to_owned(), "invalid_request"),
+            (
+                format!("client_assertion_type=x&client_assertion={jwt}"),
+                "invalid_request",
+            ),
+            (
+                format!(
+                    "client_assertion_type={}&client_assertion={jwt}",
+                    CLIENT_ASSERTION_TYPE
+                ),
+                "invalid_client",
+            ),
+        ];
+        for (body, expected) in cases {
+            let form = Form::parse(body.as_bytes()).unwrap();
+            assert_eq!(code(&HeaderMap::new(), form), expected, "{body}");
+        }
     }
 }

@@ -4,18 +4,26 @@
 //! signer sign. The HTTP handler only reads the body and writes the answer.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderMap;
 use serde::Serialize;
 
 use super::OAuthError;
-use super::auth::{ClientAuthMethod, ClientSecretBasic, ClientSecretPost, authenticate_request};
-use super::clients::{ClientRegistry, is_valid_client_id};
+use super::assertion::ClientAssertions;
+use super::auth::{
+    ClientAuthMethod, ClientSecretBasic, ClientSecretPost, PrivateKeyJwt, authenticate_request,
+};
+use super::clients::{ClientRegistry, Proof, is_valid_client_id};
 use super::grant::{ClientCredentials, GrantContext, GrantHandler};
 use super::limiter::{AuthLimiter, AuthLimits};
+use super::replay::{MemoryReplayCache, ReplayCache};
 use super::request::{Form, printable};
 use crate::sign::{IssuedToken, SignError, Signer};
+
+/// The token endpoint's path.
+pub const TOKEN_PATH: &str = "/oauth2/token";
 
 /// Lifetime of access tokens for clients without their own, by default (15 min).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -26,6 +34,7 @@ pub struct TokenEndpoint {
     grants: Vec<Box<dyn GrantHandler>>,
     methods: Vec<Box<dyn ClientAuthMethod>>,
     limiter: AuthLimiter,
+    assertions: ClientAssertions,
     default_ttl: Duration,
 }
 
@@ -123,23 +132,40 @@ impl Issued {
 
 impl TokenEndpoint {
     /// The endpoint with every grant and method jwt-issuer supports: the client
-    /// credentials grant; `client_secret_basic` and `client_secret_post`.
+    /// credentials grant; `client_secret_basic`, `client_secret_post` and
+    /// `private_key_jwt` (assertion ids remembered in memory, see
+    /// [`TokenEndpoint::with_replay_cache`]).
     pub fn new(default_ttl: Duration, limits: AuthLimits) -> Self {
         Self {
             grants: vec![Box::new(ClientCredentials)],
-            methods: vec![Box::new(ClientSecretBasic), Box::new(ClientSecretPost)],
+            methods: vec![
+                Box::new(ClientSecretBasic),
+                Box::new(ClientSecretPost),
+                Box::new(PrivateKeyJwt),
+            ],
             limiter: AuthLimiter::new(limits),
+            assertions: ClientAssertions::new(Arc::new(MemoryReplayCache::new())),
             default_ttl,
         }
+    }
+
+    /// This endpoint, remembering used assertion ids in `replay` (the replicas of a
+    /// PostgreSQL store share theirs).
+    #[must_use]
+    pub fn with_replay_cache(mut self, replay: Arc<dyn ReplayCache>) -> Self {
+        self.assertions = ClientAssertions::new(replay);
+        self
+    }
+
+    /// The JWS algorithms client assertions may be signed with, for discovery.
+    pub fn assertion_algs(&self) -> Vec<&'static str> {
+        vec!["ES256", "RS256"]
     }
 
     /// This endpoint, counting failed authentications in `shared` too (the replicas of a
     /// PostgreSQL store share their counts).
     #[must_use]
-    pub fn with_shared_failures(
-        mut self,
-        shared: std::sync::Arc<dyn super::SharedFailures>,
-    ) -> Self {
+    pub fn with_shared_failures(mut self, shared: Arc<dyn super::SharedFailures>) -> Self {
         self.limiter = self.limiter.with_shared(shared);
         self
     }
@@ -157,14 +183,14 @@ impl TokenEndpoint {
     /// Handles one token request against a registry and a signer snapshot. Nothing is
     /// logged here: the server's request log writes one line per request, with the
     /// outcome (client id, jti or error), never a secret or a token.
-    pub fn token(
+    pub async fn token(
         &self,
         call: TokenCall<'_>,
         clients: &ClientRegistry,
         signer: &Signer,
     ) -> TokenOutcome {
         let mut client_id = None;
-        let result = self.issue(call, clients, signer, &mut client_id);
+        let result = self.issue(call, clients, signer, &mut client_id).await;
         let client = match client_id {
             Some(id) if clients.get(&id).is_some() => NamedClient::Registered(id),
             Some(_) => NamedClient::Unregistered,
@@ -175,7 +201,7 @@ impl TokenEndpoint {
 
     /// The steps of [`TokenEndpoint::token`]; `client_id` receives the claimed id as soon
     /// as it is known, for the log line of refusals too.
-    fn issue(
+    async fn issue(
         &self,
         call: TokenCall<'_>,
         clients: &ClientRegistry,
@@ -200,17 +226,41 @@ impl TokenEndpoint {
         // An id no client can have is refused before the limiter, so junk ids (up to the
         // body size) never take space in its tables.
         if !is_valid_client_id(&presented.client_id) {
-            return Err(OAuthError::InvalidClient { basic });
+            return Err(match presented.proof {
+                Proof::Assertion(_) => OAuthError::InvalidClientAssertion(
+                    "the assertion's sub is not a client id".into(),
+                ),
+                _ => OAuthError::InvalidClient { basic },
+            });
         }
         // The right credentials always get their token: a lockout anyone can trigger by
         // sending wrong secrets for a known id must not lock the real client out. Secrets
         // are 256 random bits, so the limits only slow down further failures.
-        let Some(client) = clients.authenticate(&presented.client_id, &presented.proof) else {
-            self.limiter
-                .check(&presented.client_id, call.peer)
-                .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
-            self.limiter.record_failure(&presented.client_id, call.peer);
-            return Err(OAuthError::InvalidClient { basic });
+        let authenticated = match &presented.proof {
+            Proof::Assertion(assertion) => {
+                let audiences = [
+                    signer.issuer().endpoint(TOKEN_PATH),
+                    signer.issuer().as_str().to_owned(),
+                ];
+                self.assertions
+                    .authenticate(clients, &presented.client_id, assertion, &audiences)
+                    .await
+            }
+            proof => clients
+                .authenticate(&presented.client_id, proof)
+                .ok_or(OAuthError::InvalidClient { basic }),
+        };
+        let client = match authenticated {
+            Ok(client) => client,
+            // Not the client's failure: nothing to count.
+            Err(e @ OAuthError::TemporarilyUnavailable(_)) => return Err(e),
+            Err(e) => {
+                self.limiter
+                    .check(&presented.client_id, call.peer)
+                    .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
+                self.limiter.record_failure(&presented.client_id, call.peer);
+                return Err(e);
+            }
         };
         let context = GrantContext {
             issuer: signer.issuer(),

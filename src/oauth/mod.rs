@@ -2,6 +2,7 @@
 //! handlers by `grant_type`, client authentication methods, brute-force limits, grant
 //! rules); the client registry; and [`OAuthError`], the one place its errors become HTTP.
 
+pub mod assertion;
 pub mod auth;
 pub mod clients;
 pub mod endpoint;
@@ -19,11 +20,11 @@ use actix_web::{HttpResponse, ResponseError};
 use crate::error_body::ErrorBody;
 
 pub use clients::{
-    Client, ClientBackend, ClientRegistry, ClientStore, ClientStoreError, ClientsFile, Credential,
-    NewClient, Proof, SkippedClient,
+    Client, ClientBackend, ClientKeys, ClientRegistry, ClientStore, ClientStoreError, ClientsFile,
+    Credential, NewClient, Proof, PublicKeys, SkippedClient,
 };
 pub use endpoint::{
-    DEFAULT_TOKEN_TTL, Issued, NamedClient, TokenCall, TokenEndpoint, TokenOutcome,
+    DEFAULT_TOKEN_TTL, Issued, NamedClient, TOKEN_PATH, TokenCall, TokenEndpoint, TokenOutcome,
 };
 pub use limiter::{AuthLimiter, AuthLimits, SharedFailures};
 pub use replay::{MemoryReplayCache, ReplayCache, ReplayError};
@@ -41,6 +42,14 @@ pub enum OAuthError {
         /// Basic was used: answer with `WWW-Authenticate: Basic`.
         basic: bool,
     },
+    /// A client assertion that does not prove the client (RFC 7523 section 3.2): the
+    /// message says which rule it broke.
+    #[error("{0}")]
+    InvalidClientAssertion(String),
+    /// An assertion or a subject token presented as the grant that is refused (RFC 6749
+    /// section 5.2, RFC 7523 section 3.1, RFC 8693 section 2.2.2): the message says why.
+    #[error("{0}")]
+    InvalidGrant(String),
     /// A grant type the endpoint has no handler for.
     #[error("grant_type '{given}' is not supported; use {supported}")]
     UnsupportedGrantType {
@@ -100,7 +109,8 @@ impl OAuthError {
             Self::InvalidRequest(_) | Self::PayloadTooLarge(_) | Self::BodyTimeout(_) => {
                 "invalid_request"
             }
-            Self::InvalidClient { .. } => "invalid_client",
+            Self::InvalidClient { .. } | Self::InvalidClientAssertion(_) => "invalid_client",
+            Self::InvalidGrant(_) => "invalid_grant",
             Self::UnsupportedGrantType { .. } => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
@@ -116,7 +126,9 @@ impl OAuthError {
 impl ResponseError for OAuthError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            Self::InvalidClient { .. } | Self::InvalidClientAssertion(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

@@ -14,8 +14,7 @@ use crate::{Issuer, SigningAlg};
 
 /// Path of the JWKS.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
-/// Path of the token endpoint.
-pub const TOKEN_PATH: &str = "/oauth2/token";
+pub use crate::oauth::TOKEN_PATH;
 
 /// The metadata document. Endpoint URLs are the issuer plus the path, so a service behind
 /// a proxy advertises the URLs its clients use.
@@ -31,6 +30,8 @@ pub struct Metadata {
     pub grant_types_supported: Vec<&'static str>,
     /// Client authentication methods at the token endpoint.
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// The algorithms `private_key_jwt` assertions may be signed with.
+    pub token_endpoint_auth_signing_alg_values_supported: Vec<&'static str>,
     /// No authorization endpoint, hence no response type (required member, RFC 8414).
     pub response_types_supported: Vec<&'static str>,
     /// Required by OpenID Connect Discovery; `sub` is the client id as registered.
@@ -49,6 +50,7 @@ impl Metadata {
             token_endpoint: issuer.endpoint(TOKEN_PATH),
             grant_types_supported: endpoint.grant_types(),
             token_endpoint_auth_methods_supported: endpoint.auth_methods(),
+            token_endpoint_auth_signing_alg_values_supported: endpoint.assertion_algs(),
             response_types_supported: vec![],
             subject_types_supported: vec!["public"],
             id_token_signing_alg_values_supported: algs,

@@ -34,10 +34,13 @@ pub async fn token(
                 body: &body,
                 peer,
             };
-            let signer = &state.published.load().signer;
+            // Owned snapshots: verifying an assertion may wait for its client's keys.
+            let published = state.published.load_full();
+            let clients = state.clients.load_full();
             state
                 .token_endpoint
-                .token(call, &state.clients.load(), signer)
+                .token(call, &clients, &published.signer)
+                .await
         }
         Err(err) => TokenOutcome {
             result: Err(err),

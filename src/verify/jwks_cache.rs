@@ -206,12 +206,28 @@ impl JwksCache {
     /// `UnknownKey`; `KeySetUnavailable` when no key set was ever fetched, or when the
     /// last good one is stale beyond `max_stale` ([`KeySetError::Stale`]).
     pub async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, VerifyError> {
+        self.ring_with(Some(kid)).await?.find(kid).cloned()
+    }
+
+    /// The whole key set, under the rules of [`JwksCache::key`] (for tokens that name no
+    /// kid: a set not fetched yet is fetched, a stale one refetched).
+    ///
+    /// # Errors
+    /// As [`JwksCache::key`].
+    pub async fn keys(&self) -> Result<Arc<KeyRing>, VerifyError> {
+        self.ring_with(None).await
+    }
+
+    /// The current key set, fetched first when it is stale, missing, or lacks `kid`.
+    async fn ring_with(&self, kid: Option<&str>) -> Result<Arc<KeyRing>, VerifyError> {
         let decided = Instant::now();
         let (fresh, missing, cooled, failed) = {
             let st = self.read();
             (
                 st.fresh_until.is_some_and(|t| decided < t),
-                st.ring.as_ref().is_none_or(|r| r.get(kid).is_none()),
+                st.ring
+                    .as_ref()
+                    .is_none_or(|r| kid.is_some_and(|kid| r.get(kid).is_none())),
                 st.last_attempt
                     .is_none_or(|t| decided.duration_since(t) >= self.options.cooldown),
                 st.last_error.is_some(),
@@ -233,7 +249,7 @@ impl JwksCache {
             return Err(VerifyError::KeySetUnavailable(stale));
         }
         match &st.ring {
-            Some(ring) => ring.find(kid).cloned(),
+            Some(ring) => Ok(ring.clone()),
             None => Err(VerifyError::KeySetUnavailable(
                 st.last_error.clone().unwrap_or(KeySetError::NotFetched),
             )),

@@ -346,6 +346,20 @@ impl KeyRing {
         })
     }
 
+    /// The keys of algorithm `alg`, by kid, for tokens without a kid.
+    pub(crate) fn keys_for_alg<'a>(
+        &'a self,
+        alg: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<VerifyingKey>> + 'a {
+        let mut keys: Vec<&Arc<VerifyingKey>> = self
+            .keys
+            .values()
+            .filter(|k| k.alg().as_str() == alg)
+            .collect();
+        keys.sort_by(|a, b| a.kid().cmp(b.kid()));
+        keys.into_iter()
+    }
+
     /// HS256 keys in order, for tokens without a kid (other libraries do not set one).
     pub fn secret_keys(&self) -> impl Iterator<Item = &Arc<VerifyingKey>> {
         self.order.iter().filter_map(|kid| self.keys.get(kid))

@@ -158,25 +158,38 @@ pub struct Verifier {
     keys: KeySource,
     validation: Validation,
     allow_high_s: bool,
+    allow_missing_kid: bool,
 }
 
 impl Verifier {
     /// A verifier over a fixed key ring (a JWKS file, tests).
-    pub fn fixed(keys: KeyRing, validation: Validation) -> Self {
+    pub fn fixed(keys: impl Into<Arc<KeyRing>>, validation: Validation) -> Self {
         Self {
-            keys: KeySource::Fixed(Arc::new(keys)),
+            keys: KeySource::Fixed(keys.into()),
             validation,
             allow_high_s: false,
+            allow_missing_kid: false,
         }
     }
 
-    /// A verifier over a remote, cached JWKS.
-    pub fn remote(keys: JwksCache, validation: Validation) -> Self {
+    /// A verifier over a remote, cached JWKS (a cache may be shared by several verifiers).
+    pub fn remote(keys: impl Into<Arc<JwksCache>>, validation: Validation) -> Self {
         Self {
-            keys: KeySource::Remote(Arc::new(keys)),
+            keys: KeySource::Remote(keys.into()),
             validation,
             allow_high_s: false,
+            allow_missing_kid: false,
         }
+    }
+
+    /// Accepts tokens whose header names no `kid`: each key of the header's algorithm is
+    /// tried (the algorithm still pinned to the key), so a token from a signer that sets no
+    /// kid verifies against a set of a few keys. By default such a token is refused
+    /// (`Malformed("kid is missing")`), except for HS256 shared secrets.
+    #[must_use]
+    pub fn allow_missing_kid(mut self) -> Self {
+        self.allow_missing_kid = true;
+        self
     }
 
     /// Accepts ES256 signatures whose `s` is above n/2 (high-S) too. By default they are
@@ -213,10 +226,19 @@ impl Verifier {
         &self,
         token: &str,
     ) -> Result<T, VerifyError> {
+        let parsed = parse(token, &self.validation)?;
+        if parsed.kid.is_none() && self.allow_missing_kid {
+            let ring = match &self.keys {
+                KeySource::Fixed(ring) => ring.clone(),
+                KeySource::Remote(cache) => cache.keys().await?,
+            };
+            return verify_without_kid(&ring, parsed, &self.validation, self.allow_high_s);
+        }
         match &self.keys {
-            KeySource::Fixed(ring) => verify_ring(ring, token, &self.validation, self.allow_high_s),
+            KeySource::Fixed(ring) => {
+                verify_parsed(ring, parsed, &self.validation, self.allow_high_s)
+            }
             KeySource::Remote(cache) => {
-                let parsed = parse(token, &self.validation)?;
                 let kid = parsed
                     .kid
                     .as_deref()
@@ -248,7 +270,15 @@ fn verify_ring<T: DeserializeOwned + 'static>(
     validation: &Validation,
     allow_high_s: bool,
 ) -> Result<T, VerifyError> {
-    let parsed = parse(token, validation)?;
+    verify_parsed(keys, parse(token, validation)?, validation, allow_high_s)
+}
+
+fn verify_parsed<T: DeserializeOwned + 'static>(
+    keys: &KeyRing,
+    parsed: Parsed<'_>,
+    validation: &Validation,
+    allow_high_s: bool,
+) -> Result<T, VerifyError> {
     match parsed.kid.clone() {
         Some(kid) => finish(parsed, keys.find(&kid)?, validation, allow_high_s),
         // Tokens from other HS256 libraries carry no kid: try the shared secrets in order
@@ -264,6 +294,24 @@ fn verify_ring<T: DeserializeOwned + 'static>(
             result
         }
     }
+}
+
+/// A token without a kid against each key of its header's algorithm: the first that
+/// verifies decides; none of that algorithm is an unknown key.
+fn verify_without_kid<T: DeserializeOwned + 'static>(
+    keys: &KeyRing,
+    parsed: Parsed<'_>,
+    validation: &Validation,
+    allow_high_s: bool,
+) -> Result<T, VerifyError> {
+    let mut result = Err(VerifyError::UnknownKey);
+    for key in keys.keys_for_alg(&parsed.alg) {
+        result = finish(parsed.clone(), key, validation, allow_high_s);
+        if !matches!(result, Err(VerifyError::BadSignature | VerifyError::HighS)) {
+            break;
+        }
+    }
+    result
 }
 
 /// The token split and its header checked; nothing trusted yet.

@@ -127,7 +127,11 @@ fn discovery_documents_agree_and_point_at_the_jwks() {
     );
     assert_eq!(
         meta["token_endpoint_auth_methods_supported"],
-        serde_json::json!(["client_secret_basic", "client_secret_post"])
+        serde_json::json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt"
+        ])
     );
     assert_eq!(
         meta["id_token_signing_alg_values_supported"],

@@ -2,6 +2,7 @@
 //! `helpers` (a real server on 127.0.0.1:0 over a temporary keys dir, the real binary,
 //! plain HTTP) and `pg` (real PostgreSQL: a database per test, or a private cluster).
 
+mod external;
 mod helpers;
 mod pg;
 mod pg_tls;
@@ -26,6 +27,7 @@ mod operator_cli;
 mod pg_faults;
 mod pg_replicas;
 mod pg_store;
+mod private_key_jwt;
 mod readme;
 mod rotation;
 mod secrets;

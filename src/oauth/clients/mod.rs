@@ -28,6 +28,7 @@ use crate::secret::ClientSecret;
 use crate::store::StoreVersion;
 use crate::time::unix_now;
 use crate::ttl::{TOKEN_TTL_CEILING, TtlOutOfRange, check_ttl};
+use crate::verify::KeyRing;
 
 /// The id of the client created on first start.
 pub const BOOTSTRAP_CLIENT_ID: &str = "demo";
@@ -77,14 +78,58 @@ pub enum Credential {
         /// The hash.
         secret_hash: String,
     },
+    /// Public keys, kept inline (`clients add --jwks FILE`): the client signs a JWT with
+    /// the private key (`private_key_jwt`, RFC 7523 section 2.2) and has no secret at all.
+    Jwks {
+        /// The JWK Set document.
+        jwks: serde_json::Value,
+    },
+    /// Public keys the client publishes itself (`clients add --jwks-uri URL`), fetched and
+    /// cached, and fetched again for a kid not seen yet (a client that rotates its key is
+    /// followed).
+    JwksUri {
+        /// https, or http to a loopback host.
+        jwks_uri: String,
+    },
+}
+
+impl Credential {
+    /// The RFC 7591 name of the one method this credential is presented with.
+    pub fn auth_method(&self) -> &'static str {
+        match self {
+            Self::Secret { .. } => "client_secret_basic",
+            Self::Jwks { .. } | Self::JwksUri { .. } => "private_key_jwt",
+        }
+    }
 }
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Secret { .. } => f.write_str("Credential::Secret(..)"),
+            Self::Jwks { .. } => f.write_str("Credential::Jwks(..)"),
+            Self::JwksUri { jwks_uri } => write!(f, "Credential::JwksUri({jwks_uri:?})"),
         }
     }
+}
+
+/// How a client registered with public keys is given them (`clients add --jwks` or
+/// `--jwks-uri`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKeys {
+    /// A JWK Set document.
+    Jwks(serde_json::Value),
+    /// Where the client publishes its JWK Set.
+    JwksUri(String),
+}
+
+/// The public keys of a client registered for `private_key_jwt`, ready to verify with.
+#[derive(Debug, Clone)]
+pub enum ClientKeys {
+    /// Its inline JWKS, parsed when the registry was loaded.
+    Inline(Arc<KeyRing>),
+    /// Its `jwks_uri`, fetched by the token endpoint's cache.
+    Remote(String),
 }
 
 /// What a client presented to prove its identity, as a client authentication method
@@ -94,6 +139,8 @@ impl fmt::Debug for Credential {
 pub enum Proof {
     /// A client secret.
     Secret(ClientSecret),
+    /// A signed JWT (`client_assertion`, RFC 7523 section 2.2); not verified yet.
+    Assertion(String),
 }
 
 /// What `clients add` asks for.
@@ -111,6 +158,8 @@ pub struct NewClient {
     pub ttl: Option<Duration>,
     /// Static claims of every token, in order; see [`Client::claims`].
     pub claims: Vec<(String, serde_json::Value)>,
+    /// Public keys instead of a secret (`private_key_jwt`); `None`: a generated secret.
+    pub keys: Option<PublicKeys>,
 }
 
 /// Claim names a client's static claims may not use, in any letter case (some verifiers
@@ -200,6 +249,12 @@ pub enum ClientStoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A JWKS or `jwks_uri` that cannot serve `private_key_jwt`.
+    #[error("{0}")]
+    InvalidKeys(String),
+    /// The client authenticates with public keys, so it has no secret to rotate.
+    #[error("client {0:?} authenticates with private_key_jwt and has no secret")]
+    NoSecret(String),
     /// A lifetime out of range.
     #[error(transparent)]
     InvalidTtl(#[from] TtlOutOfRange),
@@ -262,6 +317,8 @@ impl fmt::Display for SkippedClient {
 #[derive(Debug, Default, Clone)]
 pub struct ClientRegistry {
     clients: HashMap<String, Client>,
+    /// The parsed inline key sets of `private_key_jwt` clients.
+    key_rings: HashMap<String, Arc<KeyRing>>,
     skipped: Vec<SkippedClient>,
 }
 
@@ -287,6 +344,7 @@ impl ClientRegistry {
         rejected.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         for skipped in &rejected {
             self.clients.remove(&skipped.client_id);
+            self.key_rings.remove(&skipped.client_id);
         }
         self.skipped.extend(rejected);
     }
@@ -294,20 +352,39 @@ impl ClientRegistry {
     /// The client whose id and secret match, in constant time in the secret; an unknown id
     /// takes the same path (a compare against a dummy hash), so timing does not tell
     /// which ids exist.
+    ///
+    /// A client registered with public keys never matches a secret; an assertion is
+    /// verified by the token endpoint with [`ClientRegistry::keys`], never here.
     pub fn authenticate(&self, client_id: &str, proof: &Proof) -> Option<&Client> {
-        let Proof::Secret(secret) = proof;
+        let Proof::Secret(secret) = proof else {
+            return None;
+        };
         let presented = hash_secret(secret);
         let client = self.clients.get(client_id);
         let expected = match client.map(|c| &c.credential) {
             Some(Credential::Secret { secret_hash }) => secret_hash.as_str(),
-            None => DUMMY_HASH,
+            _ => DUMMY_HASH,
         };
         let equal = aws_lc_rs::constant_time::verify_slices_are_equal(
             presented.as_bytes(),
             expected.as_bytes(),
         )
         .is_ok();
-        client.filter(|_| equal)
+        client.filter(|c| equal && matches!(c.credential, Credential::Secret { .. }))
+    }
+
+    /// The public keys of a client registered for `private_key_jwt` (none for an unknown
+    /// client or one with a secret).
+    pub fn keys(&self, client_id: &str) -> Option<ClientKeys> {
+        match &self.clients.get(client_id)?.credential {
+            Credential::Secret { .. } => None,
+            Credential::Jwks { .. } => self
+                .key_rings
+                .get(client_id)
+                .cloned()
+                .map(ClientKeys::Inline),
+            Credential::JwksUri { jwks_uri } => Some(ClientKeys::Remote(jwks_uri.clone())),
+        }
     }
 
     /// A client by id.
@@ -394,6 +471,14 @@ impl ClientStore {
                     reason,
                 }),
                 None => {
+                    if let Credential::Jwks { jwks } = &client.credential {
+                        // Checked by check_client: it parses and holds a usable key.
+                        if let Ok(ring) = key_ring(jwks) {
+                            registry
+                                .key_rings
+                                .insert(client.client_id.clone(), Arc::new(ring));
+                        }
+                    }
                     registry.clients.insert(client.client_id.clone(), client);
                 }
             }
@@ -425,15 +510,16 @@ impl ClientStore {
                 client_id: BOOTSTRAP_CLIENT_ID.to_owned(),
                 ..NewClient::default()
             })?;
-            Ok((Some(vec![client]), Some(secret)))
+            Ok((Some(vec![client]), secret))
         })
     }
 
-    /// Registers a client and returns its new secret (stored only as a hash).
+    /// Registers a client and returns its new secret (stored only as a hash); none for a
+    /// client registered with public keys.
     ///
     /// # Errors
     /// Invalid fields, duplicate id, I/O; nothing is written on error.
-    pub fn add(&self, new: NewClient) -> Result<ClientSecret, ClientStoreError> {
+    pub fn add(&self, new: NewClient) -> Result<Option<ClientSecret>, ClientStoreError> {
         let (client, secret) = build_client(new)?;
         self.update(|current| {
             let mut clients = current.unwrap_or_default();
@@ -473,6 +559,9 @@ impl ClientStore {
                 .iter_mut()
                 .find(|c| c.client_id == client_id)
                 .ok_or_else(|| ClientStoreError::Unknown(client_id.to_owned()))?;
+            if !matches!(client.credential, Credential::Secret { .. }) {
+                return Err(ClientStoreError::NoSecret(client_id.to_owned()));
+            }
             let secret = ClientSecret::generate();
             client.credential = Credential::Secret {
                 secret_hash: hash_secret(&secret),
@@ -548,6 +637,59 @@ fn check_client(client: &Client) -> Result<(), String> {
     match &client.credential {
         Credential::Secret { secret_hash } if secret_hash.starts_with(HASH_PREFIX) => Ok(()),
         Credential::Secret { .. } => Err("unknown secret hash scheme".to_owned()),
+        Credential::Jwks { jwks } => key_ring(jwks).map(|_| ()),
+        Credential::JwksUri { jwks_uri } => check_jwks_uri(jwks_uri),
+    }
+}
+
+/// The verifying keys of an inline JWKS: at least one usable signing key, and no private
+/// key material (a JWKS with `d` was meant to stay with the client).
+fn key_ring(jwks: &serde_json::Value) -> Result<KeyRing, String> {
+    let keys = jwks
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or("the JWKS has no \"keys\" array")?;
+    if keys.iter().any(|k| {
+        ["d", "p", "q", "dp", "dq", "qi", "k"]
+            .iter()
+            .any(|m| k.get(m).is_some())
+    }) {
+        return Err(
+            "the JWKS holds private key material: register the public keys only".to_owned(),
+        );
+    }
+    let body = serde_json::to_vec(jwks).map_err(|e| e.to_string())?;
+    let ring = KeyRing::from_json(&body)?;
+    if ring.is_empty() {
+        let why: Vec<String> = ring.rejected().iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "the JWKS holds no usable signing key (ES256 or RS256){}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join("; "))
+            }
+        ));
+    }
+    Ok(ring)
+}
+
+/// A client's `jwks_uri`: https, or http to a loopback host (tests, a sidecar).
+fn check_jwks_uri(uri: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(uri).map_err(|e| format!("jwks_uri {uri:?}: {e}"))?;
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "jwks_uri {uri:?}: use an https URL (http only to a loopback host)"
+        )),
     }
 }
 
@@ -598,7 +740,8 @@ fn hash_secret(secret: &ClientSecret) -> String {
     format!("{HASH_PREFIX}{}", URL_SAFE_NO_PAD.encode(ctx.finish()))
 }
 
-fn build_client(new: NewClient) -> Result<(Client, ClientSecret), ClientStoreError> {
+/// The client to store, and its new secret (none for a client with public keys).
+fn build_client(new: NewClient) -> Result<(Client, Option<ClientSecret>), ClientStoreError> {
     check_client_id(&new.client_id)?;
     for scope in &new.scopes {
         if !is_scope_token(scope) {
@@ -630,12 +773,26 @@ fn build_client(new: NewClient) -> Result<(Client, ClientSecret), ClientStoreErr
         }
     }
     check_claims(&claims)?;
-    let secret = ClientSecret::generate();
+    let (credential, secret) = match new.keys {
+        None => {
+            let secret = ClientSecret::generate();
+            let credential = Credential::Secret {
+                secret_hash: hash_secret(&secret),
+            };
+            (credential, Some(secret))
+        }
+        Some(PublicKeys::Jwks(jwks)) => {
+            key_ring(&jwks).map_err(ClientStoreError::InvalidKeys)?;
+            (Credential::Jwks { jwks }, None)
+        }
+        Some(PublicKeys::JwksUri(jwks_uri)) => {
+            check_jwks_uri(&jwks_uri).map_err(ClientStoreError::InvalidKeys)?;
+            (Credential::JwksUri { jwks_uri }, None)
+        }
+    };
     let client = Client {
         client_id: new.client_id,
-        credential: Credential::Secret {
-            secret_hash: hash_secret(&secret),
-        },
+        credential,
         scopes,
         audiences: new.audiences,
         alg: new.alg,
@@ -686,6 +843,7 @@ mod tests {
                 client_id: "svc".into(),
                 ..Default::default()
             })
+            .unwrap()
             .unwrap();
         let registry = store.load().unwrap();
         let wrong = Proof::Secret(ClientSecret::new("wrong".into()));
@@ -693,7 +851,9 @@ mod tests {
         let secret = Proof::Secret(secret);
         assert!(registry.authenticate("svc", &secret).is_some());
         assert!(registry.authenticate("other", &secret).is_none());
-        let Credential::Secret { secret_hash } = &registry.get("svc").unwrap().credential;
+        let Credential::Secret { secret_hash } = &registry.get("svc").unwrap().credential else {
+            panic!("a client with a secret")
+        };
         assert_eq!(DUMMY_HASH.len(), secret_hash.len());
     }
 
@@ -769,6 +929,7 @@ mod tests {
                 client_id: "svc".into(),
                 ..Default::default()
             })
+            .unwrap()
             .unwrap();
         let text = std::fs::read_to_string(dir.path().join(CLIENTS_FILE)).unwrap();
         assert!(!text.contains(secret.expose_secret()));
@@ -797,7 +958,7 @@ mod tests {
             client_id: "good".into(),
             ..Default::default()
         };
-        let secret = store.add(good).unwrap();
+        let secret = store.add(good).unwrap().unwrap();
         let path = dir.path().join(CLIENTS_FILE);
         let mut file: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
