@@ -24,6 +24,7 @@ mod logs;
 mod metrics;
 mod operator_cli;
 mod pg_faults;
+mod pg_replay;
 mod pg_replicas;
 mod pg_store;
 mod readme;
