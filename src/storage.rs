@@ -1,13 +1,15 @@
 //! The store the settings name, opened: the keys dir by default (zero setup, one
 //! machine), or a PostgreSQL database shared by replicas (`--store postgres://...`). Either
-//! way the rest of the code sees a [`KeyStore`] and a [`ClientStore`] over a backend.
+//! way the rest of the code sees a [`KeyStore`] and a [`ClientStore`] over a backend, and a
+//! [`ReplayCache`] of used assertion ids.
 
 use std::sync::Arc;
 
 use crate::Config;
+use crate::database::replay::SharedReplayCache;
 use crate::database::{Database, DatabaseError, KekError, PgClients, PgKeys};
 use crate::keys::KeyStore;
-use crate::oauth::{ClientStore, SharedFailures};
+use crate::oauth::{ClientStore, MemoryReplayCache, ReplayCache, SharedFailures};
 
 /// The key store and the client registry of one process, over one store.
 #[derive(Debug, Clone)]
@@ -17,6 +19,8 @@ pub struct Stores {
     /// The clients.
     pub clients: ClientStore,
     database: Option<Arc<Database>>,
+    /// One per process: every clone must refuse what another accepted.
+    replay: Arc<dyn ReplayCache>,
 }
 
 /// Why the store could not be opened.
@@ -46,6 +50,7 @@ impl Stores {
                 Ok(Self {
                     keys: KeyStore::from_backend(Arc::new(PgKeys::new(db.clone())), config.policy),
                     clients: ClientStore::from_backend(Arc::new(PgClients::new(db.clone()))),
+                    replay: Arc::new(SharedReplayCache::new(db.clone())),
                     database: Some(db),
                 })
             }
@@ -58,12 +63,20 @@ impl Stores {
             keys: KeyStore::with_policy(&config.keys_dir, config.policy),
             clients: ClientStore::new(&config.keys_dir),
             database: None,
+            replay: Arc::new(MemoryReplayCache::new()),
         }
     }
 
     /// The database, for the PostgreSQL store.
     pub fn database(&self) -> Option<&Arc<Database>> {
         self.database.as_ref()
+    }
+
+    /// The used assertion ids: in the database for PostgreSQL, shared by the replicas; in
+    /// this process's memory for the keys dir (one cache for every clone of these
+    /// `Stores`), so replicas on one keys dir do not see each other's.
+    pub fn replay_cache(&self) -> Arc<dyn ReplayCache> {
+        self.replay.clone()
     }
 
     /// Failure counts shared by the replicas of the store (PostgreSQL only).
@@ -73,5 +86,27 @@ impl Stores {
                 db.clone(),
             )) as Arc<dyn SharedFailures>
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_clone_of_keys_dir_stores_shares_one_replay_cache() {
+        let stores = Stores::keys_dir(&Config::default());
+        let clone = stores.clone();
+        let exp = crate::time::unix_now() + 60;
+        let (one, two) = (stores.replay_cache(), clone.replay_cache());
+        assert_eq!(block_on(one.first_use("svc", "a", exp)), Ok(true));
+        assert_eq!(block_on(two.first_use("svc", "a", exp)), Ok(false));
+    }
+
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
     }
 }

@@ -7,7 +7,10 @@ use deadpool_postgres::Pool;
 use super::DbFailure;
 
 /// The migrations, in order; each one's number is its position from 1.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_store.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_store.sql"),
+    include_str!("migrations/0002_replay.sql"),
+];
 
 /// The schema version this binary writes.
 #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]

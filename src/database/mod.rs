@@ -10,10 +10,12 @@
 //! - [`kek`]: private keys are stored sealed under a key-encryption key from outside the
 //!   database.
 //! - [`failures`]: failed client authentications counted across replicas.
+//! - [`replay`]: single-use assertion ids shared by the replicas.
 //!
-//! The hot path never touches the database: tokens are signed from the snapshot a reload
-//! made, and a database that goes away leaves that snapshot serving until
-//! `--store-stale-after`.
+//! Signing never touches the database: tokens are signed from the snapshot a reload made,
+//! and a database that goes away leaves that snapshot serving until `--store-stale-after`.
+//! The one exception is an assertion's id ([`replay`]), which must be checked across the
+//! replicas before the assertion is accepted: without an answer it is refused.
 //!
 //! [`KeyBackend`]: crate::keys::KeyBackend
 //! [`ClientBackend`]: crate::oauth::ClientBackend
@@ -23,6 +25,7 @@ pub mod failures;
 pub mod kek;
 mod keys;
 mod migrations;
+pub mod replay;
 
 pub use clients::PgClients;
 pub use kek::{Kek, KekError, KekRing};
@@ -52,8 +55,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for a connection to be made.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections in the pool: changes, reloads and failure counts; the hot path uses none.
-const POOL_SIZE: usize = 4;
+/// Connections in the pool: changes, reloads, failure counts (at most 2 at once) and
+/// assertion ids (at most 2 at once), so a flood of either leaves 2 to the reloads and
+/// changes.
+const POOL_SIZE: usize = 6;
 /// Reconnection of the LISTEN connection: first wait, doubled up to the last.
 const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -482,6 +487,51 @@ impl Database {
         T: Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.start(limit, work, move |result| {
+            let _ = tx.send(result);
+        });
+        self.answer(limit, rx.recv_timeout(limit).ok())
+    }
+
+    /// As [`Database::call`] without blocking the caller's thread (an actix worker, whose
+    /// other requests would wait): `work` runs on the database's runtime, bounded there by
+    /// `limit`, and the caller awaits its answer. The deadline is kept on the database's
+    /// runtime, so the caller's executor needs no timer of its own; dropping the returned
+    /// future gives up on the answer, not on the work (which ends by `limit`).
+    ///
+    /// # Errors
+    /// What `work` returned, or [`DatabaseError::Timeout`].
+    pub(crate) async fn call_async<T, F, Fut>(
+        &self,
+        limit: Duration,
+        work: F,
+    ) -> Result<T, DatabaseError>
+    where
+        F: FnOnce(Pool) -> Fut,
+        Fut: Future<Output = Result<T, DbFailure>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.start(limit, work, move |result| {
+            let _ = tx.send(result);
+        });
+        // The sender goes with the task: at the limit, or at once when there is no runtime
+        // to run it (this database being dropped).
+        self.answer(limit, rx.await.ok())
+    }
+
+    /// Starts `work` on the database's runtime, bounded by `limit`; `deliver` gets its
+    /// result, or is dropped unused at the limit.
+    fn start<T, F, Fut>(
+        &self,
+        limit: Duration,
+        work: F,
+        deliver: impl FnOnce(Result<T, DbFailure>) + Send + 'static,
+    ) where
+        F: FnOnce(Pool) -> Fut,
+        Fut: Future<Output = Result<T, DbFailure>> + Send + 'static,
+        T: Send + 'static,
+    {
         let future = work(self.pool.clone());
         // Given up on at the limit, the work goes too, and its connection back to the pool
         // (checked there before its next use): a call that never ends (a peer that vanished
@@ -489,12 +539,20 @@ impl Database {
         // connection of the pool held so, the server would never reach the database again.
         self.spawn(async move {
             if let Ok(result) = tokio::time::timeout(limit, future).await {
-                let _ = tx.send(result);
+                deliver(result);
             }
         });
-        match rx.recv_timeout(limit) {
-            Ok(result) => result.map_err(|e| self.failed(e)),
-            Err(_) => Err(DatabaseError::Timeout {
+    }
+
+    /// What a call started with `limit` came to: its result, or none by the limit.
+    fn answer<T>(
+        &self,
+        limit: Duration,
+        result: Option<Result<T, DbFailure>>,
+    ) -> Result<T, DatabaseError> {
+        match result {
+            Some(result) => result.map_err(|e| self.failed(e)),
+            None => Err(DatabaseError::Timeout {
                 url: self.url.clone(),
                 limit,
             }),

@@ -31,7 +31,7 @@ pub trait ReplayCache: Send + Sync + std::fmt::Debug {
 }
 
 /// Why a use could not be recorded.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {
     /// Every slot holds an id that has not expired yet.

@@ -25,6 +25,7 @@ mod logs;
 mod metrics;
 mod operator_cli;
 mod pg_faults;
+mod pg_replay;
 mod pg_replicas;
 mod pg_store;
 mod private_key_jwt;

@@ -527,7 +527,7 @@ fn with_password(url: &str) -> String {
     url.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1)
 }
 
-fn port_of(url: &str) -> u16 {
+pub(crate) fn port_of(url: &str) -> u16 {
     url.rsplit_once(':')
         .and_then(|(_, rest)| rest.split('/').next())
         .and_then(|port| port.parse().ok())
@@ -723,7 +723,7 @@ fn status_of(sent: Result<ureq::Response, ureq::Error>) -> Result<u16, String> {
 }
 
 /// `url` with its port replaced.
-fn with_port(url: &str, port: u16) -> String {
+pub(crate) fn with_port(url: &str, port: u16) -> String {
     let old = port_of(url);
     url.replacen(&format!(":{old}/"), &format!(":{port}/"), 1)
 }
@@ -732,8 +732,8 @@ fn with_port(url: &str, port: u16) -> String {
 /// [`Proxy::partition`] keeps every connection open but carries no byte any more (a host
 /// that vanished behind a balancer, a failover, a cut link: no reset, no answer);
 /// [`Proxy::heal`] carries new connections again, while those from before stay dead.
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
     state: Arc<ProxyState>,
     accept: Option<JoinHandle<()>>,
 }
@@ -750,7 +750,7 @@ struct ProxyState {
 const DEAD: usize = usize::MAX;
 
 impl Proxy {
-    fn start(upstream: u16) -> Self {
+    pub(crate) fn start(upstream: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         listener.set_nonblocking(true).expect("nonblocking accept");
@@ -800,13 +800,13 @@ impl Proxy {
     }
 
     /// From now on no connection, open or new, carries a byte.
-    fn partition(&self) {
+    pub(crate) fn partition(&self) {
         self.state.partitioned.store(true, Ordering::SeqCst);
         self.state.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Connections made from now on carry bytes again.
-    fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.state.partitioned.store(false, Ordering::SeqCst);
     }
 }

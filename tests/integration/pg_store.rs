@@ -1,7 +1,8 @@
 //! The PostgreSQL store through the real binary: a KEK missing, malformed or wrong is
 //! refused in one line; a ciphertext moved or altered never serves; `store rewrap`,
-//! `store import` and `store export` keep kids, states and tokens; a newer schema and a
-//! keys table emptied by hand fail closed. Each test has a database of its own.
+//! `store import` and `store export` keep kids, states and tokens; a version 1 schema is
+//! migrated keeping its rows; a newer schema and a keys table emptied by hand fail closed.
+//! Each test has a database of its own.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -491,6 +492,54 @@ fn a_schema_newer_than_the_binary_is_refused_in_one_line_naming_both_versions() 
     assert!(
         line.contains("version 99") && line.contains(&format!("({SCHEMA_VERSION})")),
         "{line}"
+    );
+}
+
+#[test]
+fn a_version_1_database_migrates_to_version_2_keeping_every_row() {
+    let (store, _keys) = PgStore::with_template_keys();
+    let client = store.add_client("svc");
+    // Back to version 1 as an older jwt-issuer leaves it (no table of used assertion ids),
+    // with a failure count of its own.
+    assert_eq!(SCHEMA_VERSION, 2, "a later migration: undo it here too");
+    store
+        .db
+        .client()
+        .batch_execute(
+            "DROP TABLE jwt_issuer_used_jtis;
+             DELETE FROM jwt_issuer_schema WHERE version >= 2;
+             INSERT INTO jwt_issuer_auth_failures VALUES ('a-subject', now(), 3)",
+        )
+        .unwrap();
+    let rows = || {
+        let mut rows = store.snapshot();
+        rows.extend(store.column(
+            "SELECT f::text FROM jwt_issuer_auth_failures f
+             UNION ALL SELECT version::text FROM jwt_issuer_schema ORDER BY 1",
+        ));
+        rows
+    };
+    let before = rows();
+    assert!(store.ok(&["store", "status"]).contains("schema   2"));
+    let mut expected = before.clone();
+    expected.push("2".to_owned());
+    assert_eq!(rows(), expected, "every row kept, version 2 recorded");
+    assert_eq!(
+        store.column(
+            "SELECT indexdef::text FROM pg_indexes WHERE tablename = 'jwt_issuer_used_jtis'
+             ORDER BY indexname"
+        ),
+        [
+            "CREATE INDEX jwt_issuer_used_jtis_expires ON public.jwt_issuer_used_jtis USING btree (expires)",
+            "CREATE UNIQUE INDEX jwt_issuer_used_jtis_pkey ON public.jwt_issuer_used_jtis USING btree (key)",
+        ]
+    );
+    // Applied once: a second start finds nothing to do.
+    let server = store.serve();
+    served_token_verifies(&server, &client);
+    assert_eq!(
+        store.column("SELECT version::text FROM jwt_issuer_schema ORDER BY 1"),
+        ["1", "2"]
     );
 }
 
