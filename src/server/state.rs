@@ -150,7 +150,8 @@ impl AppState {
         keys: KeySet,
         stores: Stores,
     ) -> Result<Self, super::ServerError> {
-        let mut token_endpoint = TokenEndpoint::new(config.token_ttl, config.auth_limits);
+        let mut token_endpoint = TokenEndpoint::new(config.token_ttl, config.auth_limits)
+            .with_replay_cache(stores.replay_cache());
         if let Some(shared) = stores.shared_failures() {
             token_endpoint = token_endpoint.with_shared_failures(shared);
         }

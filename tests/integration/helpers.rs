@@ -443,7 +443,7 @@ pub fn new_client(id: &str, scopes: &[&str], audiences: &[&str]) -> NewClient {
 }
 
 /// POSTs a form body to the token endpoint of the server at `url`.
-fn token_request(url: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpResponse {
+pub fn token_request(url: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpResponse {
     let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
     all.extend_from_slice(headers);
     send("POST", &format!("{url}/oauth2/token"), &all, Some(body))

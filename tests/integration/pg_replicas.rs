@@ -861,3 +861,37 @@ fn verify_all(verifier: &Verifier, tokens: &[String]) -> Vec<String> {
         failures
     })
 }
+
+#[test]
+fn an_assertion_used_at_one_replica_is_refused_at_every_other() {
+    let (store, _) = Store::seeded(&[]);
+    let key = crate::external::ExternalKey::es256();
+    let jwks = store.dir.path().join("svc.jwks.json");
+    std::fs::write(
+        &jwks,
+        crate::external::ExternalKey::jwks(&[&key]).to_string(),
+    )
+    .unwrap();
+    store.cli_ok(&["clients", "add", "svc", "--jwks", jwks.to_str().unwrap()]);
+    let replicas = store.replicas(2);
+    let now = helpers::unix_now();
+    let assertion = key.sign(
+        serde_json::json!({}),
+        &serde_json::json!({
+            "iss": "svc", "sub": "svc", "aud": ISSUER, "iat": now, "exp": now + 60,
+            "jti": format!("replicas-{now}"),
+        }),
+    );
+    let body = format!(
+        "grant_type=client_credentials&client_assertion_type={}&client_assertion={assertion}",
+        helpers::form_encode("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    );
+    let post = |replica: &ServeProcess| helpers::token_request(&replica.url, body.as_bytes(), &[]);
+    let first = post(&replicas[0]);
+    assert_eq!(first.status, 200, "{}", first.body);
+    for replica in &replicas {
+        let again = post(replica);
+        assert_eq!(again.status, 401, "{}", again.body);
+        assert!(again.body.contains("used before"), "{}", again.body);
+    }
+}
