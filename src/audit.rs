@@ -104,6 +104,8 @@ pub struct TokenIssued<'a> {
     pub exp: u64,
     /// The client's address (through trusted proxies).
     pub source: Option<IpAddr>,
+    /// For a federation grant: the external issuer and subject the token was issued for.
+    pub act: Option<(&'a str, &'a str)>,
 }
 
 /// A token request the server refused.
@@ -206,6 +208,8 @@ impl AuditLog {
             jti: Some(token.jti),
             aud: Some(token.aud),
             scope: Some(token.scope),
+            act_iss: token.act.map(|a| a.0),
+            act_sub: token.act.map(|a| a.1),
             exp: Some(token.exp),
             source: token.source.map(|ip| ip.to_string()),
             ..Line::default()
@@ -353,6 +357,10 @@ struct Line<'a> {
     aud: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act_iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act_sub: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exp: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -52,6 +52,9 @@ pub struct TokenRequest {
     pub typ: TokenType,
     /// Further claims. Names of [`REGISTERED_CLAIMS`] are refused, never silently replaced.
     pub extra: Map<String, Value>,
+    /// The latest `exp` (seconds since the epoch), whatever `ttl` says: a token issued for
+    /// a presented one never outlives it. `None`: `iat` + `ttl`.
+    pub not_after: Option<u64>,
 }
 
 impl TokenRequest {
@@ -64,6 +67,7 @@ impl TokenRequest {
             alg: None,
             typ: TokenType::Jwt,
             extra: Map::new(),
+            not_after: None,
         }
     }
 }
@@ -104,6 +108,9 @@ pub enum SignError {
     /// Lifetime outside 1 s to the signer's maximum.
     #[error(transparent)]
     InvalidTtl(#[from] TtlOutOfRange),
+    /// The request's `not_after` has passed: the token it was to end with has expired.
+    #[error("the token would have to expire before it is issued (not_after has passed)")]
+    NotAfterPassed,
     /// The signing backend failed.
     #[error("signing with key {kid} failed")]
     Backend {
@@ -323,6 +330,9 @@ impl Signer {
             return Err(SignError::ReservedClaim((*name).to_owned()));
         }
         let now = unix_now();
+        if request.not_after.is_some_and(|at| at <= now) {
+            return Err(SignError::NotAfterPassed);
+        }
         let jti = new_jti();
         let claims = Claims {
             iss: self.config.issuer.as_str(),
@@ -332,7 +342,9 @@ impl Signer {
                 [one] => Some(Audience::One(one)),
                 many => Some(Audience::Many(many)),
             },
-            exp: now + request.ttl.as_secs(),
+            exp: request.not_after.map_or(now + request.ttl.as_secs(), |at| {
+                at.min(now + request.ttl.as_secs())
+            }),
             iat: now,
             nbf: now,
             jti: &jti,

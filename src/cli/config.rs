@@ -87,6 +87,10 @@ fn check(context: &Context) -> Result<()> {
                 .audit_log
                 .as_ref()
                 .map_or_else(|| "none".into(), |p| p.display().to_string()),
+            "trusted_issuers" => config
+                .trusted_issuers
+                .as_ref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string()),
             _ => "?".into(),
         }
     };
@@ -108,6 +112,15 @@ fn check(context: &Context) -> Result<()> {
         outln!("{:<width$} = {shown}", var.to_ascii_lowercase());
     }
     super::serve::server_config(context)?;
+    if let Some(path) = &context.config.trusted_issuers {
+        let federation = jwt_issuer::oauth::federation::Federation::load(path)
+            .map_err(|e| anyhow::anyhow!("trusted issuers: {e}"))?;
+        outln!(
+            "{:<width$} = {}",
+            "trusted issuers",
+            federation.issuers().join(" ")
+        );
+    }
     outln!("ok: serve would start with these settings");
     Ok(())
 }

@@ -122,6 +122,12 @@ pub(super) struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+
+    /// The external issuers whose tokens are exchanged for access tokens (JWT bearer grant,
+    /// token exchange): a TOML file of issuers, their audience and keys, and the subjects
+    /// that map to clients [default: none, nothing trusted]
+    #[arg(long, env = "JWT_ISSUER_TRUSTED_ISSUERS", value_name = "PATH")]
+    trusted_issuers: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -161,6 +167,9 @@ impl ServeArgs {
         }
         if on_line("tls_key") {
             flags.tls_key.clone_from(&self.tls_key);
+        }
+        if on_line("trusted_issuers") {
+            flags.trusted_issuers.clone_from(&self.trusted_issuers);
         }
     }
 }

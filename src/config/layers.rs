@@ -76,10 +76,12 @@ pub struct Settings {
     pub log_format: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_log: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_issuers: Option<PathBuf>,
 }
 
 /// The name of every setting, as in the file (the variable is [`ENV_PREFIX`] + upper case).
-pub const SETTINGS: [&str; 26] = [
+pub const SETTINGS: [&str; 27] = [
     "keys_dir",
     "store",
     "store_ca_file",
@@ -106,6 +108,7 @@ pub const SETTINGS: [&str; 26] = [
     "tls_key",
     "log_format",
     "audit_log",
+    "trusted_issuers",
 ];
 
 impl Settings {
@@ -183,6 +186,9 @@ impl Settings {
         if let Some(path) = self.audit_log {
             // An empty value (JWT_ISSUER_AUDIT_LOG=) turns it off.
             config.audit_log = (!path.as_os_str().is_empty()).then_some(path);
+        }
+        if let Some(path) = self.trusted_issuers {
+            config.trusted_issuers = (!path.as_os_str().is_empty()).then_some(path);
         }
         Ok(config)
     }
@@ -427,6 +433,7 @@ mod tests {
             tls_key: Some("k".into()),
             log_format: Some("json".into()),
             audit_log: Some("audit.log".into()),
+            trusted_issuers: Some("trusted.toml".into()),
         };
         let value = serde_json::to_value(&all).unwrap();
         let mut names: Vec<&str> = value

@@ -69,6 +69,9 @@ pub struct Config {
     /// The audit log: one JSON line per issued or refused token and per key change this
     /// process makes (default: none).
     pub audit_log: Option<PathBuf>,
+    /// The trusted external issuers file (TOML) of the federation grants (default: none,
+    /// nothing trusted); read at start.
+    pub trusted_issuers: Option<PathBuf>,
 }
 
 /// The PEM files the server serves HTTPS with; read at start, then again whenever they
@@ -248,6 +251,7 @@ impl Default for Config {
             tls: None,
             log_format: LogFormat::default(),
             audit_log: None,
+            trusted_issuers: None,
         }
     }
 }

@@ -15,8 +15,9 @@ use super::assertion::ClientAssertions;
 use super::auth::{
     ClientAuthMethod, ClientSecretBasic, ClientSecretPost, PrivateKeyJwt, authenticate_request,
 };
-use super::clients::{ClientRegistry, Proof, is_valid_client_id};
-use super::grant::{ClientCredentials, GrantContext, GrantHandler};
+use super::clients::{Client, ClientRegistry, Proof, is_valid_client_id};
+use super::federation::{FederatedSubject, Federation, JWT_BEARER, TOKEN_EXCHANGE};
+use super::grant::{ClientCredentials, GrantContext, GrantHandler, JwtBearer, TokenExchange};
 use super::limiter::{AuthLimiter, AuthLimits};
 use super::replay::{MemoryReplayCache, ReplayCache};
 use super::request::{Form, printable};
@@ -35,6 +36,7 @@ pub struct TokenEndpoint {
     methods: Vec<Box<dyn ClientAuthMethod>>,
     limiter: AuthLimiter,
     assertions: ClientAssertions,
+    federation: Arc<Federation>,
     default_ttl: Duration,
 }
 
@@ -60,6 +62,10 @@ pub struct Issued {
     pub scope: String,
     /// The token's audiences.
     pub aud: Vec<String>,
+    /// For a federation grant, the external identity the presented token carried.
+    pub federated: Option<FederatedSubject>,
+    /// RFC 8693's `issued_token_type`, for token exchange.
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// What one token request came to, and the client it named as far as that may be
@@ -116,6 +122,9 @@ pub struct TokenResponse<'a> {
     /// The granted scopes; omitted when none was granted.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub scope: &'a str,
+    /// For token exchange (RFC 8693 section 2.2.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
 
 impl Issued {
@@ -126,6 +135,7 @@ impl Issued {
             token_type: "Bearer",
             expires_in: self.token.expires_at - self.token.issued_at,
             scope: &self.scope,
+            issued_token_type: self.issued_token_type,
         }
     }
 }
@@ -145,8 +155,23 @@ impl TokenEndpoint {
             ],
             limiter: AuthLimiter::new(limits),
             assertions: ClientAssertions::new(Arc::new(MemoryReplayCache::new())),
+            federation: Arc::default(),
             default_ttl,
         }
+    }
+
+    /// This endpoint, trusting the external issuers of `federation`: with any, it offers
+    /// the JWT bearer grant and token exchange (nothing is trusted by default).
+    #[must_use]
+    pub fn with_federation(mut self, federation: Arc<Federation>) -> Self {
+        self.grants
+            .retain(|g| ![JWT_BEARER, TOKEN_EXCHANGE].contains(&g.grant_type()));
+        if !federation.is_empty() {
+            self.grants.push(Box::new(JwtBearer));
+            self.grants.push(Box::new(TokenExchange));
+        }
+        self.federation = federation;
+        self
     }
 
     /// This endpoint, remembering used assertion ids in `replay` (the replicas of a
@@ -220,7 +245,77 @@ impl TokenEndpoint {
                 given: printable(grant_type),
                 supported: self.grant_types().join(", "),
             })?;
-        let presented = authenticate_request(&self.methods, call.headers, &mut form)?;
+        let (client, federated) = match handler.presented_token(&form)? {
+            Some(token) => {
+                let token = token.to_owned();
+                let (client, subject) = self.federation.client_for(&token, clients).await?;
+                *client_id = Some(client.client_id.clone());
+                // Client authentication is optional here (the presented token is the
+                // credential); a request that authenticates must do so as that client.
+                if has_credentials(call.headers, &form) {
+                    let authenticated = self
+                        .authenticate(call, clients, signer, &mut form, client_id)
+                        .await?;
+                    if authenticated.client_id != client.client_id {
+                        return Err(OAuthError::InvalidGrant(
+                            "the presented token stands for another client than the one that authenticated".into(),
+                        ));
+                    }
+                } else if form
+                    .get("client_id")
+                    .is_some_and(|id| id != client.client_id)
+                {
+                    return Err(OAuthError::InvalidGrant(
+                        "the presented token stands for another client than client_id".into(),
+                    ));
+                }
+                (client, Some(subject))
+            }
+            None => (
+                self.authenticate(call, clients, signer, &mut form, client_id)
+                    .await?,
+                None,
+            ),
+        };
+        let context = GrantContext {
+            issuer: signer.issuer(),
+            default_ttl: self.default_ttl,
+            federated: federated.as_ref(),
+        };
+        let granted = handler.grant(context, client, &form)?;
+        let token = signer.issue(&granted.request).map_err(|e| {
+            let cause = crate::report::Report(&e).to_string();
+            match e {
+                SignError::NoActiveKey(_) | SignError::Backend { .. } => {
+                    OAuthError::TemporarilyUnavailable(cause)
+                }
+                SignError::NotAfterPassed => {
+                    OAuthError::InvalidGrant("the presented token has expired".into())
+                }
+                _ => OAuthError::Internal(cause),
+            }
+        })?;
+        Ok(Issued {
+            client_id: client.client_id.clone(),
+            token,
+            scope: granted.scope,
+            aud: granted.request.aud,
+            federated,
+            issued_token_type: granted.issued_token_type,
+        })
+    }
+
+    /// The client the request authenticates as, by the one method it uses; `client_id`
+    /// receives the claimed id.
+    async fn authenticate<'c>(
+        &self,
+        call: TokenCall<'_>,
+        clients: &'c ClientRegistry,
+        signer: &Signer,
+        form: &mut Form,
+        client_id: &mut Option<String>,
+    ) -> Result<&'c Client, OAuthError> {
+        let presented = authenticate_request(&self.methods, call.headers, form)?;
         *client_id = Some(presented.client_id.clone());
         let basic = presented.method == "client_secret_basic";
         // An id no client can have is refused before the limiter, so junk ids (up to the
@@ -262,25 +357,15 @@ impl TokenEndpoint {
                 return Err(e);
             }
         };
-        let context = GrantContext {
-            issuer: signer.issuer(),
-            default_ttl: self.default_ttl,
-        };
-        let granted = handler.grant(context, client, &form)?;
-        let token = signer.issue(&granted.request).map_err(|e| {
-            let cause = crate::report::Report(&e).to_string();
-            match e {
-                SignError::NoActiveKey(_) | SignError::Backend { .. } => {
-                    OAuthError::TemporarilyUnavailable(cause)
-                }
-                _ => OAuthError::Internal(cause),
-            }
-        })?;
-        Ok(Issued {
-            client_id: client.client_id.clone(),
-            token,
-            scope: granted.scope,
-            aud: granted.request.aud,
-        })
+        Ok(client)
     }
+}
+
+/// Whether the request carries client credentials of any method (a `client_id` alone is
+/// none: RFC 8693 lets a client name itself without authenticating).
+fn has_credentials(headers: &HeaderMap, form: &Form) -> bool {
+    headers.contains_key(actix_web::http::header::AUTHORIZATION)
+        || ["client_secret", "client_assertion", "client_assertion_type"]
+            .iter()
+            .any(|p| form.get(p).is_some())
 }

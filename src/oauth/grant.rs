@@ -8,7 +8,11 @@ use serde_json::{Map, Value};
 
 use super::OAuthError;
 use super::clients::{Client, is_scope_token};
-use super::request::Form;
+use super::federation::{
+    FederatedSubject, JWT_BEARER, TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN,
+    TOKEN_TYPE_JWT,
+};
+use super::request::{Form, printable};
 use crate::sign::{TokenRequest, TokenType};
 use crate::{Issuer, SigningAlg};
 
@@ -19,6 +23,8 @@ pub struct GrantContext<'a> {
     pub issuer: &'a Issuer,
     /// Lifetime of tokens for clients without their own.
     pub default_ttl: Duration,
+    /// The external identity of a federation grant's presented token, verified.
+    pub federated: Option<&'a FederatedSubject>,
 }
 
 /// A token to sign, and the scope to report in the response.
@@ -28,12 +34,26 @@ pub struct Granted {
     pub request: TokenRequest,
     /// The granted scopes, space-separated (empty: none).
     pub scope: String,
+    /// RFC 8693's `issued_token_type`, for token exchange.
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// One grant type of the token endpoint.
 pub trait GrantHandler: Send + Sync {
     /// The `grant_type` value, as discovery lists it.
     fn grant_type(&self) -> &'static str;
+
+    /// The token this grant presents in place of client credentials (RFC 7523's
+    /// `assertion`, RFC 8693's `subject_token`): the endpoint verifies it against the
+    /// trusted issuers and finds the client it stands for. `None` (the default): the
+    /// client authenticates.
+    ///
+    /// # Errors
+    /// `invalid_request` for a missing or unsupported parameter.
+    fn presented_token<'f>(&self, form: &'f Form) -> Result<Option<&'f str>, OAuthError> {
+        let _ = form;
+        Ok(None)
+    }
 
     /// What an authenticated `client` gets for the request's parameters.
     ///
@@ -74,6 +94,130 @@ impl GrantHandler for ClientCredentials {
             context.issuer.as_str(),
             context.default_ttl,
         )?;
+        Ok(access_token(client, &grant, context.federated))
+    }
+}
+
+/// The JWT bearer grant (RFC 7523 section 2.1): a JWT from a trusted issuer in
+/// `assertion` stands for the client its subject maps to.
+#[derive(Debug, Default)]
+pub struct JwtBearer;
+
+impl GrantHandler for JwtBearer {
+    fn grant_type(&self) -> &'static str {
+        JWT_BEARER
+    }
+
+    fn presented_token<'f>(&self, form: &'f Form) -> Result<Option<&'f str>, OAuthError> {
+        form.get("assertion")
+            .map(Some)
+            .ok_or_else(|| OAuthError::InvalidRequest("assertion is missing".into()))
+    }
+
+    fn grant(
+        &self,
+        context: GrantContext<'_>,
+        client: &Client,
+        form: &Form,
+    ) -> Result<Granted, OAuthError> {
+        federated_grant(context, client, form, None)
+    }
+}
+
+/// Token exchange (RFC 8693): a JWT from a trusted issuer in `subject_token` is
+/// exchanged for an access token of the client its subject maps to.
+#[derive(Debug, Default)]
+pub struct TokenExchange;
+
+impl GrantHandler for TokenExchange {
+    fn grant_type(&self) -> &'static str {
+        TOKEN_EXCHANGE
+    }
+
+    fn presented_token<'f>(&self, form: &'f Form) -> Result<Option<&'f str>, OAuthError> {
+        let token = form
+            .get("subject_token")
+            .ok_or_else(|| OAuthError::InvalidRequest("subject_token is missing".into()))?;
+        match form.get("subject_token_type") {
+            Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN) => {}
+            Some(other) => {
+                return Err(OAuthError::InvalidRequest(format!(
+                    "subject_token_type '{}' is not supported; use {TOKEN_TYPE_JWT}",
+                    printable(other)
+                )));
+            }
+            None => {
+                return Err(OAuthError::InvalidRequest(format!(
+                    "subject_token_type is missing; use {TOKEN_TYPE_JWT}"
+                )));
+            }
+        }
+        if let Some(wanted) = form.get("requested_token_type")
+            && wanted != TOKEN_TYPE_ACCESS_TOKEN
+            && wanted != TOKEN_TYPE_JWT
+        {
+            return Err(OAuthError::InvalidRequest(format!(
+                "requested_token_type '{}' is not supported; this server issues {TOKEN_TYPE_ACCESS_TOKEN}",
+                printable(wanted)
+            )));
+        }
+        // Delegation (an actor acting for the subject) is not offered: refused rather than
+        // ignored, so nobody believes an actor was checked.
+        if form.get("actor_token").is_some() || form.get("actor_token_type").is_some() {
+            return Err(OAuthError::InvalidRequest(
+                "actor_token is not supported".into(),
+            ));
+        }
+        Ok(Some(token))
+    }
+
+    fn grant(
+        &self,
+        context: GrantContext<'_>,
+        client: &Client,
+        form: &Form,
+    ) -> Result<Granted, OAuthError> {
+        federated_grant(context, client, form, Some(TOKEN_TYPE_ACCESS_TOKEN))
+    }
+}
+
+/// The rules of both federation grants: the client's scopes, audiences and lifetime, as
+/// for client credentials, and a token that never outlives the presented one.
+fn federated_grant(
+    context: GrantContext<'_>,
+    client: &Client,
+    form: &Form,
+    issued_token_type: Option<&'static str>,
+) -> Result<Granted, OAuthError> {
+    let federated = context.federated.ok_or_else(|| {
+        OAuthError::Internal("a federation grant reached its handler unverified".into())
+    })?;
+    let requested = Requested {
+        scope: form.get("scope"),
+        audience: form.get("audience"),
+        resource: form.get("resource"),
+    };
+    let grant = resolve(
+        client,
+        requested,
+        context.issuer.as_str(),
+        context.default_ttl,
+    )?;
+    if federated.expires_at <= crate::time::unix_now() {
+        return Err(OAuthError::InvalidGrant(
+            "the presented token has expired".into(),
+        ));
+    }
+    let mut granted = access_token(client, &grant, Some(federated));
+    granted.issued_token_type = issued_token_type;
+    Ok(granted)
+}
+
+/// The access token of `client` for `grant` (RFC 9068): `client_id`, `scope`, the
+/// client's static claims, and for a federation grant `act` naming the external identity
+/// and an `exp` no later than the presented token's.
+fn access_token(client: &Client, grant: &Grant, federated: Option<&FederatedSubject>) -> Granted {
+    {
         let scope = grant.scopes.join(" ");
         // RFC 9068 section 2.2: client_id always, scope when any was granted.
         let mut extra = Map::new();
@@ -86,17 +230,26 @@ impl GrantHandler for ClientCredentials {
         for (name, value) in &client.claims {
             extra.entry(name.clone()).or_insert_with(|| value.clone());
         }
-        Ok(Granted {
+        // RFC 8693 section 4.1: the party acting as the client, by issuer and subject.
+        if let Some(f) = federated {
+            extra.insert(
+                "act".into(),
+                serde_json::json!({"iss": f.issuer, "sub": f.subject}),
+            );
+        }
+        Granted {
             request: TokenRequest {
                 sub: client.client_id.clone(),
-                aud: vec![grant.audience],
+                aud: vec![grant.audience.clone()],
                 ttl: grant.ttl,
                 alg: grant.alg,
                 typ: TokenType::AccessToken,
                 extra,
+                not_after: federated.map(|f| f.expires_at),
             },
             scope,
-        })
+            issued_token_type: None,
+        }
     }
 }
 
@@ -218,6 +371,7 @@ mod tests {
         let context = GrantContext {
             issuer: &crate::Issuer::parse("https://issuer.example").unwrap(),
             default_ttl: Duration::from_secs(60),
+            federated: None,
         };
         let granted = ClientCredentials
             .grant(

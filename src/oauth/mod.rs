@@ -6,6 +6,7 @@ pub mod assertion;
 pub mod auth;
 pub mod clients;
 pub mod endpoint;
+pub mod federation;
 pub mod grant;
 pub mod limiter;
 pub mod replay;

@@ -60,6 +60,9 @@ pub enum ServerError {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] AuditOpenError),
+    /// The trusted issuers file cannot be used.
+    #[error("trusted issuers: {0}")]
+    TrustedIssuers(String),
 }
 
 /// A built server bound to its listener, not yet running.

@@ -42,6 +42,8 @@ pub struct TokenLog {
     client_id: Option<String>,
     issued: Option<(String, String, &'static str, String)>,
     error: Option<(&'static str, String)>,
+    /// The external issuer and subject of a federation grant's presented token.
+    act: Option<(String, String)>,
 }
 
 impl TokenLog {
@@ -52,8 +54,14 @@ impl TokenLog {
         let client_id = client
             .for_log()
             .map(|id| id[..id.floor_char_boundary(128)].escape_debug().to_string());
+        // Verified, but another issuer's strings: bounded and escaped.
+        let shown = |s: &str| s[..s.floor_char_boundary(256)].escape_debug().to_string();
         match result {
             Ok(issued) => Self {
+                act: issued
+                    .federated
+                    .as_ref()
+                    .map(|f| (shown(&f.issuer), shown(&f.subject))),
                 client_id,
                 issued: Some((
                     issued.token.jti.clone(),
@@ -64,6 +72,7 @@ impl TokenLog {
                 error: None,
             },
             Err(err) => Self {
+                act: None,
                 client_id,
                 issued: None,
                 error: Some((err.code(), err.detail())),
@@ -248,6 +257,7 @@ fn log_request(
     });
     let issued = token.and_then(|t| t.issued.as_ref());
     let error = token.and_then(|t| t.error.as_ref());
+    let act = token.and_then(|t| t.act.as_ref());
     macro_rules! line {
         ($level:ident) => {
             tracing::$level!(
@@ -263,6 +273,8 @@ fn log_request(
                 kid = issued.map(|i| i.1.as_str()),
                 alg = issued.map(|i| i.2),
                 scope = issued.map(|i| i.3.as_str()),
+                act_iss = act.map(|a| a.0.as_str()),
+                act_sub = act.map(|a| a.1.as_str()),
                 error = error.map(|e| e.0),
                 reason = error.map(|e| e.1.as_str()),
                 "request"

@@ -14,6 +14,7 @@ use super::Metrics;
 use super::documents::{JwksDocument, Metadata};
 use crate::audit::{AuditLog, KeyChangeBy};
 use crate::keys::{KeyStore, Millis};
+use crate::oauth::federation::Federation;
 use crate::oauth::{ClientRegistry, ClientStore, ClientStoreError, TokenEndpoint};
 use crate::report::Report;
 use crate::secret::HmacSecret;
@@ -154,6 +155,11 @@ impl AppState {
             .with_replay_cache(stores.replay_cache());
         if let Some(shared) = stores.shared_failures() {
             token_endpoint = token_endpoint.with_shared_failures(shared);
+        }
+        if let Some(path) = &config.trusted_issuers {
+            let federation = Federation::load(path).map_err(super::ServerError::TrustedIssuers)?;
+            tracing::info!(issuers = %federation.issuers().join(" "), "trusting external issuers for the JWT bearer grant and token exchange");
+            token_endpoint = token_endpoint.with_federation(std::sync::Arc::new(federation));
         }
         Self::new(
             stores.keys,

@@ -90,6 +90,10 @@ async fn audit(
                     scope: &issued.scope,
                     exp: t.expires_at,
                     source,
+                    act: issued
+                        .federated
+                        .as_ref()
+                        .map(|f| (f.issuer.as_str(), f.subject.as_str())),
                 })
                 .await;
             recorded

@@ -14,6 +14,7 @@ mod deploy;
 mod extractor;
 mod fail_closed;
 mod faults;
+mod federation;
 mod fuzz;
 mod hostile;
 mod hs256;
