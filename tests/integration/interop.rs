@@ -43,7 +43,7 @@ fn pyjwt(app: &TestApp, audience: &str, token: &str) -> Result<serde_json::Value
     pyjwt_typ(app, audience, token, "")
 }
 
-fn pyjwt_typ(
+pub(crate) fn pyjwt_typ(
     app: &TestApp,
     audience: &str,
     token: &str,
@@ -56,7 +56,7 @@ fn jose(app: &TestApp, audience: &str, token: &str) -> Result<serde_json::Value,
     jose_typ(app, audience, token, "")
 }
 
-fn jose_typ(
+pub(crate) fn jose_typ(
     app: &TestApp,
     audience: &str,
     token: &str,

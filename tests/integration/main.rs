@@ -19,6 +19,7 @@ mod fuzz;
 mod hostile;
 mod hs256;
 mod interop;
+mod interop_clients;
 mod jwks;
 mod jwks_cache;
 mod keystore;
