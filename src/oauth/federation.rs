@@ -64,9 +64,17 @@ struct TrustedIssuer {
 enum TrustedKeys {
     /// A fixed key set (`jwks_file`) or a cached remote one (`jwks_uri`).
     Ready(Verifier),
-    /// Found through the issuer's discovery document at first use.
-    Discovered(tokio::sync::OnceCell<Verifier>),
+    /// Found through the issuer's discovery document at first use; after a failure, tried
+    /// again at most once per [`DISCOVERY_RETRY`] (tokens naming the issuer, which anyone
+    /// can send, must not make a request each).
+    Discovered {
+        verifier: tokio::sync::OnceCell<Verifier>,
+        failed: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    },
 }
+
+/// Least time between attempts at an issuer's discovery document after one failed.
+const DISCOVERY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,7 +157,10 @@ impl Federation {
                     }
                     TrustedKeys::Ready(federated(Verifier::fixed(ring, validation)))
                 }
-                (None, None) => TrustedKeys::Discovered(tokio::sync::OnceCell::new()),
+                (None, None) => TrustedKeys::Discovered {
+                    verifier: tokio::sync::OnceCell::new(),
+                    failed: std::sync::Mutex::default(),
+                },
             };
             issuers.push(TrustedIssuer {
                 issuer: entry.issuer,
@@ -191,17 +202,38 @@ impl Federation {
             .ok_or_else(|| refused("the presented token's issuer is not trusted".into()))?;
         let verifier = match &trusted.keys {
             TrustedKeys::Ready(verifier) => verifier,
-            TrustedKeys::Discovered(cell) => cell
-                .get_or_try_init(|| async {
-                    let keys =
-                        JwksCache::discover(&trusted.issuer, JwksCacheOptions::default()).await?;
-                    let validation = Validation::new(&trusted.issuer, [&trusted.audience]);
-                    Ok::<_, crate::verify::VerifyError>(federated(Verifier::remote(
-                        keys, validation,
-                    )))
-                })
-                .await
-                .map_err(|e| refused(describe("presented token", &e)))?,
+            TrustedKeys::Discovered { verifier, failed } => {
+                let last_failure = || {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .filter(|(at, _)| at.elapsed() < DISCOVERY_RETRY)
+                        .map(|(_, e)| e.clone())
+                };
+                if verifier.get().is_none()
+                    && let Some(reason) = last_failure()
+                {
+                    return Err(refused(reason));
+                }
+                verifier
+                    .get_or_try_init(|| async {
+                        let keys =
+                            JwksCache::discover(&trusted.issuer, JwksCacheOptions::default())
+                                .await?;
+                        let validation = Validation::new(&trusted.issuer, [&trusted.audience]);
+                        Ok::<_, crate::verify::VerifyError>(federated(Verifier::remote(
+                            keys, validation,
+                        )))
+                    })
+                    .await
+                    .map_err(|e| {
+                        let reason = describe("presented token", &e);
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((std::time::Instant::now(), reason.clone()));
+                        refused(reason)
+                    })?
+            }
         };
         let claims: Map<String, Value> = verifier.verify(token).await.map_err(|e| {
             refused(match e {

@@ -464,3 +464,29 @@ fn serve_logs_both_identities_and_refuses_a_bad_trusted_issuers_file() {
         );
     }
 }
+
+#[test]
+fn an_issuer_whose_keys_cannot_be_found_is_refused_not_trusted() {
+    // Discovery from an issuer nothing answers for: every token is refused.
+    let external = External::start();
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("trusted.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[issuer]]\nissuer = \"http://127.0.0.1:9\"\naudience = \"{AUDIENCE}\"\n[[issuer.map]]\nsubject = \"{SUBJECT}\"\nclient = \"orders\"\n"
+        ),
+    )
+    .unwrap();
+    let (app, _) = TestApp::spawn_with_clients(clients(), |config| {
+        config.trusted_issuers = Some(file);
+    });
+    let token = external.token(SUBJECT, 600, json!({"iss": "http://127.0.0.1:9"}));
+    for _ in 0..3 {
+        assert_refused(
+            &bearer(&app, &token, &[]),
+            "invalid_grant",
+            "could not be fetched",
+        );
+    }
+}
