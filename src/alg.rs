@@ -24,6 +24,11 @@ pub enum SigningAlg {
     /// every verifier holds the secret, so every verifier can also mint tokens.
     #[serde(rename = "HS256")]
     Hs256,
+    /// RSASSA-PSS with SHA-256 and MGF1 with SHA-256 (RFC 7518 section 3.5): verified in
+    /// the tokens of others (client assertions, federated issuers), never signed by
+    /// jwt-issuer, and not accepted where an operator names the algorithm to sign with.
+    #[serde(rename = "PS256")]
+    Ps256,
 }
 
 impl SigningAlg {
@@ -42,6 +47,7 @@ impl SigningAlg {
             Self::Es256 => "ES256",
             Self::Rs256 => "RS256",
             Self::Hs256 => "HS256",
+            Self::Ps256 => "PS256",
         }
     }
 }

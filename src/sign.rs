@@ -451,6 +451,7 @@ fn jsonwebtoken_alg(alg: SigningAlg) -> jsonwebtoken::Algorithm {
         SigningAlg::Es256 => jsonwebtoken::Algorithm::ES256,
         SigningAlg::Rs256 => jsonwebtoken::Algorithm::RS256,
         SigningAlg::Hs256 => jsonwebtoken::Algorithm::HS256,
+        SigningAlg::Ps256 => jsonwebtoken::Algorithm::PS256,
     }
 }
 

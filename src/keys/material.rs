@@ -170,6 +170,7 @@ impl PrivateKey {
                 .map(Self::Rsa),
             SigningAlg::Es256 => Ok(Self::P256(p256::SecretKey::random(&mut rng))),
             SigningAlg::Hs256 => Err("HS256 has no stored key".to_owned()),
+            SigningAlg::Ps256 => Err("PS256 is only verified, never signed".to_owned()),
         }
     }
 
@@ -332,7 +333,7 @@ impl SigningKey {
         let signature = self.backend.sign(message)?;
         match self.jwk.alg {
             SigningAlg::Es256 => low_s(signature),
-            SigningAlg::Rs256 | SigningAlg::Hs256 => Ok(signature),
+            SigningAlg::Rs256 | SigningAlg::Hs256 | SigningAlg::Ps256 => Ok(signature),
         }
     }
 

@@ -184,7 +184,7 @@ impl TokenEndpoint {
 
     /// The JWS algorithms client assertions may be signed with, for discovery.
     pub fn assertion_algs(&self) -> Vec<&'static str> {
-        vec!["ES256", "RS256"]
+        vec!["ES256", "RS256", "PS256"]
     }
 
     /// This endpoint, counting failed authentications in `shared` too (the replicas of a

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -101,6 +103,11 @@ impl VerifyingKey {
                 let (n, e) = (b64(n)?, b64(e)?);
                 let der = rsa_public_key_der(&n, &e).map_err(invalid)?;
                 ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der)
+            }
+            (PublicKeyParams::Rsa { n, e }, SigningAlg::Ps256) => {
+                let (n, e) = (b64(n)?, b64(e)?);
+                let der = rsa_public_key_der(&n, &e).map_err(invalid)?;
+                ParsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, der)
             }
             _ => {
                 return Err(KeyRejected::AlgMismatch {

@@ -8,7 +8,7 @@ use actix_web::{App, web};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RSA_PKCS1_SHA256,
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RSA_PKCS1_SHA256, RSA_PSS_SHA256,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -22,6 +22,7 @@ use crate::helpers::TestServer;
 pub enum ExternalKey {
     Es256(EcdsaKeyPair, Jwk),
     Rs256(Arc<RsaKeyPair>, Jwk),
+    Ps256(Arc<RsaKeyPair>, Jwk),
 }
 
 impl ExternalKey {
@@ -53,10 +54,23 @@ impl ExternalKey {
         Self::Rs256(pair, jwk)
     }
 
+    /// The RSA key of [`ExternalKey::rs256`], published for PS256 (under its own kid).
+    pub fn ps256() -> Self {
+        let Self::Rs256(pair, jwk) = Self::rs256() else {
+            unreachable!("rs256() makes an RSA key")
+        };
+        let mut jwk = Jwk {
+            alg: SigningAlg::Ps256,
+            ..jwk
+        };
+        jwk.kid = format!("{}-ps256", jwk.kid);
+        Self::Ps256(pair, jwk)
+    }
+
     /// Its public JWK (kid: the RFC 7638 thumbprint).
     pub fn jwk(&self) -> &Jwk {
         match self {
-            Self::Es256(_, jwk) | Self::Rs256(_, jwk) => jwk,
+            Self::Es256(_, jwk) | Self::Rs256(_, jwk) | Self::Ps256(_, jwk) => jwk,
         }
     }
 
@@ -70,6 +84,7 @@ impl ExternalKey {
         match self {
             Self::Es256(..) => "ES256",
             Self::Rs256(..) => "RS256",
+            Self::Ps256(..) => "PS256",
         }
     }
 
@@ -94,9 +109,13 @@ impl ExternalKey {
         let rng = SystemRandom::new();
         let signature = match self {
             Self::Es256(pair, _) => pair.sign(&rng, input.as_bytes()).unwrap().as_ref().to_vec(),
-            Self::Rs256(pair, _) => {
+            Self::Rs256(pair, _) | Self::Ps256(pair, _) => {
+                let padding = match self {
+                    Self::Ps256(..) => &RSA_PSS_SHA256 as &dyn aws_lc_rs::signature::RsaEncoding,
+                    _ => &RSA_PKCS1_SHA256,
+                };
                 let mut sig = vec![0; pair.public_modulus_len()];
-                pair.sign(&RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig)
+                pair.sign(padding, &rng, input.as_bytes(), &mut sig)
                     .unwrap();
                 sig
             }

@@ -796,6 +796,7 @@ pub fn verify_with_jwks(
         SigningAlg::Es256 => jsonwebtoken::Algorithm::ES256,
         SigningAlg::Rs256 => jsonwebtoken::Algorithm::RS256,
         SigningAlg::Hs256 => jsonwebtoken::Algorithm::HS256,
+        SigningAlg::Ps256 => jsonwebtoken::Algorithm::PS256,
     };
     let mut validation = jsonwebtoken::Validation::new(alg);
     validation.set_issuer(&[issuer]);

@@ -95,7 +95,8 @@ fn each_rule_of_an_assertion_refuses_with_its_own_description() {
     let key = ExternalKey::es256();
     let rsa = ExternalKey::rs256();
     let stranger = ExternalKey::es256();
-    let jwks = ExternalKey::jwks(&[&key, &rsa]);
+    let pss = ExternalKey::ps256();
+    let jwks = ExternalKey::jwks(&[&key, &rsa, &pss]);
     // More refusals than the default lockout allows.
     let (app, _) =
         TestApp::spawn_with_clients([key_client("svc", PublicKeys::Jwks(jwks))], |config| {
@@ -191,9 +192,17 @@ fn each_rule_of_an_assertion_refuses_with_its_own_description() {
         &with_assertion(&app, &unknown, ""),
         "no client registered for private_key_jwt",
     );
-    // RS256 and a kidless assertion (as some libraries sign) are accepted.
+    // RS256, PS256 and a kidless assertion (as some libraries sign) are accepted.
     let res = with_assertion(&app, &rsa.sign(json!({}), &claims(&app, "svc")), "");
     assert_eq!(res.status, 200, "{}", res.body);
+    let res = with_assertion(&app, &pss.sign(json!({}), &claims(&app, "svc")), "");
+    assert_eq!(res.status, 200, "{}", res.body);
+    // The same RSA key, signed PKCS#1 under the PS256 key's kid: the key decides.
+    let pkcs1 = rsa.sign(json!({"kid": pss.kid()}), &claims(&app, "svc"));
+    assert_refused(
+        &with_assertion(&app, &pkcs1, ""),
+        "alg is not the algorithm",
+    );
     let kidless = key.sign(json!({"kid": null}), &claims(&app, "svc"));
     let res = with_assertion(&app, &kidless, "");
     assert_eq!(res.status, 200, "{}", res.body);
@@ -314,7 +323,7 @@ fn discovery_lists_private_key_jwt_and_its_algorithms() {
     assert!(methods.contains(&json!("private_key_jwt")), "{doc}");
     assert_eq!(
         doc["token_endpoint_auth_signing_alg_values_supported"],
-        json!(["ES256", "RS256"])
+        json!(["ES256", "RS256", "PS256"])
     );
 }
 

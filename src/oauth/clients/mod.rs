@@ -632,6 +632,9 @@ fn check_client(client: &Client) -> Result<(), String> {
     if !is_valid_client_id(&client.client_id) {
         return Err("invalid client id".to_owned());
     }
+    if client.alg == Some(SigningAlg::Ps256) {
+        return Err("alg PS256: jwt-issuer signs with ES256, RS256 or HS256".to_owned());
+    }
     // An entry edited by hand must not slip a `sub` or an `aud` into its tokens.
     check_claims(&client.claims).map_err(|e| e.to_string())?;
     match &client.credential {
