@@ -25,6 +25,9 @@ pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-
 /// minutes cover any clock skew, and its `jti` is remembered no longer than that.
 pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(5 * 60);
 
+/// How much longer than the assertion is accepted its id is remembered.
+const REPLAY_MARGIN: Duration = Duration::from_secs(60);
+
 /// Longest `jti` accepted.
 const MAX_JTI_LEN: usize = 256;
 
@@ -32,6 +35,10 @@ const MAX_JTI_LEN: usize = 256;
 /// client that rotated its key is followed within seconds, and assertions with random kids
 /// (which anyone can send) fetch at most this often.
 const CLIENT_JWKS_COOLDOWN: Duration = Duration::from_secs(2);
+
+/// Longest a client's keys are cached (whatever its `Cache-Control` says), and longest they
+/// are used past that while its `jwks_uri` does not answer.
+const CLIENT_JWKS_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 
 /// Verifies client assertions: the keys of each client (inline, or a cache of its
 /// `jwks_uri`) and the ids already used.
@@ -76,6 +83,7 @@ impl ClientAssertions {
         validation
             .required_claims
             .extend(["sub", "jti"].map(String::from));
+        let remote = matches!(keys, ClientKeys::Remote(_));
         let verifier = match keys {
             ClientKeys::Inline(ring) => Verifier::fixed(ring, validation),
             ClientKeys::Remote(uri) => {
@@ -85,7 +93,28 @@ impl ClientAssertions {
         // Other signers' ES256 is high-S half of the time; replays are caught by jti.
         .allow_high_s()
         .allow_missing_kid();
-        let claims: Map<String, Value> = verifier.verify(assertion).await.map_err(|e| {
+        let mut verified = verifier.verify::<Map<String, Value>>(assertion).await;
+        // A kidless assertion that no cached key verifies may be signed by a key the client
+        // published since: its keys are fetched again (at most once per cooldown).
+        if remote
+            && matches!(
+                verified,
+                Err(VerifyError::BadSignature | VerifyError::UnknownKey)
+            )
+            && !has_kid(assertion)
+        {
+            if let Some(cache) = self.cached(client_id) {
+                cache.refresh().await;
+            }
+            verified = verifier.verify(assertion).await;
+        }
+        let claims = verified.map_err(|e| {
+            // The URI may be internal: the log names it, the answer does not.
+            if let VerifyError::KeySetUnavailable(cause) = &e {
+                return OAuthError::KeysUnavailable(format!(
+                    "client {client_id}: keys unavailable: {cause}"
+                ));
+            }
             refused(match e {
                 VerifyError::WrongIssuer => "iss and sub must both be the client id".into(),
                 VerifyError::WrongAudience => {
@@ -99,6 +128,15 @@ impl ClientAssertions {
         })?;
         if claims.get("sub").and_then(Value::as_str) != Some(client_id) {
             return Err(refused("iss and sub must both be the client id".into()));
+        }
+        // One audience: an assertion made for another party that also names this server
+        // is not one (the audience injection draft-ietf-oauth-rfc7523bis closes).
+        if let Some(Value::Array(list)) = claims.get("aud")
+            && list.len() != 1
+        {
+            return Err(refused(
+                "aud must be one value: the token endpoint URL or the issuer".into(),
+            ));
         }
         let now = unix_now();
         let leeway = verifier.validation().leeway.as_secs();
@@ -132,8 +170,10 @@ impl ClientAssertions {
                     "jti must be a string of 1 to {MAX_JTI_LEN} characters"
                 ))
             })?;
-        // Remembered as long as the verifier would accept the assertion.
-        match self.replay.first_use(client_id, jti, exp + leeway).await {
+        // Remembered as long as the verifier would accept the assertion, and a margin for
+        // clocks (the store's, other replicas') that disagree with this one.
+        let until = exp + leeway + REPLAY_MARGIN.as_secs();
+        match self.replay.first_use(client_id, jti, until).await {
             Ok(true) => Ok(client),
             Ok(false) => Err(refused(
                 "the assertion was used before: its jti is single-use".into(),
@@ -142,6 +182,12 @@ impl ClientAssertions {
                 "cannot check that the assertion's jti is unused: {e}"
             ))),
         }
+    }
+
+    /// The cache already made for a client, if any.
+    fn cached(&self, client_id: &str) -> Option<Arc<JwksCache>> {
+        let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+        remote.get(client_id).cloned()
     }
 
     /// The cache of a client's `jwks_uri` (one per client; a new one when the URI changed).
@@ -159,8 +205,12 @@ impl ClientAssertions {
         remote.retain(|id, cache| {
             matches!(clients.keys(id), Some(ClientKeys::Remote(u)) if u == cache.jwks_uri())
         });
+        // A key the client drops from its JWKS stops working within minutes, and not an
+        // hour later because its URI went down too.
         let options = JwksCacheOptions {
             cooldown: CLIENT_JWKS_COOLDOWN,
+            max_max_age: CLIENT_JWKS_MAX_AGE,
+            max_stale: CLIENT_JWKS_MAX_AGE,
             ..JwksCacheOptions::default()
         };
         let cache = Arc::new(
@@ -170,6 +220,16 @@ impl ClientAssertions {
         remote.insert(client_id.to_owned(), cache.clone());
         Ok(cache)
     }
+}
+
+/// Whether the JWS header names a `kid` (read unverified, only to decide on a refetch).
+fn has_kid(token: &str) -> bool {
+    token
+        .split('.')
+        .next()
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|h| serde_json::from_slice::<Map<String, Value>>(&h).ok())
+        .is_some_and(|h| h.contains_key("kid"))
 }
 
 /// The client id an assertion names, read before anything is verified, only to find the

@@ -248,7 +248,20 @@ impl TokenEndpoint {
         let (client, federated) = match handler.presented_token(&form)? {
             Some(token) => {
                 let token = token.to_owned();
-                let (client, subject) = self.federation.client_for(&token, clients).await?;
+                let (client, subject) =
+                    self.federation
+                        .client_for(&token, clients)
+                        .await
+                        .map_err(|e| match e {
+                            // RFC 8693 section 2.2.2: an unacceptable subject token is an
+                            // invalid request; RFC 7523 section 3.1 calls it an invalid grant.
+                            OAuthError::InvalidGrant(why)
+                                if handler.grant_type() == TOKEN_EXCHANGE =>
+                            {
+                                OAuthError::InvalidRequest(why)
+                            }
+                            e => e,
+                        })?;
                 *client_id = Some(client.client_id.clone());
                 // Client authentication is optional here (the presented token is the
                 // credential); a request that authenticates must do so as that client.
@@ -348,7 +361,9 @@ impl TokenEndpoint {
         let client = match authenticated {
             Ok(client) => client,
             // Not the client's failure: nothing to count.
-            Err(e @ OAuthError::TemporarilyUnavailable(_)) => return Err(e),
+            Err(e @ (OAuthError::TemporarilyUnavailable(_) | OAuthError::KeysUnavailable(_))) => {
+                return Err(e);
+            }
             Err(e) => {
                 self.limiter
                     .check(&presented.client_id, call.peer)

@@ -141,11 +141,12 @@ impl Federation {
                 (Some(_), Some(_)) => {
                     return Err(invalid("give jwks_uri or jwks_file, not both".into()));
                 }
-                (Some(uri), None) => TrustedKeys::Ready(federated(Verifier::remote(
-                    JwksCache::new(uri, JwksCacheOptions::default())
-                        .map_err(|e| invalid(e.to_string()))?,
-                    validation,
-                ))),
+                (Some(uri), None) => {
+                    super::clients::check_jwks_uri(&uri).map_err(invalid)?;
+                    let cache = JwksCache::new(uri, JwksCacheOptions::default())
+                        .map_err(|e| invalid(e.to_string()))?;
+                    TrustedKeys::Ready(federated(Verifier::remote(cache, validation)))
+                }
                 (None, Some(file)) => {
                     let ring = KeyRing::from_json(read_bounded(&file)?.as_bytes())
                         .map_err(|e| invalid(format!("{}: {e}", file.display())))?;

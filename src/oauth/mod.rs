@@ -81,6 +81,11 @@ pub enum OAuthError {
     /// or revoked without a successor loaded): refused, never signed by another key.
     #[error("tokens of this client cannot be signed right now; retry later")]
     TemporarilyUnavailable(String),
+    /// The keys to verify a client's assertion could not be fetched (its `jwks_uri` is
+    /// down): nothing is accepted unverified. The cause (which names the URI) is logged,
+    /// never sent.
+    #[error("the client's keys cannot be fetched right now; retry later")]
+    KeysUnavailable(String),
     /// The key store or the client registry holds a change the server could not read yet;
     /// it may revoke a key or a secret, so nothing is issued until it is read.
     #[error("{0}; no token is issued until it can be read; retry later")]
@@ -99,7 +104,9 @@ impl OAuthError {
     /// (which the answer never shows).
     pub fn detail(&self) -> String {
         match self {
-            Self::Internal(cause) | Self::TemporarilyUnavailable(cause) => cause.clone(),
+            Self::Internal(cause)
+            | Self::TemporarilyUnavailable(cause)
+            | Self::KeysUnavailable(cause) => cause.clone(),
             _ => self.to_string(),
         }
     }
@@ -116,9 +123,10 @@ impl OAuthError {
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
             Self::TooManyAttempts { .. } => "slow_down",
-            Self::TemporarilyUnavailable(_) | Self::ChangeUnread(_) | Self::AuditUnavailable => {
-                "temporarily_unavailable"
-            }
+            Self::TemporarilyUnavailable(_)
+            | Self::KeysUnavailable(_)
+            | Self::ChangeUnread(_)
+            | Self::AuditUnavailable => "temporarily_unavailable",
             Self::Internal(_) => "server_error",
         }
     }
@@ -133,9 +141,10 @@ impl ResponseError for OAuthError {
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::TemporarilyUnavailable(_) | Self::ChangeUnread(_) | Self::AuditUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::TemporarilyUnavailable(_)
+            | Self::KeysUnavailable(_)
+            | Self::ChangeUnread(_)
+            | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }

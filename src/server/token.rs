@@ -2,6 +2,7 @@
 //! out. The OAuth flow itself lives in `oauth/`.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
@@ -37,10 +38,35 @@ pub async fn token(
             // Owned snapshots: verifying an assertion may wait for its client's keys.
             let published = state.published.load_full();
             let clients = state.clients.load_full();
-            state
+            let outcome = state
                 .token_endpoint
                 .token(call, &clients, &published.signer)
-                .await
+                .await;
+            // A change applied while the request waited (a client's keys, the replay
+            // check) may have removed the client or revoked the key: a token made from the
+            // older snapshots that the newer ones would not make is dropped, never handed
+            // out. (A rotation meanwhile is fine: the key that signed stays published.)
+            let (keys_now, clients_now) = (state.published.load(), state.clients.load());
+            let outdated = |issued: &Issued| {
+                let key_gone = !Arc::ptr_eq(&published, &keys_now)
+                    && issued.token.alg.is_asymmetric()
+                    && keys_now.signer.keys().find(&issued.token.kid).is_none();
+                let client_changed = !Arc::ptr_eq(&clients, &clients_now)
+                    && clients_now.get(&issued.client_id) != clients.get(&issued.client_id);
+                key_gone || client_changed || unread().is_some()
+            };
+            match outcome {
+                TokenOutcome {
+                    result: Ok(issued),
+                    client,
+                } if outdated(&issued) => TokenOutcome {
+                    result: Err(OAuthError::ChangeUnread(
+                        "the keys or the clients changed while the request was checked",
+                    )),
+                    client,
+                },
+                outcome => outcome,
+            }
         }
         Err(err) => TokenOutcome {
             result: Err(err),

@@ -218,6 +218,19 @@ impl JwksCache {
         self.ring_with(None).await
     }
 
+    /// Fetches the key set again now, unless a fetch was made within the cooldown (a
+    /// verifier that cannot tell which key a token needs, having no kid, asks for this).
+    pub async fn refresh(&self) {
+        let decided = Instant::now();
+        let cooled = self
+            .read()
+            .last_attempt
+            .is_none_or(|t| decided.duration_since(t) >= self.options.cooldown);
+        if cooled {
+            self.fetch(decided).await;
+        }
+    }
+
     /// The current key set, fetched first when it is stale, missing, or lacks `kid`.
     async fn ring_with(&self, kid: Option<&str>) -> Result<Arc<KeyRing>, VerifyError> {
         let decided = Instant::now();

@@ -16,6 +16,8 @@ use crate::time::unix_now;
 
 /// Default largest token accepted, in bytes.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Keys of its algorithm a token without a kid is tried against, at most.
+pub const MAX_KIDLESS_KEYS: usize = 8;
 /// Default clock leeway for `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 
@@ -305,7 +307,8 @@ fn verify_without_kid<T: DeserializeOwned + 'static>(
     allow_high_s: bool,
 ) -> Result<T, VerifyError> {
     let mut result = Err(VerifyError::UnknownKey);
-    for key in keys.keys_for_alg(&parsed.alg) {
+    // Bounded: a kidless token must not cost one RSA verification per key of a large set.
+    for key in keys.keys_for_alg(&parsed.alg).take(MAX_KIDLESS_KEYS) {
         result = finish(parsed.clone(), key, validation, allow_high_s);
         if !matches!(result, Err(VerifyError::BadSignature | VerifyError::HighS)) {
             break;

@@ -300,7 +300,8 @@ fn each_federation_rule_refuses_with_invalid_grant_naming_it() {
     ];
     for (token, rule) in &cases {
         assert_refused(&bearer(&app, token, &[]), "invalid_grant", rule);
-        assert_refused(&exchange(&app, token, &[]), "invalid_grant", rule);
+        // RFC 8693 section 2.2.2 names an unacceptable subject token an invalid request.
+        assert_refused(&exchange(&app, token, &[]), "invalid_request", rule);
     }
 
     // A token that expired within the verifier's leeway still gets nothing that outlives it.
@@ -434,6 +435,10 @@ fn serve_logs_both_identities_and_refuses_a_bad_trusted_issuers_file() {
         (
             "[[issuer]]\nissuer = \"https://a.example\"\naudience = \"x\"\njwks_uri = \"https://a.example/j\"\njwks_file = \"/x\"\n[[issuer.map]]\nsubject = \"s\"\nclient = \"c\"\n",
             "not both",
+        ),
+        (
+            "[[issuer]]\nissuer = \"https://a.example\"\naudience = \"x\"\njwks_uri = \"http://keys.example/j\"\n[[issuer.map]]\nsubject = \"s\"\nclient = \"c\"\n",
+            "use an https URL",
         ),
         (
             "[[issuer]]\nissuer = \"https://a.example\"\naudience = \"x\"\n",

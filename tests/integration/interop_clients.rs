@@ -148,10 +148,12 @@ fn key_client(id: &str, keys: PublicKeys) -> NewClient {
 fn pkcs8_der(key: &ExternalKey) -> Vec<u8> {
     match key {
         ExternalKey::Es256(pair, _) => pair.to_pkcs8v1().unwrap().as_ref().to_vec(),
-        ExternalKey::Rs256(pair, _) | ExternalKey::Ps256(pair, _) => AsDer::<Pkcs8V1Der>::as_der(pair.as_ref())
-            .unwrap()
-            .as_ref()
-            .to_vec(),
+        ExternalKey::Rs256(pair, _) | ExternalKey::Ps256(pair, _) => {
+            AsDer::<Pkcs8V1Der>::as_der(pair.as_ref())
+                .unwrap()
+                .as_ref()
+                .to_vec()
+        }
     }
 }
 

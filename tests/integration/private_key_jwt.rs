@@ -158,6 +158,14 @@ fn each_rule_of_an_assertion_refuses_with_its_own_description() {
             "a client assertion lives at most 300 s",
         ),
         (
+            // Made for another party too: one audience only.
+            key.sign(
+                json!({}),
+                &edit(json!({"aud": ["https://other.example/token", app.issuer.clone()]})),
+            ),
+            "aud must be one value",
+        ),
+        (
             key.sign(json!({}), &edit(json!({"jti": null}))),
             "claim jti is missing",
         ),
@@ -290,7 +298,10 @@ fn a_client_whose_jwks_uri_is_down_is_refused() {
         |_| {},
     );
     let res = with_assertion(&app, &key.sign(json!({}), &claims(&app, "svc")), "");
-    assert_refused(&res, "could not be fetched");
+    // Not the client's failure, and no refusal: 503, the URI not shown.
+    assert_eq!(res.status, 503, "{}", res.body);
+    assert_eq!(res.json()["error"], "temporarily_unavailable");
+    assert!(!res.body.contains("127.0.0.1:9"), "{}", res.body);
 }
 
 #[test]
@@ -372,7 +383,7 @@ fn the_cli_registers_clients_with_public_keys_and_no_secret() {
     .unwrap();
     let not_json = dir.join("garbage.json");
     std::fs::write(&not_json, "{").unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--jwks", private.to_str().unwrap()],
             "private key material",
@@ -391,6 +402,10 @@ fn the_cli_registers_clients_with_public_keys_and_no_secret() {
             "use an https URL",
         ),
         (&["--jwks-uri", "not a url"], "jwks_uri"),
+        (
+            &["--jwks-uri", "https://u:p@svc.example/jwks.json"],
+            "user or password",
+        ),
     ];
     for (args, expected) in cases {
         let mut full = vec!["clients", "add", "bad"];

@@ -677,9 +677,13 @@ fn key_ring(jwks: &serde_json::Value) -> Result<KeyRing, String> {
     Ok(ring)
 }
 
-/// A client's `jwks_uri`: https, or http to a loopback host (tests, a sidecar).
-fn check_jwks_uri(uri: &str) -> Result<(), String> {
+/// A `jwks_uri` (a client's, a trusted issuer's): https, or http to a loopback host (tests,
+/// a sidecar); no user or password in it (it is shown in logs and listings).
+pub(crate) fn check_jwks_uri(uri: &str) -> Result<(), String> {
     let url = reqwest::Url::parse(uri).map_err(|e| format!("jwks_uri {uri:?}: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("jwks_uri: a user or password in the URL is not accepted".to_owned());
+    }
     let host = url.host_str().unwrap_or_default();
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host
