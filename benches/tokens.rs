@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use actix_web::{App, test, web};
 use criterion::{Criterion, criterion_group, criterion_main};
+use jwt_issuer::jwks::{Jwk, PublicKeyParams};
 use jwt_issuer::keys::KeyStore;
-use jwt_issuer::oauth::{ClientStore, NewClient};
+use jwt_issuer::oauth::{ClientStore, NewClient, PublicKeys};
 use jwt_issuer::secret::{ClientSecret, HmacSecret};
 use jwt_issuer::server::AppState;
 use jwt_issuer::verify::{KeyRing, Validation, Verifier};
@@ -117,6 +118,54 @@ fn token_endpoint(c: &mut Criterion) {
         })
         .unwrap()
         .expect("a client with a secret");
+    // A private_key_jwt client: its key signs an assertion per request (outside the timing).
+    let client_key = aws_lc_rs::signature::EcdsaKeyPair::generate(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+    )
+    .unwrap();
+    let point = aws_lc_rs::signature::KeyPair::public_key(&client_key)
+        .as_ref()
+        .to_vec();
+    let jwk = Jwk::new(
+        PublicKeyParams::p256(&point[1..33], &point[33..65]),
+        SigningAlg::Es256,
+    );
+    ClientStore::new(tmp.path())
+        .add(NewClient {
+            client_id: "pkj".into(),
+            audiences: vec!["orders-api".into()],
+            keys: Some(PublicKeys::Jwks(serde_json::json!({ "keys": [jwk] }))),
+            ..NewClient::default()
+        })
+        .unwrap();
+    let assertion_body = || {
+        let b64 = |v: serde_json::Value| {
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                v.to_string(),
+            )
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let jti = ClientSecret::generate();
+        let input = format!(
+            "{}.{}",
+            b64(serde_json::json!({"alg": "ES256", "kid": jwk.kid})),
+            b64(serde_json::json!({
+                "iss": "pkj", "sub": "pkj", "aud": ISSUER, "iat": now, "exp": now + 60,
+                "jti": jti.expose_secret(),
+            }))
+        );
+        let sig = client_key
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!(
+            "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={input}.{}",
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
+        )
+    };
     let auth = format!(
         "Basic {}",
         base64::Engine::encode(
@@ -151,6 +200,23 @@ fn token_endpoint(c: &mut Criterion) {
                 assert!(res.status().is_success());
             })
         })
+    });
+    c.bench_function("token-endpoint/private-key-jwt-es256", |b| {
+        b.iter_batched(
+            assertion_body,
+            |body| {
+                rt.block_on(async {
+                    let req = test::TestRequest::post()
+                        .uri("/oauth2/token")
+                        .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+                        .set_payload(body)
+                        .to_request();
+                    let res = test::call_service(&app, req).await;
+                    assert!(res.status().is_success());
+                })
+            },
+            criterion::BatchSize::SmallInput,
+        )
     });
 }
 

@@ -411,9 +411,12 @@ impl AppState {
                         self.key_store.describe()
                     ));
                 }
-                if had_keys && keys.is_empty() && keys.broken().is_empty() {
+                // Every key file unreadable at once (a directory being deleted file by
+                // file, a volume gone): the same, not an empty JWKS that would fail every
+                // token issued so far.
+                if had_keys && keys.is_empty() {
                     return Err(format!(
-                        "{} holds no keys any more (deleted?); the last key set stays published",
+                        "{} holds no usable keys any more (deleted?); the last key set stays published",
                         self.key_store.describe()
                     ));
                 }

@@ -1094,3 +1094,40 @@ fn sigterm_under_load(clients: usize, keep_alive: bool) -> Vec<String> {
     assert!(refused > 0, "no request after the signal was refused");
     lost
 }
+
+#[test]
+fn every_key_file_vanishing_at_once_keeps_the_last_jwks_not_an_empty_one() {
+    // What a keys dir deleted file by file looks like half-way: the manifest, no key file.
+    let mut rig = Rig::start(&[]);
+    let before = rig.jwks().body;
+    let issued = rig.token(&rig.es).access_token();
+    let mut moved = Vec::new();
+    for entry in fs::read_dir(&rig.dir).expect("keys dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "pem") {
+            let aside = rig.tmp.path().join(path.file_name().unwrap());
+            fs::rename(&path, &aside).expect("move the key file away");
+            moved.push((path, aside));
+        }
+    }
+    wait_until(PATIENCE, "the server to notice", || {
+        rig.health()["status"] != "ok"
+    });
+    let start = Instant::now();
+    while start.elapsed() < HOLD {
+        let jwks = rig.jwks();
+        assert_eq!(jwks.body, before, "the last good JWKS is served");
+        let set = serde_json::from_str(&jwks.body).expect("JWKS");
+        verify_with_jwks(&set, &issued, &rig.server.url, Some("api"))
+            .expect("a token issued before still verifies");
+        rig.assert_running();
+        thread::sleep(Duration::from_millis(50));
+    }
+    for (path, aside) in moved {
+        fs::rename(aside, path).expect("put the key file back");
+    }
+    wait_until(PATIENCE, "the keys to load again", || {
+        rig.health()["status"] == "ok"
+    });
+    rig.assert_no_5xx_but_503();
+}
