@@ -53,7 +53,7 @@ fn the_postgres_overlay_sets_known_variables_and_keeps_secrets_out_of_the_manife
     let help = Help::read();
     let dir = repo().join("deploy/kubernetes/postgres");
     let kustomization = &load_yaml(&dir.join("kustomization.yaml"))[0];
-    assert_eq!(strings(&kustomization["resources"]), ["../"]);
+    assert_eq!(strings(&kustomization["resources"]), ["../base"]);
     let patch = &load_yaml(&dir.join("deployment-patch.yaml"))[0];
     let container = &patch["spec"]["template"]["spec"]["containers"][0];
     let mut names = BTreeMap::new();
@@ -531,12 +531,15 @@ struct Manifests {
 
 impl Manifests {
     fn load() -> Self {
-        let dir = repo().join("deploy/kubernetes");
+        // `kubectl apply -k deploy/kubernetes` applies the base as it is.
+        let top = &load_yaml(&repo().join("deploy/kubernetes/kustomization.yaml"))[0];
+        assert_eq!(strings(&top["resources"]), ["base"]);
+        let dir = repo().join("deploy/kubernetes/base");
         let kustomization = &load_yaml(&dir.join("kustomization.yaml"))[0];
         let resources = strings(&kustomization["resources"]);
         // Every manifest in the directory is applied: none lies beside it unused.
         let mut on_disk: Vec<String> = fs::read_dir(&dir)
-            .expect("deploy/kubernetes")
+            .expect("deploy/kubernetes/base")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
             .collect();
@@ -563,7 +566,7 @@ impl Manifests {
             .filter(|(_, doc)| doc["kind"].as_str() == Some(kind))
             .map(|(_, doc)| doc)
             .collect();
-        assert_eq!(found.len(), 1, "one {kind} in deploy/kubernetes");
+        assert_eq!(found.len(), 1, "one {kind} in deploy/kubernetes/base");
         found[0]
     }
 
