@@ -2,7 +2,10 @@
 //! against the real binary and server: every setting they name is one `serve --help`
 //! lists and the server accepts, every path they probe answers 200, every metric and label
 //! value they alert on is served, and a keys dir laid out as a Kubernetes Secret volume
-//! serves and follows an update of the Secret. A renamed flag, path or metric fails here.
+//! serves and follows an update of the Secret. The overlays: the federation overlay's
+//! trusted issuers file loads, and its example workload's script gets an access token for
+//! a projected token from the real server; with kubectl at hand, every kustomization
+//! builds. A renamed flag, path or metric fails here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -16,9 +19,10 @@ use jwt_issuer::server::SHUTDOWN_TIMEOUT;
 use tempfile::TempDir;
 use yaml_rust2::{Yaml, YamlLoader};
 
+use crate::external::ExternalKey;
 use crate::helpers::{
-    PATIENCE, ServeProcess, TestClient, active_kid, keys_dir_with_template, run_cli, segment_json,
-    wait_for, wait_until, without_issuer_env,
+    PATIENCE, ServeProcess, TestClient, active_kid, keys_dir_with_template, run_cli,
+    run_cli_with_env, segment_json, unix_now, wait_for, wait_until, without_issuer_env,
 };
 
 /// Environment variables a manifest may set that `serve --help` does not list: the HS256
@@ -53,7 +57,7 @@ fn the_postgres_overlay_sets_known_variables_and_keeps_secrets_out_of_the_manife
     let help = Help::read();
     let dir = repo().join("deploy/kubernetes/postgres");
     let kustomization = &load_yaml(&dir.join("kustomization.yaml"))[0];
-    assert_eq!(strings(&kustomization["resources"]), ["../"]);
+    assert_eq!(strings(&kustomization["resources"]), ["../base"]);
     let patch = &load_yaml(&dir.join("deployment-patch.yaml"))[0];
     let container = &patch["spec"]["template"]["spec"]["containers"][0];
     let mut names = BTreeMap::new();
@@ -107,6 +111,338 @@ fn the_postgres_overlay_sets_known_variables_and_keeps_secrets_out_of_the_manife
             .iter()
             .any(|v| v["name"].as_str() == Some("keys") && v["$patch"].as_str() == Some("delete")),
         "the keys Secret volume stays in the overlay"
+    );
+}
+
+#[test]
+fn the_federation_overlay_mounts_a_trusted_issuers_file_the_binary_loads() {
+    let help = Help::read();
+    let overlay = FederationOverlay::load();
+    assert_eq!(strings(&overlay.kustomization["resources"]), ["../base"]);
+    // A ConfigMap the overlay generates gets no namespace from the base.
+    let base = &load_yaml(&repo().join("deploy/kubernetes/base/kustomization.yaml"))[0];
+    assert_eq!(
+        overlay.kustomization["namespace"].as_str(),
+        base["namespace"].as_str()
+    );
+    let container = &overlay.patch["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"].as_str(), Some("jwt-issuer"));
+    let env = env_of(container);
+    for name in env.keys() {
+        assert!(
+            help.serve_env.contains(name),
+            "{name} (deploy/kubernetes/federation) is not a variable of `jwt-issuer serve --help`"
+        );
+    }
+    // The file the variable names is the ConfigMap's, where the pod mounts it.
+    assert_eq!(
+        env.get("JWT_ISSUER_TRUSTED_ISSUERS").map(String::as_str),
+        Some(format!("{}/trusted-issuers.toml", overlay.mount_path).as_str())
+    );
+    assert_eq!(
+        overlay.generated_files,
+        ["trusted-issuers.toml", "k8s-jwks.json"]
+    );
+    let jwks_file = overlay.trusted["issuer"][0]["jwks_file"]
+        .as_str()
+        .expect("jwks_file");
+    assert_eq!(jwks_file, format!("{}/k8s-jwks.json", overlay.mount_path));
+
+    // The binary loads the file, with the mount's content where the test can put it: a
+    // JWKS as `kubectl get --raw /openid/v1/jwks` prints it (RSA, RS256, a kid).
+    let (_tmp, keys) = keys_dir_with_template();
+    let mount = overlay.mount(&ExternalKey::rs256());
+    let file = mount.path().join("trusted-issuers.toml");
+    let check = |file: &Path| {
+        run_cli_with_env(
+            &keys,
+            &["config", "check"],
+            &[("JWT_ISSUER_TRUSTED_ISSUERS", file.to_str().expect("utf-8"))],
+        )
+    };
+    let out = check(&file);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let issuer = overlay.trusted["issuer"][0]["issuer"]
+        .as_str()
+        .expect("issuer");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("trusted issuers") && l.contains(issuer)),
+        "{}",
+        out.stdout
+    );
+    // Until the operator saves the API server's keys, the server does not start.
+    fs::remove_file(mount.path().join("k8s-jwks.json")).expect("remove JWKS");
+    let out = check(&file);
+    assert_ne!(out.code, Some(0), "started without the JWKS file");
+    assert!(out.stderr.contains("k8s-jwks.json"), "{}", out.stderr);
+}
+
+#[test]
+fn the_federation_example_workload_gets_an_access_token_for_its_projected_token() {
+    let overlay = FederationOverlay::load();
+    let docs = load_yaml(&repo().join("deploy/kubernetes/federation/workload-example.yaml"));
+    let of_kind = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("a {kind} in workload-example.yaml"))
+    };
+    let deployment = of_kind("Deployment");
+    let account = of_kind("ServiceAccount");
+    let namespace = deployment["metadata"]["namespace"]
+        .as_str()
+        .expect("namespace");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(account["metadata"]["namespace"].as_str(), Some(namespace));
+    assert_eq!(
+        pod["serviceAccountName"].as_str(),
+        account["metadata"]["name"].as_str()
+    );
+    // Kubernetes' subject for a service account's tokens, which the file must map.
+    let account_name = account["metadata"]["name"].as_str().expect("name");
+    let subject = format!("system:serviceaccount:{namespace}:{account_name}");
+    let trusted = &overlay.trusted["issuer"][0];
+    let client = trusted["map"]
+        .as_array()
+        .expect("[[issuer.map]]")
+        .iter()
+        .find(|rule| rule["subject"] == subject.as_str())
+        .unwrap_or_else(|| panic!("trusted-issuers.toml maps no rule for {subject}"))["client"]
+        .as_str()
+        .expect("client")
+        .to_owned();
+
+    // The projected token: for the audience the file requires, an hour's life, at the path
+    // the sidecar reads.
+    let (volume, projection) = pod["volumes"]
+        .as_vec()
+        .expect("volumes")
+        .iter()
+        .find_map(|v| {
+            let source = v["projected"]["sources"]
+                .as_vec()?
+                .iter()
+                .find(|s| !s["serviceAccountToken"].is_badvalue())?;
+            Some((v["name"].as_str()?, &source["serviceAccountToken"]))
+        })
+        .expect("a projected serviceAccountToken volume");
+    assert_eq!(
+        projection["audience"].as_str(),
+        trusted["audience"].as_str(),
+        "the projected token's audience is the one trusted-issuers.toml requires"
+    );
+    assert_eq!(projection["expirationSeconds"].as_i64(), Some(3600));
+    let sidecar = pod["containers"]
+        .as_vec()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"].as_str() == Some("token-exchange"))
+        .expect("the token-exchange container");
+    let env = env_of(sidecar);
+    let token_mount = sidecar["volumeMounts"]
+        .as_vec()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["name"].as_str() == Some(volume))
+        .expect("the projected token's mount");
+    assert_eq!(token_mount["readOnly"].as_bool(), Some(true));
+    assert_eq!(
+        env.get("SUBJECT_TOKEN_FILE").map(String::as_str),
+        Some(
+            format!(
+                "{}/{}",
+                token_mount["mountPath"].as_str().expect("mountPath"),
+                projection["path"].as_str().expect("path")
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        strings(&sidecar["command"]),
+        ["/bin/sh", "-c"],
+        "a shell script in args"
+    );
+    let script = strings(&sidecar["args"]).concat();
+    assert!(
+        script.contains(&format!("client_id={client}")),
+        "the script names the mapped client: {script}"
+    );
+
+    // The script as it stands, against the real binary serving the overlay's trusted
+    // issuers file, with the client registered as the overlay's header says, and a token
+    // signed as the API server signs them (RS256, kid, the kubernetes.io claim).
+    let key = ExternalKey::rs256();
+    let mount = overlay.mount(&key);
+    let (_tmp, keys) = keys_dir_with_template();
+    let add = overlay.clients_add_command();
+    let added = run_cli(&keys, &add.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(added.code, Some(0), "{add:?}: {}", added.stderr);
+    assert_eq!(add[2], client, "the header registers the mapped client");
+    let server = ServeProcess::start(
+        &keys,
+        &[
+            "--trusted-issuers",
+            mount
+                .path()
+                .join("trusted-issuers.toml")
+                .to_str()
+                .expect("utf-8"),
+        ],
+    );
+    let now = unix_now();
+    let issuer = trusted["issuer"].as_str().expect("issuer");
+    let projected = key.sign(
+        serde_json::json!({}),
+        &serde_json::json!({
+            "iss": issuer, "sub": subject, "aud": [projection["audience"].as_str()],
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": account_name}},
+        }),
+    );
+    let work = TempDir::new().expect("temp dir");
+    let token_file = work.path().join("token");
+    fs::write(&token_file, &projected).expect("write the projected token");
+    let access_file = work.path().join("access-token");
+    assert_eq!(
+        env.keys().collect::<Vec<_>>(),
+        ["ACCESS_TOKEN_FILE", "SUBJECT_TOKEN_FILE", "TOKEN_ENDPOINT"],
+        "the script's settings, each replaced below"
+    );
+    let sidecar_log = work.path().join("stderr");
+    let mut run = Command::new("sh");
+    run.arg("-c")
+        .arg(&script)
+        .env("TOKEN_ENDPOINT", format!("{}/oauth2/token", server.url))
+        .env("SUBJECT_TOKEN_FILE", &token_file)
+        .env("ACCESS_TOKEN_FILE", &access_file)
+        .stderr(fs::File::create(&sidecar_log).expect("stderr file"));
+    let sidecar_process = ProcessGroup::spawn(run);
+    let access = wait_for(
+        PATIENCE,
+        "the sidecar's access token",
+        || match fs::read_to_string(&access_file) {
+            Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
+            _ => Err(fs::read_to_string(&sidecar_log).unwrap_or_default()),
+        },
+    );
+    drop(sidecar_process);
+
+    let claims = segment_json(&access, 1);
+    assert_eq!(
+        claims["client_id"].as_str(),
+        Some(client.as_str()),
+        "{claims}"
+    );
+    assert_eq!(claims["sub"].as_str(), Some(client.as_str()), "{claims}");
+    assert_eq!(
+        claims["act"],
+        serde_json::json!({"iss": issuer, "sub": subject}),
+        "{claims}"
+    );
+    let audience = add
+        .windows(2)
+        .find(|w| w[0] == "--audience")
+        .map(|w| w[1].as_str());
+    assert_eq!(claims["aud"].as_str(), audience, "the client's audience");
+    assert!(claims["exp"].as_u64().expect("exp") <= now + 3600);
+}
+
+#[test]
+fn every_kustomization_builds_with_kubectl() {
+    // Where kubectl is not installed, the other tests of this file still read every file.
+    if Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_err()
+    {
+        eprintln!("deploy: no kubectl here; the kustomizations are not built");
+        return;
+    }
+    // A copy, with the JWKS the federation overlay's operator saves beside it.
+    let tmp = TempDir::new().expect("temp dir");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("deploy/kubernetes"))
+        .arg(tmp.path())
+        .status()
+        .expect("run cp");
+    assert!(copied.success());
+    let dir = tmp.path().join("kubernetes");
+    fs::write(
+        dir.join("federation/k8s-jwks.json"),
+        ExternalKey::jwks(&[&ExternalKey::rs256()]).to_string(),
+    )
+    .expect("write JWKS");
+    let build = |overlay: &str| -> Vec<Yaml> {
+        let out = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(dir.join(overlay))
+            .output()
+            .expect("run kubectl kustomize");
+        assert!(
+            out.status.success(),
+            "kubectl kustomize deploy/kubernetes/{overlay}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        YamlLoader::load_from_str(&String::from_utf8_lossy(&out.stdout)).expect("YAML")
+    };
+    let find = |docs: &[Yaml], kind: &str| -> Yaml {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone()
+    };
+    let server_env = |deployment: &Yaml| -> Vec<String> {
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_vec()
+            .expect("env")
+            .iter()
+            .map(|e| e["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+
+    let base = build(".");
+    assert_eq!(base.len(), 5, "the base's five resources");
+    for doc in base
+        .iter()
+        .filter(|d| d["kind"].as_str() != Some("Namespace"))
+    {
+        assert_eq!(doc["metadata"]["namespace"].as_str(), Some("jwt-issuer"));
+    }
+
+    let postgres = find(&build("postgres"), "Deployment");
+    let env = server_env(&postgres);
+    assert!(env.iter().any(|n| n == "JWT_ISSUER_STORE"), "{env:?}");
+    assert!(!env.iter().any(|n| n == "JWT_ISSUER_KEYS_DIR"), "{env:?}");
+
+    let federation = build("federation");
+    let config_map = find(&federation, "ConfigMap");
+    let name = config_map["metadata"]["name"].as_str().expect("name");
+    assert!(
+        name.starts_with("jwt-issuer-federation-"),
+        "{name}: named by its content's hash"
+    );
+    assert_eq!(
+        config_map["metadata"]["namespace"].as_str(),
+        Some("jwt-issuer")
+    );
+    let data = config_map["data"].as_hash().expect("data");
+    assert!(data.contains_key(&Yaml::String("trusted-issuers.toml".into())));
+    assert!(data.contains_key(&Yaml::String("k8s-jwks.json".into())));
+    let deployment = find(&federation, "Deployment");
+    assert!(
+        server_env(&deployment)
+            .iter()
+            .any(|n| n == "JWT_ISSUER_TRUSTED_ISSUERS")
+    );
+    assert!(
+        deployment["spec"]["template"]["spec"]["volumes"]
+            .as_vec()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["configMap"]["name"].as_str() == Some(name)),
+        "the Deployment mounts the generated ConfigMap by its hashed name"
     );
 }
 
@@ -531,12 +867,15 @@ struct Manifests {
 
 impl Manifests {
     fn load() -> Self {
-        let dir = repo().join("deploy/kubernetes");
+        // `kubectl apply -k deploy/kubernetes` applies the base as it is.
+        let top = &load_yaml(&repo().join("deploy/kubernetes/kustomization.yaml"))[0];
+        assert_eq!(strings(&top["resources"]), ["base"]);
+        let dir = repo().join("deploy/kubernetes/base");
         let kustomization = &load_yaml(&dir.join("kustomization.yaml"))[0];
         let resources = strings(&kustomization["resources"]);
         // Every manifest in the directory is applied: none lies beside it unused.
         let mut on_disk: Vec<String> = fs::read_dir(&dir)
-            .expect("deploy/kubernetes")
+            .expect("deploy/kubernetes/base")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
             .collect();
@@ -563,7 +902,7 @@ impl Manifests {
             .filter(|(_, doc)| doc["kind"].as_str() == Some(kind))
             .map(|(_, doc)| doc)
             .collect();
-        assert_eq!(found.len(), 1, "one {kind} in deploy/kubernetes");
+        assert_eq!(found.len(), 1, "one {kind} in deploy/kubernetes/base");
         found[0]
     }
 
@@ -609,6 +948,132 @@ fn env_of(container: &Yaml) -> BTreeMap<String, String> {
             (name, value)
         })
         .collect()
+}
+
+/// deploy/kubernetes/federation: its kustomization, its deployment patch, where the pod
+/// mounts the ConfigMap, and its trusted issuers file.
+struct FederationOverlay {
+    kustomization: Yaml,
+    patch: Yaml,
+    /// The files of the ConfigMap jwt-issuer-federation.
+    generated_files: Vec<String>,
+    /// Where the server's container mounts that ConfigMap.
+    mount_path: String,
+    /// trusted-issuers.toml, as it stands.
+    toml: String,
+    /// trusted-issuers.toml, parsed.
+    trusted: serde_json::Value,
+}
+
+impl FederationOverlay {
+    fn load() -> Self {
+        let dir = repo().join("deploy/kubernetes/federation");
+        let kustomization = load_yaml(&dir.join("kustomization.yaml")).remove(0);
+        let patch = load_yaml(&dir.join("deployment-patch.yaml")).remove(0);
+        let generator = kustomization["configMapGenerator"]
+            .as_vec()
+            .expect("configMapGenerator")
+            .iter()
+            .find(|g| g["name"].as_str() == Some("jwt-issuer-federation"))
+            .expect("the ConfigMap jwt-issuer-federation");
+        let generated_files = strings(&generator["files"]);
+        let pod = &patch["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_vec()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["configMap"]["name"].as_str() == Some("jwt-issuer-federation"))
+            .expect("a volume of the ConfigMap");
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_vec()
+            .expect("volumeMounts")
+            .iter()
+            .find(|m| m["name"] == volume["name"])
+            .expect("the ConfigMap's mount");
+        assert_eq!(mount["readOnly"].as_bool(), Some(true));
+        let mount_path = mount["mountPath"]
+            .as_str()
+            .expect("mountPath")
+            .trim_end_matches('/')
+            .to_owned();
+        let toml =
+            fs::read_to_string(dir.join("trusted-issuers.toml")).expect("trusted-issuers.toml");
+        let trusted = {
+            use figment::providers::{Format as _, Toml};
+            figment::Figment::from(Toml::string(&toml))
+                .extract::<serde_json::Value>()
+                .expect("trusted-issuers.toml is TOML")
+        };
+        Self {
+            kustomization,
+            patch,
+            generated_files,
+            mount_path,
+            toml,
+            trusted,
+        }
+    }
+
+    /// A directory holding what the pod finds at the mount: trusted-issuers.toml with the
+    /// mount path replaced by the directory's, and `key`'s JWKS as k8s-jwks.json.
+    fn mount(&self, key: &ExternalKey) -> TempDir {
+        let dir = TempDir::new().expect("temp dir");
+        let here = dir.path().to_str().expect("utf-8");
+        fs::write(
+            dir.path().join("trusted-issuers.toml"),
+            self.toml.replace(&self.mount_path, here),
+        )
+        .expect("write trusted-issuers.toml");
+        fs::write(
+            dir.path().join("k8s-jwks.json"),
+            ExternalKey::jwks(&[key]).to_string(),
+        )
+        .expect("write k8s-jwks.json");
+        dir
+    }
+
+    /// The `jwt-issuer clients add ...` the kustomization's header tells the operator to
+    /// run, as arguments after the binary's name (without the redirection).
+    fn clients_add_command(&self) -> Vec<String> {
+        let text =
+            fs::read_to_string(repo().join("deploy/kubernetes/federation/kustomization.yaml"))
+                .expect("kustomization.yaml");
+        let line = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("jwt-issuer clients add ")
+                    .map(|(_, rest)| rest)
+            })
+            .expect("a `jwt-issuer clients add` line in the header");
+        let args = line.split(" >").next().unwrap_or(line);
+        ["clients", "add"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(args.split_whitespace().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// A command run in a process group of its own, ended with everything it started (a
+/// script's `sleep`) when dropped, the test failing or not.
+struct ProcessGroup(std::process::Child);
+
+impl ProcessGroup {
+    fn spawn(mut command: Command) -> Self {
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        Self(command.spawn().expect("spawn"))
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // The group's id is the leader's pid; `--` so that kill does not read it as a signal.
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", "--", &group])
+            .status();
+        let _ = self.0.wait();
+    }
 }
 
 /// The port of a container's named port.

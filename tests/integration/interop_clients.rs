@@ -11,6 +11,17 @@
 //!   (RS256 unless `alg=` is given), no `kid`; `aud` the token endpoint URL; `iat`, no
 //!   `nbf`; a random `jti`; `exp` an hour ahead, which the 300 s cap refuses: the script
 //!   passes `expires_in` through a `PrivateKeyJWT` subclass, as a user would.
+//!
+//! The same libraries present a workload's token from a trusted external issuer (workload
+//! identity federation), with no client authentication:
+//! - openid-client 6: token exchange (RFC 8693) through `genericGrantRequest` with
+//!   `client.None()`, which sends the `client_id` the configuration was made with, so that
+//!   must be the client the token maps to. Accepted as it is, `issued_token_type` included.
+//! - authlib 1.9: the JWT bearer grant (RFC 7523 section 2.1) through
+//!   `OAuth2Session.fetch_token(grant_type=JWTBearerGrant.GRANT_TYPE, assertion=...)`; with
+//!   no client secret the session authenticates with `none`, sending its client id. A
+//!   session made without a client id sends the string `client_id=None`, which names
+//!   another client than the token's: refused with `invalid_grant`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,11 +31,11 @@ use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jwt_issuer::oauth::{NewClient, PublicKeys};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::external::{ExternalKey, KeyHost};
-use crate::helpers::{TestApp, interop_dir, python, run_interop};
+use crate::helpers::{TestApp, interop_dir, new_client, python, run_interop, unix_now};
 use crate::interop::{jose_typ, pyjwt_typ};
 
 const AUDIENCE: &str = "orders-api";
@@ -134,6 +145,90 @@ fn authlib_with_a_key_the_server_does_not_know_gets_invalid_client() {
     assert!(err.contains("signature does not verify"), "{err}");
 }
 
+#[test]
+fn openid_client_exchanges_a_trusted_issuers_token_for_its_clients_token() {
+    // A Kubernetes-style issuer: RS256, keys found through its discovery document.
+    let external = ExternalIssuer::start(ExternalKey::rs256());
+    let (app, dir) = external.trusted_by(Keys::Discovery);
+    let token = external.token(K8S_SUBJECT, 600, json!({}));
+    let token_file = write_token(dir.path(), &token);
+
+    let response = openid_client_exchange(&app, "orders", &token_file, Some(AUDIENCE))
+        .unwrap_or_else(|e| panic!("openid-client: {e}"));
+    assert_eq!(
+        response["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token",
+        "{response}"
+    );
+    let claims = assert_token_for(&app, "orders", &response);
+    assert_acts_for(&claims, &external, K8S_SUBJECT, &token);
+}
+
+#[test]
+fn openid_client_with_an_untrusted_issuers_token_gets_invalid_grant() {
+    let external = ExternalIssuer::start(ExternalKey::es256());
+    let (app, dir) = external.trusted_by(Keys::Discovery);
+    let stranger = ExternalIssuer::start(ExternalKey::es256());
+    let token_file = write_token(dir.path(), &stranger.token(K8S_SUBJECT, 600, json!({})));
+
+    let err = openid_client_exchange(&app, "orders", &token_file, None)
+        .expect_err("an untrusted issuer's token accepted");
+    assert!(err.starts_with("invalid_grant:"), "{err}");
+    assert!(err.contains("issuer is not trusted"), "{err}");
+}
+
+#[test]
+fn authlib_gets_a_token_with_the_jwt_bearer_grant_for_a_ci_token_matching_a_claims_rule() {
+    // A CI-style issuer: ES256, keys at its jwks_uri, the subject mapped on a claim too.
+    let external = ExternalIssuer::start(ExternalKey::es256());
+    let (app, dir) = external.trusted_by(Keys::JwksUri);
+    let token = external.token(CI_SUBJECT, 300, json!({"repository": "acme/orders"}));
+    let token_file = write_token(dir.path(), &token);
+
+    let response = authlib_jwt_bearer(&app, "ci-deployer", &token_file, &["--scope", "deploy"])
+        .unwrap_or_else(|e| panic!("authlib: {e}"));
+    assert_eq!(response["scope"], "deploy", "{response}");
+    assert!(
+        response.get("issued_token_type").is_none(),
+        "token exchange only: {response}"
+    );
+    let claims = assert_token_for(&app, "ci-deployer", &response);
+    assert_eq!(claims["scope"], "deploy", "{claims}");
+    assert_acts_for(&claims, &external, CI_SUBJECT, &token);
+}
+
+#[test]
+fn authlib_with_an_untrusted_issuers_token_gets_invalid_grant() {
+    let external = ExternalIssuer::start(ExternalKey::es256());
+    let (app, dir) = external.trusted_by(Keys::JwksUri);
+    let stranger = ExternalIssuer::start(ExternalKey::es256());
+    let token_file = write_token(
+        dir.path(),
+        &stranger.token(CI_SUBJECT, 300, json!({"repository": "acme/orders"})),
+    );
+
+    let err = authlib_jwt_bearer(&app, "ci-deployer", &token_file, &[])
+        .expect_err("an untrusted issuer's token accepted");
+    assert!(err.starts_with("invalid_grant:"), "{err}");
+    assert!(err.contains("issuer is not trusted"), "{err}");
+}
+
+#[test]
+fn authlib_session_without_a_client_id_sends_none_and_is_refused() {
+    let external = ExternalIssuer::start(ExternalKey::es256());
+    let (app, dir) = external.trusted_by(Keys::JwksUri);
+    let token_file = write_token(
+        dir.path(),
+        &external.token(CI_SUBJECT, 300, json!({"repository": "acme/orders"})),
+    );
+
+    // OAuth2Session() with no client id still authenticates with "none", which adds
+    // client_id=None to the form: a client id, and not the one the token maps to.
+    let err = authlib_jwt_bearer(&app, "-", &token_file, &["--without-client-id"])
+        .expect_err("client_id=None accepted");
+    assert!(err.starts_with("invalid_grant:"), "{err}");
+    assert!(err.contains("another client than client_id"), "{err}");
+}
+
 /// A client registered with public keys only, for [`AUDIENCE`].
 fn key_client(id: &str, keys: PublicKeys) -> NewClient {
     NewClient {
@@ -199,24 +294,18 @@ fn authlib(
     key_file: &Path,
     extra: &[&str],
 ) -> Result<Value, String> {
-    let discovery = app.get("/.well-known/openid-configuration");
-    assert_eq!(discovery.status, 200, "{}", discovery.body);
-    let token_endpoint = discovery.json()["token_endpoint"]
-        .as_str()
-        .expect("token_endpoint")
-        .to_owned();
     let mut cmd = Command::new(python());
     cmd.arg("authlib_private_key_jwt.py")
-        .args([&token_endpoint, client_id])
+        .args([&token_endpoint(app), client_id])
         .arg(key_file)
         .args(extra);
     run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
 }
 
 /// `response` is a bearer token response whose access token was issued to `client_id`,
-/// and PyJWT and jose accept that token.
+/// and PyJWT and jose accept that token; its claims, as PyJWT verified them.
 #[track_caller]
-fn assert_token_for(app: &TestApp, client_id: &str, response: &Value) {
+fn assert_token_for(app: &TestApp, client_id: &str, response: &Value) -> Value {
     // openid-client lowercases token_type; RFC 6749 section 5.1 has it case-insensitive.
     let token_type = response["token_type"].as_str().unwrap_or_default();
     assert!(token_type.eq_ignore_ascii_case("bearer"), "{response}");
@@ -231,4 +320,165 @@ fn assert_token_for(app: &TestApp, client_id: &str, response: &Value) {
         assert_eq!(claims["aud"], AUDIENCE, "{claims}");
         assert_eq!(claims["iss"], app.issuer.as_str(), "{claims}");
     }
+    claims
+}
+
+/// The audience the trusted issuers file requires in presented tokens.
+const FEDERATION_AUDIENCE: &str = "jwt-issuer";
+/// A Kubernetes service account's subject, mapped to client `orders`.
+const K8S_SUBJECT: &str = "system:serviceaccount:orders:api";
+/// A CI job's subject, mapped to client `ci-deployer` when `repository` is acme/orders.
+const CI_SUBJECT: &str = "repo:acme/orders:ref:refs/heads/main";
+
+/// Where a server finds an external issuer's keys.
+#[derive(Debug, Clone, Copy)]
+enum Keys {
+    JwksUri,
+    Discovery,
+}
+
+/// An external issuer (a stand-in for a Kubernetes API server or a CI's OIDC provider):
+/// its key, and a server publishing its JWKS and discovery document.
+struct ExternalIssuer {
+    key: ExternalKey,
+    host: KeyHost,
+}
+
+impl ExternalIssuer {
+    fn start(key: ExternalKey) -> Self {
+        let host = KeyHost::start(ExternalKey::jwks(&[&key]));
+        Self { key, host }
+    }
+
+    fn issuer(&self) -> &str {
+        &self.host.origin
+    }
+
+    /// A token of this issuer for `sub` and [`FEDERATION_AUDIENCE`], valid `ttl` seconds,
+    /// with `extra` claims.
+    fn token(&self, sub: &str, ttl: u64, extra: Value) -> String {
+        let now = unix_now();
+        let mut claims = json!({
+            "iss": self.issuer(), "sub": sub, "aud": [FEDERATION_AUDIENCE],
+            "iat": now, "nbf": now, "exp": now + ttl,
+        });
+        for (name, value) in extra.as_object().expect("claims object") {
+            claims[name] = value.clone();
+        }
+        self.key.sign(json!({"typ": "JWT"}), &claims)
+    }
+
+    /// A server trusting this issuer (its keys found as `keys` says), mapping
+    /// [`K8S_SUBJECT`] to client `orders` and [`CI_SUBJECT`] of repository acme/orders to
+    /// client `ci-deployer`; the temporary dir holds the trusted issuers file.
+    fn trusted_by(&self, keys: Keys) -> (TestApp, TempDir) {
+        let dir = TempDir::new().unwrap();
+        let keys = match keys {
+            Keys::JwksUri => format!("jwks_uri = {:?}", self.host.url),
+            Keys::Discovery => String::new(),
+        };
+        let file = dir.path().join("trusted-issuers.toml");
+        std::fs::write(
+            &file,
+            format!(
+                r#"[[issuer]]
+issuer = "{}"
+audience = "{FEDERATION_AUDIENCE}"
+{keys}
+
+[[issuer.map]]
+subject = "{K8S_SUBJECT}"
+client = "orders"
+
+[[issuer.map]]
+subject = "{CI_SUBJECT}"
+claims = {{ repository = "acme/orders" }}
+client = "ci-deployer"
+"#,
+                self.issuer()
+            ),
+        )
+        .unwrap();
+        // `orders` asks for its second audience below, so its first is another one.
+        let clients = [
+            new_client("orders", &["orders:read"], &["billing-api", AUDIENCE]),
+            new_client("ci-deployer", &["deploy", "read"], &[AUDIENCE]),
+        ];
+        let (app, _) = TestApp::spawn_with_clients(clients, |config| {
+            config.trusted_issuers = Some(file);
+        });
+        (app, dir)
+    }
+}
+
+/// Writes a presented token to a file, as a projected service-account token is mounted.
+fn write_token(dir: &Path, token: &str) -> PathBuf {
+    let path = dir.join("presented.jwt");
+    std::fs::write(&path, token).unwrap();
+    path
+}
+
+/// openid-client: discovery from the issuer, then token exchange; Ok(the token response)
+/// or Err(what it printed).
+fn openid_client_exchange(
+    app: &TestApp,
+    client_id: &str,
+    token_file: &Path,
+    audience: Option<&str>,
+) -> Result<Value, String> {
+    assert!(
+        interop_dir().join("node_modules/openid-client").exists(),
+        "openid-client is not installed: run .ci/run (npm ci in tests/interop)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg("openid_client_token_exchange.mjs")
+        .args([&app.issuer, client_id])
+        .arg(token_file)
+        .args(audience);
+    run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
+}
+
+/// authlib: the JWT bearer grant at the token endpoint discovery names; Ok(the token
+/// response) or Err(what it printed).
+fn authlib_jwt_bearer(
+    app: &TestApp,
+    client_id: &str,
+    token_file: &Path,
+    extra: &[&str],
+) -> Result<Value, String> {
+    let mut cmd = Command::new(python());
+    cmd.arg("authlib_jwt_bearer.py")
+        .args([&token_endpoint(app), client_id])
+        .arg(token_file)
+        .args(extra);
+    run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
+}
+
+/// The token endpoint, as discovery names it.
+fn token_endpoint(app: &TestApp) -> String {
+    let discovery = app.get("/.well-known/openid-configuration");
+    assert_eq!(discovery.status, 200, "{}", discovery.body);
+    discovery.json()["token_endpoint"]
+        .as_str()
+        .expect("token_endpoint")
+        .to_owned()
+}
+
+/// The issued token's claims name the external identity in `act` and expire no later than
+/// the presented token.
+#[track_caller]
+fn assert_acts_for(claims: &Value, external: &ExternalIssuer, subject: &str, presented: &str) {
+    assert_eq!(
+        claims["act"],
+        json!({"iss": external.issuer(), "sub": subject}),
+        "{claims}"
+    );
+    let presented_exp = crate::helpers::segment_json(presented, 1)["exp"]
+        .as_u64()
+        .expect("exp");
+    let exp = claims["exp"].as_u64().expect("exp");
+    assert!(
+        exp <= presented_exp,
+        "the issued token ({exp}) outlives the presented one ({presented_exp})"
+    );
 }
