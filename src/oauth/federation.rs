@@ -215,7 +215,7 @@ impl Federation {
                 if verifier.get().is_none()
                     && let Some(reason) = last_failure()
                 {
-                    return Err(refused(reason));
+                    return Err(OAuthError::KeysUnavailable(reason));
                 }
                 verifier
                     .get_or_try_init(|| async {
@@ -229,14 +229,26 @@ impl Federation {
                     })
                     .await
                     .map_err(|e| {
-                        let reason = describe("presented token", &e);
+                        let reason = format!(
+                            "issuer {}: discovery failed: {}",
+                            trusted.issuer,
+                            describe("presented token", &e)
+                        );
                         *failed.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((std::time::Instant::now(), reason.clone()));
-                        refused(reason)
+                        OAuthError::KeysUnavailable(reason)
                     })?
             }
         };
         let claims: Map<String, Value> = verifier.verify(token).await.map_err(|e| {
+            // Not the client's failure: 503, retried (an invalid_grant is final to client
+            // libraries); the cause names the issuer's URL and goes to the log only.
+            if let crate::verify::VerifyError::KeySetUnavailable(cause) = &e {
+                return OAuthError::KeysUnavailable(format!(
+                    "issuer {}: keys unavailable: {cause}",
+                    trusted.issuer
+                ));
+            }
             refused(match e {
                 crate::verify::VerifyError::WrongAudience => format!(
                     "the presented token's aud must hold {:?}, the audience this server accepts from its issuer",

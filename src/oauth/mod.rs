@@ -81,10 +81,11 @@ pub enum OAuthError {
     /// or revoked without a successor loaded): refused, never signed by another key.
     #[error("tokens of this client cannot be signed right now; retry later")]
     TemporarilyUnavailable(String),
-    /// The keys to verify a client's assertion could not be fetched (its `jwks_uri` is
-    /// down): nothing is accepted unverified. The cause (which names the URI) is logged,
+    /// The keys to verify a client's assertion or a presented token could not be fetched
+    /// (the client's `jwks_uri` or the trusted issuer is down): nothing is accepted
+    /// unverified, and the client may retry. The cause (which names the URI) is logged,
     /// never sent.
-    #[error("the client's keys cannot be fetched right now; retry later")]
+    #[error("the keys to verify the request's JWT cannot be fetched right now; retry later")]
     KeysUnavailable(String),
     /// The key store or the client registry holds a change the server could not read yet;
     /// it may revoke a key or a secret, so nothing is issued until it is read.

@@ -164,7 +164,7 @@ fn openid_client_exchanges_a_trusted_issuers_token_for_its_clients_token() {
 }
 
 #[test]
-fn openid_client_with_an_untrusted_issuers_token_gets_invalid_grant() {
+fn openid_client_with_an_untrusted_issuers_token_gets_invalid_request() {
     let external = ExternalIssuer::start(ExternalKey::es256());
     let (app, dir) = external.trusted_by(Keys::Discovery);
     let stranger = ExternalIssuer::start(ExternalKey::es256());
@@ -172,7 +172,9 @@ fn openid_client_with_an_untrusted_issuers_token_gets_invalid_grant() {
 
     let err = openid_client_exchange(&app, "orders", &token_file, None)
         .expect_err("an untrusted issuer's token accepted");
-    assert!(err.starts_with("invalid_grant:"), "{err}");
+    // Token exchange: RFC 8693 section 2.2.2 names an unacceptable subject token an
+    // invalid request.
+    assert!(err.starts_with("invalid_request:"), "{err}");
     assert!(err.contains("issuer is not trusted"), "{err}");
 }
 
