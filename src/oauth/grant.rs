@@ -83,17 +83,7 @@ impl GrantHandler for ClientCredentials {
         client: &Client,
         form: &Form,
     ) -> Result<Granted, OAuthError> {
-        let requested = Requested {
-            scope: form.get("scope"),
-            audience: form.get("audience"),
-            resource: form.get("resource"),
-        };
-        let grant = resolve(
-            client,
-            requested,
-            context.issuer.as_str(),
-            context.default_ttl,
-        )?;
+        let grant = resolve_requested(client, context, form)?;
         Ok(access_token(client, &grant, context.federated))
     }
 }
@@ -192,17 +182,7 @@ fn federated_grant(
     let federated = context.federated.ok_or_else(|| {
         OAuthError::Internal("a federation grant reached its handler unverified".into())
     })?;
-    let requested = Requested {
-        scope: form.get("scope"),
-        audience: form.get("audience"),
-        resource: form.get("resource"),
-    };
-    let grant = resolve(
-        client,
-        requested,
-        context.issuer.as_str(),
-        context.default_ttl,
-    )?;
+    let grant = resolve_requested(client, context, form)?;
     if federated.expires_at <= crate::time::unix_now() {
         return Err(OAuthError::InvalidGrant(
             "the presented token has expired".into(),
@@ -211,6 +191,25 @@ fn federated_grant(
     let mut granted = access_token(client, &grant, Some(federated));
     granted.issued_token_type = issued_token_type;
     Ok(granted)
+}
+
+/// [`resolve`] with the request's `scope`, `audience` and `resource`.
+fn resolve_requested(
+    client: &Client,
+    context: GrantContext<'_>,
+    form: &Form,
+) -> Result<Grant, OAuthError> {
+    let requested = Requested {
+        scope: form.get("scope"),
+        audience: form.get("audience"),
+        resource: form.get("resource"),
+    };
+    resolve(
+        client,
+        requested,
+        context.issuer.as_str(),
+        context.default_ttl,
+    )
 }
 
 /// The access token of `client` for `grant` (RFC 9068): `client_id`, `scope`, the

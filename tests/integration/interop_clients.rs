@@ -276,16 +276,13 @@ fn openid_client(
     key_file: &Path,
     kid: Option<&str>,
 ) -> Result<Value, String> {
-    assert!(
-        interop_dir().join("node_modules/openid-client").exists(),
-        "openid-client is not installed: run .ci/run (npm ci in tests/interop)"
-    );
-    let mut cmd = Command::new("node");
-    cmd.arg("openid_client_private_key_jwt.mjs")
-        .args([&app.issuer, client_id])
-        .arg(key_file)
-        .args(kid);
-    run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
+    node_script(
+        "openid_client_private_key_jwt.mjs",
+        &app.issuer,
+        client_id,
+        key_file,
+        kid,
+    )
 }
 
 /// authlib: the client credentials grant at the token endpoint discovery names; Ok(the token
@@ -296,12 +293,13 @@ fn authlib(
     key_file: &Path,
     extra: &[&str],
 ) -> Result<Value, String> {
-    let mut cmd = Command::new(python());
-    cmd.arg("authlib_private_key_jwt.py")
-        .args([&token_endpoint(app), client_id])
-        .arg(key_file)
-        .args(extra);
-    run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
+    python_script(
+        "authlib_private_key_jwt.py",
+        app,
+        client_id,
+        key_file,
+        extra,
+    )
 }
 
 /// `response` is a bearer token response whose access token was issued to `client_id`,
@@ -428,16 +426,13 @@ fn openid_client_exchange(
     token_file: &Path,
     audience: Option<&str>,
 ) -> Result<Value, String> {
-    assert!(
-        interop_dir().join("node_modules/openid-client").exists(),
-        "openid-client is not installed: run .ci/run (npm ci in tests/interop)"
-    );
-    let mut cmd = Command::new("node");
-    cmd.arg("openid_client_token_exchange.mjs")
-        .args([&app.issuer, client_id])
-        .arg(token_file)
-        .args(audience);
-    run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
+    node_script(
+        "openid_client_token_exchange.mjs",
+        &app.issuer,
+        client_id,
+        token_file,
+        audience,
+    )
 }
 
 /// authlib: the JWT bearer grant at the token endpoint discovery names; Ok(the token
@@ -448,12 +443,7 @@ fn authlib_jwt_bearer(
     token_file: &Path,
     extra: &[&str],
 ) -> Result<Value, String> {
-    let mut cmd = Command::new(python());
-    cmd.arg("authlib_jwt_bearer.py")
-        .args([&token_endpoint(app), client_id])
-        .arg(token_file)
-        .args(extra);
-    run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
+    python_script("authlib_jwt_bearer.py", app, client_id, token_file, extra)
 }
 
 /// The token endpoint, as discovery names it.
@@ -483,4 +473,41 @@ fn assert_acts_for(claims: &Value, external: &ExternalIssuer, subject: &str, pre
         exp <= presented_exp,
         "the issued token ({exp}) outlives the presented one ({presented_exp})"
     );
+}
+
+/// Runs an openid-client script with the issuer, the client id, a file and `extra`; Ok(the
+/// token response it printed) or Err(what it printed).
+fn node_script(
+    script: &str,
+    issuer: &str,
+    client_id: &str,
+    file: &Path,
+    extra: Option<&str>,
+) -> Result<Value, String> {
+    assert!(
+        interop_dir().join("node_modules/openid-client").exists(),
+        "openid-client is not installed: run .ci/run (npm ci in tests/interop)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(script)
+        .args([issuer, client_id])
+        .arg(file)
+        .args(extra);
+    run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
+}
+
+/// Runs an authlib script with the token endpoint, the client id, a file and `extra`.
+fn python_script(
+    script: &str,
+    app: &TestApp,
+    client_id: &str,
+    file: &Path,
+    extra: &[&str],
+) -> Result<Value, String> {
+    let mut cmd = Command::new(python());
+    cmd.arg(script)
+        .args([&token_endpoint(app), client_id])
+        .arg(file)
+        .args(extra);
+    run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
 }
