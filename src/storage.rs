@@ -9,6 +9,7 @@ use crate::Config;
 use crate::database::replay::SharedReplayCache;
 use crate::database::{Database, DatabaseError, KekError, PgClients, PgKeys};
 use crate::keys::KeyStore;
+use crate::oauth::revocation::{RevocationBackend, RevokedFile};
 use crate::oauth::{ClientStore, MemoryReplayCache, ReplayCache, SharedFailures};
 
 /// The key store and the client registry of one process, over one store.
@@ -21,6 +22,7 @@ pub struct Stores {
     database: Option<Arc<Database>>,
     /// One per process: every clone must refuse what another accepted.
     replay: Arc<dyn ReplayCache>,
+    revocations: Arc<dyn RevocationBackend>,
 }
 
 /// Why the store could not be opened.
@@ -51,6 +53,8 @@ impl Stores {
                     keys: KeyStore::from_backend(Arc::new(PgKeys::new(db.clone())), config.policy),
                     clients: ClientStore::from_backend(Arc::new(PgClients::new(db.clone()))),
                     replay: Arc::new(SharedReplayCache::new(db.clone())),
+                    // TODO(#14): the database's table.
+                    revocations: Arc::new(RevokedFile::new(&config.keys_dir)),
                     database: Some(db),
                 })
             }
@@ -64,6 +68,7 @@ impl Stores {
             clients: ClientStore::new(&config.keys_dir),
             database: None,
             replay: Arc::new(MemoryReplayCache::new()),
+            revocations: Arc::new(RevokedFile::new(&config.keys_dir)),
         }
     }
 
@@ -77,6 +82,11 @@ impl Stores {
     /// `Stores`), so replicas on one keys dir do not see each other's.
     pub fn replay_cache(&self) -> Arc<dyn ReplayCache> {
         self.replay.clone()
+    }
+
+    /// Where revoked tokens are listed (RFC 7009), shared like the clients.
+    pub fn revocations(&self) -> Arc<dyn RevocationBackend> {
+        self.revocations.clone()
     }
 
     /// Failure counts shared by the replicas of the store (PostgreSQL only).

@@ -11,6 +11,7 @@ pub mod grant;
 pub mod limiter;
 pub mod replay;
 pub mod request;
+pub mod revocation;
 
 use std::time::Duration;
 
