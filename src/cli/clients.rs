@@ -48,6 +48,10 @@ pub(super) enum ClientsCommand {
         /// loopback host); fetched, cached, and fetched again for a new kid
         #[arg(long, value_name = "URL")]
         jwks_uri: Option<String>,
+        /// Allow this client to call the introspection endpoint about any token (a
+        /// resource server that must see revocations)
+        #[arg(long)]
+        introspect: bool,
     },
     /// List clients (never their secrets)
     List {
@@ -83,6 +87,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
             claims,
             jwks,
             jwks_uri,
+            introspect,
         } => {
             if let Some(ttl) = ttl {
                 check_max_ttl(ttl, &context.policy)?;
@@ -99,6 +104,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                     (None, Some(uri)) => Some(PublicKeys::JwksUri(uri)),
                     (None, None) => None,
                 },
+                introspect,
             };
             let hs256_without_secret = alg == Some(SigningAlg::Hs256)
                 && HmacSecret::from_env(HMAC_SECRET_ENV).is_ok_and(|s| s.is_none());
@@ -141,6 +147,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                             "alg": c.alg, "ttl_secs": c.ttl_secs, "claims": c.claims,
                             "created": c.created,
                             "token_endpoint_auth_method": c.credential.auth_method(),
+                            "introspect": c.introspect,
                             "jwks_uri": match &c.credential {
                                 Credential::JwksUri { jwks_uri } => Some(jwks_uri),
                                 _ => None,

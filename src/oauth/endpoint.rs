@@ -25,6 +25,10 @@ use crate::sign::{IssuedToken, SignError, Signer};
 
 /// The token endpoint's path.
 pub const TOKEN_PATH: &str = "/oauth2/token";
+/// The introspection endpoint's path (RFC 7662).
+pub const INTROSPECTION_PATH: &str = "/oauth2/introspect";
+/// The revocation endpoint's path (RFC 7009).
+pub const REVOCATION_PATH: &str = "/oauth2/revoke";
 
 /// Lifetime of access tokens for clients without their own, by default (15 min).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -316,6 +320,28 @@ impl TokenEndpoint {
             federated,
             issued_token_type: granted.issued_token_type,
         })
+    }
+
+    /// The client a request to another endpoint of the server (introspection, revocation)
+    /// authenticates as: the token endpoint's methods, under its brute-force limits.
+    ///
+    /// # Errors
+    /// As at the token endpoint: `invalid_client`, `invalid_request`, `slow_down`, 503.
+    pub async fn authenticate_client<'c>(
+        &self,
+        headers: &HeaderMap,
+        form: &mut Form,
+        peer: Option<IpAddr>,
+        clients: &'c ClientRegistry,
+        signer: &Signer,
+    ) -> Result<&'c Client, OAuthError> {
+        let call = TokenCall {
+            headers,
+            body: &[],
+            peer,
+        };
+        self.authenticate(call, clients, signer, form, &mut None)
+            .await
     }
 
     /// The client the request authenticates as, by the one method it uses; `client_id`

@@ -354,6 +354,7 @@ mod tests {
             alg: None,
             ttl_secs: None,
             claims: serde_json::Map::new(),
+            introspect: false,
             created: 0,
         }
     }

@@ -8,6 +8,7 @@ pub mod clients;
 pub mod endpoint;
 pub mod federation;
 pub mod grant;
+pub mod introspection;
 pub mod limiter;
 pub mod replay;
 pub mod request;
@@ -26,7 +27,8 @@ pub use clients::{
     Credential, NewClient, Proof, PublicKeys, SkippedClient,
 };
 pub use endpoint::{
-    DEFAULT_TOKEN_TTL, Issued, NamedClient, TOKEN_PATH, TokenCall, TokenEndpoint, TokenOutcome,
+    DEFAULT_TOKEN_TTL, INTROSPECTION_PATH, Issued, NamedClient, REVOCATION_PATH, TOKEN_PATH,
+    TokenCall, TokenEndpoint, TokenOutcome,
 };
 pub use limiter::{AuthLimiter, AuthLimits, SharedFailures};
 pub use replay::{MemoryReplayCache, ReplayCache, ReplayError};
@@ -52,6 +54,10 @@ pub enum OAuthError {
     /// section 5.2, RFC 7523 section 3.1, RFC 8693 section 2.2.2): the message says why.
     #[error("{0}")]
     InvalidGrant(String),
+    /// An authenticated client that may not use this endpoint (introspection without
+    /// `clients add --introspect`).
+    #[error("{0}")]
+    UnauthorizedClient(String),
     /// A grant type the endpoint has no handler for.
     #[error("grant_type '{given}' is not supported; use {supported}")]
     UnsupportedGrantType {
@@ -121,6 +127,7 @@ impl OAuthError {
             }
             Self::InvalidClient { .. } | Self::InvalidClientAssertion(_) => "invalid_client",
             Self::InvalidGrant(_) => "invalid_grant",
+            Self::UnauthorizedClient(_) => "unauthorized_client",
             Self::UnsupportedGrantType { .. } => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",
@@ -141,6 +148,7 @@ impl ResponseError for OAuthError {
                 StatusCode::UNAUTHORIZED
             }
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UnauthorizedClient(_) => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TemporarilyUnavailable(_)

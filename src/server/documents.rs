@@ -14,7 +14,7 @@ use crate::{Issuer, SigningAlg};
 
 /// Path of the JWKS.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
-pub use crate::oauth::TOKEN_PATH;
+pub use crate::oauth::{INTROSPECTION_PATH, REVOCATION_PATH, TOKEN_PATH};
 
 /// The metadata document. Endpoint URLs are the issuer plus the path, so a service behind
 /// a proxy advertises the URLs its clients use.
@@ -32,6 +32,14 @@ pub struct Metadata {
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
     /// The algorithms `private_key_jwt` assertions may be signed with.
     pub token_endpoint_auth_signing_alg_values_supported: Vec<&'static str>,
+    /// Where resource servers ask whether a token is active (RFC 7662).
+    pub introspection_endpoint: String,
+    /// How they authenticate there: as at the token endpoint.
+    pub introspection_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// Where clients revoke their tokens (RFC 7009).
+    pub revocation_endpoint: String,
+    /// How they authenticate there: as at the token endpoint.
+    pub revocation_endpoint_auth_methods_supported: Vec<&'static str>,
     /// No authorization endpoint, hence no response type (required member, RFC 8414).
     pub response_types_supported: Vec<&'static str>,
     /// Required by OpenID Connect Discovery; `sub` is the client id as registered.
@@ -51,6 +59,10 @@ impl Metadata {
             grant_types_supported: endpoint.grant_types(),
             token_endpoint_auth_methods_supported: endpoint.auth_methods(),
             token_endpoint_auth_signing_alg_values_supported: endpoint.assertion_algs(),
+            introspection_endpoint: issuer.endpoint(INTROSPECTION_PATH),
+            introspection_endpoint_auth_methods_supported: endpoint.auth_methods(),
+            revocation_endpoint: issuer.endpoint(REVOCATION_PATH),
+            revocation_endpoint_auth_methods_supported: endpoint.auth_methods(),
             response_types_supported: vec![],
             subject_types_supported: vec!["public"],
             id_token_signing_alg_values_supported: algs,

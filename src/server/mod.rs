@@ -5,9 +5,11 @@ pub mod connections;
 pub mod discovery;
 pub mod documents;
 pub mod error;
+pub mod introspect;
 pub mod jwks;
 pub mod metrics;
 pub mod request_log;
+pub mod revoke;
 pub mod state;
 pub mod tls;
 pub mod token;
@@ -21,7 +23,9 @@ use actix_web::http::header;
 use actix_web::web;
 use actix_web::{App, HttpResponse, HttpServer};
 
-pub use documents::{JWKS_PATH, JwksDocument, Metadata, TOKEN_PATH};
+pub use documents::{
+    INTROSPECTION_PATH, JWKS_PATH, JwksDocument, Metadata, REVOCATION_PATH, TOKEN_PATH,
+};
 pub use metrics::Metrics;
 
 pub use state::{AppState, Published};
@@ -310,11 +314,13 @@ pub fn stop_on_signal(app: &Application) -> impl std::future::Future<Output = ()
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The paths the service serves.
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 9] = [
     JWKS_PATH,
     "/.well-known/openid-configuration",
     "/.well-known/oauth-authorization-server",
     TOKEN_PATH,
+    INTROSPECTION_PATH,
+    REVOCATION_PATH,
     "/healthz",
     "/readyz",
     "/metrics",
@@ -343,6 +349,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource(TOKEN_PATH)
             .route(web::post().to(token::token))
+            .default_service(web::to(|| async { error::method_not_allowed("POST") })),
+    );
+    cfg.service(
+        web::resource(INTROSPECTION_PATH)
+            .route(web::post().to(introspect::introspect))
+            .default_service(web::to(|| async { error::method_not_allowed("POST") })),
+    );
+    cfg.service(
+        web::resource(REVOCATION_PATH)
+            .route(web::post().to(revoke::revoke))
             .default_service(web::to(|| async { error::method_not_allowed("POST") })),
     );
     cfg.service(

@@ -15,12 +15,14 @@ use super::documents::{JwksDocument, Metadata};
 use crate::audit::{AuditLog, KeyChangeBy};
 use crate::keys::{KeyStore, Millis};
 use crate::oauth::federation::Federation;
+use crate::oauth::revocation::Revocations;
 use crate::oauth::{ClientRegistry, ClientStore, ClientStoreError, TokenEndpoint};
 use crate::report::Report;
 use crate::secret::HmacSecret;
 use crate::storage::Stores;
 use crate::store::StoreVersion;
 use crate::ttl::check_ttl;
+use crate::verify::KeyRing;
 use crate::{Config, Issuer, KeySet, SignError, Signer, SignerConfig, SigningAlg};
 
 /// How long key maintenance waits after its first failure before trying again; the wait
@@ -45,6 +47,9 @@ pub struct Published {
     pub jwks_etag: HeaderValue,
     /// When the set changes by itself next (a retired key leaving, a scheduled rotation).
     pub next_change: Option<Millis>,
+    /// The published keys and the HS256 secret as verifying keys: what introspection and
+    /// revocation check this server's tokens against.
+    pub verifying: Arc<KeyRing>,
     version: Option<StoreVersion>,
 }
 
@@ -64,11 +69,14 @@ impl Published {
         // A base64url tag in quotes is always a valid header value.
         let jwks_etag =
             HeaderValue::from_str(jwks.etag()).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+        let (ring, _) = KeyRing::from_jwk_set(&signer.keys().jwk_set());
+        let verifying = Arc::new(ring.and_secrets(settings.hmac_secret.as_ref()));
         Ok(Self {
             signer,
             jwks,
             jwks_etag,
             next_change,
+            verifying,
             version,
         })
     }
@@ -106,6 +114,8 @@ pub struct AppState {
     pub draining: std::sync::atomic::AtomicBool,
     /// Where issued and refused tokens and key changes are recorded (disabled by default).
     pub audit: AuditLog,
+    /// The revoked tokens (RFC 7009), a snapshot read again when the list changes.
+    pub revocations: Revocations,
 }
 
 /// Everything [`AppState::new`] needs besides the loaded keys.
@@ -161,10 +171,15 @@ impl AppState {
             tracing::info!(issuers = %federation.issuers().join(" "), "trusting external issuers for the JWT bearer grant and token exchange");
             token_endpoint = token_endpoint.with_federation(std::sync::Arc::new(federation));
         }
+        let revocations = Revocations::new(stores.revocations());
+        if let Some(err) = revocations.unread_change() {
+            tracing::error!(list = %revocations.describe(), error = %err, "the revocation list cannot be read; introspection answers 503 until it can");
+        }
         Self::new(
             stores.keys,
             keys,
             stores.clients,
+            revocations,
             StateConfig {
                 signer: SignerConfig {
                     issuer,
@@ -195,6 +210,7 @@ impl AppState {
         key_store: KeyStore,
         keys: KeySet,
         client_store: ClientStore,
+        revocations: Revocations,
         config: StateConfig,
         token_endpoint: TokenEndpoint,
         metrics: Metrics,
@@ -241,6 +257,7 @@ impl AppState {
             maintenance_failure: Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
             audit: AuditLog::disabled(),
+            revocations,
         })
     }
 
@@ -330,6 +347,16 @@ impl AppState {
     pub fn reload(&self, force: bool) {
         self.reload_keys(force);
         self.reload_clients(force);
+        let before = self.revocations.unread_change();
+        match self.revocations.reload(force) {
+            Some(err) if before.as_ref() != Some(&err) => {
+                tracing::error!(list = %self.revocations.describe(), error = %err, "the revocation list cannot be read; introspection answers 503 until it can");
+            }
+            None if before.is_some() => {
+                tracing::info!("the revocation list is read again");
+            }
+            _ => {}
+        }
     }
 
     /// Key maintenance (removals, automatic rotation), with backoff after failures. It

@@ -139,7 +139,7 @@ async fn audit(
 }
 
 /// The body of a form post: the right content type, at most `limit` bytes.
-async fn read_form_body(
+pub(super) async fn read_form_body(
     req: &HttpRequest,
     payload: web::Payload,
     deadline: std::time::Duration,

@@ -280,15 +280,24 @@ impl KeyRing {
     pub fn from_secrets<'a>(
         secrets: impl IntoIterator<Item = &'a crate::secret::HmacSecret>,
     ) -> Self {
-        let mut ring = Self::default();
+        Self::default().and_secrets(secrets)
+    }
+
+    /// This ring with HS256 keys from shared secrets added (current first), for a verifier
+    /// of both kinds of tokens.
+    #[must_use]
+    pub fn and_secrets<'a>(
+        mut self,
+        secrets: impl IntoIterator<Item = &'a crate::secret::HmacSecret>,
+    ) -> Self {
         for secret in secrets {
-            ring.order.push(secret.kid().to_owned());
-            ring.keys.insert(
+            self.order.push(secret.kid().to_owned());
+            self.keys.insert(
                 secret.kid().to_owned(),
                 Arc::new(VerifyingKey::from_secret(secret)),
             );
         }
-        ring
+        self
     }
 
     /// The key with this kid (none for a kid that several keys share).

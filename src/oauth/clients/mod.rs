@@ -63,6 +63,10 @@ pub struct Client {
     /// a name the issuer sets ([`RESERVED_CLAIMS`]).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// May call the introspection endpoint (RFC 7662) about any token (`clients add
+    /// --introspect`): a resource server's client.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub introspect: bool,
     /// Registration time, seconds since the Unix epoch.
     pub created: u64,
 }
@@ -160,6 +164,8 @@ pub struct NewClient {
     pub claims: Vec<(String, serde_json::Value)>,
     /// Public keys instead of a secret (`private_key_jwt`); `None`: a generated secret.
     pub keys: Option<PublicKeys>,
+    /// May introspect tokens; see [`Client::introspect`].
+    pub introspect: bool,
 }
 
 /// Claim names a client's static claims may not use, in any letter case (some verifiers
@@ -805,6 +811,7 @@ fn build_client(new: NewClient) -> Result<(Client, Option<ClientSecret>), Client
         alg: new.alg,
         ttl_secs: new.ttl.map(|t| t.as_secs()),
         claims,
+        introspect: new.introspect,
         created: unix_now(),
     };
     Ok((client, secret))

@@ -1,0 +1,64 @@
+//! `POST /oauth2/introspect` (RFC 7662): a client allowed to introspect asks whether a token
+//! is active. HTTP in and out; what a token is lives in `oauth::introspection`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::AppState;
+use super::request_log::client_address;
+use super::token::read_form_body;
+use crate::oauth::OAuthError;
+use crate::oauth::introspection::introspect as answer_for;
+use crate::oauth::request::Form;
+
+/// Handles one introspection request.
+pub async fn introspect(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, OAuthError> {
+    let mut form = read_request(&req, payload, &state).await?;
+    let published = state.published.load_full();
+    let clients = state.clients.load_full();
+    let client = state
+        .token_endpoint
+        .authenticate_client(
+            req.headers(),
+            &mut form,
+            client_address(&req, state.trusted_proxies()),
+            &clients,
+            &published.signer,
+        )
+        .await?;
+    if !client.introspect {
+        return Err(OAuthError::UnauthorizedClient(
+            "this client may not introspect tokens (clients add --introspect)".into(),
+        ));
+    }
+    let token = form
+        .get("token")
+        .ok_or_else(|| OAuthError::InvalidRequest("token is missing".into()))?;
+    let answer = answer_for(
+        token,
+        &published.verifying,
+        published.signer.issuer().as_str(),
+        &state.revocations,
+    )?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(answer))
+}
+
+/// The form of a request to introspection or revocation, refused while a change of the
+/// keys or the clients is unread (it may remove the caller or revoke a key).
+pub(super) async fn read_request(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Form, OAuthError> {
+    if let Some(reason) = state.unapplied_change() {
+        return Err(OAuthError::ChangeUnread(reason));
+    }
+    let body = read_form_body(req, payload, state.body_timeout(), state.max_body_bytes()).await?;
+    Form::parse(&body)
+}

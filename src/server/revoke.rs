@@ -1,0 +1,58 @@
+//! `POST /oauth2/revoke` (RFC 7009): a client revokes one of its tokens. HTTP in and out;
+//! what revoking does lives in `oauth::introspection`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::AppState;
+use super::introspect::read_request;
+use super::request_log::client_address;
+use crate::oauth::OAuthError;
+use crate::oauth::introspection::revoke as revoke_token;
+
+/// Handles one revocation request: 200 for any token, revoked or not (RFC 7009 section
+/// 2.2), once the client authenticated.
+pub async fn revoke(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, OAuthError> {
+    let mut form = read_request(&req, payload, &state).await?;
+    let published = state.published.load_full();
+    let clients = state.clients.load_full();
+    let client_id = state
+        .token_endpoint
+        .authenticate_client(
+            req.headers(),
+            &mut form,
+            client_address(&req, state.trusted_proxies()),
+            &clients,
+            &published.signer,
+        )
+        .await?
+        .client_id
+        .clone();
+    let token = form
+        .get("token")
+        .ok_or_else(|| OAuthError::InvalidRequest("token is missing".into()))?
+        .to_owned();
+    // The list is a file or a database: written off the worker.
+    let revoked = web::block(move || {
+        revoke_token(
+            &token,
+            &client_id,
+            &published.verifying,
+            published.signer.issuer().as_str(),
+            &state.revocations,
+        )
+        .map(|revoked| (revoked, client_id))
+    })
+    .await
+    .map_err(|e| OAuthError::Internal(format!("revocation task: {e}")))??;
+    if let (true, client_id) = &revoked {
+        tracing::info!(client_id = %client_id, "token revoked");
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish())
+}
