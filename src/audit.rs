@@ -245,6 +245,24 @@ impl AuditLog {
         inner.send(line.to_bytes(), None);
     }
 
+    /// Records a token its client revoked (RFC 7009); queued, never waited for (the
+    /// revocation is in the store already).
+    pub fn token_revoked(&self, request_id: &str, client_id: &str, jti: &str, exp: u64) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let line = Line {
+            time: now(),
+            event: "token_revoked",
+            request_id: Some(request_id),
+            client_id: Some(client_id),
+            jti: Some(jti),
+            exp: Some(exp),
+            ..Line::default()
+        };
+        inner.send(line.to_bytes(), None);
+    }
+
     /// Records key changes this process committed; queued, never waited for (call
     /// [`AuditLog::close`] before the process ends).
     pub fn key_changes(&self, by: KeyChangeBy, changes: &[KeyChange]) {

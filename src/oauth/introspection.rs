@@ -81,7 +81,7 @@ pub fn introspect(
 /// What revoking `token` for `client_id` does (RFC 7009 section 2.1): a token of this
 /// server issued to that client and not expired yet is listed until its `exp`; anything
 /// else (not ours, another client's, expired, without a jti) is left alone, and the answer
-/// is the same 200 (section 2.2). Returns whether a token was revoked now.
+/// is the same 200 (section 2.2). Returns what was revoked, if anything.
 ///
 /// # Errors
 /// `temporarily_unavailable` when the list cannot be written (nothing is revoked; the
@@ -92,26 +92,22 @@ pub fn revoke(
     keys: &KeyRing,
     issuer: &str,
     revocations: &Revocations,
-) -> Result<bool, OAuthError> {
+) -> Result<Option<Revoked>, OAuthError> {
     let Some(verified) = verify_own(token, keys, issuer) else {
-        return Ok(false);
+        return Ok(None);
     };
     let (Some(jti), Some(exp)) = (verified.jti(), verified.exp()) else {
-        return Ok(false);
+        return Ok(None);
     };
     if verified.client_id() != Some(client_id) {
-        return Ok(false);
+        return Ok(None);
     }
-    revocations
-        .revoke(Revoked {
-            jti: jti.to_owned(),
-            exp,
-        })
-        .map_err(|e| {
-            OAuthError::TemporarilyUnavailable(format!(
-                "cannot revoke: {}",
-                crate::report::Report(&e)
-            ))
-        })?;
-    Ok(true)
+    let entry = Revoked {
+        jti: jti.to_owned(),
+        exp,
+    };
+    revocations.revoke(entry.clone()).map_err(|e| {
+        OAuthError::TemporarilyUnavailable(format!("cannot revoke: {}", crate::report::Report(&e)))
+    })?;
+    Ok(Some(entry))
 }

@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
 use super::introspect::read_request;
-use super::request_log::client_address;
+use super::request_log::{client_address, request_id};
 use crate::oauth::OAuthError;
 use crate::oauth::introspection::revoke as revoke_token;
 
@@ -37,20 +37,24 @@ pub async fn revoke(
         .ok_or_else(|| OAuthError::InvalidRequest("token is missing".into()))?
         .to_owned();
     // The list is a file or a database: written off the worker.
+    let shared = state.clone();
     let revoked = web::block(move || {
         revoke_token(
             &token,
             &client_id,
             &published.verifying,
             published.signer.issuer().as_str(),
-            &state.revocations,
+            &shared.revocations,
         )
         .map(|revoked| (revoked, client_id))
     })
     .await
     .map_err(|e| OAuthError::Internal(format!("revocation task: {e}")))??;
-    if let (true, client_id) = &revoked {
-        tracing::info!(client_id = %client_id, "token revoked");
+    if let (Some(entry), client_id) = &revoked {
+        tracing::info!(client_id = %client_id, jti = %entry.jti, "token revoked");
+        state
+            .audit
+            .token_revoked(&request_id(&req), client_id, &entry.jti, entry.exp);
     }
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -133,13 +133,15 @@ fn only_clients_allowed_to_introspect_may_ask() {
 
 #[test]
 fn a_client_revokes_its_own_token_and_only_its_own() {
+    let audit_dir = tempfile::TempDir::new().unwrap();
+    let audit = audit_dir.path().join("audit.log");
     let (app, [rs, svc, other]) = TestApp::spawn_with_clients(
         [
             resource_server(),
             new_client("svc", &[], &[]),
             new_client("other", &[], &[]),
         ],
-        |_| {},
+        |config| config.audit_log = Some(audit.clone()),
     );
     let token = app.token_for(&svc);
     let kept = app.token_for(&svc);
@@ -178,6 +180,16 @@ fn a_client_revokes_its_own_token_and_only_its_own() {
     );
     let list = app.keys_dir.join("revoked.json");
     assert_eq!(mode(&list), 0o600);
+    let jti = crate::helpers::segment_json(&token, 1)["jti"].clone();
+    wait_until(PATIENCE, "the revocation in the audit log", || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                let line: Value = serde_json::from_str(l).unwrap_or_default();
+                line["event"] == "token_revoked" && line["jti"] == jti && line["client_id"] == "svc"
+            })
+    });
 
     // Unauthenticated: 401; no token: 400.
     let res = crate::helpers::send(
