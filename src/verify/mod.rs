@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+pub mod dpop;
 #[cfg(feature = "actix")]
 mod extractor;
 mod jwks_cache;
