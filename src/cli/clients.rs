@@ -52,6 +52,10 @@ pub(super) enum ClientsCommand {
         /// resource server that must see revocations)
         #[arg(long)]
         introspect: bool,
+        /// Require DPoP (RFC 9449) of this client: every token request carries a proof, and
+        /// every token it gets is bound to the proof's key
+        #[arg(long)]
+        dpop_bound: bool,
     },
     /// List clients (never their secrets)
     List {
@@ -88,6 +92,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
             jwks,
             jwks_uri,
             introspect,
+            dpop_bound,
         } => {
             if let Some(ttl) = ttl {
                 check_max_ttl(ttl, &context.policy)?;
@@ -105,6 +110,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                     (None, None) => None,
                 },
                 introspect,
+                dpop_bound,
             };
             let hs256_without_secret = alg == Some(SigningAlg::Hs256)
                 && HmacSecret::from_env(HMAC_SECRET_ENV).is_ok_and(|s| s.is_none());
@@ -148,6 +154,7 @@ pub(super) fn run(context: &Context, command: ClientsCommand) -> Result<()> {
                             "created": c.created,
                             "token_endpoint_auth_method": c.credential.auth_method(),
                             "introspect": c.introspect,
+                            "dpop_bound": c.dpop_bound,
                             "jwks_uri": match &c.credential {
                                 Credential::JwksUri { jwks_uri } => Some(jwks_uri),
                                 _ => None,

@@ -184,6 +184,19 @@ impl ClientAssertions {
         }
     }
 
+    /// Records a single-use id in the same replay cache (DPoP proofs' `jti`s).
+    ///
+    /// # Errors
+    /// When it cannot be told: refuse, never accept unchecked.
+    pub async fn first_use(
+        &self,
+        scope: &str,
+        jti: &str,
+        until: u64,
+    ) -> Result<bool, super::replay::ReplayError> {
+        self.replay.first_use(scope, jti, until).await
+    }
+
     /// The cache already made for a client, if any.
     fn cached(&self, client_id: &str) -> Option<Arc<JwksCache>> {
         let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());

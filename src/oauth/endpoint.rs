@@ -22,6 +22,7 @@ use super::limiter::{AuthLimiter, AuthLimits};
 use super::replay::{MemoryReplayCache, ReplayCache};
 use super::request::{Form, printable};
 use crate::sign::{IssuedToken, SignError, Signer};
+use crate::verify::dpop::{DPOP_ALGS, DpopProof};
 
 /// The token endpoint's path.
 pub const TOKEN_PATH: &str = "/oauth2/token";
@@ -53,6 +54,8 @@ pub struct TokenCall<'a> {
     pub body: &'a [u8],
     /// The TCP peer, for the per-address limit.
     pub peer: Option<IpAddr>,
+    /// The `DPoP` header (RFC 9449), if one was sent; `Err` when several were.
+    pub dpop: Result<Option<&'a str>, ()>,
 }
 
 /// A token the endpoint issued, and the scope granted.
@@ -70,6 +73,8 @@ pub struct Issued {
     pub federated: Option<FederatedSubject>,
     /// RFC 8693's `issued_token_type`, for token exchange.
     pub issued_token_type: Option<&'static str>,
+    /// `Bearer`, or `DPoP` for a token bound to a proof's key (RFC 9449 section 5).
+    pub token_type: &'static str,
 }
 
 /// What one token request came to, and the client it named as far as that may be
@@ -119,7 +124,7 @@ impl NamedClient {
 pub struct TokenResponse<'a> {
     /// The JWT.
     pub access_token: &'a str,
-    /// Always `Bearer`.
+    /// `Bearer`, or `DPoP` for a bound token.
     pub token_type: &'static str,
     /// Seconds until `exp`.
     pub expires_in: u64,
@@ -136,7 +141,7 @@ impl Issued {
     pub fn response(&self) -> TokenResponse<'_> {
         TokenResponse {
             access_token: &self.token.token,
-            token_type: "Bearer",
+            token_type: self.token_type,
             expires_in: self.token.expires_at - self.token.issued_at,
             scope: &self.scope,
             issued_token_type: self.issued_token_type,
@@ -184,6 +189,11 @@ impl TokenEndpoint {
     pub fn with_replay_cache(mut self, replay: Arc<dyn ReplayCache>) -> Self {
         self.assertions = ClientAssertions::new(replay);
         self
+    }
+
+    /// The JWS algorithms DPoP proofs may be signed with, for discovery.
+    pub fn dpop_algs(&self) -> Vec<&'static str> {
+        DPOP_ALGS.to_vec()
     }
 
     /// The JWS algorithms client assertions may be signed with, for discovery.
@@ -300,6 +310,47 @@ impl TokenEndpoint {
             federated: federated.as_ref(),
         };
         let granted = handler.grant(context, client, &form)?;
+        // DPoP (RFC 9449): the token is bound to the key that signed the proof.
+        let mut granted = granted;
+        let bound = match call.dpop {
+            Err(()) => {
+                return Err(OAuthError::InvalidDpopProof("send one DPoP header".into()));
+            }
+            Ok(None) if client.dpop_bound => {
+                return Err(OAuthError::InvalidDpopProof(
+                    "this client must send a DPoP proof".into(),
+                ));
+            }
+            Ok(None) => false,
+            Ok(Some(proof)) => {
+                let url = signer.issuer().endpoint(TOKEN_PATH);
+                let proof = DpopProof::verify(proof, "POST", &url)
+                    .map_err(|e| OAuthError::InvalidDpopProof(e.to_string()))?;
+                let first = self
+                    .assertions
+                    .first_use(
+                        &format!("dpop:{}", proof.jkt),
+                        &proof.jti,
+                        proof.remember_until(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        OAuthError::TemporarilyUnavailable(format!(
+                            "cannot check that the DPoP proof's jti is unused: {e}"
+                        ))
+                    })?;
+                if !first {
+                    return Err(OAuthError::InvalidDpopProof(
+                        "the proof was used before: its jti is single-use".into(),
+                    ));
+                }
+                granted
+                    .request
+                    .extra
+                    .insert("cnf".into(), serde_json::json!({ "jkt": proof.jkt }));
+                true
+            }
+        };
         let token = signer.issue(&granted.request).map_err(|e| {
             let cause = crate::report::Report(&e).to_string();
             match e {
@@ -319,6 +370,7 @@ impl TokenEndpoint {
             aud: granted.request.aud,
             federated,
             issued_token_type: granted.issued_token_type,
+            token_type: if bound { "DPoP" } else { "Bearer" },
         })
     }
 
@@ -339,6 +391,7 @@ impl TokenEndpoint {
             headers,
             body: &[],
             peer,
+            dpop: Ok(None),
         };
         self.authenticate(call, clients, signer, form, &mut None)
             .await

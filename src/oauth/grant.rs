@@ -355,6 +355,7 @@ mod tests {
             ttl_secs: None,
             claims: serde_json::Map::new(),
             introspect: false,
+            dpop_bound: false,
             created: 0,
         }
     }

@@ -71,7 +71,15 @@ pub fn introspect(
     }
     let mut answer = Map::with_capacity(verified.claims.len() + 2);
     answer.insert("active".into(), Value::Bool(true));
-    answer.insert("token_type".into(), "Bearer".into());
+    // A token bound to a key (RFC 9449 section 6.2) is presented as DPoP.
+    let bound = verified
+        .claims
+        .get("cnf")
+        .is_some_and(|cnf| cnf.get("jkt").is_some());
+    answer.insert(
+        "token_type".into(),
+        if bound { "DPoP" } else { "Bearer" }.into(),
+    );
     for (name, value) in verified.claims {
         answer.entry(name).or_insert(value);
     }

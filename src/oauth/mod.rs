@@ -54,6 +54,10 @@ pub enum OAuthError {
     /// section 5.2, RFC 7523 section 3.1, RFC 8693 section 2.2.2): the message says why.
     #[error("{0}")]
     InvalidGrant(String),
+    /// A DPoP proof that breaks a rule of RFC 9449 section 4.3, or none from a client that
+    /// must send one.
+    #[error("{0}")]
+    InvalidDpopProof(String),
     /// An authenticated client that may not use this endpoint (introspection without
     /// `clients add --introspect`).
     #[error("{0}")]
@@ -128,6 +132,7 @@ impl OAuthError {
             Self::InvalidClient { .. } | Self::InvalidClientAssertion(_) => "invalid_client",
             Self::InvalidGrant(_) => "invalid_grant",
             Self::UnauthorizedClient(_) => "unauthorized_client",
+            Self::InvalidDpopProof(_) => "invalid_dpop_proof",
             Self::UnsupportedGrantType { .. } => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
             Self::InvalidTarget(_) => "invalid_target",

@@ -32,6 +32,8 @@ pub struct Metadata {
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
     /// The algorithms `private_key_jwt` assertions may be signed with.
     pub token_endpoint_auth_signing_alg_values_supported: Vec<&'static str>,
+    /// The algorithms DPoP proofs may be signed with (RFC 9449 section 5.1).
+    pub dpop_signing_alg_values_supported: Vec<&'static str>,
     /// Where resource servers ask whether a token is active (RFC 7662).
     pub introspection_endpoint: String,
     /// How they authenticate there: as at the token endpoint.
@@ -59,6 +61,7 @@ impl Metadata {
             grant_types_supported: endpoint.grant_types(),
             token_endpoint_auth_methods_supported: endpoint.auth_methods(),
             token_endpoint_auth_signing_alg_values_supported: endpoint.assertion_algs(),
+            dpop_signing_alg_values_supported: endpoint.dpop_algs(),
             introspection_endpoint: issuer.endpoint(INTROSPECTION_PATH),
             introspection_endpoint_auth_methods_supported: endpoint.auth_methods(),
             revocation_endpoint: issuer.endpoint(REVOCATION_PATH),

@@ -30,10 +30,17 @@ pub async fn token(
     };
     let TokenOutcome { result, client } = match body {
         Ok(body) => {
+            let mut proofs = req.headers().get_all("dpop");
+            let dpop = match (proofs.next(), proofs.next()) {
+                (None, _) => Ok(None),
+                (Some(one), None) => one.to_str().map(Some).map_err(|_| ()),
+                (Some(_), Some(_)) => Err(()),
+            };
             let call = TokenCall {
                 headers: req.headers(),
                 body: &body,
                 peer,
+                dpop,
             };
             // Owned snapshots: verifying an assertion may wait for its client's keys.
             let published = state.published.load_full();

@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod config;
 mod deploy;
+mod dpop;
 mod extractor;
 mod fail_closed;
 mod faults;

@@ -67,6 +67,10 @@ pub struct Client {
     /// --introspect`): a resource server's client.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub introspect: bool,
+    /// Must prove possession of a key with each token request (DPoP, RFC 9449): its tokens
+    /// are all bound (`clients add --dpop-bound`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dpop_bound: bool,
     /// Registration time, seconds since the Unix epoch.
     pub created: u64,
 }
@@ -166,6 +170,8 @@ pub struct NewClient {
     pub keys: Option<PublicKeys>,
     /// May introspect tokens; see [`Client::introspect`].
     pub introspect: bool,
+    /// Must use DPoP; see [`Client::dpop_bound`].
+    pub dpop_bound: bool,
 }
 
 /// Claim names a client's static claims may not use, in any letter case (some verifiers
@@ -812,6 +818,7 @@ fn build_client(new: NewClient) -> Result<(Client, Option<ClientSecret>), Client
         ttl_secs: new.ttl.map(|t| t.as_secs()),
         claims,
         introspect: new.introspect,
+        dpop_bound: new.dpop_bound,
         created: unix_now(),
     };
     Ok((client, secret))
