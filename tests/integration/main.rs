@@ -20,6 +20,7 @@ mod hostile;
 mod hs256;
 mod interop;
 mod interop_clients;
+mod introspection_client;
 mod jwks;
 mod jwks_cache;
 mod keystore;
