@@ -15,16 +15,31 @@ use crate::error_body::ErrorBody;
 
 /// Verified claims of the request's bearer token. Needs `web::Data<Verifier>` in the app.
 ///
+/// The verifier is the innermost one: a `web::scope` (or `web::resource`) with its own
+/// `app_data(web::Data<Verifier>)` verifies its routes with that one, e.g. one built
+/// [`Verifier::with_introspection`] for the routes that must refuse a revoked token at
+/// once, while the others verify locally with the app's. A route without a verifier of
+/// its own uses the app's, so a scope that needs introspection must be given one.
+///
 /// ```no_run
-/// use actix_web::{get, web, App, HttpServer};
+/// use actix_web::{get, post, web, App, HttpServer};
 /// use jwt_issuer::verify::{BearerClaims, Verifier};
 ///
 /// #[get("/orders")]
 /// async fn orders(claims: BearerClaims<serde_json::Value>) -> String {
 ///     format!("hello {}", claims.0["sub"])
 /// }
-/// # fn app(verifier: Verifier) {
-/// let app = App::new().app_data(web::Data::new(verifier)).service(orders);
+///
+/// #[post("")]
+/// async fn refund(claims: BearerClaims<serde_json::Value>) -> String {
+///     format!("refunded for {}", claims.0["sub"])
+/// }
+/// # fn app(verifier: Verifier, strict: Verifier) {
+/// // `strict` is `verifier.with_introspection(..)`: /orders/refund refuses revoked tokens.
+/// let app = App::new()
+///     .app_data(web::Data::new(verifier))
+///     .service(orders)
+///     .service(web::scope("/orders/refund").app_data(web::Data::new(strict)).service(refund));
 /// # }
 /// ```
 #[derive(Debug, Clone)]
@@ -40,9 +55,11 @@ pub enum BearerError {
     /// An Authorization header that is not `Bearer <token>`: 400 `invalid_request`.
     #[error("malformed Authorization header")]
     Malformed,
-    /// The token failed verification: 401 `invalid_token`; 503 when keys are unavailable
+    /// The token failed verification: 401 `invalid_token` (a token the issuer holds
+    /// inactive too: "token is not active (revoked?)"); 503 when keys are unavailable
     /// (never fetched, or kept past [`JwksCacheOptions::max_stale`](super::JwksCacheOptions::max_stale)
-    /// while the issuer is out of reach): not the token's fault, so no challenge.
+    /// while the issuer is out of reach) or introspection is required and unavailable: not
+    /// the token's fault, so no challenge.
     #[error(transparent)]
     Invalid(#[from] VerifyError),
     /// The app has no `web::Data<Verifier>`: a wiring bug, 500.
@@ -55,7 +72,9 @@ impl ResponseError for BearerError {
         match self {
             Self::Missing => StatusCode::UNAUTHORIZED,
             Self::Malformed => StatusCode::BAD_REQUEST,
-            Self::Invalid(VerifyError::KeySetUnavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Invalid(
+                VerifyError::KeySetUnavailable(_) | VerifyError::IntrospectionUnavailable(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Invalid(_) => StatusCode::UNAUTHORIZED,
             Self::NoVerifier => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,6 +88,10 @@ impl ResponseError for BearerError {
             Self::Invalid(VerifyError::KeySetUnavailable(cause)) => {
                 tracing::error!(cause = %cause, "cannot verify tokens: signing keys unavailable");
                 (None, "signing keys are unavailable".to_owned())
+            }
+            Self::Invalid(VerifyError::IntrospectionUnavailable(cause)) => {
+                tracing::error!(cause = %cause, "cannot check tokens: introspection unavailable");
+                (None, "token introspection is unavailable".to_owned())
             }
             Self::Invalid(e) => (Some("invalid_token"), e.to_string()),
             Self::NoVerifier => {

@@ -9,12 +9,10 @@
 //! on the issuer's origin (issue 10: an open redirect on the issuer's host, or a tampered
 //! discovery document, must not become a way to inject signing keys).
 
-use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use reqwest::{StatusCode, Url, header};
-
+use super::http::{self, printable};
 use super::{KeyRejected, KeyRing, KeySetError, VerifyError, VerifyingKey};
 
 /// How a [`JwksCache`] fetches and keeps keys.
@@ -95,14 +93,7 @@ impl JwksCache {
         jwks_uri: impl Into<String>,
         options: JwksCacheOptions,
     ) -> Result<Self, VerifyError> {
-        let client = reqwest::Client::builder()
-            // A redirect is an answer, not a key set: following one would let an open
-            // redirect on the issuer's host point us at anyone's keys (issue 10).
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(options.timeout)
-            .user_agent(concat!("jwt-issuer/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| VerifyError::KeySetUnavailable(KeySetError::Client(e.to_string())))?;
+        let client = http::client(options.timeout).map_err(VerifyError::KeySetUnavailable)?;
         Ok(Self {
             jwks_uri: jwks_uri.into(),
             client,
@@ -126,71 +117,33 @@ impl JwksCache {
     /// ([`KeySetError::JwksUriRefused`]).
     pub async fn discover(issuer: &str, options: JwksCacheOptions) -> Result<Self, VerifyError> {
         let unavailable = VerifyError::KeySetUnavailable;
-        // Discovery starts from the issuer's URL (RFC 8414 section 3): `auth.example.com`
-        // is answered with the URL meant, not with an HTTP client's error.
-        if let Err(e) = crate::Issuer::parse(issuer) {
-            return Err(unavailable(KeySetError::Invalid {
-                url: printable(issuer),
-                reason: e.to_string(),
+        let probe = Self::new("", options)?;
+        let (url, doc) =
+            http::discovery_document(&probe.client, issuer, probe.options.max_response_bytes)
+                .await
+                .map_err(unavailable)?;
+        let jwks_uri = doc
+            .get("jwks_uri")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| {
+                unavailable(KeySetError::Invalid {
+                    url: url.clone(),
+                    reason: "no jwks_uri".into(),
+                })
+            })?;
+        if let Some(reason) =
+            http::endpoint_refusal(issuer, jwks_uri, probe.options.allow_foreign_jwks_uri)
+        {
+            return Err(unavailable(KeySetError::JwksUriRefused {
+                url,
+                jwks_uri: printable(jwks_uri),
+                reason,
             }));
         }
-        let probe = Self::new("", options)?;
-        let base = issuer.trim_end_matches('/');
-        let mut last_error = KeySetError::NotFetched;
-        for path in [
-            "/.well-known/openid-configuration",
-            "/.well-known/oauth-authorization-server",
-        ] {
-            let url = format!("{base}{path}");
-            match probe.get_limited(&url).await {
-                Ok((body, _)) => {
-                    let invalid = |reason: String| {
-                        unavailable(KeySetError::Invalid {
-                            url: url.clone(),
-                            reason,
-                        })
-                    };
-                    let doc: serde_json::Value = serde_json::from_slice(&body)
-                        .map_err(|e| invalid(format!("not JSON: {e}")))?;
-                    let published = doc.get("issuer").and_then(|v| v.as_str());
-                    if published != Some(issuer) {
-                        return Err(unavailable(KeySetError::IssuerMismatch {
-                            url,
-                            expected: issuer.to_owned(),
-                            published: published.unwrap_or_default().chars().take(256).collect(),
-                        }));
-                    }
-                    let jwks_uri = doc
-                        .get("jwks_uri")
-                        .and_then(|v| v.as_str())
-                        .ok_or_else(|| invalid("no jwks_uri".into()))?;
-                    if let Some(reason) =
-                        jwks_uri_refusal(issuer, jwks_uri, probe.options.allow_foreign_jwks_uri)
-                    {
-                        return Err(unavailable(KeySetError::JwksUriRefused {
-                            url,
-                            jwks_uri: printable(jwks_uri),
-                            reason,
-                        }));
-                    }
-                    return Ok(Self {
-                        jwks_uri: jwks_uri.to_owned(),
-                        ..probe
-                    });
-                }
-                // A 404 at the second path says less than what the first one answered
-                // (a redirect, a timeout).
-                Err(e) => {
-                    if matches!(
-                        last_error,
-                        KeySetError::NotFetched | KeySetError::Status { status: 404, .. }
-                    ) {
-                        last_error = e;
-                    }
-                }
-            }
-        }
-        Err(unavailable(last_error))
+        Ok(Self {
+            jwks_uri: jwks_uri.to_owned(),
+            ..probe
+        })
     }
 
     /// The JWKS URL.
@@ -312,7 +265,13 @@ impl JwksCache {
     }
 
     async fn fetch_ring(&self) -> Result<(KeyRing, Duration), KeySetError> {
-        let (body, max_age) = self.get_limited(&self.jwks_uri).await?;
+        // Only a 200 with a JSON Content-Type, within the size limit ([`http::read_json`]).
+        let (body, max_age) = http::get_json(
+            &self.client,
+            &self.jwks_uri,
+            self.options.max_response_bytes,
+        )
+        .await?;
         let invalid = |reason: String| KeySetError::Invalid {
             url: self.jwks_uri.clone(),
             reason,
@@ -331,134 +290,11 @@ impl JwksCache {
         Ok((ring, max_age))
     }
 
-    /// GET with the size limit; returns the body and the response's max-age. Only a 200
-    /// with a JSON Content-Type is read: a redirect, another status or another type is
-    /// refused.
-    async fn get_limited(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), KeySetError> {
-        let limit = self.options.max_response_bytes;
-        let failed = |e: reqwest::Error| {
-            // The only request-building input is the URL: reqwest's "builder error" means
-            // it is not one it can fetch.
-            if e.is_builder() {
-                KeySetError::Invalid {
-                    url: url.to_owned(),
-                    reason: "not an http:// or https:// URL".to_owned(),
-                }
-            } else if e.is_timeout() {
-                KeySetError::Timeout {
-                    url: url.to_owned(),
-                }
-            } else {
-                KeySetError::Unreachable {
-                    url: url.to_owned(),
-                    reason: e.to_string(),
-                }
-            }
-        };
-        let too_large = || KeySetError::TooLarge {
-            url: url.to_owned(),
-            limit,
-        };
-        let mut res = self.client.get(url).send().await.map_err(failed)?;
-        let status = res.status();
-        if status.is_redirection() {
-            return Err(KeySetError::Redirected {
-                url: url.to_owned(),
-                status: status.as_u16(),
-                location: res
-                    .headers()
-                    .get(header::LOCATION)
-                    .map(|v| printable(&String::from_utf8_lossy(v.as_bytes())))
-                    .unwrap_or_default(),
-            });
-        }
-        if status != StatusCode::OK {
-            return Err(KeySetError::Status {
-                url: url.to_owned(),
-                status: status.as_u16(),
-            });
-        }
-        if res.content_length().is_some_and(|len| len > limit as u64) {
-            return Err(too_large());
-        }
-        let content_type = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        if !content_type.as_deref().is_some_and(is_json) {
-            return Err(KeySetError::NotJson {
-                url: url.to_owned(),
-                content_type: content_type.as_deref().map(printable),
-            });
-        }
-        let max_age = res
-            .headers()
-            .get(reqwest::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_max_age);
-        let mut body = Vec::new();
-        while let Some(chunk) = res.chunk().await.map_err(failed)? {
-            if body.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((body, max_age))
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         // State is replaced field by field under the write lock; a panic cannot leave a
         // half-updated key ring (the ring is swapped as one Arc).
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Why a discovery document's `jwks_uri` may not be used for `issuer`, or `None` when it
-/// may: https (or http when issuer and keys are both on loopback hosts, for tests and
-/// local development), on the issuer's origin unless `allow_foreign`.
-fn jwks_uri_refusal(issuer: &str, jwks_uri: &str, allow_foreign: bool) -> Option<&'static str> {
-    let Ok(jwks) = Url::parse(jwks_uri) else {
-        return Some("not an absolute URL");
-    };
-    let Ok(issuer) = Url::parse(issuer) else {
-        return Some("the issuer is not an absolute URL");
-    };
-    let local = issuer.scheme() == "http" && is_loopback(&issuer) && is_loopback(&jwks);
-    match jwks.scheme() {
-        "https" => {}
-        "http" if local => {}
-        _ => return Some("not https"),
-    }
-    if !allow_foreign && jwks.origin() != issuer.origin() {
-        return Some("not on the issuer's origin (scheme, host and port)");
-    }
-    None
-}
-
-/// True for a host on this machine: 127.0.0.0/8, ::1, `localhost`.
-fn is_loopback(url: &Url) -> bool {
-    match url.host_str() {
-        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
-}
-
-/// True for a JSON media type: `application/json` or `application/<anything>+json`
-/// (RFC 6839 section 3.1; `application/jwk-set+json`, RFC 7517 section 8.5), any
-/// parameters, any case.
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    let Some((kind, subtype)) = essence.split_once('/') else {
-        return false;
-    };
-    let subtype = subtype.to_ascii_lowercase();
-    kind.eq_ignore_ascii_case("application")
-        && (subtype == "json" || (subtype.len() > "+json".len() && subtype.ends_with("+json")))
 }
 
 /// "no usable signing key" and why the keys were skipped.
@@ -471,7 +307,7 @@ fn no_usable_key(rejected: &[KeyRejected]) -> String {
 }
 
 /// The reasons keys were skipped, bounded: a hostile set of many keys with long kids
-/// makes a message of at most [`SHOWN_REASONS`] reasons of [`PRINTABLE_CHARS`] each.
+/// makes a message of at most [`SHOWN_REASONS`] reasons of [`http::PRINTABLE_CHARS`] each.
 fn skipped_keys(rejected: &[KeyRejected]) -> String {
     let mut text = rejected
         .iter()
@@ -487,37 +323,6 @@ fn skipped_keys(rejected: &[KeyRejected]) -> String {
 
 /// How many skipped keys an error names.
 const SHOWN_REASONS: usize = 5;
-/// How much of a text from the network an error repeats.
-const PRINTABLE_CHARS: usize = 256;
-
-/// Text from the network made fit for a log line or a terminal: at most
-/// [`PRINTABLE_CHARS`] characters, control characters replaced.
-fn printable(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(PRINTABLE_CHARS)
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect();
-    if text.chars().nth(PRINTABLE_CHARS).is_some() {
-        out.push('…');
-    }
-    out
-}
-
-/// `max-age=N` from a Cache-Control value; `no-store`/`no-cache` count as 0.
-fn parse_max_age(value: &str) -> Option<Duration> {
-    let mut max_age = None;
-    for directive in value.split(',').map(str::trim) {
-        let lower = directive.to_ascii_lowercase();
-        if lower == "no-store" || lower == "no-cache" {
-            return Some(Duration::ZERO);
-        }
-        if let Some(n) = lower.strip_prefix("max-age=") {
-            max_age = n.trim_matches('"').parse().ok().map(Duration::from_secs);
-        }
-    }
-    max_age
-}
 
 #[cfg(test)]
 mod tests {
@@ -579,142 +384,8 @@ mod tests {
     }
 
     #[test]
-    fn max_age_parsing() {
-        assert_eq!(
-            parse_max_age("public, max-age=300"),
-            Some(Duration::from_secs(300))
-        );
-        assert_eq!(
-            parse_max_age("max-age=\"60\""),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
-        assert_eq!(parse_max_age("public"), None);
-        assert_eq!(parse_max_age("max-age=abc"), None);
-    }
-
-    #[test]
-    fn a_discovered_jwks_uri_must_be_https_on_the_issuers_origin() {
-        let refusal = |issuer, jwks_uri| jwks_uri_refusal(issuer, jwks_uri, false);
-        let iss = "https://auth.example.com";
-        for ok in [
-            "https://auth.example.com/.well-known/jwks.json",
-            "https://auth.example.com:443/keys",
-            "https://AUTH.example.com/keys",
-        ] {
-            assert_eq!(refusal(iss, ok), None, "{ok}");
-        }
-        assert_eq!(
-            refusal(
-                "https://auth.example.com/realms/a",
-                "https://auth.example.com/k"
-            ),
-            None,
-            "the origin, not the path"
-        );
-        let foreign = Some("not on the issuer's origin (scheme, host and port)");
-        for (jwks_uri, why) in [
-            ("http://auth.example.com/keys", Some("not https")),
-            ("https://auth.example.com:8443/keys", foreign),
-            ("https://cdn.example.com/keys", foreign),
-            ("https://auth.example.com.evil.com/keys", foreign),
-            ("https://evil.com/auth.example.com/keys", foreign),
-            ("//auth.example.com/keys", Some("not an absolute URL")),
-            ("/keys", Some("not an absolute URL")),
-            ("file:///etc/keys.json", Some("not https")),
-            ("ftp://auth.example.com/keys", Some("not https")),
-        ] {
-            assert_eq!(refusal(iss, jwks_uri), why, "{jwks_uri}");
-        }
-        // http only from a loopback issuer, to a loopback host, same origin.
-        for (issuer, jwks_uri) in [
-            (
-                "http://127.0.0.1:8080",
-                "http://127.0.0.1:8080/.well-known/jwks.json",
-            ),
-            ("http://127.1.2.3:8080", "http://127.1.2.3:8080/k"),
-            ("http://[::1]:8080", "http://[::1]:8080/k"),
-            ("http://localhost:8080", "http://LocalHost:8080/k"),
-        ] {
-            assert_eq!(refusal(issuer, jwks_uri), None, "{issuer} {jwks_uri}");
-        }
-        assert_eq!(
-            refusal("http://auth.internal", "http://auth.internal/k"),
-            Some("not https")
-        );
-        assert_eq!(
-            refusal("http://127.0.0.1:8080", "http://127.0.0.1:9090/k"),
-            foreign
-        );
-        assert_eq!(
-            refusal("http://127.0.0.1:8080", "http://localhost:8080/k"),
-            foreign
-        );
-    }
-
-    #[test]
-    fn the_opt_out_accepts_another_origin_but_still_wants_https() {
-        let allowed = |issuer, jwks_uri| jwks_uri_refusal(issuer, jwks_uri, true);
-        assert_eq!(
-            allowed("https://auth.example.com", "https://cdn.example.net/keys"),
-            None
-        );
-        assert_eq!(
-            allowed("http://127.0.0.1:8080", "http://127.0.0.1:9090/k"),
-            None
-        );
-        for (issuer, jwks_uri) in [
-            ("https://auth.example.com", "http://cdn.example.net/keys"),
-            ("https://auth.example.com", "http://127.0.0.1/keys"),
-            ("http://127.0.0.1:8080", "http://cdn.example.net/keys"),
-        ] {
-            assert_eq!(
-                allowed(issuer, jwks_uri),
-                Some("not https"),
-                "{issuer} {jwks_uri}"
-            );
-        }
-    }
-
-    #[test]
-    fn json_content_types() {
-        for json in [
-            "application/json",
-            "application/json; charset=utf-8",
-            "Application/JSON;charset=UTF-8",
-            "application/jwk-set+json",
-            "application/jwk-set+json; charset=utf-8",
-            " application/json ",
-        ] {
-            assert!(is_json(json), "{json}");
-        }
-        for other in [
-            "",
-            "text/html",
-            "text/plain; charset=utf-8",
-            "text/json",
-            "application/octet-stream",
-            "application/jsonp",
-            "application/javascript",
-            "application/+json",
-            "application/json-seq",
-            "json",
-            "application/x-json-stream",
-            "multipart/related; type=application/json",
-        ] {
-            assert!(!is_json(other), "{other}");
-        }
-    }
-
-    #[test]
-    fn reasons_from_the_network_are_bounded_and_printable() {
-        assert_eq!(printable("a\nb\x1b[31m"), "a\u{FFFD}b\u{FFFD}[31m");
+    fn the_reasons_keys_were_skipped_are_bounded() {
         let long = "k".repeat(10_000);
-        assert_eq!(printable(&long).chars().count(), PRINTABLE_CHARS + 1);
-        assert_eq!(
-            printable(&"k".repeat(PRINTABLE_CHARS)),
-            "k".repeat(PRINTABLE_CHARS)
-        );
         let rejected: Vec<_> = (0..1000)
             .map(|_| KeyRejected::DuplicateKid { kid: long.clone() })
             .collect();

@@ -1,7 +1,9 @@
 //! The verifying side, for downstream services: a remote JWKS cache, a [`Verifier`] that
-//! pins the algorithm to the key, and the actix-web extractor [`BearerClaims`].
+//! pins the algorithm to the key, the actix-web extractor [`BearerClaims`], and
+//! [`Introspection`] (RFC 7662) for the routes where a revoked token must stop at once.
 //!
-//! This module never imports `server` or `keys`: a verifier needs only public keys.
+//! This module never imports `server`, `keys` or `oauth`: a verifier needs only public keys
+//! (and, to introspect, a client id and secret of its own).
 //!
 //! ```no_run
 //! use jwt_issuer::verify::{JwksCache, Validation, Verifier};
@@ -17,15 +19,21 @@ use std::time::Duration;
 pub mod dpop;
 #[cfg(feature = "actix")]
 mod extractor;
+mod http;
+mod introspection;
 mod jwks_cache;
 mod key;
 mod verifier;
 
 #[cfg(feature = "actix")]
 pub use extractor::{BearerClaims, BearerError};
+pub use introspection::{Introspection, IntrospectionOptions, IntrospectionStats};
 pub use jwks_cache::{JwksCache, JwksCacheOptions};
 pub use key::{KeyRejected, KeyRing, VerifyingKey};
-pub use verifier::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, Validation, Verifier};
+pub use verifier::{DEFAULT_MAX_TOKEN_BYTES, Validation, Verifier};
+
+/// Default clock leeway for `exp` and `nbf`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 
 /// Why a token was not accepted. Each variant is one fact a service can log and answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,10 +91,19 @@ pub enum VerifyError {
     /// The key set could not be had and no earlier copy is known; the source says why.
     #[error("signing keys unavailable")]
     KeySetUnavailable(#[source] KeySetError),
+    /// The issuer's introspection endpoint answered `active: false` (RFC 7662 section
+    /// 2.2): the token was revoked, or has otherwise ended, although it verifies locally.
+    #[error("token is not active (revoked?)")]
+    NotActive,
+    /// Introspection was required and no answer could be had; the source says why. Not the
+    /// token's fault (the extractor answers 503), and never taken as `active`.
+    #[error("token introspection unavailable")]
+    IntrospectionUnavailable(#[source] IntrospectionError),
 }
 
 /// Why a key set could not be fetched or read: one fact per variant, so a service can tell
-/// a down issuer from a hostile answer.
+/// a down issuer from a hostile answer. An introspection request fails for the same reasons
+/// ([`IntrospectionError::Fetch`]), and these variants name them too.
 ///
 /// Text taken from the answer (a `Location`, a Content-Type, a `jwks_uri`, key ids) is cut
 /// short and has its control characters replaced before it is put in a variant.
@@ -200,6 +217,46 @@ pub enum KeySetError {
         /// The issuer the document names (empty when it names none).
         published: String,
     },
+}
+
+/// Why [`Introspection`] has no answer for a token. None of these is an answer about the
+/// token: each fails closed ([`VerifyError::IntrospectionUnavailable`], 503 in the
+/// extractor).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntrospectionError {
+    /// The request or its answer failed as a key set fetch can: no answer
+    /// ([`KeySetError::Unreachable`], [`KeySetError::Timeout`]), a redirect (never
+    /// followed), a status other than 200 and 401, not JSON, too large, or a JSON answer
+    /// without a boolean `active` ([`KeySetError::Invalid`]); in discovery, no document, a
+    /// document for another issuer, or none naming an `introspection_endpoint`.
+    #[error(transparent)]
+    Fetch(#[from] KeySetError),
+    /// A 401 (RFC 7662 section 2.3): the endpoint refused this service's client id and
+    /// secret, or does not let this client introspect. A configuration error here, not a
+    /// verdict on the token.
+    #[error("{url}: client credentials refused (HTTP 401)")]
+    ClientRefused {
+        /// The endpoint.
+        url: String,
+    },
+    /// A discovery document whose `introspection_endpoint` may not be used: not an absolute
+    /// URL, not https (plain http only from a loopback issuer to a loopback host), or not on
+    /// the issuer's origin. There is no opt-out, since the endpoint receives the client
+    /// secret: name another endpoint with [`Introspection::new`].
+    #[error("{url}: introspection_endpoint {endpoint:?} refused: {reason}")]
+    EndpointRefused {
+        /// The document's URL.
+        url: String,
+        /// The endpoint it names.
+        endpoint: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// A request failed less than [`IntrospectionOptions::failure_cooldown`] ago: none is
+    /// sent until the cooldown is over, so a down endpoint is not asked once per request.
+    #[error("not asked again within the failure cooldown; last failure: {0}")]
+    CoolingDown(Box<IntrospectionError>),
 }
 
 /// A Content-Type for an error message: quoted, or "(none)".

@@ -11,15 +11,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::{JwksCache, KeyRing, VerifyError, VerifyingKey};
+use super::{DEFAULT_LEEWAY, Introspection, JwksCache, KeyRing, VerifyError, VerifyingKey};
 use crate::time::unix_now;
 
 /// Default largest token accepted, in bytes.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Keys of its algorithm a token without a kid is tried against, at most.
 pub const MAX_KIDLESS_KEYS: usize = 8;
-/// Default clock leeway for `exp` and `nbf`.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 
 /// What a valid token must satisfy besides its signature.
 #[derive(Debug, Clone)]
@@ -99,9 +97,7 @@ impl Validation {
         let numeric = |name: &str| -> Result<Option<u64>, VerifyError> {
             match claims.get(name) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                Some(v) => numeric_date(v)
                     .map(Some)
                     .ok_or_else(|| VerifyError::MissingClaim(name.to_owned())),
             }
@@ -136,6 +132,13 @@ impl Validation {
     }
 }
 
+/// A NumericDate (RFC 7519 section 2) as whole seconds: a non-negative number, a fraction
+/// cut off.
+fn numeric_date(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+}
+
 /// `at+jwt` from `application/at+jwt` (RFC 7515 section 4.1.9 lets `typ` omit the prefix).
 fn strip_media_prefix(typ: &str) -> &str {
     match typ.get(..12) {
@@ -152,15 +155,17 @@ enum KeySource {
 }
 
 /// Verifies tokens: size, structure, `crit`, `typ`, key by kid, algorithm pinned to the
-/// key, signature, then claims. Embedded `jwk`, `jku`, `x5u` and `x5c` headers are never
-/// used: keys come only from the configured key set. An ES256 signature must be in its
-/// low-S form unless [`Verifier::allow_high_s`] says otherwise.
+/// key, signature, then claims; then, when built [`Verifier::with_introspection`], asks
+/// the issuer whether the token is still active. Embedded `jwk`, `jku`, `x5u` and `x5c`
+/// headers are never used: keys come only from the configured key set. An ES256 signature
+/// must be in its low-S form unless [`Verifier::allow_high_s`] says otherwise.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     keys: KeySource,
     validation: Validation,
     allow_high_s: bool,
     allow_missing_kid: bool,
+    introspection: Option<Arc<Introspection>>,
 }
 
 impl Verifier {
@@ -171,6 +176,7 @@ impl Verifier {
             validation,
             allow_high_s: false,
             allow_missing_kid: false,
+            introspection: None,
         }
     }
 
@@ -181,6 +187,7 @@ impl Verifier {
             validation,
             allow_high_s: false,
             allow_missing_kid: false,
+            introspection: None,
         }
     }
 
@@ -215,16 +222,76 @@ impl Verifier {
         self
     }
 
+    /// Also requires the issuer to hold the token active (RFC 7662 introspection), after
+    /// every local check has passed: a token that fails locally never causes a request.
+    /// `introspection` must be the same issuer's. A token revoked at the issuer is then
+    /// refused ([`VerifyError::NotActive`]) within
+    /// [`IntrospectionOptions::active_ttl`](super::IntrospectionOptions::active_ttl);
+    /// when no answer can be had the token is refused too
+    /// ([`VerifyError::IntrospectionUnavailable`], 503 in the extractor).
+    ///
+    /// For the routes that need it only: keep a plain verifier for the others (the same
+    /// [`JwksCache`] may serve both) and give each route its own
+    /// (`web::scope(..).app_data(web::Data::new(strict))` with
+    /// the `BearerClaims` extractor).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jwt_issuer::secret::ClientSecret;
+    /// use jwt_issuer::verify::{Introspection, KeyRing, Validation, Verifier};
+    /// let keys = Arc::new(KeyRing::from_json(br#"{"keys":[]}"#).unwrap());
+    /// let introspection = Introspection::new(
+    ///     "https://auth.example.com/oauth2/introspect",
+    ///     "orders-api",
+    ///     ClientSecret::new("from the environment".into()),
+    ///     Default::default(),
+    /// )
+    /// .unwrap();
+    /// let validation = Validation::new("https://auth.example.com", ["orders-api"]);
+    /// let local = Verifier::fixed(keys.clone(), validation.clone());
+    /// let strict = Verifier::fixed(keys, validation).with_introspection(Arc::new(introspection));
+    /// ```
+    #[must_use]
+    pub fn with_introspection(mut self, introspection: impl Into<Arc<Introspection>>) -> Self {
+        self.introspection = Some(introspection.into());
+        self
+    }
+
     /// The validation rules.
     pub fn validation(&self) -> &Validation {
         &self.validation
     }
 
-    /// Verifies `token` and returns its claims as `T`.
+    /// Verifies `token` and returns its claims as `T`; with
+    /// [`Verifier::with_introspection`], only once the issuer holds it active.
     ///
     /// # Errors
-    /// The first check that fails, as a [`VerifyError`].
+    /// The first check that fails, as a [`VerifyError`]; `NotActive` for a token the
+    /// issuer holds inactive, `IntrospectionUnavailable` when it cannot be asked.
     pub async fn verify<T: DeserializeOwned + 'static>(
+        &self,
+        token: &str,
+    ) -> Result<T, VerifyError> {
+        let Some(introspection) = &self.introspection else {
+            return self.verify_locally(token).await;
+        };
+        let claims: Value = self.verify_locally(token).await?;
+        let exp = claims.get("exp").and_then(numeric_date).unwrap_or(u64::MAX);
+        // The claims' shape is a local check too: done before the request.
+        let claims: T = into_claims(claims)?;
+        let active = introspection
+            .check(token, exp, self.validation.leeway)
+            .await
+            .map_err(VerifyError::IntrospectionUnavailable)?;
+        if active {
+            Ok(claims)
+        } else {
+            Err(VerifyError::NotActive)
+        }
+    }
+
+    /// Every check but introspection.
+    async fn verify_locally<T: DeserializeOwned + 'static>(
         &self,
         token: &str,
     ) -> Result<T, VerifyError> {
@@ -404,8 +471,13 @@ fn finish<T: DeserializeOwned + 'static>(
     let claims: Map<String, Value> = decode_json(parsed.payload)
         .ok_or(VerifyError::Malformed("payload is not base64url JSON"))?;
     validation.check_claims(&claims, unix_now())?;
-    // Claims asked for as a JSON value are handed over as parsed, not rebuilt.
-    let any: Box<dyn Any> = Box::new(Value::Object(claims));
+    into_claims(Value::Object(claims))
+}
+
+/// The claims as `T`; claims asked for as a JSON value are handed over as parsed, not
+/// rebuilt.
+fn into_claims<T: DeserializeOwned + 'static>(claims: Value) -> Result<T, VerifyError> {
+    let any: Box<dyn Any> = Box::new(claims);
     match any.downcast::<T>() {
         Ok(claims) => Ok(*claims),
         Err(any) => match any.downcast::<Value>() {

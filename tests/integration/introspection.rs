@@ -275,3 +275,47 @@ fn an_unreadable_revocation_list_answers_503_never_active() {
         post_as(&app.url, INTROSPECT, &rs, &[("token", &token)]).status == 200
     });
 }
+
+#[test]
+fn the_crates_verifier_refuses_a_revoked_token_on_routes_that_introspect() {
+    use jwt_issuer::secret::ClientSecret;
+    use jwt_issuer::verify::{
+        Introspection, IntrospectionOptions, JwksCache, Validation, Verifier, VerifyError,
+    };
+    let (app, [rs, svc]) = TestApp::spawn_with_clients(
+        [resource_server(), new_client("svc", &[], &["orders-api"])],
+        |_| {},
+    );
+    let token = app.token_for(&svc);
+    actix_web::rt::System::new().block_on(async {
+        let introspection = Introspection::discover(
+            &app.issuer,
+            "orders-api",
+            ClientSecret::new(rs.secret.expose_secret().to_owned()),
+            IntrospectionOptions {
+                active_ttl: Duration::ZERO,
+                ..IntrospectionOptions::default()
+            },
+        )
+        .await
+        .expect("discovery finds the introspection endpoint");
+        let keys = JwksCache::discover(&app.issuer, Default::default())
+            .await
+            .unwrap();
+        let validation = Validation::new(&app.issuer, ["orders-api"]);
+        let local = Verifier::remote(keys, validation);
+        let strict = local.clone().with_introspection(introspection);
+        strict.verify::<Value>(&token).await.expect("active");
+        let res = post_as(&app.url, REVOKE, &svc, &[("token", &token)]);
+        assert_eq!(res.status, 200);
+        assert_eq!(
+            strict.verify::<Value>(&token).await.unwrap_err(),
+            VerifyError::NotActive
+        );
+        // Local verification cannot see it: that is what introspection is for.
+        local
+            .verify::<Value>(&token)
+            .await
+            .expect("still valid locally");
+    });
+}

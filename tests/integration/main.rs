@@ -22,6 +22,7 @@ mod hs256;
 mod interop;
 mod interop_clients;
 mod introspection;
+mod introspection_client;
 mod jwks;
 mod jwks_cache;
 mod keystore;
