@@ -1,13 +1,13 @@
 //! The store the settings name, opened: the keys dir by default (zero setup, one
 //! machine), or a PostgreSQL database shared by replicas (`--store postgres://...`). Either
-//! way the rest of the code sees a [`KeyStore`] and a [`ClientStore`] over a backend, and a
-//! [`ReplayCache`] of used assertion ids.
+//! way the rest of the code sees a [`KeyStore`] and a [`ClientStore`] over a backend, a
+//! [`ReplayCache`] of used assertion ids and a [`RevocationBackend`] of revoked tokens.
 
 use std::sync::Arc;
 
 use crate::Config;
 use crate::database::replay::SharedReplayCache;
-use crate::database::{Database, DatabaseError, KekError, PgClients, PgKeys};
+use crate::database::{Database, DatabaseError, KekError, PgClients, PgKeys, PgRevoked};
 use crate::keys::KeyStore;
 use crate::oauth::revocation::{RevocationBackend, RevokedFile};
 use crate::oauth::{ClientStore, MemoryReplayCache, ReplayCache, SharedFailures};
@@ -53,8 +53,7 @@ impl Stores {
                     keys: KeyStore::from_backend(Arc::new(PgKeys::new(db.clone())), config.policy),
                     clients: ClientStore::from_backend(Arc::new(PgClients::new(db.clone()))),
                     replay: Arc::new(SharedReplayCache::new(db.clone())),
-                    // TODO(#14): the database's table.
-                    revocations: Arc::new(RevokedFile::new(&config.keys_dir)),
+                    revocations: Arc::new(PgRevoked::new(db.clone())),
                     database: Some(db),
                 })
             }

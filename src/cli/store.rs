@@ -13,14 +13,15 @@ use super::{Context, Note};
 #[derive(Debug, Subcommand)]
 pub(super) enum StoreCommand {
     /// Copy a keys dir (keys with their states and times, clients) into the PostgreSQL
-    /// store, which must be empty; kids stay, so tokens issued before keep verifying
+    /// store, which must be empty; kids stay, so tokens issued before keep verifying.
+    /// Revoked tokens are not copied (a warning says how many)
     Import {
         /// The keys dir to copy from
         #[arg(long, value_name = "DIR")]
         from_keys_dir: PathBuf,
     },
     /// Copy the PostgreSQL store (keys with their states and times, clients) into a keys
-    /// dir, which must hold no key
+    /// dir, which must hold no key. Revoked tokens are not copied (a warning says how many)
     Export {
         /// The keys dir to copy into (created 0700; keys 0600)
         #[arg(long, value_name = "DIR")]
@@ -29,7 +30,8 @@ pub(super) enum StoreCommand {
     /// Re-seal every private key under the KEK in JWT_ISSUER_KEK_FILE; the old KEK must be
     /// in JWT_ISSUER_KEK_PREVIOUS_FILE until this has run
     Rewrap,
-    /// Show the schema version, the keys by state and by KEK, and the number of clients
+    /// Show the schema version, the keys by state and by KEK, the number of clients and of
+    /// revoked tokens not expired yet
     Status,
 }
 
@@ -81,6 +83,7 @@ pub(super) fn run(context: &Context, command: StoreCommand) -> Result<()> {
             println!("keys     {}", list(&status.keys_by_state));
             println!("sealed   {}", list(&status.keys_by_kek));
             println!("clients  {}", status.clients);
+            println!("revoked  {}", status.revoked);
             Ok(())
         }
     }
@@ -113,5 +116,28 @@ fn copy(from: &Stores, to: &Stores) -> Result<()> {
         "copied {keys} keys and {clients} clients from {source} into {}",
         to.keys.describe()
     );
+    // The revocation list is not copied (up to MAX_REVOKED ids, each one change on either
+    // backend): its tokens are not revoked at the target until they expire, so the
+    // operator is told how many there are.
+    let revocations = from.revocations();
+    match revocations.load() {
+        Ok(list) if list.is_empty() => {}
+        Ok(list) => super::note(
+            Note::Warning,
+            &format!(
+                "{} revoked tokens not expired yet were not copied: {} does not list them as revoked",
+                list.len(),
+                to.revocations().describe()
+            ),
+        ),
+        Err(e) => super::note(
+            Note::Warning,
+            &format!(
+                "revoked tokens are not copied, and {} cannot be read to count them: {}",
+                revocations.describe(),
+                jwt_issuer::report::Report(&e)
+            ),
+        ),
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@ use super::DbFailure;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_store.sql"),
     include_str!("migrations/0002_replay.sql"),
+    include_str!("migrations/0003_revoked.sql"),
 ];
 
 /// The schema version this binary writes.

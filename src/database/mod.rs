@@ -7,6 +7,8 @@
 //!   migrations, the change counters and the LISTEN connection that wakes the replicas.
 //! - [`PgKeys`], [`PgClients`]: the two backends. Every change is one transaction under an
 //!   advisory lock, so replicas make one change at a time; it moves a counter and notifies.
+//! - [`PgRevoked`]: revoked tokens (RFC 7009), behind [`RevocationBackend`], on a counter
+//!   of their own.
 //! - [`kek`]: private keys are stored sealed under a key-encryption key from outside the
 //!   database.
 //! - [`failures`]: failed client authentications counted across replicas.
@@ -19,6 +21,7 @@
 //!
 //! [`KeyBackend`]: crate::keys::KeyBackend
 //! [`ClientBackend`]: crate::oauth::ClientBackend
+//! [`RevocationBackend`]: crate::oauth::revocation::RevocationBackend
 
 mod clients;
 pub mod failures;
@@ -26,11 +29,13 @@ pub mod kek;
 mod keys;
 mod migrations;
 pub mod replay;
+mod revoked;
 
 pub use clients::PgClients;
 pub use kek::{Kek, KekError, KekRing};
 pub use keys::PgKeys;
 pub use migrations::SCHEMA_VERSION;
+pub use revoked::PgRevoked;
 
 use std::fmt;
 use std::future::Future;
@@ -55,10 +60,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for a connection to be made.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections in the pool: changes, reloads, failure counts (at most 2 at once) and
-/// assertion ids (at most 2 at once), so a flood of either leaves 2 to the reloads and
-/// changes.
-const POOL_SIZE: usize = 6;
+/// Connections in the pool: changes, reloads, failure counts (at most 2 at once),
+/// assertion ids (at most 2 at once) and revocations (one at a time), so a flood of any
+/// of them leaves 2 to the reloads and changes.
+const POOL_SIZE: usize = 7;
 /// Reconnection of the LISTEN connection: first wait, doubled up to the last.
 const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -212,17 +217,20 @@ pub enum Counter {
     Keys = 0,
     /// The clients.
     Clients = 1,
+    /// The revoked tokens.
+    Revoked = 2,
 }
 
-/// One PostgreSQL database shared by the key and client backends of this process.
+/// One PostgreSQL database shared by the key, client and revocation backends of this
+/// process.
 pub struct Database {
     url: String,
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     kek: KekRing,
     seen: Mutex<Seen>,
-    /// The highest counters ever read (keys, clients): counters only grow.
-    highest: [std::sync::atomic::AtomicI64; 2],
+    /// The highest counters ever read (keys, clients, revoked): counters only grow.
+    highest: [std::sync::atomic::AtomicI64; 3],
     /// The counters were once seen lower than before: latched until a restart, so that an
     /// older copy of the database is never taken up once its counters catch up again.
     went_back: std::sync::atomic::AtomicBool,
@@ -234,9 +242,26 @@ pub struct Database {
 /// What the last successful poll of the counters saw, and when.
 #[derive(Debug, Default, Clone, Copy)]
 struct Seen {
+    counters: Counters,
+    at: Option<Instant>,
+}
+
+/// The change counters, as one read saw them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counters {
     keys: i64,
     clients: i64,
-    at: Option<Instant>,
+    revoked: i64,
+}
+
+impl Counters {
+    fn get(&self, counter: Counter) -> i64 {
+        match counter {
+            Counter::Keys => self.keys,
+            Counter::Clients => self.clients,
+            Counter::Revoked => self.revoked,
+        }
+    }
 }
 
 impl fmt::Debug for Database {
@@ -362,12 +387,10 @@ impl Database {
         }
         // The counters as they are now, so that a first poll that fails keeps these (and
         // the time of this read counts toward --store-stale-after), never "no store".
-        let (keys, clients) = database.call(read_counters)?;
-        database.check_counter(Counter::Keys, keys)?;
-        database.check_counter(Counter::Clients, clients)?;
+        let counters = database.call(read_counters)?;
+        database.check_counters(counters)?;
         *database.seen() = Seen {
-            keys,
-            clients,
+            counters,
             at: Some(Instant::now()),
         };
         database.spawn(listener);
@@ -396,19 +419,15 @@ impl Database {
     /// [`Database::unreachable_for`] says it is too old.
     pub fn version(&self, counter: Counter) -> Option<StoreVersion> {
         let seen = match self.call_within(POLL_TIMEOUT, read_counters) {
-            Ok((keys, clients))
-                if self.check_counter(Counter::Keys, keys).is_ok()
-                    && self.check_counter(Counter::Clients, clients).is_ok() =>
-            {
+            Ok(counters) if self.check_counters(counters).is_ok() => {
                 let mut seen = self.seen();
                 *seen = Seen {
-                    keys,
-                    clients,
+                    counters,
                     at: Some(Instant::now()),
                 };
                 *seen
             }
-            Ok((keys, clients)) => {
+            Ok(counters) => {
                 // Counters only grow. Lower ones are an older copy of the database (a
                 // restore, a failover to a standby that lags): its rows may hold a key
                 // revoked since. Never taken as an answer from then on: the replica goes
@@ -419,8 +438,12 @@ impl Database {
                 {
                     tracing::error!(
                         store = %self.url,
-                        highest = ?(self.highest(Counter::Keys), self.highest(Counter::Clients)),
-                        now = ?(keys, clients),
+                        highest = ?(
+                            self.highest(Counter::Keys),
+                            self.highest(Counter::Clients),
+                            self.highest(Counter::Revoked)
+                        ),
+                        now = ?(counters.keys, counters.clients, counters.revoked),
                         "the store's change counters went back (a restore, a lagging standby?): its rows may hold a revoked key; this replica stops signing at --store-stale-after, and a restart accepts the database as it is"
                     );
                 }
@@ -428,10 +451,7 @@ impl Database {
             }
             Err(_) => *self.seen(),
         };
-        let value = match counter {
-            Counter::Keys => seen.keys,
-            Counter::Clients => seen.clients,
-        };
+        let value = seen.counters.get(counter);
         (value > 0).then(|| StoreVersion::new(format!("pg:{value}")))
     }
 
@@ -454,6 +474,13 @@ impl Database {
             });
         }
         Ok(())
+    }
+
+    /// [`Database::check_counter`] for each of `counters`.
+    fn check_counters(&self, counters: Counters) -> Result<(), DatabaseError> {
+        self.check_counter(Counter::Keys, counters.keys)?;
+        self.check_counter(Counter::Clients, counters.clients)?;
+        self.check_counter(Counter::Revoked, counters.revoked)
     }
 
     fn highest(&self, counter: Counter) -> i64 {
@@ -779,15 +806,23 @@ impl From<deadpool_postgres::PoolError> for DbFailure {
     }
 }
 
-/// The change counters of the keys and the clients. Triggers move them on every
-/// statement that writes either table, by jwt-issuer or by hand with SQL (rows deleted, a
-/// restore), so every change is noticed, as the keys dir notices a file edited by hand.
-async fn read_counters(pool: Pool) -> Result<(i64, i64), DbFailure> {
+/// The change counters of the keys, the clients and the revoked tokens. Triggers move
+/// them on every statement that writes one of the tables, by jwt-issuer or by hand with SQL
+/// (rows deleted, a restore), so every change is noticed, as the keys dir notices a file
+/// edited by hand.
+async fn read_counters(pool: Pool) -> Result<Counters, DbFailure> {
     let client = pool.get().await?;
     let row = client
-        .query_one("SELECT keys, clients FROM jwt_issuer_versions", &[])
+        .query_one(
+            "SELECT keys, clients, revoked FROM jwt_issuer_versions",
+            &[],
+        )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok(Counters {
+        keys: row.get(0),
+        clients: row.get(1),
+        revoked: row.get(2),
+    })
 }
 
 /// The ids of the KEKs the stored private keys are sealed under.
@@ -945,6 +980,8 @@ pub struct StoreStatus {
     pub keys_by_kek: Vec<(String, i64)>,
     /// Registered clients.
     pub clients: i64,
+    /// Revoked tokens not expired yet.
+    pub revoked: i64,
 }
 
 impl Database {
@@ -1008,7 +1045,8 @@ impl Database {
         })
     }
 
-    /// The schema version, the keys by state and by KEK, and the number of clients.
+    /// The schema version, the keys by state and by KEK, the number of clients and of
+    /// revoked tokens not expired yet.
     ///
     /// # Errors
     /// A database failure.
@@ -1048,11 +1086,19 @@ impl Database {
                 .query_one("SELECT count(*) FROM jwt_issuer_clients", &[])
                 .await?
                 .get(0);
+            let revoked: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM jwt_issuer_revoked WHERE expires > now()",
+                    &[],
+                )
+                .await?
+                .get(0);
             Ok(StoreStatus {
                 schema,
                 keys_by_state,
                 keys_by_kek,
                 clients,
+                revoked,
             })
         })
     }

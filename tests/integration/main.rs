@@ -32,6 +32,7 @@ mod operator_cli;
 mod pg_faults;
 mod pg_replay;
 mod pg_replicas;
+mod pg_revocation;
 mod pg_store;
 mod private_key_jwt;
 mod readme;

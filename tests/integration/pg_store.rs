@@ -1,7 +1,8 @@
 //! The PostgreSQL store through the real binary: a KEK missing, malformed or wrong is
 //! refused in one line; a ciphertext moved or altered never serves; `store rewrap`,
-//! `store import` and `store export` keep kids, states and tokens; a version 1 schema is
-//! migrated keeping its rows; a newer schema and a keys table emptied by hand fail closed.
+//! `store import` and `store export` keep kids, states and tokens; a version 1 or 2 schema
+//! is migrated keeping its rows and counters; a newer schema and a keys table emptied by
+//! hand fail closed.
 //! Each test has a database of its own.
 
 use std::fs;
@@ -409,7 +410,9 @@ fn import_and_export_keep_kids_states_times_clients_and_tokens() {
 
     let store = PgStore::new();
     let import = ["store", "import", "--from-keys-dir", dir.to_str().unwrap()];
-    store.ok(&import);
+    let out = store.run(&import);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("revoked"), "{}", out.stderr);
     assert_eq!(store.ok(&["keys", "list"]), listed);
     let server = store.serve();
     let jwks = jwks_of(&server);
@@ -438,13 +441,30 @@ fn import_and_export_keep_kids_states_times_clients_and_tokens() {
     assert!(out.stderr.contains("already holds keys"), "{}", out.stderr);
     assert_eq!(store.snapshot(), before);
 
+    // Revoked tokens are not copied: the export says how many are left behind.
+    store
+        .db
+        .client()
+        .batch_execute(
+            "INSERT INTO jwt_issuer_revoked VALUES ('revoked-1', now() + interval '1 hour'),
+                 ('expired-1', now() - interval '1 hour')",
+        )
+        .unwrap();
     let new_dir = tmp.path().join("exported");
-    store.ok(&[
+    let out = store.run(&[
         "store",
         "export",
         "--to-keys-dir",
         new_dir.to_str().unwrap(),
     ]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("warning: 1 revoked tokens not expired yet were not copied"),
+        "{}",
+        out.stderr
+    );
+    assert!(!list_dir(&new_dir).contains(&"revoked.json".to_owned()));
     assert_eq!(run_cli(&new_dir, &["keys", "list"]).stdout, listed);
     for name in list_dir(&new_dir).iter().filter(|n| n.ends_with(".pem")) {
         assert_eq!(mode(&new_dir.join(name)), 0o600, "{name}");
@@ -496,50 +516,150 @@ fn a_schema_newer_than_the_binary_is_refused_in_one_line_naming_both_versions() 
 }
 
 #[test]
-fn a_version_1_database_migrates_to_version_2_keeping_every_row() {
+fn a_version_1_database_migrates_to_the_current_version_keeping_every_row() {
+    migrates_keeping_every_row(1);
+}
+
+#[test]
+fn a_version_2_database_migrates_to_version_3_keeping_every_row_and_counter() {
+    migrates_keeping_every_row(2);
+}
+
+/// SQL that undoes each migration (version 2, 3, ...), leaving the database as the
+/// jwt-issuer before it did.
+const UNDO: &[&str] = &[
+    // Version 2: the used assertion ids.
+    "DROP TABLE jwt_issuer_used_jtis;",
+    // Version 3: the revoked tokens, their counter, and the trigger function as version 1
+    // made it.
+    "DROP TABLE jwt_issuer_revoked;
+     ALTER TABLE jwt_issuer_versions DROP COLUMN revoked;
+     CREATE OR REPLACE FUNCTION jwt_issuer_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+         IF TG_TABLE_NAME = 'jwt_issuer_keys' THEN
+             UPDATE jwt_issuer_versions SET keys = keys + 1;
+         ELSE
+             UPDATE jwt_issuer_versions SET clients = clients + 1;
+         END IF;
+         PERFORM pg_notify('jwt_issuer_changes', TG_TABLE_NAME);
+         RETURN NULL;
+     END
+     $$;",
+];
+
+/// A store taken back to schema `version` as an older jwt-issuer leaves it, with rows in
+/// each of its tables, migrates on the next start: every row and counter kept, each later
+/// version recorded once, each table's trigger moving its own counter.
+fn migrates_keeping_every_row(version: usize) {
+    assert_eq!(
+        usize::try_from(SCHEMA_VERSION).unwrap(),
+        UNDO.len() + 1,
+        "a later migration: undo it here too"
+    );
     let (store, _keys) = PgStore::with_template_keys();
     let client = store.add_client("svc");
-    // Back to version 1 as an older jwt-issuer leaves it (no table of used assertion ids),
-    // with a failure count of its own.
-    assert_eq!(SCHEMA_VERSION, 2, "a later migration: undo it here too");
-    store
-        .db
-        .client()
-        .batch_execute(
-            "DROP TABLE jwt_issuer_used_jtis;
-             DELETE FROM jwt_issuer_schema WHERE version >= 2;
-             INSERT INTO jwt_issuer_auth_failures VALUES ('a-subject', now(), 3)",
-        )
-        .unwrap();
+    let mut sql: String = UNDO[version - 1..].iter().rev().copied().collect();
+    sql.push_str(&format!(
+        "DELETE FROM jwt_issuer_schema WHERE version > {version};
+         INSERT INTO jwt_issuer_auth_failures VALUES ('a-subject', now(), 3);"
+    ));
+    if version >= 2 {
+        sql.push_str(
+            "INSERT INTO jwt_issuer_used_jtis VALUES (sha256('id'), now() + interval '1 hour');",
+        );
+    }
+    store.db.client().batch_execute(&sql).unwrap();
     let rows = || {
-        let mut rows = store.snapshot();
-        rows.extend(store.column(
-            "SELECT f::text FROM jwt_issuer_auth_failures f
-             UNION ALL SELECT version::text FROM jwt_issuer_schema ORDER BY 1",
-        ));
+        let mut query = "SELECT k::text FROM jwt_issuer_keys k
+             UNION ALL SELECT c::text FROM jwt_issuer_clients c
+             UNION ALL SELECT format('counters keys %s clients %s', keys, clients)
+                 FROM jwt_issuer_versions
+             UNION ALL SELECT f::text FROM jwt_issuer_auth_failures f
+             UNION ALL SELECT 'schema ' || version FROM jwt_issuer_schema"
+            .to_owned();
+        if version >= 2 {
+            query.push_str(" UNION ALL SELECT u::text FROM jwt_issuer_used_jtis u");
+        }
+        let mut rows = store.column(&query);
+        rows.sort();
         rows
     };
     let before = rows();
-    assert!(store.ok(&["store", "status"]).contains("schema   2"));
+    let status = store.ok(&["store", "status"]);
+    assert!(
+        status.contains(&format!("schema   {SCHEMA_VERSION}")) && status.contains("revoked  0"),
+        "{status}"
+    );
     let mut expected = before.clone();
-    expected.push("2".to_owned());
-    assert_eq!(rows(), expected, "every row kept, version 2 recorded");
+    expected.extend((version + 1..=UNDO.len() + 1).map(|v| format!("schema {v}")));
+    expected.sort();
     assert_eq!(
-        store.column(
-            "SELECT indexdef::text FROM pg_indexes WHERE tablename = 'jwt_issuer_used_jtis'
-             ORDER BY indexname"
-        ),
+        rows(),
+        expected,
+        "every row kept, the later versions recorded"
+    );
+    let indexes = |table: &str| {
+        store.column(&format!(
+            "SELECT indexdef::text FROM pg_indexes WHERE tablename = '{table}' ORDER BY indexname"
+        ))
+    };
+    assert_eq!(
+        indexes("jwt_issuer_used_jtis"),
         [
             "CREATE INDEX jwt_issuer_used_jtis_expires ON public.jwt_issuer_used_jtis USING btree (expires)",
             "CREATE UNIQUE INDEX jwt_issuer_used_jtis_pkey ON public.jwt_issuer_used_jtis USING btree (key)",
         ]
     );
+    assert_eq!(
+        indexes("jwt_issuer_revoked"),
+        [
+            "CREATE INDEX jwt_issuer_revoked_expires ON public.jwt_issuer_revoked USING btree (expires)",
+            "CREATE UNIQUE INDEX jwt_issuer_revoked_pkey ON public.jwt_issuer_revoked USING btree (jti)",
+        ]
+    );
+    // Each table's statements move its own counter, whoever writes.
+    let counters = || {
+        let row = store
+            .db
+            .client()
+            .query_one(
+                "SELECT keys, clients, revoked FROM jwt_issuer_versions",
+                &[],
+            )
+            .unwrap();
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        )
+    };
+    let (keys, clients, revoked) = counters();
+    assert_eq!(revoked, 0);
+    for (sql, moved) in [
+        ("UPDATE jwt_issuer_keys SET position = position", (1, 0, 0)),
+        ("UPDATE jwt_issuer_clients SET entry = entry", (0, 1, 0)),
+        (
+            "INSERT INTO jwt_issuer_revoked VALUES ('jti-1', now() + interval '1 hour')",
+            (0, 0, 1),
+        ),
+    ] {
+        let before = counters();
+        store.db.client().batch_execute(sql).unwrap();
+        let after = counters();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+            moved,
+            "{sql}"
+        );
+    }
+    assert!(counters().0 == keys + 1 && counters().1 == clients + 1);
     // Applied once: a second start finds nothing to do.
     let server = store.serve();
     served_token_verifies(&server, &client);
+    let all: Vec<String> = (1..=UNDO.len() + 1).map(|v| v.to_string()).collect();
     assert_eq!(
-        store.column("SELECT version::text FROM jwt_issuer_schema ORDER BY 1"),
-        ["1", "2"]
+        store.column("SELECT version::text FROM jwt_issuer_schema ORDER BY version"),
+        all
     );
 }
 
