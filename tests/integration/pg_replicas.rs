@@ -895,3 +895,39 @@ fn an_assertion_used_at_one_replica_is_refused_at_every_other() {
         assert!(again.body.contains("used before"), "{}", again.body);
     }
 }
+
+#[test]
+fn a_token_revoked_at_one_replica_is_inactive_at_every_other_within_a_second_or_two() {
+    let (store, clients) = Store::seeded(&[SigningAlg::Es256]);
+    let rs_secret = store.cli_ok(&["clients", "add", "orders-api", "--introspect"]);
+    let rs = TestClient::new("orders-api", rs_secret.trim());
+    let replicas = store.replicas(2);
+    let token = replicas[0].token_for(&clients[0]);
+    let post = |replica: &ServeProcess, path: &str, client: &TestClient| {
+        helpers::send(
+            "POST",
+            &format!("{}{path}", replica.url),
+            &[
+                ("Authorization", &client.basic_auth()),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            Some(format!("token={token}").as_bytes()),
+        )
+    };
+    assert_eq!(
+        post(&replicas[1], "/oauth2/introspect", &rs).json()["active"],
+        true
+    );
+    let res = post(&replicas[0], "/oauth2/revoke", &clients[0]);
+    assert_eq!(res.status, 200, "{}", res.body);
+    let revoked = Instant::now();
+    wait_until(
+        REVOCATION_REACH,
+        "the revocation at the other replica",
+        || post(&replicas[1], "/oauth2/introspect", &rs).json()["active"] == false,
+    );
+    eprintln!(
+        "revocation reached the other replica in {:?}",
+        revoked.elapsed()
+    );
+}
