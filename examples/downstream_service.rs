@@ -2,6 +2,8 @@
 //! that needs a valid token with the `read` scope, verified locally, and `POST
 //! /orders/refund`, which also needs the issuer to hold the token active (RFC 7662
 //! introspection), so that a revoked token stops there at once rather than at its `exp`.
+//! `GET /orders/dpop` takes DPoP-bound tokens only (RFC 9449): `Authorization: DPoP
+//! <token>` with a `DPoP` proof made by the key the token is bound to, for this request.
 //!
 //! ```sh
 //! cargo run --release -- serve &                       # the issuer, on 127.0.0.1:8080
@@ -17,7 +19,8 @@
 //! service's own client at the issuer, one allowed to introspect:
 //! `INTROSPECTION_CLIENT_ID` and `INTROSPECTION_CLIENT_SECRET` (from the environment only,
 //! never a flag, which `ps` would show). Without them `/orders/refund` answers 503: it
-//! never falls back to local verification alone.
+//! never falls back to local verification alone. `PUBLIC_URL` (default
+//! `http://{BIND}`) is this service's URL as clients see it, which DPoP proofs name.
 
 use std::sync::Arc;
 
@@ -80,6 +83,18 @@ async fn refund(BearerClaims(claims): BearerClaims<AccessClaims>) -> HttpRespons
     }))
 }
 
+/// Mounted under `/orders/dpop` with a verifier that requires DPoP: a copied token is of
+/// no use here without the key it is bound to.
+#[get("")]
+async fn dpop_orders(BearerClaims(claims): BearerClaims<AccessClaims>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "orders": [{"id": 1, "item": "coffee"}],
+        "served_to": claims.sub,
+        "client_id": claims.client_id,
+        "sender_constrained": true,
+    }))
+}
+
 /// `/orders/refund` when no introspection client is configured: refused, never served
 /// by the app's local-only verifier.
 async fn refund_unconfigured() -> HttpResponse {
@@ -96,6 +111,7 @@ async fn main() -> std::io::Result<()> {
     let issuer = env("ISSUER", "http://127.0.0.1:8080");
     let audience = env("AUDIENCE", "orders-api");
     let bind = env("BIND", "127.0.0.1:9090");
+    let public_url = env("PUBLIC_URL", &format!("http://{bind}"));
 
     // Discovery gives the JWKS URL; the cache follows the issuer's Cache-Control and
     // refetches on a new kid (after a cooldown), so key rotation needs no restart here.
@@ -134,6 +150,10 @@ async fn main() -> std::io::Result<()> {
             None
         }
     };
+    // Proofs name the URL the client called: this service's public one, not what a
+    // request's Host or X-Forwarded-* headers claim.
+    let verifier = verifier.with_base_url(public_url);
+    let dpop_only = web::Data::new(verifier.clone().require_dpop());
     let verifier = web::Data::new(verifier);
 
     println!("downstream_service on http://{bind} (issuer {issuer}, audience {audience})");
@@ -150,6 +170,11 @@ async fn main() -> std::io::Result<()> {
             .service(public)
             .service(orders)
             .service(refunds)
+            .service(
+                web::scope("/orders/dpop")
+                    .app_data(dpop_only.clone())
+                    .service(dpop_orders),
+            )
     })
     .bind(&bind)?
     .run()

@@ -8,6 +8,8 @@
 //! (it proves possession of that key). The key still decides the algorithm, must be public
 //! and asymmetric (ES256, RS256 or PS256), and is identified by its RFC 7638 thumbprint.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
@@ -26,6 +28,9 @@ pub const DPOP_ALGS: [&str; 3] = ["ES256", "RS256", "PS256"];
 /// How old a proof's `iat` may be (and how far ahead, for clocks): a proof is made for one
 /// request, so this bounds how long its `jti` must be remembered.
 pub const DPOP_MAX_AGE: Duration = Duration::from_secs(60);
+/// Proofs a [`Verifier`](super::Verifier) remembers at most by default: each for about two
+/// minutes ([`DpopProof::remember_until`]), so over 800 proofs a second.
+pub const DEFAULT_DPOP_REPLAY_LIMIT: usize = 100_000;
 /// Largest proof accepted.
 const MAX_PROOF_BYTES: usize = 8 * 1024;
 /// Longest `jti` accepted.
@@ -166,6 +171,68 @@ pub fn access_token_hash(token: &str) -> String {
     ))
 }
 
+/// The proofs a resource server has seen (RFC 9449 section 11.1), in memory, keyed by the
+/// proof key's thumbprint and `jti`, each until its `iat` can no longer be accepted. At
+/// most `limit` are held: when every slot holds an unexpired proof, a new one is refused
+/// (fail closed), never accepted unchecked.
+#[derive(Debug)]
+pub(super) struct ProofReplayCache {
+    entries: Mutex<Entries>,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    /// SHA-256 of (jkt, jti) to its expiry.
+    by_key: HashMap<[u8; 32], u64>,
+    by_expiry: BTreeSet<(u64, [u8; 32])>,
+}
+
+/// The cache holds `limit` unexpired proofs already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ReplayCacheFull(pub usize);
+
+impl ProofReplayCache {
+    pub(super) fn new(limit: usize) -> Self {
+        Self {
+            entries: Mutex::default(),
+            limit,
+        }
+    }
+
+    /// Records `proof` as used: `Ok(true)` the first time, `Ok(false)` for a replay.
+    pub(super) fn first_use(&self, proof: &DpopProof) -> Result<bool, ReplayCacheFull> {
+        self.record(&proof.jkt, &proof.jti, proof.remember_until(), unix_now())
+    }
+
+    fn record(&self, jkt: &str, jti: &str, until: u64, now: u64) -> Result<bool, ReplayCacheFull> {
+        // Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&(jkt.len() as u64).to_be_bytes());
+        ctx.update(jkt.as_bytes());
+        ctx.update(jti.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.finish().as_ref());
+        // Plain entries: a panic elsewhere cannot leave one half-written.
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(&(exp, old)) = entries.by_expiry.first()
+            && exp <= now
+        {
+            entries.by_expiry.pop_first();
+            entries.by_key.remove(&old);
+        }
+        if entries.by_key.contains_key(&key) {
+            return Ok(false);
+        }
+        if entries.by_key.len() >= self.limit {
+            return Err(ReplayCacheFull(entries.by_key.len()));
+        }
+        entries.by_key.insert(key, until);
+        entries.by_expiry.insert((until, key));
+        Ok(true)
+    }
+}
+
 /// Scheme, host, port and path equal (case of scheme and host ignored, default ports
 /// implied); query and fragment ignored.
 fn same_target(htu: &str, url: &str) -> bool {
@@ -225,6 +292,20 @@ mod tests {
         assert!(DpopProof::verify(&ok, "GET", URL).is_err());
         assert!(DpopProof::verify(&ok, "POST", "https://issuer.example/other").is_err());
         assert!(DpopProof::verify(&ok, "POST", "http://issuer.example/oauth2/token").is_err());
+    }
+
+    #[test]
+    fn the_replay_cache_refuses_a_second_use_and_fails_closed_when_full() {
+        let cache = ProofReplayCache::new(2);
+        assert_eq!(cache.record("k", "a", 100, 10), Ok(true));
+        assert_eq!(cache.record("k", "a", 100, 10), Ok(false));
+        // Another key's proof with the same jti is another proof.
+        assert_eq!(cache.record("k2", "a", 100, 10), Ok(true));
+        assert_eq!(cache.record("k", "b", 100, 10), Err(ReplayCacheFull(2)));
+        // Once expired, slots are free again (and the old jti forgotten: its iat is
+        // refused by then anyway).
+        assert_eq!(cache.record("k", "b", 200, 100), Ok(true));
+        assert_eq!(cache.record("k", "a", 200, 100), Ok(true));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! [`BearerClaims`]: an actix-web extractor that reads `Authorization: Bearer`, verifies
-//! the token with the app's [`Verifier`], and answers failures as RFC 6750 section 3 says.
+//! [`BearerClaims`]: an actix-web extractor that reads `Authorization: Bearer` (or `DPoP`
+//! with a `DPoP` proof header, RFC 9449 section 7), verifies the token with the app's
+//! [`Verifier`], and answers failures as RFC 6750 section 3 (RFC 9449 section 7.1) says.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +11,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 use serde::de::DeserializeOwned;
 
+use super::dpop::{DPOP_ALGS, DpopError};
 use super::{Verifier, VerifyError};
 use crate::error_body::ErrorBody;
 
@@ -42,6 +44,15 @@ use crate::error_body::ErrorBody;
 ///     .service(web::scope("/orders/refund").app_data(web::Data::new(strict)).service(refund));
 /// # }
 /// ```
+///
+/// DPoP (RFC 9449): a token bound to a key (`cnf.jkt`) is accepted as `Authorization: DPoP
+/// <token>` with exactly one `DPoP` proof header made for this request's method and URL,
+/// [`Verifier::verify_dpop`] checking it; sent as `Bearer` it is refused, and so is an
+/// unbound token sent as `DPoP`. The URL is the verifier's
+/// [`base_url`](Verifier::with_base_url) and the request's path; without one, the scheme
+/// and host actix sees (`ConnectionInfo`, which believes `Forwarded` and `X-Forwarded-*`
+/// headers): behind a proxy, set the base URL. A verifier built
+/// [`Verifier::require_dpop`] refuses the `Bearer` scheme on its routes.
 #[derive(Debug, Clone)]
 pub struct BearerClaims<T>(pub T);
 
@@ -65,6 +76,16 @@ pub enum BearerError {
     /// The app has no `web::Data<Verifier>`: a wiring bug, 500.
     #[error("no verifier configured")]
     NoVerifier,
+    /// No Authorization header on a route whose verifier requires DPoP: 401 with a bare
+    /// `DPoP algs="ES256 RS256 PS256"` challenge (RFC 9449 section 7.1).
+    #[error("DPoP-bound token required")]
+    MissingDpop,
+    /// A request with the `DPoP` scheme was refused: 401 with a `DPoP` challenge,
+    /// `invalid_dpop_proof` for the proof ([`VerifyError::InvalidDpopProof`]) and
+    /// `invalid_token` for the token; 503 as for [`BearerError::Invalid`] when the keys,
+    /// introspection or the replay cache are unavailable.
+    #[error(transparent)]
+    InvalidDpop(VerifyError),
 }
 
 impl ResponseError for BearerError {
@@ -72,10 +93,10 @@ impl ResponseError for BearerError {
         match self {
             Self::Missing => StatusCode::UNAUTHORIZED,
             Self::Malformed => StatusCode::BAD_REQUEST,
-            Self::Invalid(
-                VerifyError::KeySetUnavailable(_) | VerifyError::IntrospectionUnavailable(_),
-            ) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Invalid(_) => StatusCode::UNAUTHORIZED,
+            Self::Invalid(e) | Self::InvalidDpop(e) if unavailable(e) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Invalid(_) | Self::InvalidDpop(_) | Self::MissingDpop => StatusCode::UNAUTHORIZED,
             Self::NoVerifier => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,17 +104,27 @@ impl ResponseError for BearerError {
     fn error_response(&self) -> HttpResponse {
         let (code, description) = match self {
             Self::Missing => (None, "a bearer token is required".to_owned()),
+            Self::MissingDpop => (None, "a DPoP-bound token is required".to_owned()),
             Self::Malformed => (Some("invalid_request"), self.to_string()),
             // The cause of unavailable keys is for the log, not the client.
-            Self::Invalid(VerifyError::KeySetUnavailable(cause)) => {
+            Self::Invalid(VerifyError::KeySetUnavailable(cause))
+            | Self::InvalidDpop(VerifyError::KeySetUnavailable(cause)) => {
                 tracing::error!(cause = %cause, "cannot verify tokens: signing keys unavailable");
                 (None, "signing keys are unavailable".to_owned())
             }
-            Self::Invalid(VerifyError::IntrospectionUnavailable(cause)) => {
+            Self::Invalid(VerifyError::IntrospectionUnavailable(cause))
+            | Self::InvalidDpop(VerifyError::IntrospectionUnavailable(cause)) => {
                 tracing::error!(cause = %cause, "cannot check tokens: introspection unavailable");
                 (None, "token introspection is unavailable".to_owned())
             }
-            Self::Invalid(e) => (Some("invalid_token"), e.to_string()),
+            Self::InvalidDpop(e @ VerifyError::DpopReplayCacheFull(_)) => {
+                tracing::error!(cause = %e, "cannot accept DPoP proofs: replay cache full");
+                (None, "DPoP proofs cannot be checked for replay".to_owned())
+            }
+            Self::InvalidDpop(e @ VerifyError::InvalidDpopProof(_)) => {
+                (Some("invalid_dpop_proof"), e.to_string())
+            }
+            Self::Invalid(e) | Self::InvalidDpop(e) => (Some("invalid_token"), e.to_string()),
             Self::NoVerifier => {
                 tracing::error!("BearerClaims used without web::Data<Verifier> in the app");
                 (None, "server misconfigured".to_owned())
@@ -109,9 +140,16 @@ impl ResponseError for BearerError {
                 .chars()
                 .filter(|c| matches!(c, ' '..='~') && *c != '"' && *c != '\\')
                 .collect();
-            let challenge = match code {
-                Some(code) => format!("Bearer error=\"{code}\", error_description=\"{safe}\""),
-                None => "Bearer".to_owned(),
+            let challenge = match (code, self.dpop_challenge()) {
+                (Some(code), false) => {
+                    format!("Bearer error=\"{code}\", error_description=\"{safe}\"")
+                }
+                (None, false) => "Bearer".to_owned(),
+                (Some(code), true) => format!(
+                    "DPoP error=\"{code}\", error_description=\"{safe}\", algs=\"{}\"",
+                    DPOP_ALGS.join(" ")
+                ),
+                (None, true) => format!("DPoP algs=\"{}\"", DPOP_ALGS.join(" ")),
             };
             if let Ok(value) = HeaderValue::from_str(&challenge) {
                 res.insert_header((header::WWW_AUTHENTICATE, value));
@@ -119,12 +157,38 @@ impl ResponseError for BearerError {
         }
         res.json(ErrorBody {
             error: code.unwrap_or(match self {
-                Self::Missing => "invalid_token",
+                Self::Missing | Self::MissingDpop => "invalid_token",
                 _ => "server_error",
             }),
             error_description: &description,
         })
     }
+}
+
+impl BearerError {
+    /// Whether the answer is a `DPoP` challenge (RFC 9449 section 7.1) rather than a
+    /// `Bearer` one: for a request with the DPoP scheme, and for a bound token (or any
+    /// token, on a route requiring DPoP) sent as a bearer token, to say what is expected.
+    fn dpop_challenge(&self) -> bool {
+        matches!(
+            self,
+            Self::MissingDpop
+                | Self::InvalidDpop(_)
+                | Self::Invalid(
+                    VerifyError::DpopBound | VerifyError::DpopRequired | VerifyError::NotDpopBound
+                )
+        )
+    }
+}
+
+/// Not the token's fault: no challenge, 503.
+fn unavailable(e: &VerifyError) -> bool {
+    matches!(
+        e,
+        VerifyError::KeySetUnavailable(_)
+            | VerifyError::IntrospectionUnavailable(_)
+            | VerifyError::DpopReplayCacheFull(_)
+    )
 }
 
 impl<T: DeserializeOwned + 'static> FromRequest for BearerClaims<T> {
@@ -133,16 +197,70 @@ impl<T: DeserializeOwned + 'static> FromRequest for BearerClaims<T> {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let verifier = req.app_data::<web::Data<Verifier>>().cloned();
-        let token = bearer_token(req);
+        let presented = presented_token(req);
+        let proof = dpop_proof(req);
+        let method = req.method().as_str().to_owned();
+        let url = verifier.as_ref().map(|v| request_url(req, v));
         Box::pin(async move {
             let verifier = verifier.ok_or(BearerError::NoVerifier)?;
-            let token = token?;
-            Ok(BearerClaims(verifier.verify(&token).await?))
+            match presented {
+                Err(BearerError::Missing) if verifier.requires_dpop() => {
+                    Err(BearerError::MissingDpop)
+                }
+                Err(e) => Err(e),
+                Ok((Scheme::Bearer, _)) if verifier.requires_dpop() => {
+                    Err(BearerError::Invalid(VerifyError::DpopRequired))
+                }
+                Ok((Scheme::Bearer, token)) => Ok(BearerClaims(verifier.verify(&token).await?)),
+                Ok((Scheme::Dpop, token)) => {
+                    let proof = proof.map_err(BearerError::InvalidDpop)?;
+                    let url = url.unwrap_or_default();
+                    verifier
+                        .verify_dpop(&token, &proof, &method, &url)
+                        .await
+                        .map(BearerClaims)
+                        .map_err(BearerError::InvalidDpop)
+                }
+            }
         })
     }
 }
 
-fn bearer_token(req: &HttpRequest) -> Result<String, BearerError> {
+/// The Authorization scheme a token came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Dpop,
+}
+
+/// The URL a proof must name: the configured base URL, else what the request says of its
+/// scheme and host (see [`BearerClaims`] on proxies), then its path.
+fn request_url(req: &HttpRequest, verifier: &Verifier) -> String {
+    let path = req.uri().path();
+    match verifier.base_url() {
+        Some(base) => format!("{base}{path}"),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}{path}", info.scheme(), info.host())
+        }
+    }
+}
+
+/// The one `DPoP` header's value (RFC 9449 section 7.1: exactly one).
+fn dpop_proof(req: &HttpRequest) -> Result<String, VerifyError> {
+    let mut values = req.headers().get_all("dpop");
+    let refused = |why: &str| VerifyError::InvalidDpopProof(DpopError(why.to_owned()));
+    match (values.next(), values.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .map(str::to_owned)
+            .map_err(|_| refused("the DPoP header is not ASCII")),
+        (None, _) => Err(refused("a DPoP header is required with the DPoP scheme")),
+        (Some(_), Some(_)) => Err(refused("send exactly one DPoP header")),
+    }
+}
+
+fn presented_token(req: &HttpRequest) -> Result<(Scheme, String), BearerError> {
     let mut values = req.headers().get_all(header::AUTHORIZATION);
     let Some(value) = values.next() else {
         return Err(BearerError::Missing);
@@ -158,8 +276,16 @@ fn bearer_token(req: &HttpRequest) -> Result<String, BearerError> {
         && token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
-    if !scheme.eq_ignore_ascii_case("bearer") || !b64token {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        // RFC 9449 section 7.1: the same token68 syntax as Bearer.
+        Scheme::Dpop
+    } else {
+        return Err(BearerError::Malformed);
+    };
+    if !b64token {
         return Err(BearerError::Malformed);
     }
-    Ok(token.to_owned())
+    Ok((scheme, token.to_owned()))
 }

@@ -25,6 +25,7 @@ mod jwks_cache;
 mod key;
 mod verifier;
 
+pub use dpop::DEFAULT_DPOP_REPLAY_LIMIT;
 #[cfg(feature = "actix")]
 pub use extractor::{BearerClaims, BearerError};
 pub use introspection::{Introspection, IntrospectionOptions, IntrospectionStats};
@@ -99,6 +100,27 @@ pub enum VerifyError {
     /// token's fault (the extractor answers 503), and never taken as `active`.
     #[error("token introspection unavailable")]
     IntrospectionUnavailable(#[source] IntrospectionError),
+    /// A token bound to a key (`cnf.jkt`, RFC 9449 section 6.1) presented as a bearer
+    /// token, without a proof of that key: whoever sends it may have only copied it.
+    #[error("token is bound to a DPoP key: send it with the DPoP scheme and a proof")]
+    DpopBound,
+    /// A token bound to no key presented with the DPoP scheme: the scheme says the sender
+    /// holds the token's key, and this token names none.
+    #[error("token is not bound to a DPoP key")]
+    NotDpopBound,
+    /// The route accepts DPoP-bound tokens only ([`Verifier::require_dpop`]) and the
+    /// request used another scheme.
+    #[error("this resource requires a DPoP-bound token")]
+    DpopRequired,
+    /// The DPoP proof sent with a bound token breaks a rule: of every proof (RFC 9449
+    /// section 4.3), or of a proof sent with a token (section 7.1: one `DPoP` header, `ath`
+    /// the token's hash, signed by the token's key, its `jti` not used before).
+    #[error(transparent)]
+    InvalidDpopProof(#[from] dpop::DpopError),
+    /// The proof could not be recorded as used: the verifier's replay cache holds this many
+    /// unexpired proofs. Refused (503 in the extractor), never accepted unchecked.
+    #[error("the DPoP replay cache is full ({0} unexpired proofs)")]
+    DpopReplayCacheFull(usize),
 }
 
 /// Why a key set could not be fetched or read: one fact per variant, so a service can tell

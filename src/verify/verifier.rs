@@ -11,6 +11,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::dpop::{
+    DEFAULT_DPOP_REPLAY_LIMIT, DpopError, DpopProof, ProofReplayCache, access_token_hash,
+};
 use super::{DEFAULT_LEEWAY, Introspection, JwksCache, KeyRing, VerifyError, VerifyingKey};
 use crate::time::unix_now;
 
@@ -159,6 +162,10 @@ enum KeySource {
 /// the issuer whether the token is still active. Embedded `jwk`, `jku`, `x5u` and `x5c`
 /// headers are never used: keys come only from the configured key set. An ES256 signature
 /// must be in its low-S form unless [`Verifier::allow_high_s`] says otherwise.
+///
+/// A token bound to a key (`cnf.jkt`, RFC 9449) is accepted only with a proof of that key,
+/// through [`Verifier::verify_dpop`]; [`Verifier::verify`] refuses it
+/// ([`VerifyError::DpopBound`]). Clones share one replay cache of proofs.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     keys: KeySource,
@@ -166,6 +173,9 @@ pub struct Verifier {
     allow_high_s: bool,
     allow_missing_kid: bool,
     introspection: Option<Arc<Introspection>>,
+    require_dpop: bool,
+    base_url: Option<String>,
+    dpop_replay: Arc<ProofReplayCache>,
 }
 
 impl Verifier {
@@ -177,6 +187,9 @@ impl Verifier {
             allow_high_s: false,
             allow_missing_kid: false,
             introspection: None,
+            require_dpop: false,
+            base_url: None,
+            dpop_replay: Arc::new(ProofReplayCache::new(DEFAULT_DPOP_REPLAY_LIMIT)),
         }
     }
 
@@ -188,6 +201,9 @@ impl Verifier {
             allow_high_s: false,
             allow_missing_kid: false,
             introspection: None,
+            require_dpop: false,
+            base_url: None,
+            dpop_replay: Arc::new(ProofReplayCache::new(DEFAULT_DPOP_REPLAY_LIMIT)),
         }
     }
 
@@ -257,25 +273,142 @@ impl Verifier {
         self
     }
 
+    /// Accepts DPoP-bound tokens only: the extractor refuses a request with the `Bearer`
+    /// scheme ([`VerifyError::DpopRequired`]), whatever its token. Default: both schemes,
+    /// each for its kind of token.
+    #[must_use]
+    pub fn require_dpop(mut self) -> Self {
+        self.require_dpop = true;
+        self
+    }
+
+    /// Whether [`Verifier::require_dpop`] was set.
+    pub fn requires_dpop(&self) -> bool {
+        self.require_dpop
+    }
+
+    /// The service's external base URL (`https://api.example.com`, or with a path prefix a
+    /// proxy strips), which the extractor puts before the request's path to get the URL a
+    /// DPoP proof's `htu` must name. Default: none, and the URL is built from what actix
+    /// sees of the request (`ConnectionInfo`: the `Forwarded`, `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` headers, else `Host` and the connection's scheme). Those headers
+    /// come from the client unless a proxy replaces them, so a service behind a proxy,
+    /// or one that wants `htu` to bind its host too, sets this.
+    #[must_use]
+    pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
+        let base_url = base_url.into();
+        self.base_url = Some(base_url.trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// The base URL set by [`Verifier::with_base_url`].
+    pub fn base_url(&self) -> Option<&str> {
+        self.base_url.as_deref()
+    }
+
+    /// Remembers at most `limit` DPoP proofs (default [`DEFAULT_DPOP_REPLAY_LIMIT`]) each
+    /// for about two minutes; beyond, proofs are refused
+    /// ([`VerifyError::DpopReplayCacheFull`]). Starts an empty cache.
+    #[must_use]
+    pub fn with_dpop_replay_limit(mut self, limit: usize) -> Self {
+        self.dpop_replay = Arc::new(ProofReplayCache::new(limit));
+        self
+    }
+
     /// The validation rules.
     pub fn validation(&self) -> &Validation {
         &self.validation
     }
 
-    /// Verifies `token` and returns its claims as `T`; with
+    /// Verifies a bearer `token` and returns its claims as `T`; with
     /// [`Verifier::with_introspection`], only once the issuer holds it active.
     ///
     /// # Errors
-    /// The first check that fails, as a [`VerifyError`]; `NotActive` for a token the
-    /// issuer holds inactive, `IntrospectionUnavailable` when it cannot be asked.
+    /// The first check that fails, as a [`VerifyError`]; `DpopBound` for a token bound to
+    /// a key (it needs [`Verifier::verify_dpop`]); `NotActive` for a token the issuer holds
+    /// inactive, `IntrospectionUnavailable` when it cannot be asked.
     pub async fn verify<T: DeserializeOwned + 'static>(
         &self,
         token: &str,
     ) -> Result<T, VerifyError> {
-        let Some(introspection) = &self.introspection else {
-            return self.verify_locally(token).await;
-        };
         let claims: Value = self.verify_locally(token).await?;
+        // RFC 9449 section 7.1: a bound token without its proof is refused, whoever holds it.
+        if claims
+            .get("cnf")
+            .is_some_and(|cnf| cnf.get("jkt").is_some())
+        {
+            return Err(VerifyError::DpopBound);
+        }
+        self.introspected(token, claims).await
+    }
+
+    /// Verifies a DPoP-bound `token` sent with `proof` (the `DPoP` header) in a request
+    /// with `method` to `url` (its full URL: scheme, host, path; query ignored), as RFC
+    /// 9449 section 7.1 says: the proof verifies ([`DpopProof::verify`]), its `ath` is the
+    /// token's hash, the token verifies as [`Verifier::verify`] checks it and its
+    /// `cnf.jkt` is the proof key's thumbprint; last, the proof's `jti` is recorded, so
+    /// that a proof is used once (per verifier and its clones, in this process).
+    ///
+    /// ```
+    /// use jwt_issuer::verify::{KeyRing, Validation, Verifier};
+    /// # async fn run(token: &str, proof: &str) {
+    /// let keys = KeyRing::from_json(br#"{"keys":[]}"#).unwrap();
+    /// let verifier = Verifier::fixed(keys, Validation::new("https://auth.example.com", ["orders-api"]));
+    /// let claims: Result<serde_json::Value, _> = verifier
+    ///     .verify_dpop(token, proof, "GET", "https://api.example.com/orders")
+    ///     .await;
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// `InvalidDpopProof` naming the rule the proof breaks (a replay included),
+    /// `NotDpopBound` for a token bound to no key, `DpopReplayCacheFull` when the proof
+    /// cannot be recorded; otherwise as [`Verifier::verify`].
+    pub async fn verify_dpop<T: DeserializeOwned + 'static>(
+        &self,
+        token: &str,
+        proof: &str,
+        method: &str,
+        url: &str,
+    ) -> Result<T, VerifyError> {
+        let proof = DpopProof::verify(proof, method, url)?;
+        match &proof.ath {
+            None => return Err(DpopError("ath is missing".into()).into()),
+            Some(ath) if *ath != access_token_hash(token) => {
+                return Err(DpopError("ath is not the hash of this access token".into()).into());
+            }
+            Some(_) => {}
+        }
+        let claims: Value = self.verify_locally(token).await?;
+        let bound = claims
+            .get("cnf")
+            .and_then(|cnf| cnf.get("jkt"))
+            .ok_or(VerifyError::NotDpopBound)?;
+        if bound.as_str() != Some(proof.jkt.as_str()) {
+            return Err(
+                DpopError("the proof's key is not the one the token is bound to".into()).into(),
+            );
+        }
+        // Recorded last, once everything else holds: a proof refused for another reason
+        // does not take a slot.
+        match self.dpop_replay.first_use(&proof) {
+            Ok(true) => {}
+            Ok(false) => return Err(DpopError("jti was used before".into()).into()),
+            Err(full) => return Err(VerifyError::DpopReplayCacheFull(full.0)),
+        }
+        self.introspected(token, claims).await
+    }
+
+    /// `claims`, verified locally, as `T`, once introspection (if any) holds the token
+    /// active.
+    async fn introspected<T: DeserializeOwned + 'static>(
+        &self,
+        token: &str,
+        claims: Value,
+    ) -> Result<T, VerifyError> {
+        let Some(introspection) = &self.introspection else {
+            return into_claims(claims);
+        };
         let exp = claims.get("exp").and_then(numeric_date).unwrap_or(u64::MAX);
         // The claims' shape is a local check too: done before the request.
         let claims: T = into_claims(claims)?;
@@ -322,8 +455,12 @@ impl Verifier {
     /// they have cached). High-S ES256 signatures are refused; a verifier built with
     /// [`Verifier::fixed`] and [`Verifier::allow_high_s`] accepts them.
     ///
+    /// This checks the token alone: a DPoP-bound token (`cnf.jkt`) is accepted here, its
+    /// binding left to the caller (the issuer's introspection shows it). A service
+    /// answering requests uses [`Verifier::verify`] or [`Verifier::verify_dpop`].
+    ///
     /// # Errors
-    /// As [`Verifier::verify`].
+    /// As [`Verifier::verify`], but for `DpopBound`.
     pub fn verify_with<T: DeserializeOwned + 'static>(
         keys: &KeyRing,
         token: &str,

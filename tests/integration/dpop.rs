@@ -33,13 +33,13 @@ pub fn jkt(key: &ExternalKey) -> String {
     params.thumbprint()
 }
 
-fn random_id() -> String {
+pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes).unwrap();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn token_with(app: &TestApp, client: &TestClient, proofs: &[&str]) -> HttpResponse {
+pub fn token_with(app: &TestApp, client: &TestClient, proofs: &[&str]) -> HttpResponse {
     let mut headers = vec![("Authorization".to_owned(), client.basic_auth())];
     for p in proofs {
         headers.push(("DPoP".to_owned(), (*p).to_owned()));

@@ -22,6 +22,13 @@
 //!   no client secret the session authenticates with `none`, sending its client id. A
 //!   session made without a client id sends the string `client_id=None`, which names
 //!   another client than the token's: refused with `invalid_grant`.
+//!
+//! DPoP (RFC 9449): openid-client 6's DPoP handle (`getDPoPHandle` over
+//! `randomDPoPKeyPair('ES256')`) proves its key at the token endpoint, gets `token_type`
+//! `dpop` (lowercased) and a token bound by `cnf.jkt`, then signs a new proof (with `ath`)
+//! for each `fetchProtectedResource` call to a route the crate's extractor protects. The
+//! same token sent without the handle goes as `Bearer` and is refused with a `DPoP`
+//! challenge, which openid-client throws as a `WWWAuthenticateChallengeError`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,7 +42,11 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::external::{ExternalKey, KeyHost};
-use crate::helpers::{TestApp, interop_dir, new_client, python, run_interop, unix_now};
+use jwt_issuer::verify::{BearerClaims, JwksCache, Validation, Verifier};
+
+use crate::helpers::{
+    TestApp, TestServer, interop_dir, new_client, python, run_interop, segment_json, unix_now,
+};
 use crate::interop::{jose_typ, pyjwt_typ};
 
 const AUDIENCE: &str = "orders-api";
@@ -510,4 +521,85 @@ fn python_script(
         .arg(file)
         .args(extra);
     run_interop(cmd).map(|out| serde_json::from_str(&out).expect("token response JSON"))
+}
+
+#[test]
+fn openid_client_gets_a_dpop_bound_token_and_calls_a_route_protected_by_the_extractor() {
+    let (app, [svc]) = TestApp::spawn_with_clients(
+        [NewClient {
+            dpop_bound: true,
+            ..new_client("node-dpop", &["read"], &[AUDIENCE])
+        }],
+        |_| {},
+    );
+    let downstream = dpop_downstream(&app);
+    let resource = format!("{}/orders", downstream.url);
+    assert!(
+        interop_dir().join("node_modules/openid-client").exists(),
+        "openid-client is not installed: run .ci/run (npm ci in tests/interop)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg("openid_client_dpop.mjs")
+        .args([&app.issuer, &svc.id, &resource])
+        .env("CLIENT_SECRET", svc.secret.expose_secret());
+    let out = run_interop(cmd).unwrap_or_else(|e| panic!("openid-client: {e}"));
+    let out: Value = serde_json::from_str(&out).expect("script output JSON");
+
+    // openid-client lowercases token_type; RFC 6749 section 5.1 has it case-insensitive.
+    let token = &out["token"];
+    let token_type = token["token_type"].as_str().unwrap_or_default();
+    assert!(token_type.eq_ignore_ascii_case("dpop"), "{token}");
+    let access_token = token["access_token"].as_str().expect("access_token");
+    let jkt = segment_json(access_token, 1)["cnf"]["jkt"].clone();
+    assert!(jkt.is_string(), "a bound token: {token}");
+
+    // Two calls, each with a new proof of openid-client's key: the extractor saw the
+    // token's binding.
+    let calls = out["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), 2, "{out}");
+    for call in calls {
+        assert_eq!(call["status"], 200, "{call}");
+        assert_eq!(call["body"]["cnf"]["jkt"], jkt, "{call}");
+        assert_eq!(call["body"]["client_id"], "node-dpop", "{call}");
+    }
+
+    // The same token without the DPoP handle goes as Bearer: refused with a DPoP
+    // challenge, which openid-client parses.
+    let refused = &out["as_bearer"];
+    assert_eq!(refused["status"], 401, "{refused}");
+    let challenge = &refused["challenges"][0];
+    assert!(
+        challenge["scheme"]
+            .as_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("dpop")),
+        "{refused}"
+    );
+    assert_eq!(
+        challenge["parameters"]["error"], "invalid_token",
+        "{refused}"
+    );
+    assert_eq!(
+        challenge["parameters"]["algs"], "ES256 RS256 PS256",
+        "{refused}"
+    );
+}
+
+/// A downstream API for [`AUDIENCE`] whose `GET /orders` is protected by the crate's
+/// extractor, verifying with the issuer's JWKS; it answers the verified claims.
+fn dpop_downstream(app: &TestApp) -> TestServer {
+    let cache = JwksCache::new(
+        format!("{}/.well-known/jwks.json", app.url),
+        Default::default(),
+    )
+    .unwrap();
+    let validation = Validation::new(app.issuer.clone(), [AUDIENCE]).with_typ("at+jwt");
+    let verifier = actix_web::web::Data::new(Verifier::remote(cache, validation));
+    TestServer::start(move || {
+        actix_web::App::new().app_data(verifier.clone()).route(
+            "/orders",
+            actix_web::web::get().to(|claims: BearerClaims<Value>| async move {
+                actix_web::HttpResponse::Ok().json(claims.0)
+            }),
+        )
+    })
 }

@@ -12,6 +12,7 @@ mod clients;
 mod config;
 mod deploy;
 mod dpop;
+mod dpop_resource;
 mod extractor;
 mod fail_closed;
 mod faults;
