@@ -178,7 +178,7 @@ impl ClientAssertions {
             Ok(false) => Err(refused(
                 "the assertion was used before: its jti is single-use".into(),
             )),
-            Err(e) => Err(OAuthError::TemporarilyUnavailable(format!(
+            Err(e) => Err(OAuthError::StoreUnavailable(format!(
                 "cannot check that the assertion's jti is unused: {e}"
             ))),
         }

@@ -328,14 +328,16 @@ impl TokenEndpoint {
                     .map_err(|e| OAuthError::InvalidDpopProof(e.to_string()))?;
                 let first = self
                     .assertions
+                    // Counted under the client: one that changes keys for every proof
+                    // still holds at most its own share of the cache.
                     .first_use(
-                        &format!("dpop:{}", proof.jkt),
-                        &proof.jti,
+                        &client.client_id,
+                        &format!("dpop:{}:{}", proof.jkt, proof.jti),
                         proof.remember_until(),
                     )
                     .await
                     .map_err(|e| {
-                        OAuthError::TemporarilyUnavailable(format!(
+                        OAuthError::StoreUnavailable(format!(
                             "cannot check that the DPoP proof's jti is unused: {e}"
                         ))
                     })?;
@@ -440,7 +442,11 @@ impl TokenEndpoint {
         let client = match authenticated {
             Ok(client) => client,
             // Not the client's failure: nothing to count.
-            Err(e @ (OAuthError::TemporarilyUnavailable(_) | OAuthError::KeysUnavailable(_))) => {
+            Err(
+                e @ (OAuthError::TemporarilyUnavailable(_)
+                | OAuthError::KeysUnavailable(_)
+                | OAuthError::StoreUnavailable(_)),
+            ) => {
                 return Err(e);
             }
             Err(e) => {

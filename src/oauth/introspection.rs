@@ -56,15 +56,29 @@ pub fn introspect(
     keys: &KeyRing,
     issuer: &str,
     revocations: &Revocations,
+    audiences: &[String],
 ) -> Result<Map<String, Value>, OAuthError> {
     let inactive = || Map::from_iter([("active".to_owned(), Value::Bool(false))]);
     let Some(verified) = verify_own(token, keys, issuer) else {
         return Ok(inactive());
     };
+    // RFC 7662 section 4: whether the token may be used at the resource server asking. A
+    // client registered with audiences speaks for those; one without, for all (a gateway).
+    if !audiences.is_empty() {
+        let holds = |v: &Value| v.as_str().is_some_and(|a| audiences.iter().any(|x| x == a));
+        let meant = match verified.claims.get("aud") {
+            Some(Value::Array(list)) => list.iter().any(holds),
+            Some(v) => holds(v),
+            None => false,
+        };
+        if !meant {
+            return Ok(inactive());
+        }
+    }
     if let Some(jti) = verified.jti() {
         let revoked = revocations
             .contains(jti)
-            .map_err(|e| OAuthError::TemporarilyUnavailable(format!("the revocation list: {e}")))?;
+            .map_err(|e| OAuthError::StoreUnavailable(format!("the revocation list: {e}")))?;
         if revoked {
             return Ok(inactive());
         }
@@ -115,7 +129,7 @@ pub fn revoke(
         exp,
     };
     revocations.revoke(entry.clone()).map_err(|e| {
-        OAuthError::TemporarilyUnavailable(format!("cannot revoke: {}", crate::report::Report(&e)))
+        OAuthError::StoreUnavailable(format!("cannot revoke: {}", crate::report::Report(&e)))
     })?;
     Ok(Some(entry))
 }

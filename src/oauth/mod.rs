@@ -92,6 +92,10 @@ pub enum OAuthError {
     /// or revoked without a successor loaded): refused, never signed by another key.
     #[error("tokens of this client cannot be signed right now; retry later")]
     TemporarilyUnavailable(String),
+    /// A list the answer depends on (revoked tokens, used proof ids) cannot be read or
+    /// written now: nothing is said active, nothing is acknowledged. The cause is logged.
+    #[error("the server's store cannot be used right now; retry later")]
+    StoreUnavailable(String),
     /// The keys to verify a client's assertion or a presented token could not be fetched
     /// (the client's `jwks_uri` or the trusted issuer is down): nothing is accepted
     /// unverified, and the client may retry. The cause (which names the URI) is logged,
@@ -118,7 +122,8 @@ impl OAuthError {
         match self {
             Self::Internal(cause)
             | Self::TemporarilyUnavailable(cause)
-            | Self::KeysUnavailable(cause) => cause.clone(),
+            | Self::KeysUnavailable(cause)
+            | Self::StoreUnavailable(cause) => cause.clone(),
             _ => self.to_string(),
         }
     }
@@ -139,6 +144,7 @@ impl OAuthError {
             Self::TooManyAttempts { .. } => "slow_down",
             Self::TemporarilyUnavailable(_)
             | Self::KeysUnavailable(_)
+            | Self::StoreUnavailable(_)
             | Self::ChangeUnread(_)
             | Self::AuditUnavailable => "temporarily_unavailable",
             Self::Internal(_) => "server_error",
@@ -158,6 +164,7 @@ impl ResponseError for OAuthError {
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TemporarilyUnavailable(_)
             | Self::KeysUnavailable(_)
+            | Self::StoreUnavailable(_)
             | Self::ChangeUnread(_)
             | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

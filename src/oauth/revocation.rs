@@ -209,6 +209,9 @@ impl Revocations {
     /// # Errors
     /// As [`RevocationBackend::revoke`]: nothing is revoked.
     pub fn revoke(&self, entry: Revoked) -> Result<(), RevocationError> {
+        // Under the reload's lock: a reload that read the list before this write must not
+        // store its older set over the entry added here.
+        let _reloads = self.version.lock().unwrap_or_else(|p| p.into_inner());
         self.backend.revoke(entry.clone())?;
         self.set.rcu(|set| set.with(entry.clone()));
         Ok(())

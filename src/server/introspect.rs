@@ -43,6 +43,7 @@ pub async fn introspect(
         &published.verifying,
         published.signer.issuer().as_str(),
         &state.revocations,
+        &client.audiences,
     )?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

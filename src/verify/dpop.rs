@@ -142,10 +142,11 @@ impl DpopProof {
             .ok_or_else(|| refused("iat is missing or not a time"))?;
         let now = unix_now();
         let window = DPOP_MAX_AGE.as_secs();
-        if iat + window < now {
+        // Saturating: an iat of 1e20 is refused, never an overflow.
+        if iat.saturating_add(window) < now {
             return Err(refused("iat is too old (a proof is made for one request)"));
         }
-        if iat > now + window {
+        if iat > now.saturating_add(window) {
             return Err(refused("iat is in the future"));
         }
         Ok(Self {
@@ -159,7 +160,7 @@ impl DpopProof {
 
     /// Until when its `jti` must be remembered: as long as its `iat` is accepted.
     pub fn remember_until(&self) -> u64 {
-        self.iat + 2 * DPOP_MAX_AGE.as_secs() + 1
+        self.iat.saturating_add(2 * DPOP_MAX_AGE.as_secs() + 1)
     }
 }
 
@@ -238,7 +239,10 @@ impl ProofReplayCache {
 fn same_target(htu: &str, url: &str) -> bool {
     match (reqwest::Url::parse(htu), reqwest::Url::parse(url)) {
         (Ok(a), Ok(b)) => {
-            a.scheme() == b.scheme()
+            // No user or password in a proof's target: nobody sends requests so.
+            a.username().is_empty()
+                && a.password().is_none()
+                && a.scheme() == b.scheme()
                 && a.host_str() == b.host_str()
                 && a.port_or_known_default() == b.port_or_known_default()
                 && a.path() == b.path()
@@ -372,6 +376,18 @@ mod tests {
             (
                 proof(&pair, header(json!({})), with(json!({"iat": now + 600}))),
                 "future",
+            ),
+            (
+                proof(&pair, header(json!({})), with(json!({"iat": 1e20}))),
+                "in the future",
+            ),
+            (
+                proof(
+                    &pair,
+                    header(json!({})),
+                    with(json!({"htu": "https://u:p@issuer.example/oauth2/token"})),
+                ),
+                "htu is not",
             ),
             (
                 proof(&pair, header(json!({})), with(json!({"htu": null}))),

@@ -319,3 +319,28 @@ fn the_crates_verifier_refuses_a_revoked_token_on_routes_that_introspect() {
             .expect("still valid locally");
     });
 }
+
+#[test]
+fn a_resource_server_registered_with_audiences_learns_only_of_tokens_meant_for_it() {
+    let (app, [orders, billing, svc]) = TestApp::spawn_with_clients(
+        [
+            NewClient {
+                introspect: true,
+                ..new_client("orders-rs", &[], &["orders-api"])
+            },
+            NewClient {
+                introspect: true,
+                ..new_client("billing-rs", &[], &["billing-api"])
+            },
+            new_client("svc", &[], &["orders-api"]),
+        ],
+        |_| {},
+    );
+    let token = app.token_for(&svc);
+    assert_eq!(introspect(&app.url, &orders, &token)["active"], true);
+    assert_eq!(
+        introspect(&app.url, &billing, &token),
+        json!({"active": false}),
+        "a token for orders-api is not billing's to use (RFC 7662 section 4)"
+    );
+}
