@@ -258,14 +258,22 @@ fn a_failing_reload_moves_the_reload_series_and_stops_the_reload_clock() {
 
     let manifest = dir.join(MANIFEST_FILE);
     let good = fs::read(&manifest).unwrap();
-    fs::write(&manifest, b"{ not json").unwrap();
-    let broken = wait_for(PATIENCE, "a failed reload", || {
+    // Replaced whole (a rename), so no reload reads a half-written file.
+    let garbled = dir.join("manifest.garbled");
+    fs::write(&garbled, b"{ not json").unwrap();
+    fs::rename(&garbled, &manifest).unwrap();
+    let failing = wait_for(PATIENCE, "a failed reload", || {
         let m = scrape(&server.url);
         if failed(&m) > 0.0 { Ok(m) } else { Err(m.text) }
     });
-    assert!(failures(&broken) > 0.0, "{}", broken.text);
-    // While reloads fail, the clock of the last success stands still (alerts use its age).
+    assert!(failures(&failing) > 0.0, "{}", failing.text);
+    // While reloads fail, the clock of the last success stands still (alerts use its age):
+    // compared between two scrapes that both follow failed reloads.
     wait_until(PATIENCE, "more failed reloads", || {
+        failed(&scrape(&server.url)) > failed(&failing)
+    });
+    let broken = scrape(&server.url);
+    wait_until(PATIENCE, "more failed reloads still", || {
         failed(&scrape(&server.url)) > failed(&broken)
     });
     let stalled = scrape(&server.url);
