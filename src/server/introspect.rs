@@ -1,15 +1,18 @@
 //! `POST /oauth2/introspect` (RFC 7662): a client allowed to introspect asks whether a token
 //! is active. HTTP in and out; what a token is lives in `oauth::introspection`.
 
+use std::sync::Arc;
+
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
 use super::request_log::client_address;
+use super::state::Published;
 use super::token::read_form_body;
-use crate::oauth::OAuthError;
 use crate::oauth::introspection::introspect as answer_for;
 use crate::oauth::request::Form;
+use crate::oauth::{Client, OAuthError};
 
 /// Handles one introspection request.
 pub async fn introspect(
@@ -17,19 +20,11 @@ pub async fn introspect(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, OAuthError> {
-    let mut form = read_request(&req, payload, &state).await?;
-    let published = state.published.load_full();
-    let clients = state.clients.load_full();
-    let client = state
-        .token_endpoint
-        .authenticate_client(
-            req.headers(),
-            &mut form,
-            client_address(&req, state.trusted_proxies()),
-            &clients,
-            &published.signer,
-        )
-        .await?;
+    let Authenticated {
+        form,
+        published,
+        client,
+    } = authenticate(&req, payload, &state).await?;
     if !client.introspect {
         return Err(OAuthError::UnauthorizedClient(
             "this client may not introspect tokens (clients add --introspect)".into(),
@@ -50,16 +45,43 @@ pub async fn introspect(
         .json(answer))
 }
 
-/// The form of a request to introspection or revocation, refused while a change of the
-/// keys or the clients is unread (it may remove the caller or revoke a key).
-pub(super) async fn read_request(
+/// A request to introspection or revocation whose client authenticated: its form (the
+/// credentials taken out), the key set it is judged against, and the client.
+pub(super) struct Authenticated {
+    pub(super) form: Form,
+    pub(super) published: Arc<Published>,
+    pub(super) client: Client,
+}
+
+/// Reads the form and authenticates the client by the token endpoint's methods and
+/// limits; refused while a change of the keys or the clients is unread (it may remove the
+/// caller or revoke a key).
+pub(super) async fn authenticate(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<Form, OAuthError> {
+) -> Result<Authenticated, OAuthError> {
     if let Some(reason) = state.unapplied_change() {
         return Err(OAuthError::ChangeUnread(reason));
     }
     let body = read_form_body(req, payload, state.body_timeout(), state.max_body_bytes()).await?;
-    Form::parse(&body)
+    let mut form = Form::parse(&body)?;
+    let published = state.published.load_full();
+    let clients = state.clients.load_full();
+    let client = state
+        .token_endpoint
+        .authenticate_client(
+            req.headers(),
+            &mut form,
+            client_address(req, state.trusted_proxies()),
+            &clients,
+            &published.signer,
+        )
+        .await?
+        .clone();
+    Ok(Authenticated {
+        form,
+        published,
+        client,
+    })
 }

@@ -5,8 +5,8 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
-use super::introspect::read_request;
-use super::request_log::{client_address, request_id};
+use super::introspect::{Authenticated, authenticate};
+use super::request_log::request_id;
 use crate::oauth::OAuthError;
 use crate::oauth::introspection::revoke as revoke_token;
 
@@ -17,21 +17,12 @@ pub async fn revoke(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, OAuthError> {
-    let mut form = read_request(&req, payload, &state).await?;
-    let published = state.published.load_full();
-    let clients = state.clients.load_full();
-    let client_id = state
-        .token_endpoint
-        .authenticate_client(
-            req.headers(),
-            &mut form,
-            client_address(&req, state.trusted_proxies()),
-            &clients,
-            &published.signer,
-        )
-        .await?
-        .client_id
-        .clone();
+    let Authenticated {
+        form,
+        published,
+        client,
+    } = authenticate(&req, payload, &state).await?;
+    let client_id = client.client_id;
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::InvalidRequest("token is missing".into()))?
