@@ -109,13 +109,15 @@ impl RevocationBackend for PgRevoked {
     }
 }
 
-/// The unexpired ids and the revoked counter.
+/// The unexpired ids and the revoked counter. Ids are kept and loaded five minutes past
+/// their expiry by the database's clock, so a database clock ahead of the replicas' (which
+/// judge a token's `exp`) never lets a revoked token be active in its last moments.
 async fn read_unexpired(pool: Pool) -> Result<(Vec<Revoked>, i64), DbFailure> {
     let client = pool.get().await?;
     let rows = client
         .query(
             "SELECT jti, extract(epoch FROM least(expires, to_timestamp($1::bigint)))::bigint
-             FROM jwt_issuer_revoked WHERE expires > now()",
+             FROM jwt_issuer_revoked WHERE expires > now() - interval '5 minutes'",
             &[&LATEST_EXP],
         )
         .await?;
@@ -165,7 +167,8 @@ async fn record(
     if sweep
         && tx
             .query_opt(
-                "SELECT 1 FROM jwt_issuer_revoked WHERE expires <= now() LIMIT 1",
+                "SELECT 1 FROM jwt_issuer_revoked
+                 WHERE expires <= now() - interval '5 minutes' LIMIT 1",
                 &[],
             )
             .await?
@@ -173,7 +176,8 @@ async fn record(
     {
         tx.execute(
             "DELETE FROM jwt_issuer_revoked WHERE jti IN (
-                 SELECT jti FROM jwt_issuer_revoked WHERE expires <= now() LIMIT $1)",
+                 SELECT jti FROM jwt_issuer_revoked
+                 WHERE expires <= now() - interval '5 minutes' LIMIT $1)",
             &[&SWEEP_BATCH],
         )
         .await?;

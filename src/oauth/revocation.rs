@@ -87,6 +87,13 @@ pub enum RevocationError {
         /// What failed.
         reason: String,
     },
+    /// The list existed and is gone (deleted?): until it is back (or the servers restart,
+    /// which starts from what is there), nothing is said active and nothing is revoked.
+    #[error("{0} is gone (deleted?); introspection and revocation answer 503 until it is back")]
+    Gone(String),
+    /// The list has a change that cannot be read; it is not written over.
+    #[error("the revocation list cannot be read: {0}")]
+    Unreadable(String),
     /// [`MAX_REVOKED`] unexpired ids already.
     #[error("the revocation list is full ({0} unexpired ids)")]
     Full(usize),
@@ -139,6 +146,8 @@ pub struct Revocations {
     version: Mutex<Option<StoreVersion>>,
     /// The last reload's error while a change is unread: nothing may be said active.
     unread: Mutex<Option<String>>,
+    /// The list existed at some point (read, or written here).
+    existed: std::sync::atomic::AtomicBool,
 }
 
 impl Revocations {
@@ -150,6 +159,7 @@ impl Revocations {
             set: ArcSwap::default(),
             version: Mutex::new(None),
             unread: Mutex::new(None),
+            existed: std::sync::atomic::AtomicBool::new(false),
         };
         revocations.reload(true);
         revocations
@@ -169,9 +179,21 @@ impl Revocations {
         if !force && !failing && version == *last {
             return None;
         }
-        match self.backend.load() {
+        // A list that existed and is gone was deleted (or its directory): not "nothing is
+        // revoked", which would make every revoked token active again.
+        let existed = self.existed.load(std::sync::atomic::Ordering::Acquire);
+        let loaded = if version.is_none() && (last.is_some() || existed) {
+            Err(RevocationError::Gone(self.backend.describe()))
+        } else {
+            self.backend.load()
+        };
+        match loaded {
             Ok(list) => {
                 self.set.store(Arc::new(RevokedSet::new(list)));
+                if version.is_some() {
+                    self.existed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 *last = version;
                 *self.unread.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 None
@@ -212,7 +234,14 @@ impl Revocations {
         // Under the reload's lock: a reload that read the list before this write must not
         // store its older set over the entry added here.
         let _reloads = self.version.lock().unwrap_or_else(|p| p.into_inner());
+        // A list that cannot be read now (gone, unparsable) is not written over: the
+        // revocations it holds would be lost.
+        if let Some(reason) = self.unread_change() {
+            return Err(RevocationError::Unreadable(reason));
+        }
         self.backend.revoke(entry.clone())?;
+        self.existed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.set.rcu(|set| set.with(entry.clone()));
         Ok(())
     }

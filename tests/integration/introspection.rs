@@ -344,3 +344,32 @@ fn a_resource_server_registered_with_audiences_learns_only_of_tokens_meant_for_i
         "a token for orders-api is not billing's to use (RFC 7662 section 4)"
     );
 }
+
+#[test]
+fn a_revocation_list_that_disappears_answers_503_until_it_is_back_never_active() {
+    let (app, [rs, svc]) =
+        TestApp::spawn_with_clients([resource_server(), new_client("svc", &[], &[])], |_| {});
+    let token = app.token_for(&svc);
+    assert_eq!(
+        post_as(&app.url, REVOKE, &svc, &[("token", &token)]).status,
+        200
+    );
+    let list = app.keys_dir.join("revoked.json");
+    let saved = app.keys_dir.join("revoked.json.saved");
+    std::fs::rename(&list, &saved).unwrap();
+    wait_until(PATIENCE, "introspection to refuse", || {
+        post_as(&app.url, INTROSPECT, &rs, &[("token", &token)]).status == 503
+    });
+    // Nor is a new list started over the lost one.
+    let other = app.token_for(&svc);
+    assert_eq!(
+        post_as(&app.url, REVOKE, &svc, &[("token", &other)]).status,
+        503
+    );
+    assert!(!list.exists());
+    std::fs::rename(&saved, &list).unwrap();
+    wait_until(PATIENCE, "introspection to answer again", || {
+        post_as(&app.url, INTROSPECT, &rs, &[("token", &token)]).status == 200
+    });
+    assert_eq!(introspect(&app.url, &rs, &token), json!({"active": false}));
+}
