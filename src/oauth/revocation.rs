@@ -176,13 +176,15 @@ impl Revocations {
         let version = self.backend.version();
         let mut last = self.version.lock().unwrap_or_else(|p| p.into_inner());
         let failing = self.unread_change().is_some();
-        if !force && !failing && version == *last {
+        // A list that existed and is gone was deleted (or its directory): not "nothing is
+        // revoked", which would make every revoked token active again. Written here since
+        // the last reload counts too (the version seen then was "none").
+        let existed = self.existed.load(std::sync::atomic::Ordering::Acquire);
+        let gone = version.is_none() && (last.is_some() || existed);
+        if !force && !failing && !gone && version == *last {
             return None;
         }
-        // A list that existed and is gone was deleted (or its directory): not "nothing is
-        // revoked", which would make every revoked token active again.
-        let existed = self.existed.load(std::sync::atomic::Ordering::Acquire);
-        let loaded = if version.is_none() && (last.is_some() || existed) {
+        let loaded = if gone {
             Err(RevocationError::Gone(self.backend.describe()))
         } else {
             self.backend.load()
@@ -388,5 +390,32 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(list.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_list_written_here_and_deleted_before_any_reload_is_gone_not_empty() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = RevokedFile::new(dir.path());
+        let revocations = Revocations::new(Arc::new(file.clone()));
+        revocations
+            .revoke(Revoked {
+                jti: "a".into(),
+                exp: unix_now() + 60,
+            })
+            .unwrap();
+        std::fs::remove_file(file.path()).unwrap();
+        let err = revocations.reload(false).expect("the list is gone");
+        assert!(err.contains("gone"), "{err}");
+        assert!(revocations.contains("a").is_err());
+        assert!(
+            revocations.contains("b").is_err(),
+            "nothing is said unrevoked"
+        );
+        let refused = revocations.revoke(Revoked {
+            jti: "b".into(),
+            exp: unix_now() + 60,
+        });
+        assert!(refused.is_err());
+        assert!(!file.path().exists(), "not started over");
     }
 }
