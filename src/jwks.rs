@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::SigningAlg;
 
+/// JWK members that hold private key material (RFC 7518 sections 6.2.2, 6.3.2, 6.4.1): a
+/// JWK with any of them is refused wherever a public key is expected.
+pub const PRIVATE_JWK_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
 /// The public parameters of a key, tagged by `kty`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kty")]

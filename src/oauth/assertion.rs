@@ -8,15 +8,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 use super::OAuthError;
 use super::clients::{Client, ClientKeys, ClientRegistry};
 use super::replay::ReplayCache;
 use crate::time::unix_now;
-use crate::verify::{JwksCache, JwksCacheOptions, Validation, Verifier, VerifyError};
+use crate::verify::{
+    DEFAULT_MAX_TOKEN_BYTES, JwksCache, JwksCacheOptions, Validation, Verifier, VerifyError,
+    unverified_segment,
+};
 
 /// `client_assertion_type` of a JWT client assertion (RFC 7523 section 2.2).
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -237,23 +238,13 @@ impl ClientAssertions {
 
 /// Whether the JWS header names a `kid` (read unverified, only to decide on a refetch).
 fn has_kid(token: &str) -> bool {
-    token
-        .split('.')
-        .next()
-        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
-        .and_then(|h| serde_json::from_slice::<Map<String, Value>>(&h).ok())
-        .is_some_and(|h| h.contains_key("kid"))
+    unverified_segment(token, 0, DEFAULT_MAX_TOKEN_BYTES).is_some_and(|h| h.contains_key("kid"))
 }
 
 /// The client id an assertion names, read before anything is verified, only to find the
 /// keys to verify it with: `sub` (RFC 7523 section 3), else `iss`.
 pub(crate) fn unverified_client_id(assertion: &str) -> Option<String> {
-    if assertion.len() > crate::verify::DEFAULT_MAX_TOKEN_BYTES {
-        return None;
-    }
-    let payload = assertion.split('.').nth(1)?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let claims = unverified_segment(assertion, 1, DEFAULT_MAX_TOKEN_BYTES)?;
     ["sub", "iss"]
         .iter()
         .find_map(|c| claims.get(*c).and_then(Value::as_str))

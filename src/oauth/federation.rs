@@ -304,16 +304,10 @@ fn federated(verifier: Verifier) -> Verifier {
 /// `iss` of a token, read before anything is verified, only to pick the issuer whose keys
 /// verify it.
 fn unverified_issuer(token: &str) -> Option<String> {
-    use base64::Engine as _;
-    if token.len() > crate::verify::DEFAULT_MAX_TOKEN_BYTES {
-        return None;
-    }
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let claims: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
-    claims.get("iss")?.as_str().map(str::to_owned)
+    crate::verify::unverified_segment(token, 1, crate::verify::DEFAULT_MAX_TOKEN_BYTES)?
+        .get("iss")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn read_bounded(path: &Path) -> Result<String, String> {

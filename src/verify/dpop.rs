@@ -17,8 +17,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 use super::VerifyingKey;
+use super::jws::decode_json;
 use crate::SigningAlg;
-use crate::jwks::{Jwk, PublicKeyParams};
+use crate::jwks::{Jwk, PRIVATE_JWK_MEMBERS, PublicKeyParams};
 use crate::time::unix_now;
 
 /// The `typ` of a DPoP proof.
@@ -98,10 +99,7 @@ impl DpopProof {
             .get("jwk")
             .and_then(Value::as_object)
             .ok_or_else(|| refused("jwk is missing"))?;
-        if ["d", "p", "q", "dp", "dq", "qi", "k", "oth"]
-            .iter()
-            .any(|m| jwk.contains_key(*m))
-        {
+        if PRIVATE_JWK_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
             return Err(refused("jwk holds private key material"));
         }
         let params: PublicKeyParams = serde_json::from_value(Value::Object(jwk.clone()))
@@ -249,10 +247,6 @@ fn same_target(htu: &str, url: &str) -> bool {
         }
         _ => false,
     }
-}
-
-fn decode_json(segment: &str) -> Option<Map<String, Value>> {
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(segment).ok()?).ok()
 }
 
 #[cfg(test)]

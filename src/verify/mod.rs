@@ -22,6 +22,7 @@ mod extractor;
 mod http;
 mod introspection;
 mod jwks_cache;
+mod jws;
 mod key;
 mod verifier;
 
@@ -30,6 +31,8 @@ pub use dpop::DEFAULT_DPOP_REPLAY_LIMIT;
 pub use extractor::{BearerClaims, BearerError};
 pub use introspection::{Introspection, IntrospectionOptions, IntrospectionStats};
 pub use jwks_cache::{JwksCache, JwksCacheOptions};
+#[cfg(feature = "issuer")]
+pub(crate) use jws::unverified_segment;
 pub use key::{KeyRejected, KeyRing, VerifyingKey};
 pub use verifier::{DEFAULT_MAX_TOKEN_BYTES, Validation, Verifier};
 

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use super::dpop::{
     DEFAULT_DPOP_REPLAY_LIMIT, DpopError, DpopProof, ProofReplayCache, access_token_hash,
 };
+use super::jws::decode_json;
 use super::{DEFAULT_LEEWAY, Introspection, JwksCache, KeyRing, VerifyError, VerifyingKey};
 use crate::time::unix_now;
 
@@ -624,11 +625,6 @@ fn into_claims<T: DeserializeOwned + 'static>(claims: Value) -> Result<T, Verify
             Err(_) => unreachable!("the box holds the Value put in above"),
         },
     }
-}
-
-fn decode_json(segment: &str) -> Option<Map<String, Value>> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

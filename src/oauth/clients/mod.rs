@@ -665,7 +665,7 @@ fn key_ring(jwks: &serde_json::Value) -> Result<KeyRing, String> {
         .and_then(serde_json::Value::as_array)
         .ok_or("the JWKS has no \"keys\" array")?;
     if keys.iter().any(|k| {
-        ["d", "p", "q", "dp", "dq", "qi", "k"]
+        crate::jwks::PRIVATE_JWK_MEMBERS
             .iter()
             .any(|m| k.get(m).is_some())
     }) {
