@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::keys::{KeyStore, KeyStoreError};
+use crate::keys::{KeyStore, KeyStoreError, KeyVault};
 use crate::secret::{ClientSecret, HmacSecret};
 use crate::verify::{KeyRing, Validation, Verifier};
 use crate::{InvalidIssuer, Issuer, SignError, Signer, SignerConfig, SigningAlg, TokenRequest};
@@ -71,11 +71,14 @@ pub enum BenchError {
 
 const ISSUER: &str = "https://issuer.example";
 
-/// Runs every algorithm for `seconds` per measurement.
+/// Runs every algorithm for `seconds` per measurement; with a `vault` (a PKCS#11 token),
+/// ES256 and RS256 once more with keys generated and signing in it (`ES256-HSM`,
+/// `RS256-HSM`), beside the in-process figures of the same run. The vault's keys are
+/// destroyed at the end.
 ///
 /// # Errors
 /// Key generation or a self-check failing.
-pub fn run(seconds: f64) -> Result<BenchReport, BenchError> {
+pub fn run(seconds: f64, vault: Option<Arc<dyn KeyVault>>) -> Result<BenchReport, BenchError> {
     let per_measurement = Duration::from_secs_f64(seconds.max(0.01));
     let tmp = tempfile::TempDir::new()?;
     let mut results = Vec::new();
@@ -85,27 +88,61 @@ pub fn run(seconds: f64) -> Result<BenchReport, BenchError> {
         "bench secret",
     )
     .map_err(|e| BenchError::Verify("HS256".into(), e.to_string()))?;
-    let cases = [
-        ("HS256", SigningAlg::Hs256, 0),
-        ("RS256", SigningAlg::Rs256, 2048),
-        ("RS256-3072", SigningAlg::Rs256, 3072),
-        ("ES256", SigningAlg::Es256, 0),
+    let mut cases = vec![
+        ("HS256", SigningAlg::Hs256, 0, None),
+        ("RS256", SigningAlg::Rs256, 2048, None),
+        ("RS256-3072", SigningAlg::Rs256, 3072, None),
+        ("ES256", SigningAlg::Es256, 0, None),
     ];
-    for (name, alg, bits) in cases {
-        let store = KeyStore::new(tmp.path().join(name));
-        if alg.is_asymmetric() {
-            store.generate(alg, bits)?;
+    if let Some(vault) = &vault {
+        cases.push(("RS256-HSM", SigningAlg::Rs256, 2048, Some(vault.clone())));
+        cases.push(("ES256-HSM", SigningAlg::Es256, 0, Some(vault.clone())));
+    }
+    let mut held = Vec::new();
+    let result = (|| {
+        for (name, alg, bits, vault) in cases {
+            let mut store = KeyStore::new(tmp.path().join(name));
+            if let Some(vault) = vault {
+                store = store.with_vault(vault);
+            }
+            if alg.is_asymmetric() {
+                let info = store.generate(alg, bits)?;
+                if store.vault().is_some() {
+                    held.push(info.location);
+                }
+            }
+            results.push(measure(name, alg, &store, &secret, per_measurement)?);
         }
+        Ok::<_, BenchError>(())
+    })();
+    if let Some(vault) = &vault {
+        for uri in held {
+            let _ = vault.destroy(&uri);
+        }
+    }
+    result?;
+    Ok(BenchReport { seconds, results })
+}
+
+/// Sign and verify rates of `alg` with the active key of `store`.
+fn measure(
+    name: &str,
+    alg: SigningAlg,
+    store: &KeyStore,
+    secret: &HmacSecret,
+    per_measurement: Duration,
+) -> Result<BenchResult, BenchError> {
+    {
         let keys = Arc::new(store.load()?);
         let config = SignerConfig {
             default_alg: alg,
             ..SignerConfig::new(Issuer::parse(ISSUER)?)
         };
-        let signer = Signer::new(config, keys.clone(), Some(&secret))?;
+        let signer = Signer::new(config, keys.clone(), Some(secret))?;
         let ring = if alg.is_asymmetric() {
             KeyRing::from_jwk_set(&keys.jwk_set()).0
         } else {
-            KeyRing::from_secrets([&secret])
+            KeyRing::from_secrets([secret])
         };
         let validation = Validation::new(ISSUER, ["orders-api"]);
         let mut request = TokenRequest::new("bench-client", Duration::from_secs(3600));
@@ -141,7 +178,7 @@ pub fn run(seconds: f64) -> Result<BenchReport, BenchError> {
         } else {
             ("secret", "holders of the secret (who can also sign)")
         };
-        results.push(BenchResult {
+        Ok(BenchResult {
             alg: name.to_owned(),
             jws_alg: alg,
             sign_per_s,
@@ -151,9 +188,8 @@ pub fn run(seconds: f64) -> Result<BenchReport, BenchError> {
             jwk_bytes,
             verifier_needs,
             who_can_verify,
-        });
+        })
     }
-    Ok(BenchReport { seconds, results })
 }
 
 /// Operations per second of `op`, run for about `time`.

@@ -6,9 +6,11 @@
 use std::sync::Arc;
 
 use crate::Config;
+use crate::config::PKCS11_PIN_ENV;
 use crate::database::replay::SharedReplayCache;
 use crate::database::{Database, DatabaseError, KekError, PgClients, PgKeys, PgRevoked};
-use crate::keys::KeyStore;
+use crate::keys::vault::pkcs11::{Pkcs11Config, Pkcs11Vault};
+use crate::keys::{KeyStore, KeyStoreError, KeyVault};
 use crate::oauth::revocation::{RevocationBackend, RevokedFile};
 use crate::oauth::{ClientStore, MemoryReplayCache, ReplayCache, SharedFailures};
 
@@ -35,6 +37,9 @@ pub enum StorageError {
     /// The database cannot be used.
     #[error(transparent)]
     Database(#[from] DatabaseError),
+    /// The PKCS#11 token cannot be used (module, token, PIN).
+    #[error(transparent)]
+    Vault(#[from] crate::keys::KeyStoreError),
 }
 
 impl Stores {
@@ -44,6 +49,41 @@ impl Stores {
     /// # Errors
     /// For PostgreSQL: no KEK, an unreachable database, a schema newer than this binary.
     pub fn open(config: &Config) -> Result<Self, StorageError> {
+        let mut stores = Self::open_store(config)?;
+        if let Some(vault) = Self::vault(config)? {
+            stores.keys = stores.keys.with_vault(vault);
+        }
+        Ok(stores)
+    }
+
+    /// The PKCS#11 token of `config`, connected and logged in; `None` when none is set.
+    ///
+    /// # Errors
+    /// No PIN, a module that does not load, no such token, a wrong PIN.
+    pub fn vault(config: &Config) -> Result<Option<Arc<dyn KeyVault>>, StorageError> {
+        let Some(settings) = &config.pkcs11 else {
+            return Ok(None);
+        };
+        let vault_error = |reason: String| KeyStoreError::Vault {
+            vault: format!("PKCS#11 token '{}'", settings.token),
+            reason,
+        };
+        let pin = config.pkcs11_pin.clone().ok_or_else(|| {
+            vault_error(format!(
+                "no user PIN: set {PKCS11_PIN_ENV}_FILE or {PKCS11_PIN_ENV}"
+            ))
+        })?;
+        let vault = Pkcs11Vault::connect(Pkcs11Config {
+            module: settings.module.clone(),
+            token: settings.token.clone(),
+            pin,
+            // One session per worker, and one for the store's own changes.
+            sessions: config.workers + 1,
+        })?;
+        Ok(Some(Arc::new(vault)))
+    }
+
+    fn open_store(config: &Config) -> Result<Self, StorageError> {
         match &config.store {
             None => Ok(Self::keys_dir(config)),
             Some(url) => {

@@ -13,12 +13,16 @@ pub(super) struct BenchArgs {
     json: bool,
 }
 
-pub(super) fn run(args: &BenchArgs) -> Result<()> {
+pub(super) fn run(context: &super::Context, args: &BenchArgs) -> Result<()> {
     let seconds = args.seconds;
     if !(seconds.is_finite() && (0.01..=600.0).contains(&seconds)) {
         bail!("--seconds must be between 0.01 and 600");
     }
-    let report = jwt_issuer::bench::run(seconds).context("benchmark failed")?;
+    // With a PKCS#11 token configured, its signatures are measured beside the in-process
+    // ones (keys made for the run, destroyed after it).
+    let vault = jwt_issuer::storage::Stores::vault(&context.config)
+        .map_err(|e| anyhow::anyhow!("{}", jwt_issuer::report::Report(&e)))?;
+    let report = jwt_issuer::bench::run(seconds, vault).context("benchmark failed")?;
     if args.json {
         outln!("{}", serde_json::to_string(&report)?);
         return Ok(());

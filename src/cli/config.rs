@@ -91,6 +91,14 @@ fn check(context: &Context) -> Result<()> {
                 .trusted_issuers
                 .as_ref()
                 .map_or_else(|| "none".into(), |p| p.display().to_string()),
+            "pkcs11_module" => config.pkcs11.as_ref().map_or_else(
+                || "none (the store holds the keys)".into(),
+                |p| p.module.display().to_string(),
+            ),
+            "pkcs11_token" => config
+                .pkcs11
+                .as_ref()
+                .map_or_else(|| "none".into(), |p| p.token.clone()),
             _ => "?".into(),
         }
     };

@@ -31,6 +31,11 @@ pub(super) enum KeysCommand {
         /// RSA modulus size (RS256 only)
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["2048", "3072", "4096"]))]
         bits: Option<String>,
+        /// Generate it inside the PKCS#11 token (--pkcs11-module, --pkcs11-token): the
+        /// private key is sensitive, not extractable, for signing only. With a token
+        /// configured, every new key is made there; this flag makes sure of it
+        #[arg(long)]
+        hsm: bool,
     },
     /// Import a private key PEM (PKCS#8, PKCS#1 RSA or SEC1 EC); stored as PKCS#8, mode
     /// 0600, published as `next` (the first key of an algorithm signs at once)
@@ -80,7 +85,12 @@ fn run_command(context: &Context, command: KeysCommand, audit: &AuditLog) -> Res
     .on_change(audit.key_observer(KeyChangeBy::Cli));
     match command {
         KeysCommand::List { json } => list(context, json),
-        KeysCommand::Generate { alg, bits } => {
+        KeysCommand::Generate { alg, bits, hsm } => {
+            if hsm && store.vault().is_none() {
+                bail!(
+                    "--hsm needs a PKCS#11 token: set --pkcs11-module and --pkcs11-token (or JWT_ISSUER_PKCS11_MODULE and JWT_ISSUER_PKCS11_TOKEN), and the PIN in JWT_ISSUER_PKCS11_PIN_FILE"
+                );
+            }
             let alg = alg.unwrap_or(Config::default().alg);
             let bits = match (alg, bits) {
                 (SigningAlg::Rs256, Some(bits)) => bits.parse().context("invalid --bits")?,
@@ -110,6 +120,15 @@ fn run_command(context: &Context, command: KeysCommand, audit: &AuditLog) -> Res
                 info.state.as_str(),
                 info.location
             );
+            if let Some(vault) = store.vault() {
+                super::note(
+                    Note::Warning,
+                    &format!(
+                        "the key is held by the store, not by {}: a key that existed outside the token is never put in it",
+                        vault.describe()
+                    ),
+                );
+            }
             Ok(())
         }
         KeysCommand::Rotate { alg, now } => rotate(&store, alg, now),
@@ -128,12 +147,6 @@ fn run_command(context: &Context, command: KeysCommand, audit: &AuditLog) -> Res
 pub(super) fn print_jwks(context: &Context) -> Result<()> {
     let store = context.existing_store()?;
     let keys = store.load().context("cannot load keys")?;
-    if keys.is_empty() {
-        bail!(
-            "no keys in {}; run `jwt-issuer serve` once or `jwt-issuer keys generate`",
-            store.describe()
-        );
-    }
     // A key the store publishes but this command cannot load is not in the output: said,
     // so that the set printed is not taken for the one the server serves.
     for broken in keys.broken() {
@@ -146,6 +159,18 @@ pub(super) fn print_jwks(context: &Context) -> Result<()> {
                 broken.state.as_str(),
                 broken.reason
             ),
+        );
+    }
+    if keys.is_empty() && !keys.broken().is_empty() {
+        bail!(
+            "no key of {} can be loaded (the reasons are above)",
+            store.describe()
+        );
+    }
+    if keys.is_empty() {
+        bail!(
+            "no keys in {}; run `jwt-issuer serve` once or `jwt-issuer keys generate`",
+            store.describe()
         );
     }
     outln!("{}", serde_json::to_string_pretty(&keys.jwk_set())?);
@@ -275,6 +300,11 @@ fn list(context: &Context, json: bool) -> Result<()> {
             KeyState::Removed | KeyState::Revoked => {
                 format!("{} {}", r.state.as_str(), time(r.removed))
             }
+        };
+        let when = if r.uri.is_some() {
+            format!("{when}; held in the HSM")
+        } else {
+            when
         };
         outln!(
             "{:<43}  {:<5}  {:<7}  {:<24}  {:<24}  {when}",

@@ -70,6 +70,16 @@ pub struct Cli {
     #[arg(long, env = "JWT_ISSUER_STORE_CA_FILE", global = true, value_name = "PATH", help_heading = KEY_STORE_HEADING)]
     store_ca_file: Option<PathBuf>,
 
+    /// The PKCS#11 module (the HSM vendor's library) of the token new keys are generated
+    /// and held in; with --pkcs11-token. The PIN comes from JWT_ISSUER_PKCS11_PIN_FILE or
+    /// JWT_ISSUER_PKCS11_PIN [default: none, the store holds the keys]
+    #[arg(long, env = "JWT_ISSUER_PKCS11_MODULE", global = true, value_name = "PATH", help_heading = KEY_STORE_HEADING)]
+    pkcs11_module: Option<PathBuf>,
+
+    /// The label of that PKCS#11 token
+    #[arg(long, env = "JWT_ISSUER_PKCS11_TOKEN", global = true, value_name = "LABEL", help_heading = KEY_STORE_HEADING)]
+    pkcs11_token: Option<String>,
+
     #[command(flatten)]
     timing: TimingArgs,
 
@@ -352,6 +362,12 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
     if on_line("store_ca_file") {
         flags.store_ca_file.clone_from(&cli.store_ca_file);
     }
+    if on_line("pkcs11_module") {
+        flags.pkcs11_module.clone_from(&cli.pkcs11_module);
+    }
+    if on_line("pkcs11_token") {
+        flags.pkcs11_token.clone_from(&cli.pkcs11_token);
+    }
     if on_line("jwks_max_age") {
         flags.jwks_max_age = cli.timing.jwks_max_age;
     }
@@ -385,6 +401,14 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
     if config.store.is_some() {
         config.kek = KekRing::from_env()?;
     }
+    if config.pkcs11.is_some() {
+        config.pkcs11_pin = Some(
+            jwt_issuer::keys::vault::pkcs11::Pkcs11Pin::from_env(
+                jwt_issuer::config::PKCS11_PIN_ENV,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        );
+    }
     // The settings are read before logging starts, since they say how to log; nothing
     // above logs, and their errors are one line that main prints.
     let _log_guard = init_logging(default_level, config.log_format);
@@ -399,7 +423,7 @@ pub fn run(cli: Cli, given: &BTreeSet<String>) -> Result<()> {
         Command::Keys(command) => keys::run(&context, command),
         Command::Jwks => keys::print_jwks(&context),
         Command::Token(command) => token::run(&context, command),
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(args) => bench::run(&context, &args),
         Command::Clients(command) => clients::run(&context, command),
         Command::Config(command) => config::run(&context, command),
         Command::Store(command) => store::run(&context, command),

@@ -349,7 +349,18 @@ pub(super) fn load_keys(store: &KeyStore) -> Result<KeySet> {
     for info in &generated {
         tracing::info!(kid = %info.kid, alg = %info.alg, file = %info.location, "generated signing key (first start)");
     }
-    tracing::info!(count = keys.keys().len(), store = %store.describe(), "keys loaded");
+    match store.vault() {
+        Some(vault) => {
+            tracing::info!(count = keys.keys().len(), store = %store.describe(), vault = %vault.describe(), "keys loaded; new keys are generated in the vault");
+            // What an earlier process could not destroy (the token was away then).
+            store
+                .destroy_removed_held_keys()
+                .context("cannot load keys")?;
+        }
+        None => {
+            tracing::info!(count = keys.keys().len(), store = %store.describe(), "keys loaded");
+        }
+    }
     Ok(keys)
 }
 

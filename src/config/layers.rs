@@ -78,10 +78,14 @@ pub struct Settings {
     pub audit_log: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_issuers: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11_module: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11_token: Option<String>,
 }
 
 /// The name of every setting, as in the file (the variable is [`ENV_PREFIX`] + upper case).
-pub const SETTINGS: [&str; 27] = [
+pub const SETTINGS: [&str; 29] = [
     "keys_dir",
     "store",
     "store_ca_file",
@@ -109,6 +113,8 @@ pub const SETTINGS: [&str; 27] = [
     "log_format",
     "audit_log",
     "trusted_issuers",
+    "pkcs11_module",
+    "pkcs11_token",
 ];
 
 impl Settings {
@@ -189,6 +195,26 @@ impl Settings {
         }
         if let Some(path) = self.trusted_issuers {
             config.trusted_issuers = (!path.as_os_str().is_empty()).then_some(path);
+        }
+        let module = self.pkcs11_module.filter(|p| !p.as_os_str().is_empty());
+        let token = self.pkcs11_token.filter(|t| !t.is_empty());
+        match (module, token) {
+            (Some(module), Some(token)) => {
+                config.pkcs11 = Some(super::Pkcs11Settings { module, token });
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(invalid(
+                    "pkcs11_module",
+                    "needs pkcs11_token (the label of the token holding the keys) too".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "pkcs11_token",
+                    "needs pkcs11_module (the PKCS#11 library's path) too".into(),
+                ));
+            }
         }
         Ok(config)
     }
@@ -434,6 +460,8 @@ mod tests {
             log_format: Some("json".into()),
             audit_log: Some("audit.log".into()),
             trusted_issuers: Some("trusted.toml".into()),
+            pkcs11_module: Some("/usr/lib/softhsm/libsofthsm2.so".into()),
+            pkcs11_token: Some("jwt-issuer".into()),
         };
         let value = serde_json::to_value(&all).unwrap();
         let mut names: Vec<&str> = value

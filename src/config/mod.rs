@@ -72,7 +72,24 @@ pub struct Config {
     /// The trusted external issuers file (TOML) of the federation grants (default: none,
     /// nothing trusted); read at start.
     pub trusted_issuers: Option<PathBuf>,
+    /// The PKCS#11 token (HSM) new keys are generated and held in (default: none, the
+    /// store holds them). Its PIN comes from `JWT_ISSUER_PKCS11_PIN[_FILE]`, never a flag.
+    pub pkcs11: Option<Pkcs11Settings>,
+    /// The token's user PIN, from `JWT_ISSUER_PKCS11_PIN_FILE` or `JWT_ISSUER_PKCS11_PIN`.
+    pub pkcs11_pin: Option<crate::keys::vault::pkcs11::Pkcs11Pin>,
 }
+
+/// Where the PKCS#11 token is: the module (the vendor's library) and the token's label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11Settings {
+    /// The PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token: String,
+}
+
+/// The environment variable of the PKCS#11 user PIN (or `…_FILE` for its file).
+pub const PKCS11_PIN_ENV: &str = "JWT_ISSUER_PKCS11_PIN";
 
 /// The PEM files the server serves HTTPS with; read at start, then again whenever they
 /// change (see `server::tls`).
@@ -252,6 +269,8 @@ impl Default for Config {
             log_format: LogFormat::default(),
             audit_log: None,
             trusted_issuers: None,
+            pkcs11: None,
+            pkcs11_pin: None,
         }
     }
 }

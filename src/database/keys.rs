@@ -27,7 +27,7 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(25);
 const CRASH_ENV: &str = "JWT_ISSUER_CRASH_AT";
 
 const COLUMNS: &str =
-    "kid, alg, state, created, published, activated, retired, remove_after, removed";
+    "kid, alg, state, created, published, activated, retired, remove_after, removed, uri";
 
 /// The keys of a PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -237,6 +237,7 @@ pub(super) struct RecordRow {
     retired: Option<SystemTime>,
     remove_after: Option<SystemTime>,
     removed: Option<SystemTime>,
+    uri: Option<String>,
 }
 
 impl RecordRow {
@@ -251,6 +252,7 @@ impl RecordRow {
             retired: row.get(6),
             remove_after: row.get(7),
             removed: row.get(8),
+            uri: row.get(9),
         }
     }
 
@@ -277,6 +279,7 @@ impl RecordRow {
             retired: self.retired.map(millis_of),
             remove_after: self.remove_after.map(millis_of),
             removed: self.removed.map(millis_of),
+            uri: self.uri,
         })
     }
 }
@@ -299,7 +302,7 @@ impl Plan {
         // key is not).
         let sealed = pending
             .iter()
-            .filter(|key| after.get(key.kid()).is_some())
+            .filter(|key| after.get(key.kid()).is_some() && key.private().is_some())
             .map(|key| {
                 let pem = key.to_pem()?;
                 Ok((
@@ -359,8 +362,8 @@ async fn change_in_transaction(
     let insert = tx
         .prepare(
             "INSERT INTO jwt_issuer_keys (kid, position, alg, state, created, published, activated,
-                 retired, remove_after, removed, kek_id, nonce, ciphertext)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 retired, remove_after, removed, kek_id, nonce, ciphertext, uri)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (kid) DO UPDATE SET
                  position = EXCLUDED.position,
                  state = EXCLUDED.state,
@@ -370,6 +373,7 @@ async fn change_in_transaction(
                  retired = EXCLUDED.retired,
                  remove_after = EXCLUDED.remove_after,
                  removed = EXCLUDED.removed,
+                 uri = EXCLUDED.uri,
                  -- A removed or revoked key's material is destroyed with the change.
                  kek_id = CASE WHEN EXCLUDED.state IN ('removed', 'revoked') THEN NULL
                           ELSE coalesce(EXCLUDED.kek_id, jwt_issuer_keys.kek_id) END,
@@ -403,6 +407,7 @@ async fn change_in_transaction(
                 &sealed.map(|s| s.kek_id.as_str()),
                 &sealed.map(|s| s.nonce.as_slice()),
                 &sealed.map(|s| s.ciphertext.as_slice()),
+                &record.uri,
             ],
         )
         .await?;

@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_store.sql"),
     include_str!("migrations/0002_replay.sql"),
     include_str!("migrations/0003_revoked.sql"),
+    include_str!("migrations/0004_held_keys.sql"),
 ];
 
 /// The schema version this binary writes.

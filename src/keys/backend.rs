@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 use super::KeyStoreError;
 use super::lifecycle::{KeyRecord, Manifest, Millis};
 use super::material::{KeyFormatError, PrivateKey, SigningKey};
+use super::vault::HeldKey;
 use crate::SigningAlg;
 use crate::jwks::Jwk;
 use crate::store::StoreVersion;
@@ -105,11 +106,12 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
 }
 
 /// A key created for a change, not yet stored; its material goes to the backend's storage
-/// when the change commits.
+/// when the change commits, or, for a key a vault holds, only its record does (with the
+/// vault's URI).
 pub struct NewKey {
     kid: String,
     alg: SigningAlg,
-    pub(crate) material: PrivateKey,
+    pub(crate) material: Material,
     /// Read from an operator's PEM rather than generated (for the audit log).
     pub(crate) imported: bool,
 }
@@ -137,8 +139,34 @@ impl NewKey {
         Self {
             kid,
             alg,
-            material,
+            material: Material::InProcess(material),
             imported: false,
+        }
+    }
+
+    /// A key a vault generated and holds.
+    pub fn held(key: HeldKey) -> Self {
+        Self {
+            kid: Jwk::new(key.public.clone(), key.alg).kid,
+            alg: key.alg,
+            material: Material::Held(key),
+            imported: false,
+        }
+    }
+
+    /// Its private key when the store is to hold it; `None` for a key a vault holds.
+    pub(crate) fn private(&self) -> Option<&PrivateKey> {
+        match &self.material {
+            Material::InProcess(key) => Some(key),
+            Material::Held(_) => None,
+        }
+    }
+
+    /// Where a vault holds it; `None` when the store is to hold it.
+    pub fn uri(&self) -> Option<&str> {
+        match &self.material {
+            Material::InProcess(_) => None,
+            Material::Held(key) => Some(&key.uri),
         }
     }
 
@@ -155,7 +183,13 @@ impl NewKey {
     /// # Errors
     /// The key does not encode (never for a key that loaded).
     pub(crate) fn to_pem(&self) -> Result<Zeroizing<String>, KeyStoreError> {
-        self.material
+        let Some(material) = self.private() else {
+            return Err(KeyStoreError::Inconsistent {
+                path: self.kid.clone().into(),
+                reason: "a key held by a vault has no PEM".to_owned(),
+            });
+        };
+        material
             .to_pkcs8_pem()
             .map_err(|reason| KeyStoreError::Generate {
                 alg: self.alg,
@@ -168,7 +202,13 @@ impl NewKey {
     /// # Errors
     /// A key the signing backend refuses.
     pub(crate) fn signing_key(&self, location: String) -> Result<SigningKey, KeyFormatError> {
-        SigningKey::in_process(&self.material, location)
+        match &self.material {
+            Material::InProcess(key) => SigningKey::in_process(key, location),
+            Material::Held(key) => Err(KeyFormatError::Rejected(format!(
+                "held at {}, not in this process",
+                key.uri
+            ))),
+        }
     }
 
     /// Its kid (RFC 7638 thumbprint).
@@ -180,6 +220,15 @@ impl NewKey {
     pub fn alg(&self) -> SigningAlg {
         self.alg
     }
+}
+
+/// Where a new key's private half is.
+#[allow(clippy::large_enum_variant)] // short-lived, never in a hot path or a collection
+pub(crate) enum Material {
+    /// In this process, for the store to keep.
+    InProcess(PrivateKey),
+    /// In a vault, which keeps it.
+    Held(HeldKey),
 }
 
 impl fmt::Debug for NewKey {

@@ -153,8 +153,11 @@ impl KeysDir {
     }
 
     fn write_key(&self, key: &NewKey) -> Result<(), KeyStoreError> {
-        let pem = key
-            .material
+        // A key a vault holds has only its record here.
+        let Some(material) = key.private() else {
+            return Ok(());
+        };
+        let pem = material
             .to_pkcs8_pem()
             .map_err(|reason| KeyStoreError::Generate {
                 alg: key.alg(),

@@ -128,6 +128,25 @@ pub enum KeyStoreError {
         /// The store.
         store: String,
     },
+    /// The vault holding keys (a PKCS#11 token) cannot be used or refused; nothing was
+    /// changed.
+    #[error("{vault}: {reason}")]
+    Vault {
+        /// The vault (module and token, never a PIN).
+        vault: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A key held in a vault that this process is not configured with.
+    #[error(
+        "key {kid} is held at {uri}, and no vault holding it is configured (PKCS#11: --pkcs11-module and --pkcs11-token)"
+    )]
+    NoVault {
+        /// The key.
+        kid: String,
+        /// Where it is held.
+        uri: String,
+    },
     /// A store to copy keys into already holds keys.
     #[error("{store} already holds keys: copy only into an empty store")]
     NotEmpty {

@@ -114,6 +114,11 @@ pub struct KeyRecord {
     /// When it was removed or revoked.
     #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
     pub removed: Option<Millis>,
+    /// Where the private key is held when the store does not hold it: a PKCS#11 URI
+    /// (RFC 7512) of a key generated in an HSM. `None`: the store holds it (the PEM file,
+    /// the database row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
 }
 
 impl KeyRecord {
@@ -129,6 +134,7 @@ impl KeyRecord {
             retired: None,
             remove_after: None,
             removed: None,
+            uri: None,
         }
     }
 

@@ -257,6 +257,15 @@ pub trait SignatureBackend: Send + Sync {
     /// [`SignatureFailed`] when the backend cannot sign now (a token logged out, a KMS
     /// down); the caller refuses the token, it never falls back to another key.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed>;
+
+    /// `Ok` while the backend can sign, the reason while it cannot (a token gone, a KMS
+    /// down), for `/readyz`. Always `Ok` for an in-process key.
+    ///
+    /// # Errors
+    /// Why the backend cannot sign now.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A signature backend that could not sign.
@@ -303,7 +312,8 @@ impl SigningKey {
         &self.jwk
     }
 
-    /// Where the private half is kept: the PEM file of the keys dir.
+    /// Where the private half is kept: the PEM file of the keys dir, the database row, the
+    /// PKCS#11 URI.
     pub fn location(&self) -> &str {
         &self.location
     }
@@ -335,6 +345,14 @@ impl SigningKey {
             SigningAlg::Es256 => low_s(signature),
             SigningAlg::Rs256 | SigningAlg::Hs256 | SigningAlg::Ps256 => Ok(signature),
         }
+    }
+
+    /// Whether its backend can sign now ([`SignatureBackend::health`]).
+    ///
+    /// # Errors
+    /// Why it cannot.
+    pub fn health(&self) -> Result<(), String> {
+        self.backend.health()
     }
 
     /// An in-process key pair parsed once from `key`.

@@ -16,6 +16,7 @@ mod error;
 mod keyset;
 pub mod lifecycle;
 mod material;
+pub mod vault;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use material::{
     KeyFormatError, MAX_RSA_BITS, MIN_RSA_BITS, RSA_GENERATE_BITS, SignatureBackend,
     SignatureFailed, SigningKey,
 };
+pub use vault::{HeldKey, KeyVault};
 
 use crate::SigningAlg;
 use crate::store::StoreVersion;
@@ -54,6 +56,11 @@ pub struct KeyStore {
     backend: Arc<dyn KeyBackend>,
     policy: RotationPolicy,
     observer: Option<ChangeObserver>,
+    /// Where new keys are generated and held keys are opened (an HSM), if configured.
+    vault: Option<Arc<dyn KeyVault>>,
+    /// Held keys removed or revoked whose destruction in the vault failed, tried again by
+    /// [`KeyStore::maintain`].
+    undestroyed: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Told about every change a [`KeyStore`] commits (see [`KeyStore::on_change`]).
@@ -63,6 +70,7 @@ impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyStore")
             .field("backend", &self.backend.describe())
+            .field("vault", &self.vault.as_ref().map(|v| v.describe()))
             .field("policy", &self.policy)
             .field("observed", &self.observer.is_some())
             .finish()
@@ -116,7 +124,24 @@ impl KeyStore {
             backend,
             policy,
             observer: None,
+            vault: None,
+            undestroyed: Arc::default(),
         }
+    }
+
+    /// This store with `vault`: every key it creates from now on (first start, `keys
+    /// generate`, rotation, the replacement of a revoked key) is generated and held in the
+    /// vault, the store keeping only its record and URI; keys recorded with a URI of the
+    /// vault are opened in it. Keys the store itself holds go on serving as before.
+    #[must_use]
+    pub fn with_vault(mut self, vault: Arc<dyn KeyVault>) -> Self {
+        self.vault = Some(vault);
+        self
+    }
+
+    /// The vault new keys are made in, if any.
+    pub fn vault(&self) -> Option<&Arc<dyn KeyVault>> {
+        self.vault.as_ref()
     }
 
     /// This store, calling `observer` with the keys each committed change of it added or
@@ -168,7 +193,9 @@ impl KeyStore {
         let keys = manifest
             .keys
             .iter()
+            // A key a vault holds moves as its record (the same URI), never as material.
             .filter(|r| !matches!(r.state, KeyState::Removed | KeyState::Revoked))
+            .filter(|r| r.uri.is_none())
             .map(|r| self.backend.export_key(r))
             .collect::<Result<Vec<_>, _>>()?;
         let count = keys.len();
@@ -238,7 +265,7 @@ impl KeyStore {
         let mut broken = Vec::new();
         let mut refused_as_unsafe = false;
         for record in manifest.keys.iter().filter(|r| r.is_published(now)) {
-            let loaded = self.backend.load_key(record).and_then(|key| {
+            let loaded = self.load_key(record).and_then(|key| {
                 // Whatever the backend, the key published is the one the manifest names.
                 if key.kid() != record.kid || key.alg() != record.alg {
                     return Err(KeyStoreError::Inconsistent {
@@ -308,7 +335,7 @@ impl KeyStore {
         } else {
             SigningAlg::ASYMMETRIC
                 .into_iter()
-                .map(|alg| self.backend.create_key(alg, DEFAULT_RSA_BITS))
+                .map(|alg| self.create_key(alg, DEFAULT_RSA_BITS))
                 .collect::<Result<Vec<_>, _>>()?
         };
         let generated = self.transact(|manifest, pending, now| {
@@ -329,7 +356,7 @@ impl KeyStore {
     /// # Errors
     /// Unsupported algorithm or RSA size, write failure.
     pub fn generate(&self, alg: SigningAlg, rsa_bits: usize) -> Result<KeyInfo, KeyStoreError> {
-        let key = self.backend.create_key(alg, rsa_bits)?;
+        let key = self.create_key(alg, rsa_bits)?;
         self.transact(|manifest, pending, now| self.add_key(manifest, pending, key, now))
     }
 
@@ -343,12 +370,11 @@ impl KeyStore {
         let mut key = NewKey::from_material(dir::read_pem_file(pem_file)?);
         key.imported = true;
         // Refuse what the signing backend would refuse before anything is written.
-        SigningKey::in_process(&key.material, String::new()).map_err(|source| {
-            KeyStoreError::InvalidKey {
+        key.signing_key(String::new())
+            .map_err(|source| KeyStoreError::InvalidKey {
                 path: pem_file.to_owned(),
                 source,
-            }
-        })?;
+            })?;
         self.transact(|manifest, pending, now| {
             if let Some(existing) = manifest.get(key.kid()) {
                 return Err(KeyStoreError::AlreadyPresent {
@@ -403,7 +429,7 @@ impl KeyStore {
                 1
             };
             let keys = (0..count)
-                .map(|_| self.backend.create_key(alg, DEFAULT_RSA_BITS))
+                .map(|_| self.create_key(alg, DEFAULT_RSA_BITS))
                 .collect::<Result<Vec<_>, _>>()?;
             fresh.push((alg, keys));
         }
@@ -432,7 +458,7 @@ impl KeyStore {
             .filter(|r| r.is_published(now_ms()))
             .map(|r| r.alg)
             .ok_or_else(|| LifecycleError::UnknownKid(kid.to_owned()))?;
-        let fresh = self.backend.create_key(alg, DEFAULT_RSA_BITS)?;
+        let fresh = self.create_key(alg, DEFAULT_RSA_BITS)?;
         self.transact(|manifest, pending, now| {
             let result = manifest.revoke(kid, now, fresh.kid().to_owned());
             pending.push(fresh);
@@ -448,6 +474,15 @@ impl KeyStore {
     /// # Errors
     /// Write failures (a read-only keys directory, say).
     pub fn maintain(&self, rotate_every: Option<Duration>) -> Result<Vec<String>, KeyStoreError> {
+        let retry = std::mem::take(
+            &mut *self
+                .undestroyed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !retry.is_empty() {
+            self.destroy_held(retry);
+        }
         let Some(manifest) = self.backend.read_manifest()? else {
             return Ok(Vec::new());
         };
@@ -462,7 +497,7 @@ impl KeyStore {
         let fresh = plan
             .needs_key()
             .into_iter()
-            .map(|alg| self.backend.create_key(alg, DEFAULT_RSA_BITS))
+            .map(|alg| self.create_key(alg, DEFAULT_RSA_BITS))
             .collect::<Result<Vec<_>, _>>()?;
         let kids: Vec<(SigningAlg, String)> = fresh
             .iter()
@@ -473,6 +508,84 @@ impl KeyStore {
             pending.extend(fresh);
             manifest.apply_maintenance(now, rotate_every, &self.policy, &kids)
         })
+    }
+
+    /// A new key for `alg`: in the vault when there is one, else as the backend makes it.
+    fn create_key(&self, alg: SigningAlg, rsa_bits: usize) -> Result<NewKey, KeyStoreError> {
+        match &self.vault {
+            Some(vault) => {
+                if alg == SigningAlg::Rs256 && !RSA_GENERATE_BITS.contains(&rsa_bits) {
+                    return Err(KeyStoreError::UnsupportedRsaBits(rsa_bits));
+                }
+                vault.generate(alg, rsa_bits).map(NewKey::held)
+            }
+            None => self.backend.create_key(alg, rsa_bits),
+        }
+    }
+
+    /// The signing key of `record`: opened in the vault its URI names, or loaded from the
+    /// backend. A record with a URI is never looked for in the backend.
+    fn load_key(&self, record: &KeyRecord) -> Result<SigningKey, KeyStoreError> {
+        let Some(uri) = &record.uri else {
+            return self.backend.load_key(record);
+        };
+        match &self.vault {
+            Some(vault) if vault.holds(uri) => vault.open(uri, record.alg),
+            _ => Err(KeyStoreError::NoVault {
+                kid: record.kid.clone(),
+                uri: uri.clone(),
+            }),
+        }
+    }
+
+    /// Destroys in the vault the held keys of `uris` (removed, revoked, or made for a
+    /// change that did not record them); what fails is kept for [`KeyStore::maintain`].
+    fn destroy_held(&self, uris: Vec<String>) {
+        let Some(vault) = &self.vault else {
+            return;
+        };
+        let mut failed = Vec::new();
+        for uri in uris.into_iter().filter(|uri| vault.holds(uri)) {
+            if let Err(e) = vault.destroy(&uri) {
+                tracing::warn!(
+                    key = %uri,
+                    error = %crate::report::Report(&e),
+                    "cannot destroy a removed key in the vault yet; it is never used again, and destroying it is tried again"
+                );
+                failed.push(uri);
+            }
+        }
+        let mut undestroyed = self
+            .undestroyed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for uri in failed {
+            if !undestroyed.contains(&uri) {
+                undestroyed.push(uri);
+            }
+        }
+    }
+
+    /// Destroys in the vault every held key the manifest records as removed or revoked
+    /// (at a server's start: what an earlier process could not destroy). A key already
+    /// gone costs one look-up.
+    ///
+    /// # Errors
+    /// Unreadable manifest.
+    pub fn destroy_removed_held_keys(&self) -> Result<(), KeyStoreError> {
+        if self.vault.is_none() {
+            return Ok(());
+        }
+        let manifest = self.manifest()?;
+        self.destroy_held(
+            manifest
+                .keys
+                .into_iter()
+                .filter(|r| matches!(r.state, KeyState::Removed | KeyState::Revoked))
+                .filter_map(|r| r.uri)
+                .collect(),
+        );
+        Ok(())
     }
 
     /// Refuses to rotate `alg` when its next key (the one a rotation makes sign) cannot
@@ -487,7 +600,7 @@ impl KeyStore {
             alg,
             reason,
         };
-        match self.backend.load_key(next) {
+        match self.load_key(next) {
             Ok(key) if key.kid() == next.kid && key.alg() == alg => Ok(()),
             Ok(key) => Err(refused(format!("its material is key {}", key.kid()))),
             Err(e) => Err(refused(crate::report::Report(&e).to_string())),
@@ -532,7 +645,9 @@ impl KeyStore {
             kid: key.kid().to_owned(),
             alg: key.alg(),
             state,
-            location: self.backend.key_location(key.kid()),
+            location: key
+                .uri()
+                .map_or_else(|| self.backend.key_location(key.kid()), str::to_owned),
         };
         pending.push(key);
         info
@@ -546,7 +661,8 @@ impl KeyStore {
         let mut change = Some(change);
         let mut result = None;
         let mut changes = Vec::new();
-        let observed = self.observer.is_some();
+        let mut made_in_vault = Vec::new();
+        let observed = self.observer.is_some() || self.vault.is_some();
         self.backend.transact(&mut |manifest, pending, now| {
             if let Some(change) = change.take() {
                 let before: Vec<(String, KeyState)> = if observed {
@@ -559,11 +675,44 @@ impl KeyStore {
                     Vec::new()
                 };
                 result = Some(change(manifest, pending, now));
+                // The record of a key a vault made names it.
+                made_in_vault.clear();
+                for key in pending.iter() {
+                    if let Some(uri) = key.uri() {
+                        made_in_vault.push(uri.to_owned());
+                        if let Some(record) = manifest.keys.iter_mut().find(|r| r.kid == key.kid())
+                        {
+                            record.uri = Some(uri.to_owned());
+                        }
+                    }
+                }
                 if observed {
                     changes = key_changes(&before, manifest, pending);
                 }
             }
         })?;
+        // Committed: the vault's keys this change removed or revoked are destroyed, and so
+        // are the ones it made but did not record (a refused rotation's fresh key). After
+        // a failed commit nothing is destroyed: the outcome may be unknown.
+        if self.vault.is_some() {
+            let manifest = self.backend.read_manifest().ok().flatten();
+            let recorded = |uri: &String| {
+                manifest
+                    .as_ref()
+                    .is_none_or(|m| m.keys.iter().any(|r| r.uri.as_ref() == Some(uri)))
+            };
+            let mut doomed: Vec<String> =
+                made_in_vault.into_iter().filter(|u| !recorded(u)).collect();
+            if let Some(manifest) = &manifest {
+                doomed.extend(
+                    changes
+                        .iter()
+                        .filter(|c| matches!(c.to, KeyState::Removed | KeyState::Revoked))
+                        .filter_map(|c| manifest.get(&c.kid).and_then(|r| r.uri.clone())),
+                );
+            }
+            self.destroy_held(doomed);
+        }
         if let Some(observer) = &self.observer
             && !changes.is_empty()
         {
@@ -764,8 +913,11 @@ mod tests {
             // The contract's order: new keys the manifest names, then the manifest, then
             // the material of removed and revoked keys destroyed.
             for key in pending {
-                if manifest.get(key.kid()).is_some() {
-                    stored.material.insert(key.kid().to_owned(), key.material);
+                let kid = key.kid().to_owned();
+                if manifest.get(&kid).is_some()
+                    && let backend::Material::InProcess(material) = key.material
+                {
+                    stored.material.insert(kid, material);
                 }
             }
             if before.as_ref() != Some(&manifest) {

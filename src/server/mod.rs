@@ -434,6 +434,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
                 "a registered client's algorithm"
             };
             reasons.push(format!("no usable active {alg} key ({whose})"));
+        } else if let Some(key) = published.signer.keys().active(alg)
+            && let Err(why) = key.health()
+        {
+            // A key held in a vault (an HSM) that cannot sign now: its tokens get 503.
+            reasons.push(format!(
+                "the active {alg} key {} cannot sign: {why}",
+                key.kid()
+            ));
         }
     }
     if let Some(why) = state.unapplied_change() {

@@ -615,7 +615,7 @@ impl ServeProcess {
     }
 
     /// Runs `cmd` (a `serve`) and waits for its "listening" log line.
-    fn spawn(mut cmd: Command) -> Self {
+    pub fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

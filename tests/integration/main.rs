@@ -20,6 +20,7 @@ mod federation;
 mod fuzz;
 mod hostile;
 mod hs256;
+mod hsm;
 mod interop;
 mod interop_clients;
 mod introspection;
