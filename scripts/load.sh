@@ -8,6 +8,8 @@
 #   env SERVER_CPU   CPU the servers are pinned to (default 0); wrk runs on the other one
 #   env MEMORY_RUN   seconds of an extra token-endpoint run sampling RSS every 5 s (default 0)
 #   env PEER=1       also run ../shared/bench/peers/oidc-provider/run.sh (ES256, same seconds)
+#   env HSM=1        also the token runs with the keys in a SoftHSM token (PKCS#11), beside
+#                    the in-process ones (installs softhsm2 when missing)
 # stdout: one JSON line per run, then a summary line; stderr: progress.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +83,31 @@ run() {  # name url conc server_pid [lua]
 for c in $concs; do run jwt-issuer-jwks "$base/.well-known/jwks.json" "$c" "$pid"; done
 for c in $concs; do run jwt-issuer-token "$base/oauth2/token" "$c" "$pid" scripts/token-post.lua; done
 rss_after="$(rss_kb "$pid")"
+
+if [ "${HSM:-0}" = 1 ]; then
+  # The same server, its keys generated in a SoftHSM token of this run's own: what a
+  # signature through PKCS#11 costs beside the in-process one measured above.
+  if ! [ -e /usr/lib/softhsm/libsofthsm2.so ]; then
+    log "installing softhsm2"
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=60 install -y -qq softhsm2 >&2
+  fi
+  mkdir -p "$work/hsm/tokens"
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$work/hsm/tokens" >"$work/hsm/softhsm2.conf"
+  hsm_pin="$(head -c 12 /dev/urandom | base64 | tr -d '/+=')"
+  printf '%s\n' "$hsm_pin" >"$work/hsm/pin"; chmod 600 "$work/hsm/pin"
+  export SOFTHSM2_CONF="$work/hsm/softhsm2.conf"
+  softhsm2-util --init-token --free --label jwt-issuer --so-pin "so-$hsm_pin" --pin "$hsm_pin" >/dev/null
+  kill -TERM "$pid"; wait "$pid" || true
+  hsm_env=(env JWT_ISSUER_KEYS_DIR="$work/hsm-keys" JWT_ISSUER_PKCS11_MODULE=/usr/lib/softhsm/libsofthsm2.so
+    JWT_ISSUER_PKCS11_TOKEN=jwt-issuer JWT_ISSUER_PKCS11_PIN_FILE="$work/hsm/pin")
+  "${hsm_env[@]}" "$bin" keys generate --hsm --alg ES256 >/dev/null
+  "${hsm_env[@]}" "$bin" keys generate --hsm --alg RS256 >/dev/null
+  secret="$("${hsm_env[@]}" "$bin" clients add bench --audience api)"
+  auth="Basic $(printf 'bench:%s' "$secret" | base64 -w0)"
+  "${hsm_env[@]}" taskset -c "$server_cpu" "$bin" serve --bind "127.0.0.1:$port" --workers 1 2>"$work/serve-hsm.log" & pid=$!; pids+=("$pid")
+  wait_ready "$base/healthz" >/dev/null
+  for c in $concs; do run jwt-issuer-hsm-token "$base/oauth2/token" "$c" "$pid" scripts/token-post.lua; done
+fi
 
 if [ "${MEMORY_RUN:-0}" -gt 0 ]; then
   log "memory run: ${MEMORY_RUN}s of token requests at concurrency 16"

@@ -298,6 +298,15 @@ impl Signer {
         self.issue_with(&self.key_for(alg)?, request)
     }
 
+    /// Whether a token of `alg` (the default when `None`) is signed out of the process
+    /// (an HSM), so that the caller signs on a blocking thread.
+    pub fn blocks(&self, alg: Option<SigningAlg>) -> bool {
+        match self.key_for(alg.unwrap_or(self.config.default_alg)) {
+            Ok(SignWith::Key(key)) => key.blocks(),
+            _ => false,
+        }
+    }
+
     /// Whether this signer can sign `alg` (HS256 needs the secret).
     pub fn supports(&self, alg: SigningAlg) -> bool {
         self.key_for(alg).is_ok()
@@ -404,7 +413,18 @@ impl Signer {
                 kid: key.kid().to_owned(),
                 reason,
             };
-            let issued = self.issue_with(&SignWith::Key(key), &probe)?;
+            let issued = match self.issue_with(&SignWith::Key(key), &probe) {
+                Ok(issued) => issued,
+                // A key held in a vault that cannot sign right now (an HSM away while the
+                // store changed): it stays published, so the tokens it signed verify, and
+                // its own requests are refused until it signs again. Its JWK was read
+                // from the vault's own public key when it was opened.
+                Err(SignError::Backend { source, .. }) if key.blocks() => {
+                    tracing::warn!(kid = %key.kid(), error = %source, "a key's vault cannot sign now: the key stays published, its tokens are refused until it can");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let decoding = key.jwk().decoding_key().map_err(|e| fail(e.to_string()))?;
             let mut validation = jsonwebtoken::Validation::new(jsonwebtoken_alg(key.alg()));
             validation.set_issuer(&[self.config.issuer.as_str()]);

@@ -73,7 +73,7 @@ impl Stores {
                 "no user PIN: set {PKCS11_PIN_ENV}_FILE or {PKCS11_PIN_ENV}"
             ))
         })?;
-        let vault = Pkcs11Vault::connect(Pkcs11Config {
+        let vault = Pkcs11Vault::new(Pkcs11Config {
             module: settings.module.clone(),
             token: settings.token.clone(),
             pin,

@@ -473,7 +473,7 @@ impl Manifest {
         &mut self,
         kid: &str,
         now: Millis,
-        replacement: String,
+        replacement: Option<String>,
     ) -> Result<Option<String>, LifecycleError> {
         let record = self
             .keys
@@ -483,25 +483,28 @@ impl Manifest {
             .clone();
         let mut new_active = None;
         if record.state == KeyState::Active {
-            let successor = match self.oldest_next(record.alg) {
-                Some(next) => next.kid.clone(),
-                None => {
+            let successor = match (self.oldest_next(record.alg), replacement) {
+                (Some(next), _) => Some(next.kid.clone()),
+                (None, Some(replacement)) => {
                     self.keys.push(KeyRecord::new(
                         replacement.clone(),
                         record.alg,
                         KeyState::Next,
                         now,
                     ));
-                    replacement
+                    Some(replacement)
                 }
+                // No key could be made: the algorithm has no signing key until one is
+                // generated (its tokens are refused), which beats signing with this one.
+                (None, None) => None,
             };
             for key in &mut self.keys {
-                if key.kid == successor {
+                if Some(&key.kid) == successor.as_ref() {
                     key.state = KeyState::Active;
                     key.activated = Some(now);
                 }
             }
-            new_active = Some(successor);
+            new_active = successor;
         }
         for key in &mut self.keys {
             if key.kid == kid {
@@ -780,11 +783,14 @@ mod tests {
         assert_eq!(m.sweep(until), ["a1"]);
         assert!(!m.get("a1").unwrap().is_published(until));
 
-        let successor = m.revoke("n1", until, "fresh".into()).unwrap();
+        let successor = m.revoke("n1", until, Some("fresh".into())).unwrap();
         assert_eq!(successor.as_deref(), Some("fresh"));
         assert_eq!(m.get("n1").unwrap().state, KeyState::Revoked);
         assert_eq!(m.active(SigningAlg::Es256).unwrap().kid, "fresh");
-        assert!(m.revoke("n1", until, "x".into()).is_err(), "revoked twice");
+        assert!(
+            m.revoke("n1", until, Some("x".into())).is_err(),
+            "revoked twice"
+        );
     }
 
     #[test]

@@ -266,6 +266,13 @@ pub trait SignatureBackend: Send + Sync {
     fn health(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// Whether a signature leaves the process (an HSM, a KMS) and may block the calling
+    /// thread for milliseconds: the token endpoint then signs on the blocking pool, not
+    /// on the async worker. `false` for an in-process key.
+    fn blocks(&self) -> bool {
+        false
+    }
 }
 
 /// A signature backend that could not sign.
@@ -353,6 +360,11 @@ impl SigningKey {
     /// Why it cannot.
     pub fn health(&self) -> Result<(), String> {
         self.backend.health()
+    }
+
+    /// Whether signing may block the thread ([`SignatureBackend::blocks`]).
+    pub fn blocks(&self) -> bool {
+        self.backend.blocks()
     }
 
     /// An in-process key pair parsed once from `key`.

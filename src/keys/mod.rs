@@ -58,9 +58,10 @@ pub struct KeyStore {
     observer: Option<ChangeObserver>,
     /// Where new keys are generated and held keys are opened (an HSM), if configured.
     vault: Option<Arc<dyn KeyVault>>,
-    /// Held keys removed or revoked whose destruction in the vault failed, tried again by
-    /// [`KeyStore::maintain`].
-    undestroyed: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Held keys removed or revoked that this process destroyed in the vault (or found
+    /// gone, or cannot destroy here), so that [`KeyStore::maintain`] asks the vault about
+    /// each tombstone once; and the ones whose destruction failed, logged once.
+    destroyed: Arc<std::sync::Mutex<Destroyed>>,
 }
 
 /// Told about every change a [`KeyStore`] commits (see [`KeyStore::on_change`]).
@@ -125,7 +126,7 @@ impl KeyStore {
             policy,
             observer: None,
             vault: None,
-            undestroyed: Arc::default(),
+            destroyed: Arc::default(),
         }
     }
 
@@ -333,10 +334,7 @@ impl KeyStore {
         let fresh = if published(&self.stored_or_adopted(stored, now)?) {
             Vec::new()
         } else {
-            SigningAlg::ASYMMETRIC
-                .into_iter()
-                .map(|alg| self.create_key(alg, DEFAULT_RSA_BITS))
-                .collect::<Result<Vec<_>, _>>()?
+            self.create_keys(SigningAlg::ASYMMETRIC)?
         };
         let generated = self.transact(|manifest, pending, now| {
             if manifest.keys.iter().any(|k| k.is_published(now)) {
@@ -428,9 +426,7 @@ impl KeyStore {
             } else {
                 1
             };
-            let keys = (0..count)
-                .map(|_| self.create_key(alg, DEFAULT_RSA_BITS))
-                .collect::<Result<Vec<_>, _>>()?;
+            let keys = self.create_keys((0..count).map(|_| alg))?;
             fresh.push((alg, keys));
         }
         let kids: Vec<(SigningAlg, Vec<String>)> = fresh
@@ -452,16 +448,31 @@ impl KeyStore {
     /// # Errors
     /// Unknown kid, write failure.
     pub fn revoke(&self, kid: &str) -> Result<Option<String>, KeyStoreError> {
-        let alg = self
-            .manifest()?
+        let manifest = self.manifest()?;
+        let record = manifest
             .get(kid)
             .filter(|r| r.is_published(now_ms()))
-            .map(|r| r.alg)
             .ok_or_else(|| LifecycleError::UnknownKid(kid.to_owned()))?;
-        let fresh = self.create_key(alg, DEFAULT_RSA_BITS)?;
+        // A replacement only where one is needed (an active key without a next one), and
+        // a revocation never waits for it: when none can be made (a vault down or full),
+        // the key is revoked all the same and its algorithm signs nothing until a key is
+        // generated.
+        let fresh = if record.state == KeyState::Active
+            && manifest.oldest_next(record.alg).is_none()
+        {
+            match self.create_key(record.alg, DEFAULT_RSA_BITS) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    tracing::error!(kid = %kid, alg = %record.alg, error = %crate::report::Report(&e), "revoking without a replacement: no {} key signs until one is generated", record.alg);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         self.transact(|manifest, pending, now| {
-            let result = manifest.revoke(kid, now, fresh.kid().to_owned());
-            pending.push(fresh);
+            let result = manifest.revoke(kid, now, fresh.as_ref().map(|k| k.kid().to_owned()));
+            pending.extend(fresh);
             result.map_err(KeyStoreError::from)
         })?
     }
@@ -474,18 +485,10 @@ impl KeyStore {
     /// # Errors
     /// Write failures (a read-only keys directory, say).
     pub fn maintain(&self, rotate_every: Option<Duration>) -> Result<Vec<String>, KeyStoreError> {
-        let retry = std::mem::take(
-            &mut *self
-                .undestroyed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        if !retry.is_empty() {
-            self.destroy_held(retry);
-        }
         let Some(manifest) = self.backend.read_manifest()? else {
             return Ok(Vec::new());
         };
+        self.destroy_tombstones(&manifest);
         let plan = manifest.maintenance(now_ms(), rotate_every, &self.policy);
         if plan.is_empty() {
             return Ok(Vec::new());
@@ -494,11 +497,7 @@ impl KeyStore {
             self.check_next_signs(&manifest, alg)?;
         }
         // Only the algorithms that need a new key get one (RSA generation is not free).
-        let fresh = plan
-            .needs_key()
-            .into_iter()
-            .map(|alg| self.create_key(alg, DEFAULT_RSA_BITS))
-            .collect::<Result<Vec<_>, _>>()?;
+        let fresh = self.create_keys(plan.needs_key())?;
         let kids: Vec<(SigningAlg, String)> = fresh
             .iter()
             .map(|k| (k.alg(), k.kid().to_owned()))
@@ -519,7 +518,22 @@ impl KeyStore {
                 }
                 vault.generate(alg, rsa_bits).map(NewKey::held)
             }
-            None => self.backend.create_key(alg, rsa_bits),
+            None => {
+                // A store whose keys are in a vault gets its new keys there too, never
+                // quietly in process because a command ran without the vault's settings.
+                let now = now_ms();
+                if let Some(held) = self.backend.read_manifest()?.and_then(|m| {
+                    m.keys
+                        .into_iter()
+                        .find(|r| r.uri.is_some() && r.is_published(now))
+                }) {
+                    return Err(KeyStoreError::NoVault {
+                        kid: held.kid,
+                        uri: held.uri.unwrap_or_default(),
+                    });
+                }
+                self.backend.create_key(alg, rsa_bits)
+            }
         }
     }
 
@@ -539,53 +553,95 @@ impl KeyStore {
     }
 
     /// Destroys in the vault the held keys of `uris` (removed, revoked, or made for a
-    /// change that did not record them); what fails is kept for [`KeyStore::maintain`].
+    /// change that did not record them). A failure is logged once per key; the
+    /// manifest's tombstones are swept again by [`KeyStore::maintain`].
     fn destroy_held(&self, uris: Vec<String>) {
         let Some(vault) = &self.vault else {
             return;
         };
-        let mut failed = Vec::new();
-        for uri in uris.into_iter().filter(|uri| vault.holds(uri)) {
-            if let Err(e) = vault.destroy(&uri) {
-                tracing::warn!(
-                    key = %uri,
-                    error = %crate::report::Report(&e),
-                    "cannot destroy a removed key in the vault yet; it is never used again, and destroying it is tried again"
-                );
-                failed.push(uri);
+        for uri in uris {
+            let mut destroyed = lock(&self.destroyed);
+            if destroyed.settled.contains(&uri) {
+                continue;
             }
-        }
-        let mut undestroyed = self
-            .undestroyed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for uri in failed {
-            if !undestroyed.contains(&uri) {
-                undestroyed.push(uri);
+            if !vault.holds(&uri) {
+                tracing::warn!(key = %uri, vault = %vault.describe(), "a removed key is held by another vault: it is never used, but only that vault can destroy it");
+                destroyed.settled.insert(uri);
+                continue;
+            }
+            drop(destroyed);
+            let outcome = vault.destroy(&uri);
+            let mut destroyed = lock(&self.destroyed);
+            match outcome {
+                Ok(()) => {
+                    if destroyed.failing.remove(&uri) {
+                        tracing::info!(key = %uri, "destroyed a removed key in the vault");
+                    }
+                    destroyed.settled.insert(uri);
+                }
+                Err(e) => {
+                    if destroyed.failing.insert(uri.clone()) {
+                        tracing::warn!(
+                            key = %uri,
+                            error = %crate::report::Report(&e),
+                            "cannot destroy a removed key in the vault yet; it is never used again, and destroying it is tried again"
+                        );
+                    }
+                }
             }
         }
     }
 
-    /// Destroys in the vault every held key the manifest records as removed or revoked
-    /// (at a server's start: what an earlier process could not destroy). A key already
-    /// gone costs one look-up.
+    /// Destroys in the vault every held key `manifest` records as removed or revoked and
+    /// this process has not settled yet: what an earlier change (of a CLI, another
+    /// replica, a token that was away) could not destroy.
+    fn destroy_tombstones(&self, manifest: &Manifest) {
+        if self.vault.is_none() {
+            return;
+        }
+        self.destroy_held(
+            manifest
+                .keys
+                .iter()
+                .filter(|r| matches!(r.state, KeyState::Removed | KeyState::Revoked))
+                .filter_map(|r| r.uri.clone())
+                .collect(),
+        );
+    }
+
+    /// Destroys in the vault the held keys the manifest records as removed or revoked (at
+    /// a server's start).
     ///
     /// # Errors
     /// Unreadable manifest.
     pub fn destroy_removed_held_keys(&self) -> Result<(), KeyStoreError> {
-        if self.vault.is_none() {
-            return Ok(());
+        if self.vault.is_some() {
+            self.destroy_tombstones(&self.manifest()?);
         }
-        let manifest = self.manifest()?;
-        self.destroy_held(
-            manifest
-                .keys
-                .into_iter()
-                .filter(|r| matches!(r.state, KeyState::Removed | KeyState::Revoked))
-                .filter_map(|r| r.uri)
-                .collect(),
-        );
         Ok(())
+    }
+
+    /// New keys for `algs`, all or none: held keys made before one that failed are
+    /// destroyed again (never recorded, so never used).
+    fn create_keys(
+        &self,
+        algs: impl IntoIterator<Item = SigningAlg>,
+    ) -> Result<Vec<NewKey>, KeyStoreError> {
+        let mut made = Vec::new();
+        for alg in algs {
+            match self.create_key(alg, DEFAULT_RSA_BITS) {
+                Ok(key) => made.push(key),
+                Err(e) => {
+                    self.destroy_held(
+                        made.iter()
+                            .filter_map(|k| k.uri().map(str::to_owned))
+                            .collect(),
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        Ok(made)
     }
 
     /// Refuses to rotate `alg` when its next key (the one a rotation makes sign) cannot
@@ -661,9 +717,10 @@ impl KeyStore {
         let mut change = Some(change);
         let mut result = None;
         let mut changes = Vec::new();
+        let mut doomed = Vec::new();
         let mut made_in_vault = Vec::new();
         let observed = self.observer.is_some() || self.vault.is_some();
-        self.backend.transact(&mut |manifest, pending, now| {
+        let committed = self.backend.transact(&mut |manifest, pending, now| {
             if let Some(change) = change.take() {
                 let before: Vec<(String, KeyState)> = if observed {
                     manifest
@@ -675,44 +732,40 @@ impl KeyStore {
                     Vec::new()
                 };
                 result = Some(change(manifest, pending, now));
-                // The record of a key a vault made names it.
+                // The record of a key a vault made names it; one the change did not
+                // record is destroyed once the change commits.
                 made_in_vault.clear();
+                doomed.clear();
                 for key in pending.iter() {
                     if let Some(uri) = key.uri() {
                         made_in_vault.push(uri.to_owned());
-                        if let Some(record) = manifest.keys.iter_mut().find(|r| r.kid == key.kid())
-                        {
-                            record.uri = Some(uri.to_owned());
+                        match manifest.keys.iter_mut().find(|r| r.kid == key.kid()) {
+                            Some(record) => record.uri = Some(uri.to_owned()),
+                            None => doomed.push(uri.to_owned()),
                         }
                     }
                 }
                 if observed {
                     changes = key_changes(&before, manifest, pending);
+                    // The vault's keys this change removed or revoked.
+                    doomed.extend(
+                        changes
+                            .iter()
+                            .filter(|c| matches!(c.to, KeyState::Removed | KeyState::Revoked))
+                            .filter_map(|c| manifest.get(&c.kid).and_then(|r| r.uri.clone())),
+                    );
                 }
             }
-        })?;
-        // Committed: the vault's keys this change removed or revoked are destroyed, and so
-        // are the ones it made but did not record (a refused rotation's fresh key). After
-        // a failed commit nothing is destroyed: the outcome may be unknown.
-        if self.vault.is_some() {
-            let manifest = self.backend.read_manifest().ok().flatten();
-            let recorded = |uri: &String| {
-                manifest
-                    .as_ref()
-                    .is_none_or(|m| m.keys.iter().any(|r| r.uri.as_ref() == Some(uri)))
-            };
-            let mut doomed: Vec<String> =
-                made_in_vault.into_iter().filter(|u| !recorded(u)).collect();
-            if let Some(manifest) = &manifest {
-                doomed.extend(
-                    changes
-                        .iter()
-                        .filter(|c| matches!(c.to, KeyState::Removed | KeyState::Revoked))
-                        .filter_map(|c| manifest.get(&c.kid).and_then(|r| r.uri.clone())),
-                );
+        });
+        if let Err(e) = committed {
+            // The outcome may be unknown (a commit whose answer was lost): nothing is
+            // destroyed, and what was made for the change is named for the operator.
+            if !made_in_vault.is_empty() {
+                tracing::warn!(keys = ?made_in_vault, error = %crate::report::Report(&e), "a key change failed; the keys made in the vault for it stay there unused unless the change was recorded");
             }
-            self.destroy_held(doomed);
+            return Err(e);
         }
+        self.destroy_held(doomed);
         if let Some(observer) = &self.observer
             && !changes.is_empty()
         {
@@ -724,6 +777,17 @@ impl KeyStore {
             reason: "the key backend committed without applying the change".into(),
         })
     }
+}
+
+/// Held keys this process is done with, and the ones whose destruction fails.
+#[derive(Debug, Default)]
+struct Destroyed {
+    settled: std::collections::HashSet<String>,
+    failing: std::collections::HashSet<String>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The keys of `after` that are new or in another state than in `before` (kid, state).

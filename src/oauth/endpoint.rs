@@ -353,7 +353,17 @@ impl TokenEndpoint {
                 true
             }
         };
-        let token = signer.issue(&granted.request).map_err(|e| {
+        let signed = if signer.blocks(granted.request.alg) {
+            // A key in an HSM: its call must not hold the async worker (and every other
+            // connection on it) for the module's round trip.
+            let (signer, request) = (signer.clone(), granted.request.clone());
+            tokio::task::spawn_blocking(move || signer.issue(&request))
+                .await
+                .map_err(|e| OAuthError::Internal(format!("the signing task failed: {e}")))?
+        } else {
+            signer.issue(&granted.request)
+        };
+        let token = signed.map_err(|e| {
             let cause = crate::report::Report(&e).to_string();
             match e {
                 SignError::NoActiveKey(_) | SignError::Backend { .. } => {

@@ -191,8 +191,9 @@ impl ResponseError for OAuthError {
                 res.insert_header((header::RETRY_AFTER, secs.max(1)));
             }
             // The store is read again every second; the audit log is tried with every
-            // request.
-            Self::ChangeUnread(_) | Self::AuditUnavailable => {
+            // request; a signing backend that failed (an HSM away) is tried again a
+            // second later.
+            Self::ChangeUnread(_) | Self::AuditUnavailable | Self::TemporarilyUnavailable(_) => {
                 res.insert_header((header::RETRY_AFTER, 1));
             }
             _ => {}

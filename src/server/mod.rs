@@ -414,6 +414,9 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
         .json(body)
 }
 
+/// How long `/readyz` waits for a vault's key to say whether it can sign.
+const HEALTH_PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `GET /readyz` (readiness): 200 when the server can issue tokens with its default
 /// algorithm and every algorithm a registered client uses; 503 with the reasons while it cannot (no usable active key for it, or a store
 /// change that cannot be read, during which no token is issued). The JWKS and discovery are
@@ -434,10 +437,19 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
                 "a registered client's algorithm"
             };
             reasons.push(format!("no usable active {alg} key ({whose})"));
-        } else if let Some(key) = published.signer.keys().active(alg)
-            && let Err(why) = key.health()
-        {
+        } else if let Some(key) = published.signer.keys().active(alg).filter(|k| k.blocks()) {
             // A key held in a vault (an HSM) that cannot sign now: its tokens get 503.
+            // Asked off the async worker, and not for longer than a probe waits.
+            let probe = web::block({
+                let key = std::sync::Arc::clone(key);
+                move || key.health()
+            });
+            let why = match tokio::time::timeout(HEALTH_PROBE_LIMIT, probe).await {
+                Ok(Ok(Ok(()))) => continue,
+                Ok(Ok(Err(why))) => why,
+                Ok(Err(_)) => "the check failed".to_owned(),
+                Err(_) => format!("no answer within {} s", HEALTH_PROBE_LIMIT.as_secs()),
+            };
             reasons.push(format!(
                 "the active {alg} key {} cannot sign: {why}",
                 key.kid()

@@ -932,7 +932,7 @@ fn fuzz_property_key_lifecycle_keeps_one_active_key_and_never_publishes_dead_key
                     if !published.is_empty() {
                         let kid = rng.pick(&published[..]).clone();
                         manifest
-                            .revoke(&kid, now, fresh())
+                            .revoke(&kid, now, Some(fresh()))
                             .expect("revoke a published kid");
                     }
                     "revoke"

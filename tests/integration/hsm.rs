@@ -87,8 +87,27 @@ impl SoftHsm {
         }
     }
 
-    fn tokens(&self) -> PathBuf {
-        self.dir.path().join("tokens")
+    /// Takes the token away (its directory, as a device unplugged; the module itself
+    /// stays usable, as with an HSM whose token is removed).
+    fn take_away(&self) {
+        let tokens = self.dir.path().join("tokens");
+        let token = fs::read_dir(&tokens)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        fs::rename(token, self.dir.path().join("away")).unwrap();
+    }
+
+    /// Brings it back.
+    fn bring_back(&self) {
+        let name = "token-back";
+        fs::rename(
+            self.dir.path().join("away"),
+            self.dir.path().join("tokens").join(name),
+        )
+        .unwrap();
     }
 
     /// What the binary needs to use the token (the PIN by file).
@@ -432,13 +451,79 @@ fn a_wrong_or_missing_pin_refuses_to_start_in_one_line_that_never_shows_the_pin(
     assert!(out.stderr.contains("--pkcs11-module"), "{}", out.stderr);
 
     // A store whose keys are in a token, served without it: never fresh keys in their
-    // place, the keys named as held elsewhere.
+    // place (not even by a command that would make one), the keys named as held
+    // elsewhere.
     let out = hsm.run(&dir, &["keys", "generate", "--hsm", "--alg", "ES256"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let out = run_cli_with_env(&dir, &["jwks"], &[]);
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("no vault holding it"), "{}", out.stderr);
+    let out = run_cli_with_env(&dir, &["keys", "generate", "--alg", "ES256"], &[]);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("no vault holding it"), "{}", out.stderr);
     assert_eq!(manifest(&dir)["keys"].as_array().unwrap().len(), 1);
+
+    // Keys in the token and the wrong PIN: the server does not start, in one line.
+    let out = run_cli_with_env(&dir, &["serve", "--bind", "127.0.0.1:0"], &with_wrong);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("refused the PIN"), "{}", out.stderr);
+    assert!(!out.stderr.contains("wrong-pin-5678"));
+
+    // A PIN file others may read is refused.
+    set_mode(&wrong, 0o604);
+    let out = run_cli_with_env(&dir, &["keys", "list"], &with_wrong);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
+}
+
+#[test]
+fn a_key_is_revoked_while_the_token_is_away_and_its_object_destroyed_once_it_is_back() {
+    let hsm = SoftHsm::new();
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("keys");
+    let server = hsm.serve(&dir, &[]);
+    let demo = demo_client(&server);
+    let es256 = server.token_for(&demo);
+    let kid = jsonwebtoken::decode_header(&es256).unwrap().kid.unwrap();
+
+    // Compromised while the token is away: the revocation does not wait for it, nor for
+    // a replacement it cannot make.
+    hsm.take_away();
+    let out = hsm.run(&dir, &["keys", "revoke", &kid]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("without a replacement"),
+        "{}",
+        out.stderr
+    );
+    wait_until(PATIENCE, "the revoked key out of the JWKS", || {
+        !server.get("/.well-known/jwks.json").body.contains(&kid)
+    });
+    let refused = server.token_response(&demo, &[]);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+
+    // Back: the server's maintenance destroys the object; it never signs again.
+    hsm.bring_back();
+    wait_until(PATIENCE, "the revoked key's object destroyed", || {
+        !hsm.objects().iter().any(|o| o.label == kid)
+    });
+    let out = hsm.run(&dir, &["keys", "generate", "--alg", "ES256"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let token = wait_for_token(&server, &demo);
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_ne!(header.kid.as_deref(), Some(kid.as_str()));
+}
+
+fn wait_for_token(server: &ServeProcess, client: &TestClient) -> String {
+    crate::helpers::wait_for(PATIENCE, "a token", || {
+        let res = server.token_response(client, &[]);
+        if res.status == 200 {
+            Ok(res.access_token())
+        } else {
+            Err(res.body)
+        }
+    })
 }
 
 #[test]
@@ -482,9 +567,8 @@ fn the_token_taken_away_under_load_answers_503_never_a_crash_and_signing_comes_b
         counts[0].load(Ordering::Relaxed) >= 100
     });
 
-    // The token goes away (its directory, as a device unplugged).
-    let away = hsm.dir.path().join("away");
-    fs::rename(hsm.tokens(), &away).unwrap();
+    // The token goes away.
+    hsm.take_away();
     wait_until(PATIENCE, "503 while the token is away", || {
         counts[1].load(Ordering::Relaxed) >= 20
     });
@@ -494,7 +578,7 @@ fn the_token_taken_away_under_load_answers_503_never_a_crash_and_signing_comes_b
     assert_eq!(server.get("/.well-known/jwks.json").status, 200);
 
     // Back: the server reconnects by itself and signs again.
-    fs::rename(&away, hsm.tokens()).unwrap();
+    hsm.bring_back();
     let before = counts[0].load(Ordering::Relaxed);
     wait_until(PATIENCE, "tokens again once the token is back", || {
         counts[0].load(Ordering::Relaxed) >= before + 50

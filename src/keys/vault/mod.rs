@@ -36,9 +36,10 @@ pub trait KeyVault: Send + Sync + fmt::Debug {
     /// made by the vault. The store checks that the kid is the one its record names.
     ///
     /// # Errors
-    /// [`KeyStoreError::KeyMissing`] when the vault answers that the key is not there;
-    /// [`KeyStoreError::Vault`] when it cannot be asked, or the key is not what a signing
-    /// key of `alg` must be (another type, extractable).
+    /// [`KeyStoreError::Vault`] when it cannot be asked, does not find the key (a vault
+    /// away may look the same as a key destroyed), or the key is not what a signing key
+    /// of `alg` must be (another type, extractable). A key the store then keeps serving
+    /// from an earlier load stays published; it cannot sign until the vault answers.
     fn open(&self, uri: &str, alg: SigningAlg) -> Result<SigningKey, KeyStoreError>;
 
     /// Destroys the key at `uri` (removed and revoked keys). A key already gone is not an

@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -32,6 +32,9 @@ use crate::keys::material::{SignatureBackend, SignatureFailed, SigningKey};
 
 /// How long after a failed connection the next use tries again.
 pub const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+/// How long a connection must have lived before a key not found in it starts the module
+/// over.
+const NOT_FOUND_RESTART_AFTER: Duration = Duration::from_secs(5);
 /// How long a signature waits for a free session before it fails.
 const SESSION_WAIT: Duration = Duration::from_secs(5);
 /// DER of the P-256 curve's OID (1.2.840.10045.3.1.7), the `CKA_EC_PARAMS` of ES256 keys.
@@ -83,9 +86,22 @@ impl Pkcs11Pin {
                 return Err(format!("cannot read {var}_FILE {path}: {reason}"));
             }
         };
+        if from_file && let Some(path) = std::env::var_os(format!("{var}_FILE")) {
+            use std::os::unix::fs::MetadataExt;
+            let mode = std::fs::metadata(&path).map_or(0, |m| m.mode());
+            // Group read is left to the deployment (a Kubernetes Secret's fsGroup).
+            if mode & 0o027 != 0 {
+                return Err(format!(
+                    "{var}_FILE {} may be read or written by others (mode {:o}): chmod 600 it",
+                    std::path::Path::new(&path).display(),
+                    mode & 0o777
+                ));
+            }
+        }
         let mut pin = Zeroizing::new(
-            String::from_utf8(bytes.to_vec())
-                .map_err(|_| format!("{var}: the PIN is not UTF-8"))?,
+            std::str::from_utf8(&bytes)
+                .map_err(|_| format!("{var}: the PIN is not UTF-8"))?
+                .to_owned(),
         );
         if from_file && pin.ends_with('\n') {
             pin.pop();
@@ -113,21 +129,21 @@ pub struct Pkcs11Vault {
 }
 
 impl Pkcs11Vault {
-    /// Loads the module, finds the token by its label and logs in: a wrong PIN, a missing
-    /// module or token is refused here, at start, with the reason (never the PIN).
+    /// Loads and starts the module. The token is found and logged in to at the first use
+    /// (a key generated, opened, destroyed), so that commands that need no key of the
+    /// token (`keys revoke`, `keys list`) work while it is away; a wrong PIN or an absent
+    /// token is refused then, with the reason (never the PIN).
     ///
     /// # Errors
-    /// [`KeyStoreError::Vault`].
-    pub fn connect(config: Pkcs11Config) -> Result<Self, KeyStoreError> {
+    /// [`KeyStoreError::Vault`]: the module does not load or start.
+    pub fn new(config: Pkcs11Config) -> Result<Self, KeyStoreError> {
         let token = Token::new(config).map_err(|reason| KeyStoreError::Vault {
             vault: "PKCS#11".to_owned(),
             reason,
         })?;
-        let vault = Self {
+        Ok(Self {
             token: Arc::new(token),
-        };
-        vault.token.connection().map_err(|e| vault.error(e))?;
-        Ok(vault)
+        })
     }
 
     fn error(&self, reason: impl Into<String>) -> KeyStoreError {
@@ -141,10 +157,10 @@ impl Pkcs11Vault {
     /// its sessions are gone takes the connection down (reconnected on a later use).
     fn with_session<T>(
         &self,
-        mut f: impl FnMut(&Session) -> Result<T, CkError>,
+        mut f: impl FnMut(&Session, &Connection) -> Result<T, CkError>,
     ) -> Result<T, KeyStoreError> {
         self.token
-            .with_session(|session, _| Ok(f(session)?))
+            .with_session(true, |session, connection| Ok(f(session, connection)?))
             .map_err(|e| self.error(e.to_string()))
     }
 
@@ -228,7 +244,8 @@ impl KeyVault for Pkcs11Vault {
             Attribute::KeyType(key_type),
             Attribute::Id(id.clone()),
         ];
-        let params = self.with_session(|session| {
+        // Never tried twice: a key pair made before a lost answer would be left behind.
+        let made = self.token.with_session(false, |session, _| {
             let (public_handle, private_handle) =
                 session.generate_key_pair(&mechanism, &public, &private)?;
             let params = read_public(session, public_handle, alg);
@@ -239,9 +256,15 @@ impl KeyVault for Pkcs11Vault {
                     let _ = session.update_attributes(handle, std::slice::from_ref(&label));
                 }
             }
-            params
-        })?;
-        let params = params.map_err(|reason| self.error(reason))?;
+            Ok(params?)
+        });
+        let params = made
+            .map_err(|e| self.error(e.to_string()))?
+            .map_err(|reason| {
+                // Unusable as made: not left in the token.
+                let _ = self.destroy_id(&id);
+                self.error(reason)
+            })?;
         let kid = Jwk::new(params.clone(), alg).kid;
         Ok(HeldKey {
             uri: Pkcs11Uri {
@@ -261,10 +284,12 @@ impl KeyVault for Pkcs11Vault {
             return Err(self.error(format!("{uri} is a key of another token")));
         }
         let id = parsed.id;
-        let found = self.with_session(|session| {
+        let found = self.with_session(|session, connection| {
             let (private, public) = Self::objects(session, &id)?;
             let (&[private], &[public]) = (private.as_slice(), public.as_slice()) else {
                 return Ok(Err(if private.is_empty() {
+                    // Gone for good only if the token is there to say so.
+                    connection.present()?;
                     None
                 } else {
                     Some(format!(
@@ -281,18 +306,22 @@ impl KeyVault for Pkcs11Vault {
         })?;
         let params = match found {
             Ok(params) => params,
+            // The token is there and the key is not: destroyed. (A token away is an
+            // error of its own above, so a published key is never dropped for it.)
             Err(None) => {
-                return Err(KeyStoreError::KeyMissing {
-                    kid: parsed.object.unwrap_or_default(),
-                    location: uri.to_owned(),
-                });
+                return Err(self.error(format!("{uri}: its object is not in the token")));
             }
             Err(Some(reason)) => return Err(self.error(format!("{uri}: {reason}"))),
+        };
+        let rsa_len = match &params {
+            PublicKeyParams::Rsa { n, .. } => Some(n.len() * 3 / 4),
+            PublicKeyParams::Ec { .. } => None,
         };
         let key = Pkcs11Key {
             token: Arc::clone(&self.token),
             id,
             alg,
+            rsa_len,
             handle: Mutex::new(None),
         };
         Ok(SigningKey::from_backend(
@@ -304,8 +333,19 @@ impl KeyVault for Pkcs11Vault {
 
     fn destroy(&self, uri: &str) -> Result<(), KeyStoreError> {
         let parsed = Pkcs11Uri::parse(uri).map_err(|reason| self.error(reason))?;
-        self.with_session(|session| {
-            let (private, public) = Self::objects(session, &parsed.id)?;
+        self.destroy_id(&parsed.id)
+    }
+}
+
+impl Pkcs11Vault {
+    /// Destroys both objects of `id`; none there is not an error.
+    fn destroy_id(&self, id: &[u8]) -> Result<(), KeyStoreError> {
+        self.with_session(|session, connection| {
+            let (private, public) = Self::objects(session, id)?;
+            if private.is_empty() && public.is_empty() {
+                // Gone already, if the token is there to say so (one away finds nothing).
+                return connection.present();
+            }
             for handle in private.into_iter().chain(public) {
                 match session.destroy_object(handle) {
                     // Destroyed meanwhile by another process.
@@ -318,34 +358,64 @@ impl KeyVault for Pkcs11Vault {
     }
 }
 
-/// Refuses a private key that is not a sensitive, non-extractable signing key of `alg`.
+/// Refuses a private key that is not a signing key of `alg` generated inside the token
+/// and never out of it: sensitive and never extractable, always (`CKA_ALWAYS_SENSITIVE`,
+/// `CKA_NEVER_EXTRACTABLE`), signing only. An attribute the token does not report is a
+/// refusal too.
 fn check_private(
     session: &Session,
     handle: ObjectHandle,
     alg: SigningAlg,
 ) -> Result<Result<(), String>, CkError> {
-    let attributes = session.get_attributes(
-        handle,
-        &[
-            AttributeType::KeyType,
-            AttributeType::Sensitive,
-            AttributeType::Extractable,
-            AttributeType::Sign,
-        ],
-    )?;
+    let wanted = [
+        AttributeType::KeyType,
+        AttributeType::Sensitive,
+        AttributeType::AlwaysSensitive,
+        AttributeType::Extractable,
+        AttributeType::NeverExtractable,
+        AttributeType::Sign,
+    ];
+    let attributes = session.get_attributes(handle, &wanted)?;
     let expected = match alg {
         SigningAlg::Es256 => KeyType::EC,
         _ => KeyType::RSA,
     };
-    for attribute in attributes {
-        let refused = match attribute {
-            Attribute::KeyType(t) if t != expected => format!("is a {t} key, not one for {alg}"),
-            Attribute::Sensitive(false) => "is not sensitive (CKA_SENSITIVE false)".to_owned(),
-            Attribute::Extractable(true) => "is extractable (CKA_EXTRACTABLE true)".to_owned(),
-            Attribute::Sign(false) => "may not sign (CKA_SIGN false)".to_owned(),
-            _ => continue,
+    for kind in wanted {
+        let found = attributes.iter().find(|a| a.attribute_type() == kind);
+        let refused = match found {
+            None => format!("does not report {kind}"),
+            Some(Attribute::KeyType(t)) if *t != expected => {
+                format!("is a {t} key, not one for {alg}")
+            }
+            Some(
+                Attribute::Sensitive(false)
+                | Attribute::AlwaysSensitive(false)
+                | Attribute::Extractable(true)
+                | Attribute::NeverExtractable(false)
+                | Attribute::Sign(false),
+            ) => format!("has {kind} set otherwise (it is or was extractable, or may not sign)"),
+            Some(_) => continue,
         };
         return Ok(Err(format!("the private key {refused}; refused")));
+    }
+    // Uses beyond signing, where the token reports them.
+    let extra = session.get_attributes(
+        handle,
+        &[
+            AttributeType::Decrypt,
+            AttributeType::Unwrap,
+            AttributeType::Derive,
+        ],
+    )?;
+    if extra.iter().any(|a| {
+        matches!(
+            a,
+            Attribute::Decrypt(true) | Attribute::Unwrap(true) | Attribute::Derive(true)
+        )
+    }) {
+        return Ok(Err(
+            "the private key may also decrypt, unwrap or derive; refused".to_owned(),
+        ));
     }
     Ok(Ok(()))
 }
@@ -412,6 +482,8 @@ struct Pkcs11Key {
     token: Arc<Token>,
     id: Vec<u8>,
     alg: SigningAlg,
+    /// The modulus length in bytes of an RSA key.
+    rsa_len: Option<usize>,
     /// The private key's handle under the connection (its generation) it was found in.
     handle: Mutex<Option<(u64, ObjectHandle)>>,
 }
@@ -420,7 +492,12 @@ impl Pkcs11Key {
     /// The private key's handle, found once per connection. Not found is
     /// [`TokenError::NotFound`]: a token that lost its objects (removed, re-inserted) is
     /// only seen again after the module is started over, which losing the connection does.
-    fn handle(&self, session: &Session, generation: u64) -> Result<ObjectHandle, TokenError> {
+    fn handle(
+        &self,
+        session: &Session,
+        connection: &Connection,
+    ) -> Result<ObjectHandle, TokenError> {
+        let generation = connection.generation;
         let mut cached = lock(&self.handle);
         if let Some((g, handle)) = *cached
             && g == generation
@@ -432,8 +509,15 @@ impl Pkcs11Key {
             Attribute::Id(self.id.clone()),
         ])?;
         let [handle] = found.as_slice() else {
+            // A token away finds nothing too: that is the connection lost.
+            connection.present()?;
             return Err(TokenError::NotFound(found.len()));
         };
+        // Found again (a new connection, another process's change): the object must
+        // still be the non-extractable signing key the key was opened as.
+        if let Err(reason) = check_private(session, *handle, self.alg)? {
+            return Err(TokenError::Refused(reason));
+        }
         *cached = Some((generation, *handle));
         Ok(*handle)
     }
@@ -442,8 +526,8 @@ impl Pkcs11Key {
 impl SignatureBackend for Pkcs11Key {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
-        let result = self.token.with_session(|session, generation| {
-            let handle = self.handle(session, generation)?;
+        let result = self.token.with_session(true, |session, connection| {
+            let handle = self.handle(session, connection)?;
             let signed = match self.alg {
                 // The token signs the digest (CKM_ECDSA hashes nothing itself) and
                 // answers r||s, the JWS form.
@@ -467,15 +551,37 @@ impl SignatureBackend for Pkcs11Key {
             }
             Ok(signed?)
         });
-        result.map_err(|e| SignatureFailed(format!("{}: {e}", self.token.name())))
+        let mut signature =
+            result.map_err(|e| SignatureFailed(format!("{}: {e}", self.token.name())))?;
+        // PKCS#1 v1.5 signatures are as long as the modulus: a module that drops leading
+        // zero bytes gets them back, one that answers more is refused.
+        if let Some(len) = self.rsa_len {
+            if signature.len() > len {
+                return Err(SignatureFailed(format!(
+                    "{}: a {}-byte RSA signature for a {len}-byte modulus",
+                    self.token.name(),
+                    signature.len()
+                )));
+            }
+            let mut padded = vec![0; len - signature.len()];
+            padded.append(&mut signature);
+            signature = padded;
+        }
+        Ok(signature)
+    }
+
+    /// A module call: a network HSM answers in milliseconds.
+    fn blocks(&self) -> bool {
+        true
     }
 
     /// The key's object is found in the token now (one look-up, no signature).
     fn health(&self) -> Result<(), String> {
         self.token
-            .with_session(|session, generation| {
+            .with_session(true, |session, connection| {
+                connection.present()?;
                 *lock(&self.handle) = None;
-                self.handle(session, generation).map(|_| ())
+                self.handle(session, connection).map(|_| ())
             })
             .map_err(|e| format!("{}: {e}", self.token.name()))
     }
@@ -499,18 +605,22 @@ impl fmt::Debug for Token {
 #[derive(Default)]
 struct State {
     live: Option<Arc<Connection>>,
-    /// The connection lost last: the module is started over only once none of its
-    /// sessions is in use any more.
-    lost: Weak<Connection>,
+    /// The connection lost last: the module is started over only once no other thread
+    /// holds it (none of its sessions in use), and its sessions are closed before.
+    lost: Option<Arc<Connection>>,
     /// Why the token cannot be used, and when it is tried again.
     down: Option<(String, Instant)>,
     generation: u64,
+    /// C_Initialize has succeeded (and no C_Finalize since).
+    initialized: bool,
 }
 
 /// Sessions of one login; dropped whole when the token goes away.
 struct Connection {
+    context: Pkcs11,
     generation: u64,
     slot: Slot,
+    opened_at: Instant,
     /// Sessions open at most.
     max: usize,
     idle: Mutex<Vec<Session>>,
@@ -527,18 +637,23 @@ enum TokenError {
     Module(#[from] CkError),
     #[error("the key's object is not in the token ({0} found)")]
     NotFound(usize),
+    #[error("{0}")]
+    Refused(String),
     #[error("no session became free within {} s", SESSION_WAIT.as_secs())]
     Busy,
 }
 
 impl TokenError {
-    /// Whether the connection's sessions, or the module's view of the token, cannot be
-    /// trusted any more: the module is started over and the user logged in again.
-    fn is_lost(&self) -> bool {
+    /// Whether `connection`'s sessions, or the module's view of the token, cannot be
+    /// trusted any more: the module is started over and the user logged in again. A key
+    /// not found does so at most every [`NOT_FOUND_RESTART_AFTER`] (a token that was away
+    /// is only read again by a module started over; a key really gone must not restart
+    /// the module for every request of the other keys).
+    fn is_lost(&self, connection: &Connection) -> bool {
         match self {
             Self::Module(e) => is_connection_lost(e),
-            Self::NotFound(_) => true,
-            Self::Down(_) | Self::Busy => false,
+            Self::NotFound(_) => connection.opened_at.elapsed() >= NOT_FOUND_RESTART_AFTER,
+            Self::Down(_) | Self::Refused(_) | Self::Busy => false,
         }
     }
 }
@@ -547,13 +662,13 @@ impl Token {
     fn new(config: Pkcs11Config) -> Result<Self, String> {
         let context = Pkcs11::new(&config.module)
             .map_err(|e| format!("cannot load module {}: {e}", config.module.display()))?;
-        let token = Self {
+        // Started at the first use, like the login: a module that cannot start now (its
+        // token's storage away) is a token that is down, not a command that cannot run.
+        Ok(Self {
             config,
             context,
             state: Mutex::new(State::default()),
-        };
-        token.initialize()?;
-        Ok(token)
+        })
     }
 
     fn initialize(&self) -> Result<(), String> {
@@ -585,31 +700,44 @@ impl Token {
         {
             return Err(why.clone());
         }
-        if state.lost.strong_count() > 0 {
-            let why = state.down.as_ref().map_or("", |(why, _)| why.as_str());
-            return Err(format!("{why} (reconnecting once the sessions in use end)"));
+        if let Some(lost) = &state.lost {
+            if Arc::strong_count(lost) > 1 {
+                let why = state.down.as_ref().map_or("", |(why, _)| why.as_str());
+                return Err(format!("{why} (reconnecting once the sessions in use end)"));
+            }
+            // No other thread holds it: its sessions are closed here, under the lock,
+            // before the module is started over (C_Finalize must not meet a call in
+            // flight, nor a late C_CloseSession a new session).
+            state.lost = None;
+            // Started over so that it reads the token again (SoftHSM, like HSMs,
+            // forgets a token's objects once it was away); then a new login.
+            if state.initialized {
+                let _ = self.context.clone().finalize();
+                state.initialized = false;
+            }
         }
-        if state.generation > 0 {
-            // Every session of the lost connection is closed: start the module over, so
-            // that it reads the token again (SoftHSM, like HSMs, forgets a token's objects
-            // once it was away), then log in again.
-            let _ = self.context.clone().finalize();
+        if !state.initialized {
             if let Err(why) = self.initialize() {
                 state.down = Some((why.clone(), Instant::now() + RECONNECT_AFTER));
                 return Err(why);
             }
+            state.initialized = true;
         }
         state.generation += 1;
         match self.connect(state.generation) {
             Ok(connection) => {
                 let connection = Arc::new(connection);
                 state.live = Some(Arc::clone(&connection));
-                if state.down.take().is_some() {
+                if state.down.take().is_some() && state.generation > 1 {
                     tracing::info!(token = %self.name(), "the PKCS#11 token is back: signing again");
                 }
                 Ok(connection)
             }
             Err(why) => {
+                // Started over at the next try too: a module may list a token that came
+                // back only after a new C_Initialize. No session of it is open now.
+                let _ = self.context.clone().finalize();
+                state.initialized = false;
                 state.down = Some((why.clone(), Instant::now() + RECONNECT_AFTER));
                 Err(why)
             }
@@ -622,19 +750,29 @@ impl Token {
             .context
             .get_slots_with_initialized_token()
             .map_err(|e| format!("{name}: cannot list the slots: {e}"))?;
-        let slot = slots
+        let matching: Vec<Slot> = slots
             .into_iter()
-            .find(|slot| {
+            .filter(|slot| {
                 self.context
                     .get_token_info(*slot)
                     .is_ok_and(|info| info.label().trim_end() == self.config.token)
             })
-            .ok_or_else(|| {
-                format!(
+            .collect();
+        let slot = match matching.as_slice() {
+            [slot] => *slot,
+            [] => {
+                return Err(format!(
                     "{name} is not present in module {}",
                     self.config.module.display()
-                )
-            })?;
+                ));
+            }
+            more => {
+                return Err(format!(
+                    "{name}: {} tokens have this label; give each token its own",
+                    more.len()
+                ));
+            }
+        };
         let session = self
             .context
             .open_rw_session(slot)
@@ -651,8 +789,10 @@ impl Token {
             Err(e) => return Err(format!("{name}: login failed: {e}")),
         }
         Ok(Connection {
+            context: self.context.clone(),
             generation,
             slot,
+            opened_at: Instant::now(),
             max: self.config.sessions.max(1),
             idle: Mutex::new(vec![session]),
             opened: Mutex::new(1),
@@ -666,25 +806,33 @@ impl Token {
         if state.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
             tracing::warn!(token = %self.name(), reason = %why, "lost the PKCS#11 token: its keys cannot sign until it is back");
             state.live = None;
-            state.lost = Arc::downgrade(live);
+            state.lost = Some(Arc::clone(live));
             state.down = Some((why, Instant::now()));
         }
     }
 
     /// Runs `f` on a pooled session (with the connection's generation); when the token
-    /// answers that the session or the token is gone, the connection is dropped and `f`
-    /// is tried once more on a new one (a token back already), else the error returned.
+    /// answers that the session or the token is gone, the connection is dropped and, with
+    /// `retry`, `f` is tried once more on a new one (a token back already).
     fn with_session<T>(
         &self,
-        mut f: impl FnMut(&Session, u64) -> Result<T, TokenError>,
+        retry: bool,
+        mut f: impl FnMut(&Session, &Connection) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
-        let mut retried = false;
+        let mut retried = !retry;
         loop {
             let connection = self.connection().map_err(TokenError::Down)?;
-            let session = connection.take(&self.context)?;
-            match f(&session, connection.generation) {
-                Err(e) if e.is_lost() => {
-                    drop(session);
+            let outcome = connection
+                .take()
+                .and_then(|session| match f(&session, &connection) {
+                    Err(e) if e.is_lost(&connection) => Err(e),
+                    other => {
+                        connection.give_back(session);
+                        other
+                    }
+                });
+            match outcome {
+                Err(e) if e.is_lost(&connection) => {
                     self.lost(&connection, format!("{}: {e}", self.name()));
                     drop(connection);
                     if retried {
@@ -692,19 +840,22 @@ impl Token {
                     }
                     retried = true;
                 }
-                other => {
-                    connection.give_back(session);
-                    return other;
-                }
+                other => return other,
             }
         }
     }
 }
 
 impl Connection {
+    /// The token is there (`C_GetTokenInfo` answers): SoftHSM, like a token pulled out,
+    /// answers every search with nothing while it is away, and only this says why.
+    fn present(&self) -> Result<(), CkError> {
+        self.context.get_token_info(self.slot).map(|_| ())
+    }
+
     /// An idle session, a new one while fewer than the pool's size are open, or the
     /// first one given back within [`SESSION_WAIT`].
-    fn take(&self, context: &Pkcs11) -> Result<Session, TokenError> {
+    fn take(&self) -> Result<Session, TokenError> {
         let deadline = Instant::now() + SESSION_WAIT;
         let mut idle = lock(&self.idle);
         loop {
@@ -717,8 +868,10 @@ impl Connection {
                     *opened += 1;
                     drop(opened);
                     drop(idle);
-                    return context.open_ro_session(self.slot).map_err(|e| {
+                    // Read-write: any session may generate or destroy a key.
+                    return self.context.open_rw_session(self.slot).map_err(|e| {
                         *lock(&self.opened) -= 1;
+                        self.freed.notify_one();
                         TokenError::Module(e)
                     });
                 }
@@ -789,19 +942,22 @@ impl Pkcs11Uri {
                 .split_once('=')
                 .ok_or_else(|| format!("{uri:?}: attribute {part:?} has no value"))?;
             let value = percent_decode(value).ok_or_else(|| format!("{uri:?}: bad %-escape"))?;
-            match name {
-                "token" => {
-                    token = Some(
-                        String::from_utf8(value)
-                            .map_err(|_| format!("{uri:?}: token is not UTF-8"))?,
-                    )
-                }
-                "id" => id = Some(value),
-                "object" => object = String::from_utf8(value).ok(),
-                "type" if value == b"private" => {}
+            let slot = match name {
+                "token" => &mut token,
+                "id" => &mut id,
+                "object" => &mut object,
+                "type" if value == b"private" => continue,
                 _ => return Err(format!("{uri:?}: unexpected attribute {name:?}")),
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!("{uri:?}: attribute {name:?} given twice"));
             }
         }
+        let token = token
+            .map(String::from_utf8)
+            .transpose()
+            .map_err(|_| format!("{uri:?}: token is not UTF-8"))?;
+        let object = object.and_then(|o| String::from_utf8(o).ok());
         match (token, id) {
             (Some(token), Some(id)) if !id.is_empty() => Ok(Self { token, id, object }),
             _ => Err(format!("{uri:?} names no token and id")),
@@ -847,8 +1003,11 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -884,6 +1043,8 @@ mod tests {
             "pkcs11:token=t",
             "pkcs11:id=%01",
             "pkcs11:token=t;id=%0",
+            "pkcs11:token=t;id=%+F",
+            "pkcs11:token=t;id=%01;id=%02",
             "pkcs11:token=t;id=%01;slot-id=3",
             "file:token=t;id=%01",
         ] {
