@@ -119,6 +119,15 @@ fn check(context: &Context) -> Result<()> {
         };
         outln!("{:<width$} = {shown}", var.to_ascii_lowercase());
     }
+    if config.pkcs11.is_some() {
+        // Read (and its file's mode checked) before this point; never shown.
+        let shown = if config.pkcs11_pin.is_some() {
+            "set, redacted    (env JWT_ISSUER_PKCS11_PIN or JWT_ISSUER_PKCS11_PIN_FILE)"
+        } else {
+            "not set"
+        };
+        outln!("{:<width$} = {shown}", "pkcs11_pin");
+    }
     super::serve::server_config(context)?;
     if let Some(path) = &context.config.trusted_issuers {
         let federation = jwt_issuer::oauth::federation::Federation::load(path)

@@ -134,7 +134,13 @@ fn run_command(context: &Context, command: KeysCommand, audit: &AuditLog) -> Res
         KeysCommand::Rotate { alg, now } => rotate(&store, alg, now),
         KeysCommand::Revoke { kid } => {
             let successor = store.revoke(&kid).context("cannot revoke key")?;
-            outln!("revoked {kid}: removed from the JWKS and deleted");
+            if store.vault().is_some() {
+                outln!(
+                    "revoked {kid}: removed from the JWKS and deleted (a key in the HSM: destroyed there, now or once the token answers)"
+                );
+            } else {
+                outln!("revoked {kid}: removed from the JWKS and deleted");
+            }
             if let Some(successor) = successor {
                 outln!("{successor} signs now in its place");
             }

@@ -338,6 +338,9 @@ impl KeyStore {
         };
         let generated = self.transact(|manifest, pending, now| {
             if manifest.keys.iter().any(|k| k.is_published(now)) {
+                // Another process started first: ours are not recorded (and so, if made
+                // in a vault, destroyed after the commit).
+                pending.extend(fresh);
                 return Vec::new();
             }
             fresh
@@ -470,11 +473,17 @@ impl KeyStore {
         } else {
             None
         };
-        self.transact(|manifest, pending, now| {
+        let alg = record.alg;
+        let was_active = record.state == KeyState::Active;
+        let successor = self.transact(|manifest, pending, now| {
             let result = manifest.revoke(kid, now, fresh.as_ref().map(|k| k.kid().to_owned()));
             pending.extend(fresh);
             result.map_err(KeyStoreError::from)
-        })?
+        })??;
+        if was_active && successor.is_none() {
+            tracing::error!(kid = %kid, alg = %alg, "revoked the active {alg} key with no key to sign in its place: {alg} tokens are refused until one is generated");
+        }
+        Ok(successor)
     }
 
     /// The periodic duties of a server ([`Manifest::maintenance`]): remove retired keys

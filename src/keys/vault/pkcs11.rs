@@ -258,13 +258,18 @@ impl KeyVault for Pkcs11Vault {
             }
             Ok(params?)
         });
-        let params = made
-            .map_err(|e| self.error(e.to_string()))?
-            .map_err(|reason| {
-                // Unusable as made: not left in the token.
+        // Unusable as made, or made with an answer lost: not left in the token.
+        let params = match made {
+            Ok(Ok(params)) => params,
+            Ok(Err(reason)) => {
                 let _ = self.destroy_id(&id);
-                self.error(reason)
-            })?;
+                return Err(self.error(reason));
+            }
+            Err(e) => {
+                let _ = self.destroy_id(&id);
+                return Err(self.error(e.to_string()));
+            }
+        };
         let kid = Jwk::new(params.clone(), alg).kid;
         Ok(HeldKey {
             uri: Pkcs11Uri {
@@ -284,34 +289,36 @@ impl KeyVault for Pkcs11Vault {
             return Err(self.error(format!("{uri} is a key of another token")));
         }
         let id = parsed.id;
-        let found = self.with_session(|session, connection| {
+        let found = self.token.with_session(true, |session, connection| {
             let (private, public) = Self::objects(session, &id)?;
             let (&[private], &[public]) = (private.as_slice(), public.as_slice()) else {
-                return Ok(Err(if private.is_empty() {
-                    // Gone for good only if the token is there to say so.
+                if private.is_empty() {
+                    // Gone only if the token is there to say so; and a module that has
+                    // been up a while is started over once to be sure (a module may not
+                    // see what another process made since).
                     connection.present()?;
-                    None
-                } else {
-                    Some(format!(
-                        "{} private and {} public key objects have its id; expected one of each",
-                        private.len(),
-                        public.len()
-                    ))
-                }));
+                    return Err(TokenError::NotFound(0));
+                }
+                return Ok(Err(format!(
+                    "{} private and {} public key objects have its id; expected one of each",
+                    private.len(),
+                    public.len()
+                )));
             };
             if let Err(reason) = check_private(session, private, alg)? {
-                return Ok(Err(Some(reason)));
+                return Ok(Err(reason));
             }
-            Ok(read_public(session, public, alg)?.map_err(Some))
-        })?;
+            Ok(read_public(session, public, alg)?)
+        });
+        // The token there and the key not: destroyed. (A token away is an error of its
+        // own, so a published key is never dropped for it.)
         let params = match found {
-            Ok(params) => params,
-            // The token is there and the key is not: destroyed. (A token away is an
-            // error of its own above, so a published key is never dropped for it.)
-            Err(None) => {
+            Ok(Ok(params)) => params,
+            Ok(Err(reason)) => return Err(self.error(format!("{uri}: {reason}"))),
+            Err(TokenError::NotFound(_)) => {
                 return Err(self.error(format!("{uri}: its object is not in the token")));
             }
-            Err(Some(reason)) => return Err(self.error(format!("{uri}: {reason}"))),
+            Err(e) => return Err(self.error(e.to_string())),
         };
         let rsa_len = match &params {
             PublicKeyParams::Rsa { n, .. } => Some(n.len() * 3 / 4),
@@ -343,7 +350,9 @@ impl Pkcs11Vault {
         self.with_session(|session, connection| {
             let (private, public) = Self::objects(session, id)?;
             if private.is_empty() && public.is_empty() {
-                // Gone already, if the token is there to say so (one away finds nothing).
+                // Gone already, if the token was there before the search and still is
+                // (one away finds nothing).
+                connection.present()?;
                 return connection.present();
             }
             for handle in private.into_iter().chain(public) {
@@ -509,9 +518,15 @@ impl Pkcs11Key {
             Attribute::Id(self.id.clone()),
         ])?;
         let [handle] = found.as_slice() else {
+            if found.len() > 1 {
+                return Err(TokenError::Refused(format!(
+                    "{} private keys have the key's id",
+                    found.len()
+                )));
+            }
             // A token away finds nothing too: that is the connection lost.
             connection.present()?;
-            return Err(TokenError::NotFound(found.len()));
+            return Err(TokenError::NotFound(0));
         };
         // Found again (a new connection, another process's change): the object must
         // still be the non-extractable signing key the key was opened as.
@@ -576,14 +591,34 @@ impl SignatureBackend for Pkcs11Key {
     }
 
     /// The key's object is found in the token now (one look-up, no signature).
+    /// The token answers, and, when a session is free now (never waiting for one: a busy
+    /// pool is no reason to be unready), the key's object is found in it.
     fn health(&self) -> Result<(), String> {
-        self.token
-            .with_session(true, |session, connection| {
-                connection.present()?;
+        let failed = |e: TokenError| format!("{}: {e}", self.token.name());
+        let connection = self
+            .token
+            .connection()
+            .map_err(|e| failed(TokenError::Down(e)))?;
+        let checked = connection
+            .present()
+            .map_err(TokenError::Module)
+            .and_then(|()| {
+                let Some(session) = connection.take_idle() else {
+                    return Ok(());
+                };
                 *lock(&self.handle) = None;
-                self.handle(session, connection).map(|_| ())
-            })
-            .map_err(|e| format!("{}: {e}", self.token.name()))
+                let found = self.handle(&session, &connection).map(|_| ());
+                connection.give_back(session);
+                found
+            });
+        match checked {
+            Err(e) if e.is_lost(&connection) => {
+                self.token
+                    .lost(&connection, failed(TokenError::Down(e.to_string())));
+                Err(failed(e))
+            }
+            other => other.map_err(failed),
+        }
     }
 }
 
@@ -870,6 +905,8 @@ impl Connection {
                     drop(idle);
                     // Read-write: any session may generate or destroy a key.
                     return self.context.open_rw_session(self.slot).map_err(|e| {
+                        // Under the idle lock, so a waiter cannot miss the wake-up.
+                        let _idle = lock(&self.idle);
                         *lock(&self.opened) -= 1;
                         self.freed.notify_one();
                         TokenError::Module(e)
@@ -886,6 +923,11 @@ impl Connection {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// An idle session if there is one now.
+    fn take_idle(&self) -> Option<Session> {
+        lock(&self.idle).pop()
     }
 
     fn give_back(&self, session: Session) {
