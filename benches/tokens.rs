@@ -201,6 +201,45 @@ fn token_endpoint(c: &mut Criterion) {
             })
         })
     });
+    // The same, as the server runs it: behind the request log, with a subscriber at the
+    // default `info` level formatting the token's log line (written to a sink here; the
+    // binary appends it to a buffer that one thread writes out in batches).
+    let logged = rt.block_on(async {
+        let config = Config {
+            keys_dir: tmp.path().to_owned(),
+            ..Config::default()
+        };
+        let keys = KeyStore::new(tmp.path()).load().unwrap();
+        let state = AppState::from_config(&config, Issuer::parse(ISSUER).unwrap(), keys).unwrap();
+        test::init_service(
+            App::new()
+                .app_data(web::Data::new(state))
+                .wrap(jwt_issuer::server::request_log::RequestLog)
+                .configure(jwt_issuer::server::routes),
+        )
+        .await
+    });
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_ansi(false)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        c.bench_function("token-endpoint/client-credentials-es256-logged", |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let req = test::TestRequest::post()
+                        .uri("/oauth2/token")
+                        .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+                        .insert_header(("Authorization", auth.as_str()))
+                        .set_payload("grant_type=client_credentials")
+                        .to_request();
+                    let res = test::call_service(&logged, req).await;
+                    assert!(res.status().is_success());
+                })
+            })
+        });
+    });
     c.bench_function("token-endpoint/private-key-jwt-es256", |b| {
         b.iter_batched(
             assertion_body,

@@ -211,13 +211,6 @@ impl SignWith<'_> {
             Self::Hmac(_) => SigningAlg::Hs256,
         }
     }
-
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignatureFailed> {
-        match self {
-            Self::Key(k) => k.sign(message),
-            Self::Hmac(h) => Ok(aws_lc_rs::hmac::sign(&h.key, message).as_ref().to_vec()),
-        }
-    }
 }
 
 impl Signer {
@@ -359,29 +352,47 @@ impl Signer {
             jti: &jti,
             extra: &request.extra,
         };
-        // Serializing strings, numbers and a JSON map cannot fail.
-        let payload = serde_json::to_vec(&claims).unwrap_or_default();
-        let mut token = String::with_capacity(payload.len() * 4 / 3 + 500);
-        let cached = self
-            .headers
-            .iter()
-            .find(|(kid, typ, _)| kid == key.kid() && *typ == request.typ);
-        match cached {
-            Some((_, _, encoded)) => token.push_str(encoded),
-            None => URL_SAFE_NO_PAD
-                .encode_string(encode_header(key.alg(), key.kid(), request.typ), &mut token),
+        // Serializing strings, numbers and a JSON map cannot fail. Into a buffer of the
+        // thread's own, kept from token to token.
+        thread_local! {
+            static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let mut token = String::new();
+        PAYLOAD.with_borrow_mut(|payload| {
+            payload.clear();
+            let _ = serde_json::to_writer(&mut *payload, &claims);
+            token.reserve(payload.len() * 4 / 3 + 500);
+            let cached = self
+                .headers
+                .iter()
+                .find(|(kid, typ, _)| kid == key.kid() && *typ == request.typ);
+            match cached {
+                Some((_, _, encoded)) => token.push_str(encoded),
+                None => URL_SAFE_NO_PAD
+                    .encode_string(encode_header(key.alg(), key.kid(), request.typ), &mut token),
+            }
+            token.push('.');
+            URL_SAFE_NO_PAD.encode_string(&*payload, &mut token);
+        });
         let (issued_at, expires_at) = (claims.iat, claims.exp);
-        let signature = key
-            .sign(token.as_bytes())
-            .map_err(|source| SignError::Backend {
-                kid: key.kid().to_owned(),
-                source,
-            })?;
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        match key {
+            // The tag encoded where it is, without a copy.
+            SignWith::Hmac(h) => {
+                let tag = aws_lc_rs::hmac::sign(&h.key, token.as_bytes());
+                token.push('.');
+                URL_SAFE_NO_PAD.encode_string(tag.as_ref(), &mut token);
+            }
+            SignWith::Key(k) => {
+                let signature = k
+                    .sign(token.as_bytes())
+                    .map_err(|source| SignError::Backend {
+                        kid: k.kid().to_owned(),
+                        source,
+                    })?;
+                token.push('.');
+                URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+            }
+        }
         Ok(IssuedToken {
             token,
             jti,
@@ -476,8 +487,27 @@ fn jsonwebtoken_alg(alg: SigningAlg) -> jsonwebtoken::Algorithm {
 }
 
 /// 128 random bits, base64url: unique without coordination.
+/// A token id: 128 bits, unique and unpredictable without a system call per token: a
+/// process-wide counter through two keyed SipHash functions (a pseudo-random function
+/// family), their keys drawn from the system's generator once per process. Distinct
+/// counters give independent-looking outputs, so two tokens of one process share an id
+/// with probability 2^-128, as do tokens of two processes (their keys differ); nothing
+/// in an id tells how many tokens were issued.
 fn new_jti() -> String {
-    crate::secret::random_base64url::<16>()
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEYS: std::sync::OnceLock<[std::collections::hash_map::RandomState; 2]> =
+        std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let keys = KEYS.get_or_init(Default::default);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut id = [0u8; 16];
+    for (half, key) in id.chunks_exact_mut(8).zip(keys) {
+        let mut h = key.build_hasher();
+        h.write_u64(n);
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    URL_SAFE_NO_PAD.encode(id)
 }
 
 #[cfg(test)]
@@ -716,6 +746,13 @@ mod tests {
             empty.issue(&request("alice")),
             Err(SignError::NoActiveKey(SigningAlg::Es256))
         ));
+    }
+
+    #[test]
+    fn token_ids_are_distinct_and_of_128_bits() {
+        let ids: std::collections::HashSet<String> = (0..100_000).map(|_| new_jti()).collect();
+        assert_eq!(ids.len(), 100_000);
+        assert!(ids.iter().all(|id| id.len() == 22));
     }
 
     #[test]

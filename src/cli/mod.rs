@@ -15,6 +15,7 @@ mod bench;
 mod clients;
 mod config;
 mod keys;
+mod log_writer;
 mod serve;
 mod store;
 mod token;
@@ -501,18 +502,10 @@ fn with_defaults_in_help(cmd: clap::Command) -> clap::Command {
 ///
 /// JSON: one object per line, `timestamp` (RFC 3339 UTC), `level`, the event's fields
 /// flattened (`message` first), `target`; no span context (the server opens no spans).
-fn init_logging(
-    default_level: &str,
-    format: LogFormat,
-) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(default_level: &str, format: LogFormat) -> log_writer::FlushGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JWT_ISSUER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // The default 128k-line queue reserves megabytes up front; bursts beyond a few
-        // thousand lines wait for the writer instead.
-        .buffered_lines_limit(4096)
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = log_writer::BatchedStderr::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -214,15 +214,17 @@ fn given_request_id(headers: &HeaderMap) -> Option<String> {
 
 /// A fresh request id: 128 random bits, hex.
 fn new_request_id() -> String {
-    use std::fmt::Write as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     // The system's generator does not fail on a running system; all zeros would still be
     // a valid (if useless) id.
     let _ = aws_lc_rs::rand::fill(&mut bytes);
-    bytes.iter().fold(String::with_capacity(32), |mut hex, b| {
-        let _ = write!(hex, "{b:02x}");
-        hex
-    })
+    let mut hex = String::with_capacity(32);
+    for b in bytes {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    hex
 }
 
 /// The fixed path the request was for, or `unmatched` (the series and the log stay
