@@ -42,7 +42,7 @@ pub use jwks_cache::{JwksCache, JwksCacheOptions};
 pub(crate) use jws::unverified_segment;
 pub use key::{KeyRejected, KeyRing, VerifyingKey};
 pub use verified_cache::{
-    DEFAULT_VERIFIED_CACHE_ENTRIES, MAX_CACHED_PAYLOAD_BYTES, VerifiedCacheStats,
+    DEFAULT_VERIFIED_CACHE_ENTRIES, MAX_CACHED_CLAIMS_BYTES, VerifiedCacheStats,
 };
 pub use verifier::{DEFAULT_MAX_TOKEN_BYTES, Validation, Verifier};
 

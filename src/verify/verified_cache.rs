@@ -23,10 +23,13 @@ use super::key::KeyFingerprint;
 /// Default number of verified tokens a [`Verifier`](super::Verifier) remembers.
 pub const DEFAULT_VERIFIED_CACHE_ENTRIES: usize = 10_000;
 
-/// Largest payload segment (base64url, so about 3 KiB of JSON) whose claims are cached:
-/// the claims of an access token are a few hundred bytes, and a token carrying more is
-/// verified in full every time rather than let 10,000 entries hold 10,000 large documents.
-pub const MAX_CACHED_PAYLOAD_BYTES: usize = 4 * 1024;
+/// Largest claims cached, in bytes of memory once parsed (estimated as
+/// [`VerifiedCacheStats::approx_bytes`] counts them): the claims of an access token take
+/// 0.6-1.5 KiB, and a token carrying more is verified in full every time rather than let a
+/// full cache hold that many large documents. An entry thus takes about 4.3 KiB at most,
+/// and [`DEFAULT_VERIFIED_CACHE_ENTRIES`] of them about 45 MB at most (about 10 MB for
+/// ordinary access tokens).
+pub const MAX_CACHED_CLAIMS_BYTES: usize = 4 * 1024;
 
 /// What a verifier's cache of verified tokens holds and has done
 /// ([`Verifier::verified_cache_stats`](super::Verifier::verified_cache_stats)).
@@ -41,12 +44,13 @@ pub struct VerifiedCacheStats {
     /// time, whatever they decided).
     pub hits: u64,
     /// Look-ups that found no entry for the token with the key resolved now; the token was
-    /// then verified in full. Tokens never cached (no kid, no `exp`, claims over
-    /// [`MAX_CACHED_PAYLOAD_BYTES`]) are not looked up and not counted.
+    /// then verified in full. Tokens that are never looked up (no kid, a payload over
+    /// [`MAX_CACHED_CLAIMS_BYTES`] of JSON) are not counted; those looked up but not kept
+    /// (no `exp`, claims over [`MAX_CACHED_CLAIMS_BYTES`] parsed) are a miss every time.
     pub misses: u64,
-    /// Memory the entries take, estimated: the claims' JSON size times three (the parsed
-    /// map of strings and values is about that) plus a fixed cost per entry for the hash,
-    /// the key's fingerprint and the two indexes.
+    /// Memory the entries take, estimated: the parsed claims (the nodes of their maps,
+    /// 32 bytes a value, strings and arrays by capacity) plus a fixed cost per entry for
+    /// the hash, the key's fingerprint and the two indexes.
     pub approx_bytes: usize,
 }
 
@@ -76,9 +80,10 @@ impl VerifiedCache {
     }
 
     /// Whether a token whose payload segment has `payload_len` characters may be cached at
-    /// all (not looked up otherwise).
+    /// all (not looked up otherwise): parsed claims take at least about the size of their
+    /// JSON.
     pub(super) fn admits(payload_len: usize) -> bool {
-        payload_len <= MAX_CACHED_PAYLOAD_BYTES
+        payload_len / 4 * 3 <= MAX_CACHED_CLAIMS_BYTES
     }
 
     /// The claims `token` had when it verified, if the key that verified it is `key`;
@@ -111,21 +116,23 @@ impl VerifiedCache {
     }
 
     /// Remembers that `token` verified with `key` and has `claims`, until `expires` (the
-    /// first Unix second at which its claims no longer pass: `exp` plus the leeway). When
-    /// the cache is full, the entries expired at `now` are dropped, then, if it is still
-    /// full, the one that expires soonest.
+    /// first Unix second at which its claims no longer pass: `exp` plus the leeway), unless
+    /// the claims take more than [`MAX_CACHED_CLAIMS_BYTES`]. When the cache is full, the
+    /// entries expired at `now` are dropped, then, if it is still full, the one that
+    /// expires soonest.
     pub(super) fn insert(
         &self,
         token: TokenHash,
         key: KeyFingerprint,
-        claims: Arc<Map<String, Value>>,
-        json_len: usize,
+        claims: &Map<String, Value>,
         expires: u64,
         now: u64,
     ) {
-        if expires <= now {
+        let claims_bytes = map_bytes(claims);
+        if expires <= now || claims_bytes > MAX_CACHED_CLAIMS_BYTES {
             return;
         }
+        let claims = Arc::new(claims.clone());
         let mut entries = self.lock();
         entries.remove(&token);
         if entries.by_token.len() >= self.capacity {
@@ -140,7 +147,7 @@ impl VerifiedCache {
                 entries.remove(&old);
             }
         }
-        let approx_bytes = ENTRY_BYTES + json_len.saturating_mul(3);
+        let approx_bytes = ENTRY_BYTES + claims_bytes;
         entries.approx_bytes += approx_bytes;
         entries.by_expiry.insert((expires, token));
         entries.by_token.insert(
@@ -187,9 +194,45 @@ impl fmt::Debug for VerifiedCache {
     }
 }
 
-/// Fixed cost of an entry, estimated: the map's slot (hash, entry, control byte), the
-/// expiry index's (expiry, hash) and the claims' `Arc` header.
-const ENTRY_BYTES: usize = 32 + std::mem::size_of::<Entry>() + 1 + 8 + 32 + 16 + 16;
+/// Fixed cost of an entry, estimated: the map's slot (hash, entry and a control byte, at
+/// most 7/8 of the slots used), the expiry index's (expiry, hash; B-tree nodes about 2/3
+/// full), the claims' `Arc` header and map.
+const ENTRY_BYTES: usize = (size_of::<(TokenHash, Entry)>() + 1) * 8 / 7
+    + size_of::<(u64, TokenHash)>() * 3 / 2
+    + 16
+    + size_of::<Map<String, Value>>();
+
+/// One B-tree node of a claims map (serde_json's `Map` is a `BTreeMap`): 11 slots of key
+/// and value, and the lengths and parent link.
+const MAP_NODE_BYTES: usize = 11 * (size_of::<String>() + size_of::<Value>()) + 16;
+
+/// The heap a parsed JSON object takes, estimated: its B-tree nodes (one for up to 11
+/// members, then about one per 8), its keys, and its values. Bounded recursion: serde_json
+/// parses no deeper than 128 levels.
+fn map_bytes(map: &Map<String, Value>) -> usize {
+    let nodes = if map.len() <= 11 {
+        1
+    } else {
+        map.len().div_ceil(8)
+    };
+    nodes * MAP_NODE_BYTES
+        + map
+            .iter()
+            .map(|(k, v)| k.capacity() + value_bytes(v))
+            .sum::<usize>()
+}
+
+/// The heap a JSON value takes beyond its own 32 bytes (counted where it is held).
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.capacity(),
+        Value::Array(items) => {
+            items.capacity() * size_of::<Value>() + items.iter().map(value_bytes).sum::<usize>()
+        }
+        Value::Object(map) => map_bytes(map),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
 
 #[derive(Default)]
 struct Entries {
@@ -225,10 +268,10 @@ mod tests {
         hash
     }
 
-    fn claims() -> Arc<Map<String, Value>> {
+    fn claims() -> Map<String, Value> {
         let mut map = Map::new();
         map.insert("sub".into(), "alice".into());
-        Arc::new(map)
+        map
     }
 
     const KEY: KeyFingerprint = [7; 32];
@@ -237,45 +280,48 @@ mod tests {
     fn a_full_cache_drops_expired_entries_then_those_that_expire_soonest() {
         let cache = VerifiedCache::new(3);
         let now = 1_000;
-        cache.insert(token(1), KEY, claims(), 20, 1_001, now);
-        cache.insert(token(2), KEY, claims(), 20, 1_500, now);
-        cache.insert(token(3), KEY, claims(), 20, 1_200, now);
+        cache.insert(token(1), KEY, &claims(), 1_001, now);
+        cache.insert(token(2), KEY, &claims(), 1_500, now);
+        cache.insert(token(3), KEY, &claims(), 1_200, now);
         assert_eq!(cache.stats().entries, 3);
         // At 1_100, token 1 has expired: it goes, nothing else does.
-        cache.insert(token(4), KEY, claims(), 20, 1_400, 1_100);
+        cache.insert(token(4), KEY, &claims(), 1_400, 1_100);
         assert!(cache.get(&token(1), &KEY).is_none());
         for n in [2, 3, 4] {
             assert!(cache.get(&token(n), &KEY).is_some(), "token {n}");
         }
         // None has expired: the soonest to expire (token 3, at 1_200) goes.
-        cache.insert(token(5), KEY, claims(), 20, 1_300, 1_100);
+        cache.insert(token(5), KEY, &claims(), 1_300, 1_100);
         assert!(cache.get(&token(3), &KEY).is_none());
         for n in [2, 4, 5] {
             assert!(cache.get(&token(n), &KEY).is_some(), "token {n}");
         }
         let stats = cache.stats();
         assert_eq!((stats.entries, stats.capacity), (3, 3));
-        assert_eq!(stats.approx_bytes, 3 * (ENTRY_BYTES + 60));
+        assert_eq!(stats.approx_bytes, 3 * (ENTRY_BYTES + map_bytes(&claims())));
     }
 
     #[test]
     fn the_bound_holds_whatever_is_inserted() {
         let cache = VerifiedCache::new(10);
         for n in 0..1_000u16 {
-            cache.insert(token(n), KEY, claims(), 10, 2_000 + u64::from(n % 7), 1_000);
+            cache.insert(token(n), KEY, &claims(), 2_000 + u64::from(n % 7), 1_000);
             assert!(cache.stats().entries <= 10);
         }
         // The same token again replaces its entry.
-        cache.insert(token(999), KEY, claims(), 10, 5_000, 1_000);
+        cache.insert(token(999), KEY, &claims(), 5_000, 1_000);
         let stats = cache.stats();
         assert_eq!(stats.entries, 10);
-        assert_eq!(stats.approx_bytes, 10 * (ENTRY_BYTES + 30));
+        assert_eq!(
+            stats.approx_bytes,
+            10 * (ENTRY_BYTES + map_bytes(&claims()))
+        );
     }
 
     #[test]
     fn an_entry_is_used_only_with_the_key_that_verified_it() {
         let cache = VerifiedCache::new(10);
-        cache.insert(token(1), KEY, claims(), 10, 2_000, 1_000);
+        cache.insert(token(1), KEY, &claims(), 2_000, 1_000);
         assert!(cache.get(&token(1), &[8; 32]).is_none(), "another key");
         assert!(
             cache.get(&token(1), &KEY).is_none(),
@@ -289,9 +335,9 @@ mod tests {
     #[test]
     fn an_expired_token_is_not_inserted_and_the_debug_form_holds_no_claims() {
         let cache = VerifiedCache::new(10);
-        cache.insert(token(1), KEY, claims(), 10, 1_000, 1_000);
+        cache.insert(token(1), KEY, &claims(), 1_000, 1_000);
         assert_eq!(cache.stats().entries, 0);
-        cache.insert(token(2), KEY, claims(), 10, 1_001, 1_000);
+        cache.insert(token(2), KEY, &claims(), 1_001, 1_000);
         let debug = format!("{cache:?}");
         assert!(
             debug.contains("entries: 1") && !debug.contains("alice"),

@@ -192,7 +192,7 @@ enum KeySource {
 ///
 /// Not cached: tokens without a kid (tried against several keys), tokens without `exp`
 /// (nothing would end their entry), and tokens whose payload is over
-/// [`MAX_CACHED_PAYLOAD_BYTES`](super::MAX_CACHED_PAYLOAD_BYTES).
+/// [`MAX_CACHED_CLAIMS_BYTES`](super::MAX_CACHED_CLAIMS_BYTES).
 ///
 /// The cache belongs to the verifier and its clones: another verifier (another
 /// [`Validation`], another key set) has its own, so no decision taken under one set of
@@ -287,10 +287,11 @@ impl Verifier {
     /// [`DEFAULT_VERIFIED_CACHE_ENTRIES`]); 0 turns the cache off. Starts an empty cache.
     /// What is cached and why it is safe: [the type's documentation](Verifier).
     ///
-    /// An entry costs about 200 bytes plus three times the size of the token's claims
-    /// (an access token's are 200-500 bytes): 10,000 entries take about 10-20 MB at most.
-    /// Size it to the number of distinct tokens live at once (about the clients times
-    /// their tokens' lifetime over their renewal period), which is rarely more.
+    /// An entry takes about 1 KB for an ordinary access token, 4.3 KB at most
+    /// ([`MAX_CACHED_CLAIMS_BYTES`](super::MAX_CACHED_CLAIMS_BYTES)): the default 10,000
+    /// take about 10 MB, 45 MB at most. Size it to the distinct tokens live at once (about
+    /// each client's tokens within one token lifetime); beyond, the entries that expire
+    /// soonest are evicted and those tokens verified in full again.
     ///
     /// ```
     /// use jwt_issuer::verify::{KeyRing, Validation, Verifier};
@@ -561,13 +562,11 @@ impl Verifier {
             self.validation.check_claims(&claims, now)?;
             return into_claims(Value::Object(Map::clone(&claims)));
         }
-        let json_len = parsed.payload.len() / 4 * 3;
         let claims = verified_claims(parsed, key, &self.validation, self.allow_high_s, now)?;
         // No `exp`, nothing would end the entry: not cached.
         if let Some(exp) = claims.get("exp").and_then(numeric_date) {
             let expires = exp.saturating_add(self.validation.leeway.as_secs());
-            let kept = Arc::new(claims.clone());
-            verified.insert(hash, *key.fingerprint(), kept, json_len, expires, now);
+            verified.insert(hash, *key.fingerprint(), &claims, expires, now);
         }
         into_claims(Value::Object(claims))
     }
@@ -809,7 +808,7 @@ mod tests {
     use crate::SigningAlg;
     use crate::jwks::{Jwk, JwkSet, PublicKeyParams};
     use crate::secret::HmacSecret;
-    use crate::verify::MAX_CACHED_PAYLOAD_BYTES;
+    use crate::verify::MAX_CACHED_CLAIMS_BYTES;
     use crate::verify::key::{low_s, negate_s};
 
     const ISS: &str = "https://issuer.example";
@@ -1506,8 +1505,7 @@ mod tests {
         verifier.verified.as_ref().unwrap().insert(
             token_hash(&token),
             *key.fingerprint(),
-            Arc::new(object(claims())),
-            100,
+            &object(claims()),
             u64::MAX,
             0,
         );
@@ -1556,7 +1554,7 @@ mod tests {
         big_rules.max_token_bytes = 16 * 1024;
         let verifier = Verifier::fixed(ring(), big_rules);
         let mut c = claims();
-        c["pad"] = json!("x".repeat(MAX_CACHED_PAYLOAD_BYTES));
+        c["pad"] = json!("x".repeat(MAX_CACHED_CLAIMS_BYTES));
         let big = es256(&ec_header(), &c);
         for _ in 0..2 {
             verify_by(&verifier, &big).unwrap();
@@ -1564,8 +1562,17 @@ mod tests {
         assert_eq!(
             counts(&verifier),
             (0, 0, 0),
-            "large claims: verified in full"
+            "large claims: not even looked up"
         );
+        // Short JSON, but many values: large once parsed.
+        let mut c = claims();
+        c["groups"] = json!((0..200).collect::<Vec<u32>>());
+        let many = es256(&ec_header(), &c);
+        assert!(many.len() < 2_000);
+        for _ in 0..2 {
+            verify_by(&verifier, &many).unwrap();
+        }
+        assert_eq!(counts(&verifier), (0, 2, 0), "looked up, never kept");
     }
 
     #[test]
