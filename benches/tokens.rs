@@ -1,6 +1,7 @@
 //! criterion benches: sign and verify per algorithm through the service's own Signer and
-//! Verifier, the raw aws-lc primitive beside them (the floor), JWKS body build, the RFC 7638
-//! thumbprint, and the token endpoint handler without network.
+//! Verifier, the raw aws-lc primitive beside them (the floor), a verify answered from the
+//! Verifier's cache of verified tokens, JWKS body build, the RFC 7638 thumbprint, and the
+//! token endpoint handler without network.
 //!
 //! Run: `cargo bench --bench tokens` (add `-- --quick` for a short run).
 
@@ -61,6 +62,14 @@ fn sign_and_verify(c: &mut Criterion) {
                 Verifier::verify_with::<Value>(ring_for, black_box(&token), &validation).unwrap()
             })
         });
+        // The same token through a Verifier that has verified it once: header parse, key
+        // look-up, SHA-256 of the token, cache hit, claims checked again and cloned.
+        let verifier = Verifier::fixed(ring_for.clone(), validation.clone());
+        now_or_never(verifier.verify::<Value>(&token)).unwrap();
+        c.bench_function(&format!("verify-cached/{alg}"), |b| {
+            b.iter(|| now_or_never(verifier.verify::<Value>(black_box(&token))).unwrap())
+        });
+        assert!(verifier.verified_cache_stats().hits > 0);
         // The primitive alone, on the same signing input: what the rest costs on top.
         let (input, sig) = token.rsplit_once('.').unwrap();
         let sig =
@@ -75,6 +84,15 @@ fn sign_and_verify(c: &mut Criterion) {
                 b.iter(|| signing.sign(black_box(input.as_bytes())).unwrap())
             });
         }
+    }
+}
+
+/// The output of a future that never waits: a verifier over a fixed ring fetches nothing.
+fn now_or_never<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    match std::pin::pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => unreachable!("a verifier over a fixed ring never waits"),
     }
 }
 

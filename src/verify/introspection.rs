@@ -26,6 +26,7 @@ use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 use super::http::{self, printable};
+use super::jws::{TokenHash, token_hash};
 use super::{DEFAULT_LEEWAY, IntrospectionError, KeySetError, VerifyError};
 use crate::secret::ClientSecret;
 
@@ -395,18 +396,8 @@ impl fmt::Debug for Introspection {
     }
 }
 
-/// SHA-256 of a whole token: the cache key, so that the cache holds no token.
-type TokenHash = [u8; 32];
-
 /// The answer of one request, shared by the checks of one token while it is in flight.
 type Answer = OnceCell<Result<bool, IntrospectionError>>;
-
-fn token_hash(token: &str) -> TokenHash {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(digest.as_ref());
-    hash
-}
 
 fn unavailable(e: IntrospectionError) -> VerifyError {
     VerifyError::IntrospectionUnavailable(e)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256,
+    VerificationAlgorithm,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,6 +22,27 @@ pub struct VerifyingKey {
     kid: String,
     alg: SigningAlg,
     key: Material,
+    fingerprint: KeyFingerprint,
+}
+
+/// SHA-256 of a key's algorithm and material: what a verifier's cache of verified tokens
+/// compares, so that an entry is used only with the very key that verified it. The kid
+/// alone would not do: an issuer (or whoever controls its JWKS) may publish a kid again
+/// with other material. Stable across JWKS refetches of the same key.
+pub(crate) type KeyFingerprint = [u8; 32];
+
+/// The fingerprint of `material` (an EC point, an RSAPublicKey DER, an HMAC secret) for
+/// `alg`; length-prefixed and labelled so that no two inputs share a fingerprint.
+fn fingerprint(alg: SigningAlg, material: &[u8]) -> KeyFingerprint {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"jwt-issuer verifying key\0");
+    ctx.update(alg.as_str().as_bytes());
+    ctx.update(&[0]);
+    ctx.update(&(material.len() as u64).to_be_bytes());
+    ctx.update(material);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 #[derive(Clone)]
@@ -87,40 +109,43 @@ impl VerifyingKey {
                 .decode(s)
                 .map_err(|e| invalid(e.to_string()))
         };
-        let key = match (&jwk.params, jwk.alg) {
-            (PublicKeyParams::Ec { crv, x, y }, SigningAlg::Es256) if crv == "P-256" => {
-                let (x, y) = (b64(x)?, b64(y)?);
-                if x.len() != 32 || y.len() != 32 {
-                    return Err(invalid("P-256 coordinates must be 32 bytes".into()));
+        let (algorithm, material): (&'static dyn VerificationAlgorithm, Vec<u8>) =
+            match (&jwk.params, jwk.alg) {
+                (PublicKeyParams::Ec { crv, x, y }, SigningAlg::Es256) if crv == "P-256" => {
+                    let (x, y) = (b64(x)?, b64(y)?);
+                    if x.len() != 32 || y.len() != 32 {
+                        return Err(invalid("P-256 coordinates must be 32 bytes".into()));
+                    }
+                    let mut point = Vec::with_capacity(65);
+                    point.push(0x04);
+                    point.extend_from_slice(&x);
+                    point.extend_from_slice(&y);
+                    (&ECDSA_P256_SHA256_FIXED, point)
                 }
-                let mut point = Vec::with_capacity(65);
-                point.push(0x04);
-                point.extend_from_slice(&x);
-                point.extend_from_slice(&y);
-                ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
-            }
-            (PublicKeyParams::Rsa { n, e }, SigningAlg::Rs256) => {
-                let (n, e) = (b64(n)?, b64(e)?);
-                let der = rsa_public_key_der(&n, &e).map_err(invalid)?;
-                ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, der)
-            }
-            (PublicKeyParams::Rsa { n, e }, SigningAlg::Ps256) => {
-                let (n, e) = (b64(n)?, b64(e)?);
-                let der = rsa_public_key_der(&n, &e).map_err(invalid)?;
-                ParsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, der)
-            }
-            _ => {
-                return Err(KeyRejected::AlgMismatch {
-                    kid: jwk.kid.clone(),
-                    alg: jwk.alg,
-                });
-            }
-        }
-        .map_err(|e| invalid(e.to_string()))?;
+                (PublicKeyParams::Rsa { n, e }, SigningAlg::Rs256) => {
+                    let (n, e) = (b64(n)?, b64(e)?);
+                    let der = rsa_public_key_der(&n, &e).map_err(invalid)?;
+                    (&RSA_PKCS1_2048_8192_SHA256, der)
+                }
+                (PublicKeyParams::Rsa { n, e }, SigningAlg::Ps256) => {
+                    let (n, e) = (b64(n)?, b64(e)?);
+                    let der = rsa_public_key_der(&n, &e).map_err(invalid)?;
+                    (&RSA_PSS_2048_8192_SHA256, der)
+                }
+                _ => {
+                    return Err(KeyRejected::AlgMismatch {
+                        kid: jwk.kid.clone(),
+                        alg: jwk.alg,
+                    });
+                }
+            };
+        let fingerprint = fingerprint(jwk.alg, &material);
+        let key = ParsedPublicKey::new(algorithm, material).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             kid: jwk.kid.clone(),
             alg: jwk.alg,
             key: Material::Public(key),
+            fingerprint,
         })
     }
 
@@ -133,6 +158,8 @@ impl VerifyingKey {
                 aws_lc_rs::hmac::HMAC_SHA256,
                 secret.expose_secret(),
             ))),
+            // A hash of the secret, kept beside the secret itself: it tells no more.
+            fingerprint: fingerprint(SigningAlg::Hs256, secret.expose_secret()),
         }
     }
 
@@ -144,6 +171,12 @@ impl VerifyingKey {
     /// The one algorithm this key verifies.
     pub fn alg(&self) -> SigningAlg {
         self.alg
+    }
+
+    /// Which key this is, material and algorithm: equal for the same key fetched twice,
+    /// different for another key under the same kid.
+    pub(crate) fn fingerprint(&self) -> &KeyFingerprint {
+        &self.fingerprint
     }
 
     /// Checks a raw JWS signature over `message`: PKCS#1 v1.5 SHA-256 for RS256, the

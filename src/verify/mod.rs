@@ -2,6 +2,12 @@
 //! pins the algorithm to the key, the actix-web extractor [`BearerClaims`], and
 //! [`Introspection`] (RFC 7662) for the routes where a revoked token must stop at once.
 //!
+//! A verifier remembers the tokens it has verified (bounded, on by default), so that a token
+//! presented again skips its signature check and payload parse, and nothing else: its
+//! header, its key (resolved from the current key set and required to be the very key that
+//! verified it) and its claims at the current time are checked on every call
+//! ([`Verifier#the-cache-of-verified-tokens`]).
+//!
 //! This module never imports `server`, `keys` or `oauth`: a verifier needs only public keys
 //! (and, to introspect, a client id and secret of its own).
 //!
@@ -24,6 +30,7 @@ mod introspection;
 mod jwks_cache;
 mod jws;
 mod key;
+mod verified_cache;
 mod verifier;
 
 pub use dpop::DEFAULT_DPOP_REPLAY_LIMIT;
@@ -34,6 +41,9 @@ pub use jwks_cache::{JwksCache, JwksCacheOptions};
 #[cfg(feature = "issuer")]
 pub(crate) use jws::unverified_segment;
 pub use key::{KeyRejected, KeyRing, VerifyingKey};
+pub use verified_cache::{
+    DEFAULT_VERIFIED_CACHE_ENTRIES, MAX_CACHED_CLAIMS_BYTES, VerifiedCacheStats,
+};
 pub use verifier::{DEFAULT_MAX_TOKEN_BYTES, Validation, Verifier};
 
 /// Default clock leeway for `exp` and `nbf`.

@@ -1,5 +1,6 @@
 //! [`Verifier`]: checks a compact JWS against a key ring, algorithm pinned to the key,
-//! then the registered claims.
+//! then the registered claims; remembers the tokens that passed ([`VerifiedCache`]) so
+//! that the signature of a token presented again is not checked again.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -14,7 +15,8 @@ use serde_json::{Map, Value};
 use super::dpop::{
     DEFAULT_DPOP_REPLAY_LIMIT, DpopError, DpopProof, ProofReplayCache, access_token_hash,
 };
-use super::jws::decode_json;
+use super::jws::{decode_json, token_hash};
+use super::verified_cache::{DEFAULT_VERIFIED_CACHE_ENTRIES, VerifiedCache, VerifiedCacheStats};
 use super::{DEFAULT_LEEWAY, Introspection, JwksCache, KeyRing, VerifyError, VerifyingKey};
 use crate::time::unix_now;
 
@@ -88,14 +90,11 @@ impl Validation {
 
     fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(), VerifyError> {
         let leeway = self.leeway.as_secs();
-        let mut required: Vec<&str> = self.required_claims.iter().map(String::as_str).collect();
-        if self.issuer.is_some() {
-            required.push("iss");
-        }
-        if self.audiences.is_some() {
-            required.push("aud");
-        }
-        if let Some(missing) = required.into_iter().find(|c| !claims.contains_key(*c)) {
+        // Run on every cache hit too: no allocation on the way.
+        let mut required = (self.required_claims.iter().map(String::as_str))
+            .chain(self.issuer.as_ref().map(|_| "iss"))
+            .chain(self.audiences.as_ref().map(|_| "aud"));
+        if let Some(missing) = required.find(|c| !claims.contains_key(*c)) {
             return Err(VerifyError::MissingClaim(missing.to_owned()));
         }
         let numeric = |name: &str| -> Result<Option<u64>, VerifyError> {
@@ -167,6 +166,40 @@ enum KeySource {
 /// A token bound to a key (`cnf.jkt`, RFC 9449) is accepted only with a proof of that key,
 /// through [`Verifier::verify_dpop`]; [`Verifier::verify`] refuses it
 /// ([`VerifyError::DpopBound`]). Clones share one replay cache of proofs.
+///
+/// # The cache of verified tokens
+///
+/// A service sees the same token many times (a client reuses its access token until it
+/// expires), and a full verification costs a signature check (ES256 about 50-90 µs, RS256
+/// about 20 µs) and a JSON parse. So a verifier remembers the tokens that passed, up to
+/// [`DEFAULT_VERIFIED_CACHE_ENTRIES`] by default ([`Verifier::with_verified_cache`] sizes
+/// it, [`Verifier::without_verified_cache`] turns it off), keyed by a SHA-256 of the whole
+/// token. Only successes are remembered; a token that fails is checked in full every time.
+///
+/// What a token found in the cache skips is the signature check and the parse of its
+/// payload, nothing else: each call still checks its size and header (`alg`, `kid`, `typ`,
+/// `crit`); resolves its key by kid from the key set as it is now (a remote set is fetched
+/// under the [`JwksCache`] rules, as without the cache); requires that key to be the very
+/// one that verified the entry (the same public material and algorithm, not just the same
+/// kid), so a token whose key has left the key set is refused
+/// ([`VerifyError::UnknownKey`]) at the first refresh that sees it gone, and one whose kid
+/// was published again with another key is verified in full against it; pins the header's
+/// `alg` to the key; and checks the claims again at the current time: `exp` and `nbf`
+/// with the leeway, `iss`, `aud`, the required claims. An entry is therefore never
+/// accepted past its `exp` plus the leeway, and is dropped first when the cache is full
+/// (then the entries that expire soonest). DPoP proofs ([`Verifier::verify_dpop`]) and
+/// introspection ([`Verifier::with_introspection`]) run on every call, after.
+///
+/// Not cached: tokens without a kid (tried against several keys), tokens without `exp`
+/// (nothing would end their entry), and tokens whose payload is over
+/// [`MAX_CACHED_CLAIMS_BYTES`](super::MAX_CACHED_CLAIMS_BYTES).
+///
+/// The cache belongs to the verifier and its clones: another verifier (another
+/// [`Validation`], another key set) has its own, so no decision taken under one set of
+/// rules is reused under another. Clones that only add introspection, DPoP requirements or
+/// a base URL share it (their local checks are the same); [`Verifier::allow_high_s`],
+/// which changes what verifies, starts a new one. [`Verifier::verified_cache_stats`]
+/// tells how it does.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     keys: KeySource,
@@ -177,6 +210,8 @@ pub struct Verifier {
     require_dpop: bool,
     base_url: Option<String>,
     dpop_replay: Arc<ProofReplayCache>,
+    /// None: off.
+    verified: Option<Arc<VerifiedCache>>,
 }
 
 impl Verifier {
@@ -191,6 +226,7 @@ impl Verifier {
             require_dpop: false,
             base_url: None,
             dpop_replay: Arc::new(ProofReplayCache::new(DEFAULT_DPOP_REPLAY_LIMIT)),
+            verified: Some(Arc::new(VerifiedCache::new(DEFAULT_VERIFIED_CACHE_ENTRIES))),
         }
     }
 
@@ -205,6 +241,7 @@ impl Verifier {
             require_dpop: false,
             base_url: None,
             dpop_replay: Arc::new(ProofReplayCache::new(DEFAULT_DPOP_REPLAY_LIMIT)),
+            verified: Some(Arc::new(VerifiedCache::new(DEFAULT_VERIFIED_CACHE_ENTRIES))),
         }
     }
 
@@ -234,9 +271,54 @@ impl Verifier {
     /// let verifier = Verifier::fixed(keys, Validation::new("https://other.example", ["api"]))
     ///     .allow_high_s();
     /// ```
+    ///
+    /// Starts an empty cache of verified tokens (of the same capacity): a clone that
+    /// refuses high-S signatures must not find a high-S token this one accepted.
     pub fn allow_high_s(mut self) -> Self {
         self.allow_high_s = true;
+        self.verified = self
+            .verified
+            .as_ref()
+            .map(|cache| Arc::new(VerifiedCache::new(cache.capacity())));
         self
+    }
+
+    /// Remembers at most `capacity` verified tokens (default
+    /// [`DEFAULT_VERIFIED_CACHE_ENTRIES`]); 0 turns the cache off. Starts an empty cache.
+    /// What is cached and why it is safe: [the type's documentation](Verifier).
+    ///
+    /// An entry takes about 1 KB for an ordinary access token, 4.3 KB at most
+    /// ([`MAX_CACHED_CLAIMS_BYTES`](super::MAX_CACHED_CLAIMS_BYTES)): the default 10,000
+    /// take about 10 MB, 45 MB at most. Size it to the distinct tokens live at once (about
+    /// each client's tokens within one token lifetime); beyond, the entries that expire
+    /// soonest are evicted and those tokens verified in full again.
+    ///
+    /// ```
+    /// use jwt_issuer::verify::{KeyRing, Validation, Verifier};
+    /// let keys = KeyRing::from_json(br#"{"keys":[]}"#).unwrap();
+    /// let verifier = Verifier::fixed(keys, Validation::new("https://auth.example.com", ["orders-api"]))
+    ///     .with_verified_cache(50_000);
+    /// assert_eq!(verifier.verified_cache_stats().capacity, 50_000);
+    /// ```
+    #[must_use]
+    pub fn with_verified_cache(mut self, capacity: usize) -> Self {
+        self.verified = (capacity > 0).then(|| Arc::new(VerifiedCache::new(capacity)));
+        self
+    }
+
+    /// Verifies every token in full, every time (no cache of verified tokens).
+    #[must_use]
+    pub fn without_verified_cache(self) -> Self {
+        self.with_verified_cache(0)
+    }
+
+    /// The cache of verified tokens: entries, capacity (0 when off), hits, misses and an
+    /// estimate of its memory. Shared by this verifier's clones.
+    pub fn verified_cache_stats(&self) -> VerifiedCacheStats {
+        self.verified
+            .as_ref()
+            .map(|cache| cache.stats())
+            .unwrap_or_default()
     }
 
     /// Also requires the issuer to hold the token active (RFC 7662 introspection), after
@@ -429,26 +511,86 @@ impl Verifier {
         &self,
         token: &str,
     ) -> Result<T, VerifyError> {
+        self.verify_locally_at(token, unix_now).await
+    }
+
+    /// [`Verifier::verify_locally`] with the time from `clock`, read once the key is
+    /// resolved (a key set fetch may take seconds); tests move it.
+    async fn verify_locally_at<T: DeserializeOwned + 'static>(
+        &self,
+        token: &str,
+        clock: impl Fn() -> u64,
+    ) -> Result<T, VerifyError> {
         let parsed = parse(token, &self.validation)?;
-        if parsed.kid.is_none() && self.allow_missing_kid {
+        let Some(kid) = parsed.kid.as_deref() else {
+            // Never cached: such a token is tried against several keys.
+            return self.verify_kidless(parsed, clock).await;
+        };
+        // Resolved from the key set as it is now on every call, cached token or not: a key
+        // that left the set no longer verifies anything (UnknownKey).
+        let key = match &self.keys {
+            KeySource::Fixed(ring) => ring.find(kid)?.clone(),
+            KeySource::Remote(cache) => cache.key(kid).await?,
+        };
+        let now = clock();
+        match &self.verified {
+            Some(verified) => self.verify_cached(verified, token, parsed, &key, now),
+            None => finish(parsed, &key, &self.validation, self.allow_high_s, now),
+        }
+    }
+
+    /// `token` with its key resolved: from the cache when it holds the token as verified
+    /// by this very key, else verified in full and, if it passes, remembered.
+    fn verify_cached<T: DeserializeOwned + 'static>(
+        &self,
+        verified: &VerifiedCache,
+        token: &str,
+        parsed: Parsed<'_>,
+        key: &VerifyingKey,
+        now: u64,
+    ) -> Result<T, VerifyError> {
+        if !VerifiedCache::admits(parsed.payload.len()) {
+            return finish(parsed, key, &self.validation, self.allow_high_s, now);
+        }
+        // The algorithm pin, hit or miss (`finish` checks it first on a miss too).
+        if parsed.alg != key.alg().as_str() {
+            return Err(VerifyError::AlgorithmNotAllowed);
+        }
+        let hash = token_hash(token);
+        if let Some(claims) = verified.get(&hash, key.fingerprint()) {
+            // The signature held for this key; the claims are judged again, now.
+            self.validation.check_claims(&claims, now)?;
+            return into_claims(Value::Object(Map::clone(&claims)));
+        }
+        let claims = verified_claims(parsed, key, &self.validation, self.allow_high_s, now)?;
+        // No `exp`, nothing would end the entry: not cached.
+        if let Some(exp) = claims.get("exp").and_then(numeric_date) {
+            let expires = exp.saturating_add(self.validation.leeway.as_secs());
+            verified.insert(hash, *key.fingerprint(), &claims, expires, now);
+        }
+        into_claims(Value::Object(claims))
+    }
+
+    /// A token that names no key: with [`Verifier::allow_missing_kid`], each key of its
+    /// algorithm is tried; otherwise only a fixed ring's shared secrets are (other HS256
+    /// libraries set no kid).
+    async fn verify_kidless<T: DeserializeOwned + 'static>(
+        &self,
+        parsed: Parsed<'_>,
+        clock: impl Fn() -> u64,
+    ) -> Result<T, VerifyError> {
+        if self.allow_missing_kid {
             let ring = match &self.keys {
                 KeySource::Fixed(ring) => ring.clone(),
                 KeySource::Remote(cache) => cache.keys().await?,
             };
-            return verify_without_kid(&ring, parsed, &self.validation, self.allow_high_s);
+            return verify_without_kid(&ring, parsed, &self.validation, self.allow_high_s, clock());
         }
         match &self.keys {
             KeySource::Fixed(ring) => {
-                verify_parsed(ring, parsed, &self.validation, self.allow_high_s)
+                verify_parsed(ring, parsed, &self.validation, self.allow_high_s, clock())
             }
-            KeySource::Remote(cache) => {
-                let kid = parsed
-                    .kid
-                    .as_deref()
-                    .ok_or(VerifyError::Malformed("kid is missing"))?;
-                let key = cache.key(kid).await?;
-                finish(parsed, &key, &self.validation, self.allow_high_s)
-            }
+            KeySource::Remote(_) => Err(VerifyError::Malformed("kid is missing")),
         }
     }
 
@@ -459,6 +601,8 @@ impl Verifier {
     /// This checks the token alone: a DPoP-bound token (`cnf.jkt`) is accepted here, its
     /// binding left to the caller (the issuer's introspection shows it). A service
     /// answering requests uses [`Verifier::verify`] or [`Verifier::verify_dpop`].
+    ///
+    /// Verifies in full every time: there is no verifier here to remember the token.
     ///
     /// # Errors
     /// As [`Verifier::verify`], but for `DpopBound`.
@@ -477,7 +621,8 @@ fn verify_ring<T: DeserializeOwned + 'static>(
     validation: &Validation,
     allow_high_s: bool,
 ) -> Result<T, VerifyError> {
-    verify_parsed(keys, parse(token, validation)?, validation, allow_high_s)
+    let parsed = parse(token, validation)?;
+    verify_parsed(keys, parsed, validation, allow_high_s, unix_now())
 }
 
 fn verify_parsed<T: DeserializeOwned + 'static>(
@@ -485,15 +630,16 @@ fn verify_parsed<T: DeserializeOwned + 'static>(
     parsed: Parsed<'_>,
     validation: &Validation,
     allow_high_s: bool,
+    now: u64,
 ) -> Result<T, VerifyError> {
     match parsed.kid.clone() {
-        Some(kid) => finish(parsed, keys.find(&kid)?, validation, allow_high_s),
+        Some(kid) => finish(parsed, keys.find(&kid)?, validation, allow_high_s, now),
         // Tokens from other HS256 libraries carry no kid: try the shared secrets in order
         // (current, then previous), never a public key.
         None => {
             let mut result = Err(VerifyError::Malformed("kid is missing"));
             for key in keys.secret_keys() {
-                result = finish(parsed.clone(), key, validation, allow_high_s);
+                result = finish(parsed.clone(), key, validation, allow_high_s, now);
                 if result.as_ref().is_ok() || !matches!(result, Err(VerifyError::BadSignature)) {
                     break;
                 }
@@ -510,11 +656,12 @@ fn verify_without_kid<T: DeserializeOwned + 'static>(
     parsed: Parsed<'_>,
     validation: &Validation,
     allow_high_s: bool,
+    now: u64,
 ) -> Result<T, VerifyError> {
     let mut result = Err(VerifyError::UnknownKey);
     // Bounded: a kidless token must not cost one RSA verification per key of a large set.
     for key in keys.keys_for_alg(&parsed.alg).take(MAX_KIDLESS_KEYS) {
-        result = finish(parsed.clone(), key, validation, allow_high_s);
+        result = finish(parsed.clone(), key, validation, allow_high_s, now);
         if !matches!(result, Err(VerifyError::BadSignature | VerifyError::HighS)) {
             break;
         }
@@ -589,12 +736,31 @@ struct HeaderFields<'a> {
     crit: Option<serde::de::IgnoredAny>,
 }
 
+/// The full verification of a parsed token with its key, at `now`: the claims as `T`.
 fn finish<T: DeserializeOwned + 'static>(
     parsed: Parsed<'_>,
     key: &VerifyingKey,
     validation: &Validation,
     allow_high_s: bool,
+    now: u64,
 ) -> Result<T, VerifyError> {
+    into_claims(Value::Object(verified_claims(
+        parsed,
+        key,
+        validation,
+        allow_high_s,
+        now,
+    )?))
+}
+
+/// Algorithm pin, signature, payload, claims at `now`: the claims once all hold.
+fn verified_claims(
+    parsed: Parsed<'_>,
+    key: &VerifyingKey,
+    validation: &Validation,
+    allow_high_s: bool,
+    now: u64,
+) -> Result<Map<String, Value>, VerifyError> {
     // RFC 8725 section 3.1: the key decides the algorithm. `none`, HS256 with a public
     // key as secret, or RS256 against an EC key all end here.
     if parsed.alg != key.alg().as_str() {
@@ -608,8 +774,8 @@ fn finish<T: DeserializeOwned + 'static>(
     key.check(parsed.signing_input.as_bytes(), &sig[..len], allow_high_s)?;
     let claims: Map<String, Value> = decode_json(parsed.payload)
         .ok_or(VerifyError::Malformed("payload is not base64url JSON"))?;
-    validation.check_claims(&claims, unix_now())?;
-    into_claims(Value::Object(claims))
+    validation.check_claims(&claims, now)?;
+    Ok(claims)
 }
 
 /// The claims as `T`; claims asked for as a JSON value are handed over as parsed, not
@@ -642,6 +808,7 @@ mod tests {
     use crate::SigningAlg;
     use crate::jwks::{Jwk, JwkSet, PublicKeyParams};
     use crate::secret::HmacSecret;
+    use crate::verify::MAX_CACHED_CLAIMS_BYTES;
     use crate::verify::key::{low_s, negate_s};
 
     const ISS: &str = "https://issuer.example";
@@ -1109,5 +1276,338 @@ mod tests {
             Verifier::verify_with::<Value>(&ring, &stranger, &validation()),
             Err(VerifyError::BadSignature)
         );
+    }
+
+    // The cache of verified tokens.
+
+    /// The output of a future that never waits: a fixed ring fetches nothing.
+    fn now_or_never<F: std::future::Future>(future: F) -> F::Output {
+        use std::task::{Context, Poll, Waker};
+        let mut cx = Context::from_waker(Waker::noop());
+        match std::pin::pin!(future).poll(&mut cx) {
+            Poll::Ready(output) => output,
+            Poll::Pending => unreachable!("a verifier over a fixed ring never waits"),
+        }
+    }
+
+    fn verify_by(verifier: &Verifier, token: &str) -> Result<Value, VerifyError> {
+        now_or_never(verifier.verify(token))
+    }
+
+    /// `verify_by` with the clock at `now`.
+    fn verify_at(verifier: &Verifier, token: &str, now: u64) -> Result<Value, VerifyError> {
+        now_or_never(verifier.verify_locally_at(token, || now))
+    }
+
+    /// (hits, misses, entries)
+    fn counts(verifier: &Verifier) -> (u64, u64, usize) {
+        let stats = verifier.verified_cache_stats();
+        (stats.hits, stats.misses, stats.entries)
+    }
+
+    /// A verifier with `verifier`'s cache but these keys and rules: what the cache would
+    /// see if the key set changed under it, or if it were shared with other rules.
+    fn sharing_cache(verifier: &Verifier, keys: KeyRing, validation: Validation) -> Verifier {
+        Verifier {
+            keys: KeySource::Fixed(Arc::new(keys)),
+            validation,
+            ..verifier.clone()
+        }
+    }
+
+    /// A fresh ES256 key pair, its JWK under `kid`.
+    fn other_ec_key(kid: &str) -> (EcdsaKeyPair, Jwk) {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let jwk = Jwk {
+            kid: kid.to_owned(),
+            ..Jwk::new(
+                PublicKeyParams::p256(&point[1..33], &point[33..65]),
+                SigningAlg::Es256,
+            )
+        };
+        (pair, jwk)
+    }
+
+    fn ring_of(keys: Vec<Jwk>) -> KeyRing {
+        KeyRing::from_jwk_set(&JwkSet { keys }).0
+    }
+
+    #[test]
+    fn a_token_verified_again_is_answered_from_the_cache_with_the_same_claims() {
+        let verifier = Verifier::fixed(ring(), validation());
+        assert_eq!(
+            verifier.verified_cache_stats().capacity,
+            DEFAULT_VERIFIED_CACHE_ENTRIES
+        );
+        let token = es256(&ec_header(), &claims());
+        let first = verify_by(&verifier, &token).unwrap();
+        assert_eq!(counts(&verifier), (0, 1, 1));
+        let second = verify_by(&verifier, &token).unwrap();
+        assert_eq!(second, first);
+        assert_eq!(counts(&verifier), (1, 1, 1));
+        // Clones share the cache; a typed caller gets the same claims.
+        #[derive(serde::Deserialize)]
+        struct Sub {
+            sub: String,
+        }
+        let typed: Sub = now_or_never(verifier.clone().verify(&token)).unwrap();
+        assert_eq!(typed.sub, "alice");
+        assert_eq!(counts(&verifier), (2, 1, 1));
+        let stats = verifier.verified_cache_stats();
+        assert!(
+            (200..2_000).contains(&stats.approx_bytes),
+            "{}",
+            stats.approx_bytes
+        );
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_from_its_exp_plus_the_leeway() {
+        let now = unix_now();
+        let mut c = claims();
+        c["exp"] = json!(now + 300);
+        let token = es256(&ec_header(), &c);
+        for leeway in [0, 60] {
+            let mut v = validation();
+            v.leeway = Duration::from_secs(leeway);
+            let verifier = Verifier::fixed(ring(), v);
+            verify_at(&verifier, &token, now).unwrap();
+            let limit = now + 300 + leeway;
+            assert!(verify_at(&verifier, &token, limit - 1).is_ok());
+            assert_eq!(
+                verify_at(&verifier, &token, limit),
+                Err(VerifyError::Expired),
+                "leeway {leeway}"
+            );
+            assert_eq!(counts(&verifier), (2, 1, 1), "both answered from the cache");
+        }
+        // nbf too is checked again: a token accepted within the leeway before its nbf...
+        let mut c = claims();
+        c["nbf"] = json!(now + 30);
+        let token = es256(&ec_header(), &c);
+        let verifier = Verifier::fixed(ring(), validation());
+        verify_at(&verifier, &token, now).unwrap();
+        // ...is refused by a clock that went back: 100 s before nbf, beyond the leeway.
+        assert_eq!(
+            verify_at(&verifier, &token, now - 70),
+            Err(VerifyError::NotYetValid)
+        );
+        assert_eq!(counts(&verifier).0, 1);
+    }
+
+    #[test]
+    fn a_tampered_token_misses_and_fails() {
+        let verifier = Verifier::fixed(ring(), validation());
+        let token = es256(&ec_header(), &claims());
+        verify_by(&verifier, &token).unwrap();
+        let payload_at = token.find('.').unwrap() + 5;
+        let mut bytes = token.clone().into_bytes();
+        bytes[payload_at] = if bytes[payload_at] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        let tampered = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            verify_by(&verifier, &tampered),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(counts(&verifier), (0, 2, 1), "a miss, and not cached");
+        assert_eq!(
+            verify_by(&verifier, &tampered),
+            Err(VerifyError::BadSignature),
+            "a failure is not remembered"
+        );
+        assert!(verify_by(&verifier, &token).is_ok());
+        assert_eq!(counts(&verifier), (1, 3, 1));
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_its_capacity() {
+        let verifier = Verifier::fixed(ring(), validation()).with_verified_cache(3);
+        let tokens: Vec<String> = (0..10)
+            .map(|n| {
+                let mut c = claims();
+                c["sub"] = json!(format!("client-{n}"));
+                c["exp"] = json!(unix_now() + 300 + n);
+                es256(&ec_header(), &c)
+            })
+            .collect();
+        for token in &tokens {
+            verify_by(&verifier, token).unwrap();
+            assert!(counts(&verifier).2 <= 3);
+        }
+        let stats = verifier.verified_cache_stats();
+        assert_eq!((stats.entries, stats.capacity), (3, 3));
+        // The soonest to expire were evicted: the last three (latest exp) are kept.
+        for token in &tokens[7..] {
+            verify_by(&verifier, token).unwrap();
+        }
+        assert_eq!(counts(&verifier), (3, 10, 3));
+    }
+
+    #[test]
+    fn another_verifier_does_not_reuse_a_decision_and_a_hit_still_checks_the_claims() {
+        let orders = Verifier::fixed(ring(), validation());
+        let token = es256(&ec_header(), &claims());
+        verify_by(&orders, &token).unwrap();
+        let billing = Verifier::fixed(ring(), Validation::new(ISS, ["billing"]));
+        assert_eq!(verify_by(&billing, &token), Err(VerifyError::WrongAudience));
+        assert_eq!(counts(&billing), (0, 1, 0), "its own cache");
+        // Even were the cache shared, a hit is judged by the rules of the verifier asking.
+        let shared = sharing_cache(&orders, ring(), Validation::new(ISS, ["billing"]));
+        assert_eq!(verify_by(&shared, &token), Err(VerifyError::WrongAudience));
+        let other_issuer = sharing_cache(&orders, ring(), Validation::new("https://x", ["orders"]));
+        assert_eq!(
+            verify_by(&other_issuer, &token),
+            Err(VerifyError::WrongIssuer)
+        );
+        assert_eq!(counts(&orders), (2, 1, 1), "both were hits");
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_its_key_left_the_key_set_or_was_replaced() {
+        let verifier = Verifier::fixed(ring(), validation());
+        let token = es256(&ec_header(), &claims());
+        verify_by(&verifier, &token).unwrap();
+        // The same cache over the key set without the EC key: the kid is unknown now.
+        let removed = sharing_cache(&verifier, ring_of(vec![rsa_jwk().clone()]), validation());
+        assert_eq!(verify_by(&removed, &token), Err(VerifyError::UnknownKey));
+        assert_eq!(counts(&verifier), (0, 1, 1), "not even looked up");
+        // The kid published again with another key: the entry is not that key's.
+        let (_, impostor) = other_ec_key(&ec().1.kid);
+        let replaced = sharing_cache(
+            &verifier,
+            ring_of(vec![impostor, rsa_jwk().clone()]),
+            validation(),
+        );
+        assert_eq!(verify_by(&replaced, &token), Err(VerifyError::BadSignature));
+        assert_eq!(
+            counts(&verifier),
+            (0, 2, 0),
+            "a miss, and the entry dropped"
+        );
+        // The genuine key again: verified in full, cached again.
+        verify_by(&verifier, &token).unwrap();
+        verify_by(&verifier, &token).unwrap();
+        assert_eq!(counts(&verifier), (1, 3, 1));
+    }
+
+    #[test]
+    fn the_algorithm_pin_is_checked_before_the_cache() {
+        let verifier = Verifier::fixed(ring(), validation());
+        let mut header = ec_header();
+        header["alg"] = json!("RS256");
+        let token = es256(&header, &claims());
+        // An entry for it, as no verification would ever make: the pin still refuses.
+        let key = ring().find(&ec().1.kid).unwrap().clone();
+        verifier.verified.as_ref().unwrap().insert(
+            token_hash(&token),
+            *key.fingerprint(),
+            &object(claims()),
+            u64::MAX,
+            0,
+        );
+        assert_eq!(
+            verify_by(&verifier, &token),
+            Err(VerifyError::AlgorithmNotAllowed)
+        );
+        assert_eq!(counts(&verifier), (0, 0, 1));
+    }
+
+    #[test]
+    fn kidless_tokens_tokens_without_exp_and_large_ones_are_not_cached() {
+        let secret = secret("q3Vn0bZl8Xk2yTf7Wc1JpR5hM9sD4eGaLuQo6iNzB0t=");
+        let secrets = Verifier::fixed(KeyRing::from_secrets([&secret]), validation());
+        let kidless = hs256_with(secret.expose_secret(), &json!({"alg": "HS256"}), &claims());
+        let with_kid = hs256_with(
+            secret.expose_secret(),
+            &json!({"alg": "HS256", "kid": secret.kid()}),
+            &claims(),
+        );
+        for _ in 0..2 {
+            verify_by(&secrets, &kidless).unwrap();
+        }
+        assert_eq!(counts(&secrets), (0, 0, 0), "kidless: never looked up");
+        for _ in 0..2 {
+            verify_by(&secrets, &with_kid).unwrap();
+        }
+        assert_eq!(counts(&secrets), (1, 1, 1), "an HS256 token with a kid is");
+
+        let mut no_exp_rules = validation();
+        no_exp_rules.required_claims.clear();
+        let verifier = Verifier::fixed(ring(), no_exp_rules);
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("exp");
+        let no_exp = es256(&ec_header(), &c);
+        for _ in 0..2 {
+            verify_by(&verifier, &no_exp).unwrap();
+        }
+        assert_eq!(
+            counts(&verifier),
+            (0, 2, 0),
+            "no exp: looked up, never kept"
+        );
+
+        let mut big_rules = validation();
+        big_rules.max_token_bytes = 16 * 1024;
+        let verifier = Verifier::fixed(ring(), big_rules);
+        let mut c = claims();
+        c["pad"] = json!("x".repeat(MAX_CACHED_CLAIMS_BYTES));
+        let big = es256(&ec_header(), &c);
+        for _ in 0..2 {
+            verify_by(&verifier, &big).unwrap();
+        }
+        assert_eq!(
+            counts(&verifier),
+            (0, 0, 0),
+            "large claims: not even looked up"
+        );
+        // Short JSON, but many values: large once parsed.
+        let mut c = claims();
+        c["groups"] = json!((0..200).collect::<Vec<u32>>());
+        let many = es256(&ec_header(), &c);
+        assert!(many.len() < 2_000);
+        for _ in 0..2 {
+            verify_by(&verifier, &many).unwrap();
+        }
+        assert_eq!(counts(&verifier), (0, 2, 0), "looked up, never kept");
+    }
+
+    #[test]
+    fn the_cache_can_be_sized_or_turned_off() {
+        let token = es256(&ec_header(), &claims());
+        for verifier in [
+            Verifier::fixed(ring(), validation()).without_verified_cache(),
+            Verifier::fixed(ring(), validation()).with_verified_cache(0),
+        ] {
+            for _ in 0..3 {
+                verify_by(&verifier, &token).unwrap();
+            }
+            assert_eq!(
+                verifier.verified_cache_stats(),
+                VerifiedCacheStats::default()
+            );
+        }
+        let sized = Verifier::fixed(ring(), validation()).with_verified_cache(7);
+        assert_eq!(sized.verified_cache_stats().capacity, 7);
+        assert_eq!(
+            sized.allow_high_s().verified_cache_stats().capacity,
+            7,
+            "a new cache of the same size"
+        );
+    }
+
+    #[test]
+    fn allowing_high_s_starts_a_cache_of_its_own() {
+        let strict = Verifier::fixed(ring(), validation());
+        let lenient = strict.clone().allow_high_s();
+        let twin = high_s_twin(&es256(&ec_header(), &claims()));
+        verify_by(&lenient, &twin).unwrap();
+        verify_by(&lenient, &twin).unwrap();
+        assert_eq!(counts(&lenient), (1, 1, 1));
+        assert_eq!(verify_by(&strict, &twin), Err(VerifyError::HighS));
+        assert_eq!(counts(&strict), (0, 1, 0));
     }
 }

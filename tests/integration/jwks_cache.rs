@@ -882,3 +882,78 @@ fn an_issuer_or_jwks_url_without_a_scheme_is_named_not_fetched() {
         })
     );
 }
+
+/// The verifier's cache of verified tokens over a remote key set: a token it remembers is
+/// refused once its key has left the JWKS (at the refresh that sees it gone), and verified
+/// in full against the new key when its kid is published again with other material. Fails
+/// if the cache answered before the key is resolved from the current set.
+#[test]
+fn a_cached_token_is_refused_once_its_key_has_left_the_jwks() {
+    let key = EcKey::generate();
+    let other = EcKey::generate();
+    let server = Canned::start();
+    let publish = |keys: &[Jwk]| server.answer("/jwks.json", Answer::json(jwks_of(keys)));
+    publish(&[key.jwk.clone(), other.jwk.clone()]);
+    let cache = Arc::new(JwksCache::new(server.at("/jwks.json"), options()).unwrap());
+    let verifier = Verifier::remote(cache.clone(), Validation::new(&server.url, ["api"]));
+    let token = key.token(&key.jwk.kid, &server.url);
+    let counts = || {
+        let stats = verifier.verified_cache_stats();
+        (stats.hits, stats.misses, stats.entries)
+    };
+    let cooldown = options().cooldown;
+    run(async {
+        let first: Value = verifier.verify(&token).await.unwrap();
+        let second: Value = verifier.verify(&token).await.unwrap();
+        assert_eq!(first, second);
+        assert_eq!(counts(), (1, 1, 1), "verified once, then from the cache");
+
+        // A refetch of the same set keeps the entry: the key is the same key.
+        sleep_past(Instant::now(), cooldown).await;
+        cache.refresh().await;
+        assert!(verifier.verify::<Value>(&token).await.is_ok());
+        assert_eq!(counts(), (2, 1, 1));
+
+        // The issuer drops the key (revoked). Until the key set is refetched the token
+        // passes, as it would without the cache (the JWKS max-age decides that window)...
+        publish(std::slice::from_ref(&other.jwk));
+        assert!(verifier.verify::<Value>(&token).await.is_ok());
+        assert_eq!(counts(), (3, 1, 1));
+        // ...and from the refresh that sees the key gone, it is refused although cached.
+        sleep_past(Instant::now(), cooldown).await;
+        cache.refresh().await;
+        assert_eq!(
+            verifier.verify::<Value>(&token).await,
+            Err(VerifyError::UnknownKey)
+        );
+        assert_eq!(counts(), (3, 1, 1), "refused before the cache is looked at");
+        let others: Value = verifier
+            .verify(&other.token(&other.jwk.kid, &server.url))
+            .await
+            .expect("the remaining key still verifies");
+        assert_eq!(others["sub"], "attacker");
+
+        // The kid published again with another key: the entry is not that key's, and the
+        // token does not verify with it.
+        publish(&[other.jwk_as(&key.jwk.kid)]);
+        sleep_past(Instant::now(), cooldown).await;
+        cache.refresh().await;
+        assert_eq!(
+            verifier.verify::<Value>(&token).await,
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            counts(),
+            (3, 3, 1),
+            "a miss; the entry for the old key dropped"
+        );
+
+        // The genuine key back: verified in full once, then from the cache again.
+        publish(&[key.jwk.clone(), other.jwk.clone()]);
+        sleep_past(Instant::now(), cooldown).await;
+        cache.refresh().await;
+        assert!(verifier.verify::<Value>(&token).await.is_ok());
+        assert!(verifier.verify::<Value>(&token).await.is_ok());
+        assert_eq!(counts(), (4, 4, 2));
+    });
+}
