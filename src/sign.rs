@@ -486,28 +486,49 @@ fn jsonwebtoken_alg(alg: SigningAlg) -> jsonwebtoken::Algorithm {
     }
 }
 
-/// 128 random bits, base64url: unique without coordination.
-/// A token id: 128 bits, unique and unpredictable without a system call per token: a
-/// process-wide counter through two keyed SipHash functions (a pseudo-random function
-/// family), their keys drawn from the system's generator once per process. Distinct
-/// counters give independent-looking outputs, so two tokens of one process share an id
-/// with probability 2^-128, as do tokens of two processes (their keys differ); nothing
-/// in an id tells how many tokens were issued.
+/// A token id: 128 bits, unique and unpredictable, without drawing randomness per token:
+/// the block (counter, process id) through AES-128 under a key drawn from the system's
+/// generator once per process. AES is a permutation, so distinct blocks give distinct ids:
+/// within a process the counter never repeats, a forked child has another process id
+/// (and draws its own key), and another process has another key. Without the key, an id
+/// tells nothing, not even how many tokens were issued. (A clone of a running process's
+/// memory, such as a VM snapshot started twice, repeats ids, as it repeats all its state.)
 fn new_jti() -> String {
-    use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
-    static KEYS: std::sync::OnceLock<[std::collections::hash_map::RandomState; 2]> =
-        std::sync::OnceLock::new();
+    static KEY: std::sync::Mutex<Option<(u32, std::sync::Arc<aws_lc_rs::cipher::EncryptingKey>)>> =
+        std::sync::Mutex::new(None);
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let keys = KEYS.get_or_init(Default::default);
+    let pid = std::process::id();
+    let key = {
+        let mut slot = KEY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*slot {
+            Some((owner, key)) if *owner == pid => std::sync::Arc::clone(key),
+            _ => {
+                let mut bytes = [0u8; 16];
+                // Fails only without any OS entropy source, where no key could be made.
+                if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+                    unreachable!("no system randomness");
+                }
+                let key =
+                    aws_lc_rs::cipher::UnboundCipherKey::new(&aws_lc_rs::cipher::AES_128, &bytes)
+                        .and_then(aws_lc_rs::cipher::EncryptingKey::ecb)
+                        .unwrap_or_else(|_| unreachable!("a 16-byte AES-128 key"));
+                let key = std::sync::Arc::new(key);
+                *slot = Some((pid, std::sync::Arc::clone(&key)));
+                key
+            }
+        }
+    };
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut id = [0u8; 16];
-    for (half, key) in id.chunks_exact_mut(8).zip(keys) {
-        let mut h = key.build_hasher();
-        h.write_u64(n);
-        half.copy_from_slice(&h.finish().to_le_bytes());
+    let mut block = [0u8; 16];
+    block[..8].copy_from_slice(&n.to_be_bytes());
+    block[8..12].copy_from_slice(&pid.to_be_bytes());
+    if key.encrypt(&mut block).is_err() {
+        unreachable!("one AES block in ECB mode");
     }
-    URL_SAFE_NO_PAD.encode(id)
+    URL_SAFE_NO_PAD.encode(block)
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use std::time::Duration;
 pub const GATHER: Duration = Duration::from_millis(5);
 /// Bytes gathered at which the writer thread is woken at once.
 const WRITE_AT: usize = 64 * 1024;
+/// How long the end of a command waits for the last lines to be written.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 /// Bytes waiting for stderr at which writers of new lines wait.
 const MAX_BUFFERED: usize = 4 * 1024 * 1024;
 
@@ -34,8 +36,11 @@ struct Shared {
     state: Mutex<State>,
     /// The writer thread waits here for a first line (or for [`WRITE_AT`] bytes).
     gathered: Condvar,
-    /// Writers wait here while [`MAX_BUFFERED`] bytes wait for stderr.
+    /// Writers wait here while [`MAX_BUFFERED`] bytes wait for stderr (so up to twice
+    /// that is held: the batch being written and the next one).
     drained: Condvar,
+    /// Set by the writer thread when it has written everything after the close.
+    finished: (Mutex<bool>, Condvar),
 }
 
 #[derive(Default)]
@@ -46,28 +51,36 @@ struct State {
 
 impl BatchedStderr {
     /// The writer and its guard; the writer thread runs until the guard is dropped.
-    pub fn start() -> (Self, FlushGuard) {
+    ///
+    /// # Errors
+    /// The writer thread cannot be started.
+    pub fn start() -> io::Result<(Self, FlushGuard)> {
         Self::start_with(io::stderr())
     }
 
-    fn start_with(mut out: impl Write + Send + 'static) -> (Self, FlushGuard) {
+    fn start_with(mut out: impl Write + Send + 'static) -> io::Result<(Self, FlushGuard)> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             gathered: Condvar::new(),
             drained: Condvar::new(),
+            finished: (Mutex::new(false), Condvar::new()),
         });
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("log-writer".into())
-                .spawn(move || shared.write_loop(&mut out))
-                .ok()
+                .spawn(move || {
+                    shared.write_loop(&mut out);
+                    let (done, finished) = &shared.finished;
+                    *done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+                    finished.notify_all();
+                })?
         };
         let guard = FlushGuard {
             shared: Arc::clone(&shared),
-            thread,
+            thread: Some(thread),
         };
-        (Self { shared }, guard)
+        Ok((Self { shared }, guard))
     }
 }
 
@@ -110,6 +123,11 @@ impl Shared {
 
     fn append(&self, line: &[u8]) {
         let mut state = self.lock();
+        if state.closed {
+            // After the guard: written at once (under the lock, so in order).
+            let _ = io::stderr().write_all(line);
+            return;
+        }
         while state.buffer.len() >= MAX_BUFFERED && !state.closed {
             state = self
                 .drained
@@ -131,15 +149,14 @@ impl Drop for FlushGuard {
         self.shared.lock().closed = true;
         self.shared.gathered.notify_one();
         self.shared.drained.notify_all();
-        match self.thread.take() {
-            Some(thread) => {
-                let _ = thread.join();
-            }
-            // No writer thread could be started: write what there is here.
-            None => {
-                let rest = std::mem::take(&mut self.shared.lock().buffer);
-                let _ = io::stderr().write_all(&rest);
-            }
+        // The rest is written, but an exit never waits long on a stderr nobody reads.
+        let (done, finished) = &self.shared.finished;
+        let done = done.lock().unwrap_or_else(PoisonError::into_inner);
+        let (done, _) = finished
+            .wait_timeout_while(done, EXIT_WAIT, |done| !*done)
+            .unwrap_or_else(PoisonError::into_inner);
+        if *done && let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -192,7 +209,7 @@ mod tests {
     #[test]
     fn lines_from_many_threads_arrive_whole_in_order_and_in_few_writes() {
         let recorder = Recorder::default();
-        let (writer, guard) = BatchedStderr::start_with(recorder.clone());
+        let (writer, guard) = BatchedStderr::start_with(recorder.clone()).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let writer = writer.clone();
@@ -227,7 +244,7 @@ mod tests {
     #[test]
     fn an_idle_log_costs_no_write() {
         let recorder = Recorder::default();
-        let (_writer, guard) = BatchedStderr::start_with(recorder.clone());
+        let (_writer, guard) = BatchedStderr::start_with(recorder.clone()).unwrap();
         std::thread::sleep(GATHER * 4);
         drop(guard);
         assert!(recorder.0.lock().unwrap().is_empty());

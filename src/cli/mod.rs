@@ -505,7 +505,13 @@ fn with_defaults_in_help(cmd: clap::Command) -> clap::Command {
 fn init_logging(default_level: &str, format: LogFormat) -> log_writer::FlushGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JWT_ISSUER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let (writer, guard) = log_writer::BatchedStderr::start();
+    let (writer, guard) = match log_writer::BatchedStderr::start() {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("error: cannot start the log's writer thread: {e}");
+            std::process::exit(1);
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
