@@ -127,7 +127,7 @@ fn jwks_and_thumbprint(c: &mut Criterion) {
 
 fn token_endpoint(c: &mut Criterion) {
     let tmp = tempfile::TempDir::new().unwrap();
-    let (keys, _) = KeyStore::new(tmp.path()).load_or_init().unwrap();
+    KeyStore::new(tmp.path()).load_or_init().unwrap();
     let secret = ClientStore::new(tmp.path())
         .add(NewClient {
             client_id: "svc".into(),
@@ -192,50 +192,45 @@ fn token_endpoint(c: &mut Criterion) {
         )
     );
     let rt = actix_web::rt::System::new();
-    let app = rt.block_on(async {
-        let config = Config {
-            keys_dir: tmp.path().to_owned(),
-            ..Config::default()
-        };
-        let state = AppState::from_config(&config, Issuer::parse(ISSUER).unwrap(), keys).unwrap();
-        test::init_service(
-            App::new()
-                .app_data(web::Data::new(state))
-                .configure(jwt_issuer::server::routes),
-        )
-        .await
-    });
-    c.bench_function("token-endpoint/client-credentials-es256", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let req = test::TestRequest::post()
-                    .uri("/oauth2/token")
-                    .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
-                    .insert_header(("Authorization", auth.as_str()))
-                    .set_payload("grant_type=client_credentials")
-                    .to_request();
-                let res = test::call_service(&app, req).await;
-                assert!(res.status().is_success());
-            })
-        })
-    });
-    // The same, as the server runs it: behind the request log, with a subscriber at the
-    // default `info` level formatting the token's log line (written to a sink here; the
-    // binary appends it to a buffer that one thread writes out in batches).
-    let logged = rt.block_on(async {
+    let state = || {
         let config = Config {
             keys_dir: tmp.path().to_owned(),
             ..Config::default()
         };
         let keys = KeyStore::new(tmp.path()).load().unwrap();
-        let state = AppState::from_config(&config, Issuer::parse(ISSUER).unwrap(), keys).unwrap();
-        test::init_service(
-            App::new()
-                .app_data(web::Data::new(state))
-                .wrap(jwt_issuer::server::request_log::RequestLog)
-                .configure(jwt_issuer::server::routes),
+        web::Data::new(
+            AppState::from_config(&config, Issuer::parse(ISSUER).unwrap(), keys).unwrap(),
         )
-        .await
+    };
+    let app = rt.block_on(test::init_service(
+        App::new()
+            .app_data(state())
+            .configure(jwt_issuer::server::routes),
+    ));
+    // The same, as the server runs it: behind the request log, with a subscriber at the
+    // default `info` level formatting the token's log line (written to a sink here; the
+    // binary appends it to a buffer that one thread writes out in batches).
+    let logged = rt.block_on(test::init_service(
+        App::new()
+            .app_data(state())
+            .wrap(jwt_issuer::server::request_log::RequestLog)
+            .configure(jwt_issuer::server::routes),
+    ));
+    let client_credentials = || {
+        test::TestRequest::post()
+            .uri("/oauth2/token")
+            .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+            .insert_header(("Authorization", auth.as_str()))
+            .set_payload("grant_type=client_credentials")
+            .to_request()
+    };
+    c.bench_function("token-endpoint/client-credentials-es256", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let res = test::call_service(&app, client_credentials()).await;
+                assert!(res.status().is_success());
+            })
+        })
     });
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
@@ -246,13 +241,7 @@ fn token_endpoint(c: &mut Criterion) {
         c.bench_function("token-endpoint/client-credentials-es256-logged", |b| {
             b.iter(|| {
                 rt.block_on(async {
-                    let req = test::TestRequest::post()
-                        .uri("/oauth2/token")
-                        .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
-                        .insert_header(("Authorization", auth.as_str()))
-                        .set_payload("grant_type=client_credentials")
-                        .to_request();
-                    let res = test::call_service(&logged, req).await;
+                    let res = test::call_service(&logged, client_credentials()).await;
                     assert!(res.status().is_success());
                 })
             })

@@ -19,6 +19,8 @@ pub mod jwks;
 pub mod report;
 pub mod secret;
 #[cfg(feature = "verify")]
+mod sync;
+#[cfg(feature = "verify")]
 mod time;
 #[cfg(feature = "verify")]
 pub mod verify;

@@ -351,11 +351,9 @@ pub(super) fn load_keys(store: &KeyStore) -> Result<KeySet> {
     }
     match store.vault() {
         Some(vault) => {
+            // What an earlier process could not destroy (the token was away then) is
+            // destroyed by the server's maintenance, from its first run at start.
             tracing::info!(count = keys.keys().len(), store = %store.describe(), vault = %vault.describe(), "keys loaded; new keys are generated in the vault");
-            // What an earlier process could not destroy (the token was away then).
-            store
-                .destroy_removed_held_keys()
-                .context("cannot load keys")?;
         }
         None => {
             tracing::info!(count = keys.keys().len(), store = %store.describe(), "keys loaded");

@@ -37,6 +37,7 @@ pub use vault::{HeldKey, KeyVault};
 
 use crate::SigningAlg;
 use crate::store::StoreVersion;
+use crate::sync::lock;
 use crate::time::now_ms;
 
 /// RSA size of keys generated on first start, by rotation and by default.
@@ -521,12 +522,8 @@ impl KeyStore {
     /// A new key for `alg`: in the vault when there is one, else as the backend makes it.
     fn create_key(&self, alg: SigningAlg, rsa_bits: usize) -> Result<NewKey, KeyStoreError> {
         match &self.vault {
-            Some(vault) => {
-                if alg == SigningAlg::Rs256 && !RSA_GENERATE_BITS.contains(&rsa_bits) {
-                    return Err(KeyStoreError::UnsupportedRsaBits(rsa_bits));
-                }
-                vault.generate(alg, rsa_bits).map(NewKey::held)
-            }
+            // The vault checks the algorithm and size, as `NewKey::generate` does here.
+            Some(vault) => vault.generate(alg, rsa_bits).map(NewKey::held),
             None => {
                 // A store whose keys are in a vault gets its new keys there too, never
                 // quietly in process because a command ran without the vault's settings.
@@ -616,18 +613,6 @@ impl KeyStore {
                 .filter_map(|r| r.uri.clone())
                 .collect(),
         );
-    }
-
-    /// Destroys in the vault the held keys the manifest records as removed or revoked (at
-    /// a server's start).
-    ///
-    /// # Errors
-    /// Unreadable manifest.
-    pub fn destroy_removed_held_keys(&self) -> Result<(), KeyStoreError> {
-        if self.vault.is_some() {
-            self.destroy_tombstones(&self.manifest()?);
-        }
-        Ok(())
     }
 
     /// New keys for `algs`, all or none: held keys made before one that failed are
@@ -793,10 +778,6 @@ impl KeyStore {
 struct Destroyed {
     settled: std::collections::HashSet<String>,
     failing: std::collections::HashSet<String>,
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The keys of `after` that are new or in another state than in `before` (kid, state).

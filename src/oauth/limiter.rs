@@ -6,6 +6,7 @@
 //! bounded: each table holds at most `capacity` entries, expired ones go first, then the
 //! oldest.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -185,13 +186,6 @@ impl AuthLimiter {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         lock(&self.tables)
     }
-}
-
-fn lock(tables: &Mutex<Tables>) -> std::sync::MutexGuard<'_, Tables> {
-    // The tables hold counters only; a panic elsewhere cannot leave them inconsistent.
-    tables
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Takes a shared count, whose window of length `window` ends `left` from now, when it

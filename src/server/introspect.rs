@@ -20,19 +20,16 @@ pub async fn introspect(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, OAuthError> {
+    let authenticated = authenticate(&req, payload, &state).await?;
     let Authenticated {
-        form,
-        published,
-        client,
-    } = authenticate(&req, payload, &state).await?;
+        published, client, ..
+    } = &authenticated;
     if !client.introspect {
         return Err(OAuthError::UnauthorizedClient(
             "this client may not introspect tokens (clients add --introspect)".into(),
         ));
     }
-    let token = form
-        .get("token")
-        .ok_or_else(|| OAuthError::InvalidRequest("token is missing".into()))?;
+    let token = authenticated.token()?;
     let answer = answer_for(
         token,
         &published.verifying,
@@ -51,6 +48,15 @@ pub(super) struct Authenticated {
     pub(super) form: Form,
     pub(super) published: Arc<Published>,
     pub(super) client: Client,
+}
+
+impl Authenticated {
+    /// The `token` parameter both endpoints take (RFC 7662 and RFC 7009).
+    pub(super) fn token(&self) -> Result<&str, OAuthError> {
+        self.form
+            .get("token")
+            .ok_or_else(|| OAuthError::InvalidRequest("token is missing".into()))
+    }
 }
 
 /// Reads the form and authenticates the client by the token endpoint's methods and

@@ -17,16 +17,12 @@ pub async fn revoke(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, OAuthError> {
+    let authenticated = authenticate(&req, payload, &state).await?;
+    let token = authenticated.token()?.to_owned();
     let Authenticated {
-        form,
-        published,
-        client,
-    } = authenticate(&req, payload, &state).await?;
+        published, client, ..
+    } = authenticated;
     let client_id = client.client_id;
-    let token = form
-        .get("token")
-        .ok_or_else(|| OAuthError::InvalidRequest("token is missing".into()))?
-        .to_owned();
     // The list is a file or a database: written off the worker.
     let shared = state.clone();
     let revoked = web::block(move || {

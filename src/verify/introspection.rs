@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -29,6 +29,7 @@ use super::http::{self, printable};
 use super::jws::{TokenHash, token_hash};
 use super::{DEFAULT_LEEWAY, IntrospectionError, KeySetError, VerifyError};
 use crate::secret::ClientSecret;
+use crate::sync::lock;
 
 /// How an [`Introspection`] asks and caches.
 #[derive(Debug, Clone)]
@@ -434,12 +435,6 @@ fn form_urlencode(s: &str) -> String {
         }
     }
     out
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each critical section is a few map operations with no await and nothing that
-    // panics half-way: a poisoned lock still holds a consistent value.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A check's share of an in-flight answer. When dropped (the check is done, or was

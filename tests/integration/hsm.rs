@@ -128,13 +128,13 @@ impl SoftHsm {
 
     fn run(&self, keys_dir: &Path, args: &[&str]) -> crate::helpers::Output {
         let env = self.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env = borrowed(&env);
         run_cli_with_env(keys_dir, args, &env)
     }
 
     fn serve(&self, keys_dir: &Path, args: &[&str]) -> ServeProcess {
         let env = self.env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env = borrowed(&env);
         ServeProcess::start_with_env(keys_dir, args, &env)
     }
 
@@ -182,6 +182,11 @@ impl SoftHsm {
             .filter(|o| o.kind.starts_with("Private Key Object"))
             .collect()
     }
+}
+
+/// `(name, value)` pairs as the helpers that run the binary take them.
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 struct TokenObject {
@@ -425,7 +430,7 @@ fn a_wrong_or_missing_pin_refuses_to_start_in_one_line_that_never_shows_the_pin(
     set_mode(&wrong, 0o600);
     let mut env = hsm.env();
     env.retain(|(k, _)| *k != "JWT_ISSUER_PKCS11_PIN_FILE");
-    let base: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let base = borrowed(&env);
 
     let mut with_wrong = base.clone();
     let wrong_path = wrong.display().to_string();
@@ -532,7 +537,7 @@ fn the_token_taken_away_under_load_answers_503_never_a_crash_and_signing_comes_b
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("keys");
     let env = hsm.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = borrowed(&env);
     let mut cmd = crate::helpers::cli(&dir);
     cmd.args(["serve", "--bind", "127.0.0.1:0", "--workers", "2"])
         .envs(env.iter().copied());
@@ -607,7 +612,7 @@ fn token_keys_on_the_postgresql_store_keep_a_uri_and_no_ciphertext() {
     let mut env = hsm.env();
     env.push(("JWT_ISSUER_STORE", db.url.clone()));
     env.push(("JWT_ISSUER_KEK", kek));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = borrowed(&env);
     let server = ServeProcess::start_with_env(&dir, &[], &env);
     let mut client = db.client();
     let rows = client

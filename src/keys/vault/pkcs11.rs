@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -29,6 +29,7 @@ use crate::SigningAlg;
 use crate::jwks::{Jwk, PublicKeyParams};
 use crate::keys::KeyStoreError;
 use crate::keys::material::{SignatureBackend, SignatureFailed, SigningKey};
+use crate::sync::lock;
 
 /// How long after a failed connection the next use tries again.
 pub const RECONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -954,10 +955,6 @@ fn is_connection_lost(e: &CkError) -> bool {
             _
         )
     )
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The parts of a PKCS#11 URI (RFC 7512) this vault writes and reads: `token`, `id`,
